@@ -1,0 +1,45 @@
+//! # krunbox-protocol
+//!
+//! The wire protocol between the krunbox host and `guest-init`, the agent that runs as PID 1
+//! inside every krunbox micro-VM, and the async client programs use to drive it.
+//!
+//! - [`messages`]: the protobuf messages (one [`messages::Envelope`] per frame);
+//! - [`frame`]: length-delimited framing with a hard size limit;
+//! - [`generation`]: protocol generations and the handshake that agrees one;
+//! - [`flow`]: per-operation credit windows;
+//! - [`transport`]: how the host reaches an agent (Unix socket, hybrid vsock);
+//! - [`client`]: the async client.
+//!
+//! ## Connection model
+//!
+//! One connection carries many concurrent operations (execs, file transfers, pings). The host
+//! opens each operation with a request frame under a fresh envelope id; every frame of that
+//! operation carries the id, and the operation ends with its terminal frame (`Exit`,
+//! `FileResult`, `Error`, `Pong`, `ShutdownAck`).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), krunbox_protocol::client::ClientError> {
+//! use krunbox_protocol::client::{Client, ExecSpec};
+//! use krunbox_protocol::transport::AgentAddress;
+//!
+//! let address: AgentAddress = "unix:/tmp/agent.sock".parse().expect("valid address");
+//! let client = Client::connect(&address).await?;
+//! let output = client.exec(ExecSpec::new(["echo", "hello"])).await?.collect().await?;
+//! assert_eq!(output.stdout, b"hello\n");
+//! client.put(&b"data"[..], "/tmp/file", 0o600).await?;
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod flow;
+pub mod frame;
+pub mod generation;
+pub mod messages;
+pub mod transport;
+
+pub use flow::INITIAL_WINDOW;
+
+/// The vsock port the agent listens on inside the guest.
+pub const AGENT_VSOCK_PORT: u32 = 1024;

@@ -1,0 +1,269 @@
+/// One `KEY=VALUE` environment entry.
+///
+/// ```
+/// let v = krunbox_protocol::messages::EnvVar { key: "HOME".into(), value: "/root".into() };
+/// assert_eq!(v.key, "HOME");
+/// ```
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct EnvVar {
+    /// Variable name; must not contain `=` or NUL.
+    #[prost(string, tag = "1")]
+    pub key: String,
+    /// Value; must not contain NUL.
+    #[prost(string, tag = "2")]
+    pub value: String,
+}
+
+/// Size of a pseudo-terminal, in character cells.
+///
+/// ```
+/// let size = krunbox_protocol::messages::PtySize { rows: 24, cols: 80 };
+/// assert_eq!(size.cols, 80);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, ::prost::Message)]
+pub struct PtySize {
+    /// Rows.
+    #[prost(uint32, tag = "1")]
+    pub rows: u32,
+    /// Columns.
+    #[prost(uint32, tag = "2")]
+    pub cols: u32,
+}
+
+/// Start a process. The envelope id names the exec in every later frame.
+///
+/// The process runs in a session and process group of its own; with `pty` set its stdin,
+/// stdout and stderr are the PTY's slave and output arrives as [`OutputStream::Pty`].
+///
+/// ```
+/// use krunbox_protocol::messages::ExecRequest;
+/// let req = ExecRequest { argv: vec!["echo".into(), "hi".into()], ..Default::default() };
+/// assert_eq!(req.argv[0], "echo");
+/// ```
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ExecRequest {
+    /// Program and arguments; `argv[0]` is looked up in `PATH` when it has no `/`.
+    #[prost(string, repeated, tag = "1")]
+    pub argv: Vec<String>,
+    /// The complete environment of the process. When it has no `PATH`, the agent's default
+    /// `PATH` is added.
+    #[prost(message, repeated, tag = "2")]
+    pub env: Vec<EnvVar>,
+    /// Working directory; empty means `/`.
+    #[prost(string, tag = "3")]
+    pub cwd: String,
+    /// User id to run as; unset means the agent's own.
+    #[prost(uint32, optional, tag = "4")]
+    pub uid: Option<u32>,
+    /// Group id to run as; unset means the agent's own (or `uid`'s primary group is not looked up).
+    #[prost(uint32, optional, tag = "5")]
+    pub gid: Option<u32>,
+    /// Kill the process group with SIGKILL after this many milliseconds (0 = no limit).
+    #[prost(uint64, tag = "6")]
+    pub timeout_ms: u64,
+    /// Whether the host will send stdin; otherwise stdin is `/dev/null`.
+    #[prost(bool, tag = "7")]
+    pub stdin: bool,
+    /// Run on a new pseudo-terminal of this size.
+    #[prost(message, optional, tag = "8")]
+    pub pty: Option<PtySize>,
+    /// `TERM` for a PTY session when `env` has none.
+    #[prost(string, tag = "9")]
+    pub term: String,
+    /// After this process's exit status is sent, sync and power the guest off ("one-shot").
+    #[prost(bool, tag = "10")]
+    pub power_off_on_exit: bool,
+}
+
+/// The process is running.
+///
+/// ```
+/// let s = krunbox_protocol::messages::ExecStarted { pid: 42 };
+/// assert_eq!(s.pid, 42);
+/// ```
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ExecStarted {
+    /// Process id inside the guest (also its process-group and session id).
+    #[prost(uint32, tag = "1")]
+    pub pid: u32,
+}
+
+/// Bytes for the process's stdin (or the PTY).
+///
+/// ```
+/// let d = krunbox_protocol::messages::StdinData { data: b"hi\n".to_vec().into() };
+/// assert_eq!(&d.data[..], b"hi\n");
+/// ```
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct StdinData {
+    /// Payload; counts against the agent's stdin window.
+    #[prost(bytes = "bytes", tag = "1")]
+    pub data: ::bytes::Bytes,
+}
+
+/// No more stdin: the agent closes the pipe (or sends EOF, `^D`, on a PTY).
+///
+/// ```
+/// let _close = krunbox_protocol::messages::StdinClose {};
+/// ```
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct StdinClose {}
+
+/// Which output of the process a chunk comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum OutputStream {
+    /// Standard output.
+    Stdout = 0,
+    /// Standard error.
+    Stderr = 1,
+    /// The PTY master (stdout and stderr merged, as a terminal shows them).
+    Pty = 2,
+}
+
+/// Bytes the process wrote. An empty chunk with `eof` set closes that stream.
+///
+/// ```
+/// use krunbox_protocol::messages::{OutputChunk, OutputStream};
+/// let c = OutputChunk { stream: OutputStream::Stderr as i32, data: b"oops".to_vec().into(), eof: false };
+/// assert_eq!(c.stream(), OutputStream::Stderr);
+/// ```
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct OutputChunk {
+    /// Which stream.
+    #[prost(enumeration = "OutputStream", tag = "1")]
+    pub stream: i32,
+    /// Payload; counts against the host's output window for this exec.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub data: ::bytes::Bytes,
+    /// The stream reached end of file.
+    #[prost(bool, tag = "3")]
+    pub eof: bool,
+}
+
+/// New window size for a PTY exec; the foreground process group gets SIGWINCH.
+///
+/// ```
+/// use krunbox_protocol::messages::{PtyResize, PtySize};
+/// let r = PtyResize { size: Some(PtySize { rows: 50, cols: 132 }) };
+/// assert_eq!(r.size.unwrap().rows, 50);
+/// ```
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PtyResize {
+    /// The new size.
+    #[prost(message, optional, tag = "1")]
+    pub size: Option<PtySize>,
+}
+
+/// Deliver a signal (Linux numbering, e.g. 15 = SIGTERM) to the exec's process group.
+///
+/// ```
+/// let s = krunbox_protocol::messages::SignalRequest { signal: 15 };
+/// assert_eq!(s.signal, 15);
+/// ```
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SignalRequest {
+    /// Signal number.
+    #[prost(int32, tag = "1")]
+    pub signal: i32,
+}
+
+/// The step at which starting a process failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum SpawnStage {
+    /// Not set (a newer generation's stage).
+    Unspecified = 0,
+    /// The request itself was unusable (empty argv, NUL in a string).
+    Validate = 1,
+    /// Creating pipes or the PTY.
+    Setup = 2,
+    /// Creating the process.
+    Spawn = 3,
+    /// Changing to `cwd`.
+    Chdir = 4,
+    /// Setting gid / supplementary groups.
+    SetGid = 5,
+    /// Setting uid.
+    SetUid = 6,
+    /// Making the PTY the controlling terminal.
+    ControllingTerminal = 7,
+    /// `execve` itself (e.g. ENOENT: no such program, EACCES: not executable).
+    Exec = 8,
+}
+
+/// The process could not be started.
+///
+/// ```
+/// use krunbox_protocol::messages::{SpawnFailure, SpawnStage};
+/// let f = SpawnFailure { stage: SpawnStage::Exec as i32, errno: 2, message: "no-such-cmd: not found".into() };
+/// assert_eq!(f.stage(), SpawnStage::Exec);
+/// ```
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SpawnFailure {
+    /// Where it failed.
+    #[prost(enumeration = "SpawnStage", tag = "1")]
+    pub stage: i32,
+    /// The OS error number.
+    #[prost(int32, tag = "2")]
+    pub errno: i32,
+    /// Human-readable description.
+    #[prost(string, tag = "3")]
+    pub message: String,
+}
+
+/// How an exec ended; the last frame of the exec, sent after all of its output.
+///
+/// ```
+/// use krunbox_protocol::messages::{ExitStatus, Outcome};
+/// let s = ExitStatus { outcome: Some(Outcome::Code(3)), timed_out: false };
+/// assert_eq!(s.shell_code(), 3);
+/// let k = ExitStatus { outcome: Some(Outcome::Signal(9)), timed_out: true };
+/// assert_eq!(k.shell_code(), 137);
+/// ```
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ExitStatus {
+    /// What happened.
+    #[prost(oneof = "Outcome", tags = "1, 2, 3")]
+    pub outcome: Option<Outcome>,
+    /// The agent killed the process group because `timeout_ms` passed.
+    #[prost(bool, tag = "4")]
+    pub timed_out: bool,
+}
+
+/// The three ways an exec ends.
+#[derive(Clone, PartialEq, ::prost::Oneof)]
+pub enum Outcome {
+    /// Exited normally with this code.
+    #[prost(int32, tag = "1")]
+    Code(i32),
+    /// Killed by this signal.
+    #[prost(int32, tag = "2")]
+    Signal(i32),
+    /// Never started.
+    #[prost(message, tag = "3")]
+    SpawnFailed(SpawnFailure),
+}
+
+impl ExitStatus {
+    /// The status a shell would report: the code, 128 + signal, 127 when the program was not
+    /// found, 126 when it could not be executed, 125 for other start failures.
+    pub fn shell_code(&self) -> i32 {
+        match &self.outcome {
+            Some(Outcome::Code(code)) => *code,
+            Some(Outcome::Signal(sig)) => 128 + *sig,
+            Some(Outcome::SpawnFailed(f)) if f.stage() == SpawnStage::Exec => {
+                if f.errno == libc_enoent() {
+                    127
+                } else {
+                    126
+                }
+            }
+            Some(Outcome::SpawnFailed(_)) | None => 125,
+        }
+    }
+}
+
+const fn libc_enoent() -> i32 {
+    2
+}
