@@ -87,7 +87,9 @@ impl std::str::FromStr for AgentAddress {
             return Ok(Self::Unix(path.into()));
         }
         if let Some(rest) = s.strip_prefix("hybrid-vsock:") {
-            let (path, port) = rest.rsplit_once(':').ok_or_else(|| InvalidAddress(s.into()))?;
+            let (path, port) = rest
+                .rsplit_once(':')
+                .ok_or_else(|| InvalidAddress(s.into()))?;
             let port = port.parse().map_err(|_| InvalidAddress(s.into()))?;
             if path.is_empty() {
                 return Err(InvalidAddress(s.into()));

@@ -146,20 +146,11 @@ pub struct ExecOutput {
 struct OutputCredit {
     shared: Arc<Shared>,
     id: u64,
-    window: Mutex<RecvWindow>,
+    /// Shared with the router, which counts arrivals against it.
+    window: Arc<Mutex<RecvWindow>>,
 }
 
 impl OutputCredit {
-    fn received(&self, bytes: usize) -> Result<(), ClientError> {
-        let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        window
-            .received(u32::try_from(bytes).unwrap_or(u32::MAX))
-            .map_err(|_| ClientError::UnexpectedFrame {
-                operation: "exec",
-                got: "output beyond the flow-control window",
-            })
-    }
-
     async fn consumed(&self, bytes: usize) {
         let grant = {
             let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
@@ -212,7 +203,8 @@ impl Client {
             return Err(ClientError::InvalidRequest("exec needs a program".into()));
         }
         let wants_stdin = spec.request.stdin || spec.request.pty.is_some();
-        let (guard, mut frames, window) = self.open(wants_stdin);
+        let recv_window = Arc::new(Mutex::new(RecvWindow::new()));
+        let (guard, mut frames, window) = self.open(wants_stdin, Some(recv_window.clone()));
         let id = guard.id;
         self.shared
             .send(id, Body::Exec(spec.request), "exec")
@@ -240,7 +232,7 @@ impl Client {
             credit: Arc::new(OutputCredit {
                 shared: self.shared.clone(),
                 id,
-                window: Mutex::new(RecvWindow::new()),
+                window: recv_window,
             }),
             guard,
             frames,
@@ -292,7 +284,6 @@ impl Execution {
     async fn next_raw(&mut self) -> Result<ExecEvent, ClientError> {
         match self.frames.recv().await {
             Some(Body::Output(chunk)) => {
-                self.credit.received(chunk.data.len())?;
                 let stream = chunk.stream();
                 if chunk.eof && chunk.data.is_empty() {
                     Ok(ExecEvent::Eof(stream))
@@ -362,7 +353,11 @@ impl Execution {
                 }
                 match self.next_raw().await {
                     Ok(ExecEvent::Output { stream, data }) => {
-                        let target = if stream == OutputStream::Stderr { &err_tx } else { &out_tx };
+                        let target = if stream == OutputStream::Stderr {
+                            &err_tx
+                        } else {
+                            &out_tx
+                        };
                         if let Err(mpsc::error::SendError(data)) = target.send(data) {
                             // Reader dropped: consume on its behalf so the process is not stalled.
                             self.credit.consumed(data.len()).await;
@@ -471,7 +466,10 @@ impl ExecStdin {
     }
 
     /// Copies everything from `reader` to stdin (does not close it); returns the byte count.
-    pub async fn send_from(&mut self, mut reader: impl AsyncRead + Unpin) -> Result<u64, ClientError> {
+    pub async fn send_from(
+        &mut self,
+        mut reader: impl AsyncRead + Unpin,
+    ) -> Result<u64, ClientError> {
         let mut buf = vec![0u8; MAX_CHUNK_LEN];
         let mut total = 0u64;
         loop {
@@ -503,7 +501,9 @@ impl Drop for ExecStdin {
     fn drop(&mut self) {
         if !self.closed {
             let frame = crate::messages::Envelope::new(self.id, Body::StdinClose(StdinClose {}));
-            if let Err(mpsc::error::TrySendError::Full(frame)) = self.shared.outgoing.try_send(frame) {
+            if let Err(mpsc::error::TrySendError::Full(frame)) =
+                self.shared.outgoing.try_send(frame)
+            {
                 let outgoing = self.shared.outgoing.clone();
                 if let Ok(handle) = tokio::runtime::Handle::try_current() {
                     handle.spawn(async move { outgoing.send(frame).await });
@@ -535,7 +535,11 @@ impl ExecControl {
             cols: cols.into(),
         };
         self.shared
-            .send(self.id, Body::Resize(PtyResize { size: Some(size) }), "resize")
+            .send(
+                self.id,
+                Body::Resize(PtyResize { size: Some(size) }),
+                "resize",
+            )
             .await
     }
 }

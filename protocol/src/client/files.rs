@@ -1,5 +1,7 @@
 //! File operations in the guest.
 
+use std::sync::{Arc, Mutex};
+
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -74,10 +76,14 @@ impl From<String> for RemotePath {
 
 impl Client {
     /// Sends a file operation that answers with one [`FileResult`].
-    async fn file_call(&self, path: &RemotePath, op: FileOp) -> Result<FileResultKind, ClientError> {
+    async fn file_call(
+        &self,
+        path: &RemotePath,
+        op: FileOp,
+    ) -> Result<FileResultKind, ClientError> {
         let request = path.request(op);
         let operation = "file operation";
-        let (guard, mut rx, _) = self.open(false);
+        let (guard, mut rx, _) = self.open(false, None);
         self.shared
             .send(guard.id, Body::File(request), operation)
             .await?;
@@ -92,7 +98,10 @@ impl Client {
 
     /// Describes a path (without following a final symlink).
     pub async fn stat(&self, path: impl Into<RemotePath>) -> Result<FileStat, ClientError> {
-        match self.file_call(&path.into(), FileOp::Stat(StatOp {})).await? {
+        match self
+            .file_call(&path.into(), FileOp::Stat(StatOp {}))
+            .await?
+        {
             FileResultKind::Stat(stat) => Ok(stat),
             _ => Err(ClientError::UnexpectedFrame {
                 operation: "stat",
@@ -103,7 +112,10 @@ impl Client {
 
     /// Lists a directory, sorted by name.
     pub async fn list(&self, path: impl Into<RemotePath>) -> Result<Vec<FileStat>, ClientError> {
-        match self.file_call(&path.into(), FileOp::List(ListOp {})).await? {
+        match self
+            .file_call(&path.into(), FileOp::List(ListOp {}))
+            .await?
+        {
             FileResultKind::Listing(DirListing { entries }) => Ok(entries),
             _ => Err(ClientError::UnexpectedFrame {
                 operation: "list",
@@ -120,14 +132,22 @@ impl Client {
     }
 
     /// Removes a file, symlink or (with `recursive`, non-empty) directory.
-    pub async fn remove(&self, path: impl Into<RemotePath>, recursive: bool) -> Result<(), ClientError> {
+    pub async fn remove(
+        &self,
+        path: impl Into<RemotePath>,
+        recursive: bool,
+    ) -> Result<(), ClientError> {
         self.file_call(&path.into(), FileOp::Remove(RemoveOp { recursive }))
             .await
             .map(drop)
     }
 
     /// Renames `from` to `to`, both inside `from`'s root.
-    pub async fn rename(&self, from: impl Into<RemotePath>, to: impl Into<String>) -> Result<(), ClientError> {
+    pub async fn rename(
+        &self,
+        from: impl Into<RemotePath>,
+        to: impl Into<String>,
+    ) -> Result<(), ClientError> {
         self.file_call(&from.into(), FileOp::Rename(RenameOp { to: to.into() }))
             .await
             .map(drop)
@@ -160,7 +180,7 @@ impl Client {
             mode,
             create_parents: true,
         }));
-        let (guard, mut rx, window) = self.open(true);
+        let (guard, mut rx, window) = self.open(true, None);
         let window = window.ok_or(ClientError::ConnectionClosed { operation })?;
         self.shared
             .send(guard.id, Body::File(request), operation)
@@ -220,7 +240,8 @@ impl Client {
     ) -> Result<(FileStat, u64), ClientError> {
         let operation = "get";
         let request = path.into().request(FileOp::Read(ReadOp {}));
-        let (guard, mut rx, _) = self.open(false);
+        let window = Arc::new(Mutex::new(RecvWindow::new()));
+        let (guard, mut rx, _) = self.open(false, Some(window.clone()));
         self.shared
             .send(guard.id, Body::File(request), operation)
             .await?;
@@ -231,16 +252,11 @@ impl Client {
             Some(other) => return Err(unexpected(operation, &other)),
             None => return Err(ClientError::ConnectionClosed { operation }),
         };
-        let mut window = RecvWindow::new();
         let mut total = 0u64;
         loop {
             match rx.recv().await {
                 Some(Body::FileChunk(chunk)) => {
                     let len = u32::try_from(chunk.data.len()).unwrap_or(u32::MAX);
-                    window.received(len).map_err(|_| ClientError::UnexpectedFrame {
-                        operation,
-                        got: "file data beyond the flow-control window",
-                    })?;
                     sink.write_all(&chunk.data)
                         .await
                         .map_err(|source| ClientError::LocalIo { operation, source })?;
@@ -248,7 +264,11 @@ impl Client {
                     if chunk.eof {
                         break;
                     }
-                    if let Some(bytes) = window.consumed(len) {
+                    let grant = window
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .consumed(len);
+                    if let Some(bytes) = grant {
                         self.shared
                             .send(guard.id, Body::Window(WindowUpdate { bytes }), operation)
                             .await?;

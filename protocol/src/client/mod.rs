@@ -34,10 +34,12 @@ pub use error::ClientError;
 pub use exec::{ExecControl, ExecEvent, ExecOutput, ExecSpec, ExecStdin, Execution, OutputReader};
 pub use files::RemotePath;
 
-use crate::flow::{SendWindow, INITIAL_WINDOW};
+use crate::flow::{RecvWindow, SendWindow, INITIAL_WINDOW};
 use crate::frame::FrameCodec;
 use crate::generation::{self, SUPPORTED};
-use crate::messages::{Body, Envelope, Hello, HelloAck, Ping, ShutdownRequest};
+use crate::messages::{
+    Body, Envelope, ErrorKind, ErrorReply, Hello, HelloAck, Ping, ShutdownRequest,
+};
 use crate::transport::{AgentAddress, ConnectError};
 
 /// Frames queued for the writer task before senders wait.
@@ -53,6 +55,9 @@ pub struct Client {
 struct Operation {
     frames: mpsc::UnboundedSender<Body>,
     send_window: Option<Arc<SendWindow>>,
+    /// Accounts incoming payload at arrival, so a peer ignoring its window cannot make the
+    /// client buffer without bound.
+    recv_window: Option<Arc<Mutex<RecvWindow>>>,
 }
 
 struct Shared {
@@ -67,7 +72,11 @@ impl Shared {
     }
 
     /// Registers a new operation and returns its id and frame receiver.
-    fn open(&self, send_window: Option<Arc<SendWindow>>) -> (u64, mpsc::UnboundedReceiver<Body>) {
+    fn open(
+        &self,
+        send_window: Option<Arc<SendWindow>>,
+        recv_window: Option<Arc<Mutex<RecvWindow>>>,
+    ) -> (u64, mpsc::UnboundedReceiver<Body>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (frames, rx) = mpsc::unbounded_channel();
         self.operations().insert(
@@ -75,6 +84,7 @@ impl Shared {
             Operation {
                 frames,
                 send_window,
+                recv_window,
             },
         );
         (id, rx)
@@ -97,12 +107,19 @@ impl Shared {
 
     fn route(&self, frame: Envelope) {
         let Some(body) = frame.body else {
-            tracing::warn!(id = frame.id, "agent sent a frame with an unknown body; ignored");
+            tracing::warn!(
+                id = frame.id,
+                "agent sent a frame with an unknown body; ignored"
+            );
             return;
         };
         let mut operations = self.operations();
         let Some(op) = operations.get(&frame.id) else {
-            tracing::debug!(id = frame.id, kind = body.kind(), "frame for a finished operation");
+            tracing::debug!(
+                id = frame.id,
+                kind = body.kind(),
+                "frame for a finished operation"
+            );
             return;
         };
         if let Body::Window(update) = &body {
@@ -110,6 +127,19 @@ impl Shared {
                 window.grant(update.bytes);
             }
             return;
+        }
+        if let (Some(window), Some(payload)) = (&op.recv_window, payload_len(&body)) {
+            let overrun = window
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .received(payload);
+            if let Err(overrun) = overrun {
+                tracing::warn!(id = frame.id, %overrun, "agent ignored flow control; operation aborted");
+                let reply = ErrorReply::new(ErrorKind::ProtocolViolation, overrun.to_string());
+                let _ = op.frames.send(Body::Error(reply));
+                operations.remove(&frame.id);
+                return;
+            }
         }
         if op.frames.send(body).is_err() {
             // The receiver was dropped: nobody waits for this operation any more.
@@ -124,6 +154,16 @@ impl Shared {
             }
         }
     }
+}
+
+/// The flow-controlled payload size of a data frame.
+fn payload_len(body: &Body) -> Option<u32> {
+    let len = match body {
+        Body::Output(chunk) => chunk.data.len(),
+        Body::FileChunk(chunk) => chunk.data.len(),
+        _ => return None,
+    };
+    Some(u32::try_from(len).unwrap_or(u32::MAX))
 }
 
 /// Keeps an operation registered until dropped.
@@ -239,7 +279,9 @@ impl Client {
         let routing = Arc::downgrade(&shared);
         tokio::spawn(async move {
             while let Some(frame) = reader.next().await {
-                let Some(shared) = routing.upgrade() else { return };
+                let Some(shared) = routing.upgrade() else {
+                    return;
+                };
                 match frame {
                     Ok(frame) => shared.route(frame),
                     Err(err) => {
@@ -260,9 +302,17 @@ impl Client {
         &self.hello
     }
 
-    fn open(&self, send_window: bool) -> (OperationGuard, mpsc::UnboundedReceiver<Body>, Option<Arc<SendWindow>>) {
+    fn open(
+        &self,
+        send_window: bool,
+        recv_window: Option<Arc<Mutex<RecvWindow>>>,
+    ) -> (
+        OperationGuard,
+        mpsc::UnboundedReceiver<Body>,
+        Option<Arc<SendWindow>>,
+    ) {
         let window = send_window.then(|| Arc::new(SendWindow::new(INITIAL_WINDOW)));
-        let (id, rx) = self.shared.open(window.clone());
+        let (id, rx) = self.shared.open(window.clone(), recv_window);
         (
             OperationGuard {
                 shared: self.shared.clone(),
@@ -275,7 +325,7 @@ impl Client {
 
     /// Round trip to the agent; returns the agent's uptime.
     pub async fn ping(&self) -> Result<Duration, ClientError> {
-        let (guard, mut rx, _) = self.open(false);
+        let (guard, mut rx, _) = self.open(false, None);
         let nonce = guard.id ^ 0x5eed;
         self.shared
             .send(guard.id, Body::Ping(Ping { nonce }), "ping")
@@ -292,9 +342,13 @@ impl Client {
     /// Asks the agent to sync and power the guest off (in host mode: to exit). Returns once the
     /// agent acknowledged; the connection closes right after.
     pub async fn shutdown(&self, exit_code: i32) -> Result<(), ClientError> {
-        let (guard, mut rx, _) = self.open(false);
+        let (guard, mut rx, _) = self.open(false, None);
         self.shared
-            .send(guard.id, Body::Shutdown(ShutdownRequest { exit_code }), "shutdown")
+            .send(
+                guard.id,
+                Body::Shutdown(ShutdownRequest { exit_code }),
+                "shutdown",
+            )
             .await?;
         match rx.recv().await {
             Some(Body::ShutdownAck(_)) => Ok(()),

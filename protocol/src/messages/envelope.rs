@@ -19,7 +19,10 @@ pub struct Envelope {
     pub id: u64,
     /// What the frame says; `None` only from a peer speaking a newer generation with a body
     /// this side does not know, which is answered with an `Unsupported` error.
-    #[prost(oneof = "Body", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20")]
+    #[prost(
+        oneof = "Body",
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20"
+    )]
     pub body: Option<Body>,
 }
 

@@ -1,0 +1,250 @@
+//! The client against a scripted agent on an in-memory stream: handshake outcomes, flow
+//! control and connection loss. (The real agent is exercised in guest-init's tests.)
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use krunbox_protocol::client::{Client, ClientError, ExecSpec};
+use krunbox_protocol::frame::FrameCodec;
+use krunbox_protocol::messages::*;
+use krunbox_protocol::INITIAL_WINDOW;
+use tokio::io::DuplexStream;
+use tokio_util::codec::Framed;
+
+type Peer = Framed<DuplexStream, FrameCodec>;
+
+async fn scripted_agent(
+    generation: u32,
+) -> (tokio::task::JoinHandle<Result<Client, ClientError>>, Peer) {
+    let (host_side, agent_side) = tokio::io::duplex(8 * 1024 * 1024);
+    let client = tokio::spawn(Client::handshake(host_side));
+    let mut peer = Framed::new(agent_side, FrameCodec::new());
+    let hello = peer
+        .next()
+        .await
+        .expect("hello frame")
+        .expect("valid frame");
+    assert!(
+        matches!(hello.body, Some(Body::Hello(_))),
+        "first frame is Hello, got {}",
+        hello.kind()
+    );
+    peer.send(Envelope::new(
+        0,
+        Body::HelloAck(HelloAck {
+            generation,
+            agent_version: "test".into(),
+            features: vec![],
+        }),
+    ))
+    .await
+    .expect("send ack");
+    (client, peer)
+}
+
+#[tokio::test]
+async fn handshake_refuses_an_agent_of_an_unknown_generation() {
+    let (client, _peer) = scripted_agent(99).await;
+    match client.await.expect("join") {
+        Err(ClientError::Generation(err)) => assert_eq!(err.agent_min, 99),
+        Err(other) => panic!("expected a generation error, got {other}"),
+        Ok(_) => panic!("expected a generation error, got a client"),
+    }
+}
+
+#[tokio::test]
+async fn stdin_never_exceeds_the_granted_window() {
+    let (client, mut peer) = scripted_agent(1).await;
+    let client = client.await.expect("join").expect("handshake");
+
+    let exec = tokio::spawn({
+        let client = client.clone();
+        async move { client.exec(ExecSpec::new(["cat"]).stdin(true)).await }
+    });
+    let request = peer.next().await.expect("exec frame").expect("valid");
+    let id = request.id;
+    assert!(matches!(request.body, Some(Body::Exec(_))));
+    peer.send(Envelope::new(id, Body::ExecStarted(ExecStarted { pid: 1 })))
+        .await
+        .expect("send");
+    let mut exec = exec.await.expect("join").expect("exec started");
+    let mut stdin = exec.take_stdin().expect("stdin requested");
+
+    let total = INITIAL_WINDOW as usize * 3;
+    let writer = tokio::spawn(async move {
+        stdin.write(&vec![b'x'; total]).await.expect("write");
+        stdin
+    });
+
+    // Without a grant, exactly the initial window arrives and then the client waits.
+    let mut received = 0usize;
+    while received < INITIAL_WINDOW as usize {
+        let frame = peer.next().await.expect("frame").expect("valid");
+        if let Some(Body::StdinData(data)) = frame.body {
+            received += data.data.len();
+        }
+    }
+    assert_eq!(received, INITIAL_WINDOW as usize);
+    let stalled = tokio::time::timeout(Duration::from_millis(200), peer.next()).await;
+    assert!(
+        stalled.is_err(),
+        "client sent beyond its window: {stalled:?}"
+    );
+
+    // Granting the rest lets the write finish.
+    peer.send(Envelope::new(
+        id,
+        Body::Window(WindowUpdate {
+            bytes: (total - received) as u32,
+        }),
+    ))
+    .await
+    .expect("grant");
+    while received < total {
+        let frame = peer.next().await.expect("frame").expect("valid");
+        if let Some(Body::StdinData(data)) = frame.body {
+            received += data.data.len();
+        }
+    }
+    assert_eq!(received, total);
+    writer.await.expect("writer finished");
+}
+
+#[tokio::test]
+async fn output_is_acknowledged_as_it_is_consumed() {
+    let (client, mut peer) = scripted_agent(1).await;
+    let client = client.await.expect("join").expect("handshake");
+    let exec = tokio::spawn({
+        let client = client.clone();
+        async move { client.exec(ExecSpec::new(["yes"])).await }
+    });
+    let id = peer.next().await.expect("exec").expect("valid").id;
+    peer.send(Envelope::new(id, Body::ExecStarted(ExecStarted { pid: 2 })))
+        .await
+        .expect("send");
+    let mut exec = exec.await.expect("join").expect("started");
+
+    let chunk = vec![b'y'; 32 * 1024];
+    let chunks = INITIAL_WINDOW as usize / chunk.len();
+    for _ in 0..chunks {
+        peer.send(Envelope::new(
+            id,
+            Body::Output(OutputChunk {
+                stream: OutputStream::Stdout as i32,
+                data: chunk.clone().into(),
+                eof: false,
+            }),
+        ))
+        .await
+        .expect("send output");
+    }
+    let mut consumed = 0usize;
+    while consumed < INITIAL_WINDOW as usize {
+        match exec.next_event().await.expect("event") {
+            Some(krunbox_protocol::client::ExecEvent::Output { data, .. }) => {
+                consumed += data.len()
+            }
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    let mut granted = 0u64;
+    while granted < u64::from(INITIAL_WINDOW) {
+        let frame = tokio::time::timeout(Duration::from_secs(2), peer.next())
+            .await
+            .expect("window update arrives")
+            .expect("frame")
+            .expect("valid");
+        match frame.body {
+            Some(Body::Window(update)) => granted += u64::from(update.bytes),
+            other => panic!("expected window updates, got {other:?}"),
+        }
+    }
+    assert_eq!(granted, u64::from(INITIAL_WINDOW));
+}
+
+#[tokio::test]
+async fn output_beyond_the_window_aborts_the_operation() {
+    let (client, mut peer) = scripted_agent(1).await;
+    let client = client.await.expect("join").expect("handshake");
+    let exec = tokio::spawn({
+        let client = client.clone();
+        async move { client.exec(ExecSpec::new(["yes"])).await }
+    });
+    let id = peer.next().await.expect("exec").expect("valid").id;
+    peer.send(Envelope::new(id, Body::ExecStarted(ExecStarted { pid: 2 })))
+        .await
+        .expect("send");
+    let mut exec = exec.await.expect("join").expect("started");
+    // Nothing is consumed, so no credit returns: one chunk past the window is an overrun.
+    let chunk = vec![b'y'; 64 * 1024];
+    for _ in 0..(INITIAL_WINDOW as usize / chunk.len() + 1) {
+        peer.send(Envelope::new(
+            id,
+            Body::Output(OutputChunk {
+                stream: OutputStream::Stdout as i32,
+                data: chunk.clone().into(),
+                eof: false,
+            }),
+        ))
+        .await
+        .expect("send");
+    }
+    let mut delivered = 0usize;
+    let err = loop {
+        match exec.next_event().await {
+            Ok(Some(krunbox_protocol::client::ExecEvent::Output { data, .. })) => {
+                delivered += data.len()
+            }
+            Ok(other) => panic!("unexpected event {other:?}"),
+            Err(err) => break err,
+        }
+    };
+    assert_eq!(
+        delivered, INITIAL_WINDOW as usize,
+        "everything within the window is delivered"
+    );
+    assert_eq!(
+        err.remote_kind(),
+        Some(ErrorKind::ProtocolViolation),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_dropped_connection_fails_pending_operations() {
+    let (client, mut peer) = scripted_agent(1).await;
+    let client = client.await.expect("join").expect("handshake");
+    let ping = tokio::spawn({
+        let client = client.clone();
+        async move { client.ping().await }
+    });
+    let _ = peer.next().await;
+    drop(peer);
+    match ping.await.expect("join") {
+        Err(ClientError::ConnectionClosed { operation }) => assert_eq!(operation, "ping"),
+        other => panic!("expected ConnectionClosed, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn agent_errors_surface_with_their_kind() {
+    let (client, mut peer) = scripted_agent(1).await;
+    let client = client.await.expect("join").expect("handshake");
+    let stat = tokio::spawn({
+        let client = client.clone();
+        async move { client.stat("/missing").await }
+    });
+    let id = peer.next().await.expect("file").expect("valid").id;
+    peer.send(Envelope::new(
+        id,
+        Body::Error(ErrorReply::new(
+            ErrorKind::NotFound,
+            "/missing: no such file",
+        )),
+    ))
+    .await
+    .expect("send");
+    let err = stat.await.expect("join").expect_err("stat fails");
+    assert_eq!(err.remote_kind(), Some(ErrorKind::NotFound));
+    assert!(err.to_string().contains("/missing"), "{err}");
+}
