@@ -4,9 +4,14 @@
 //! [`MAX_FRAME_LEN`]: a peer announcing a larger frame is a protocol violation, and the
 //! connection is closed before any of it is buffered.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use prost::Message;
-use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+use tokio_util::codec::LengthDelimitedCodec;
+
+/// Re-exported so that users of [`FrameCodec`] need no direct `tokio-util`/`bytes` dependency.
+pub use bytes::BytesMut;
+/// Re-exported codec traits implemented by [`FrameCodec`].
+pub use tokio_util::codec::{Decoder, Encoder};
 
 use crate::messages::Envelope;
 

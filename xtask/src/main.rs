@@ -1,1 +1,33 @@
-fn main() {}
+//! `cargo xtask <command>`: builds and checks that are more than one cargo invocation.
+
+mod bench;
+mod build_init;
+mod fuzz;
+mod workspace;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "krunbox project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the static musl guest agent (guest-init) for the guest architectures.
+    BuildInit(build_init::Args),
+    /// Fuzz the protocol frame decoder for a bounded time (needs cargo-fuzz).
+    Fuzz(fuzz::Args),
+    /// Measure agent round trips and throughput against running the same work on the host.
+    Bench(bench::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::BuildInit(args) => build_init::run(&args).map(drop),
+        Command::Fuzz(args) => fuzz::run(&args),
+        Command::Bench(args) => bench::run(&args),
+    }
+}

@@ -1,0 +1,163 @@
+//! The agent in host mode: what the protocol and agent cost on top of the work itself.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use krunbox_protocol::client::{Client, ExecEvent, ExecSpec};
+use krunbox_protocol::transport::AgentAddress;
+
+use super::table::{millis, percentile, rate, ratio, Table};
+use crate::workspace;
+
+/// Kills the agent when the benchmark ends, however it ends.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn run(iterations: usize, megabytes: u64) -> anyhow::Result<()> {
+    workspace::run(workspace::cargo().args(["build", "--release", "-p", "guest-init"]))?;
+    let binary = workspace::target_dir().join("release").join("guest-init");
+    let dir = tempfile::tempdir().context("create a temporary directory")?;
+    let socket = dir.path().join("agent.sock");
+    let _agent = Agent(
+        Command::new(&binary)
+            .arg("--listen")
+            .arg(format!("unix:{}", socket.display()))
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("start {}", binary.display()))?,
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the tokio runtime")?;
+    runtime.block_on(measure(&socket, dir.path(), iterations, megabytes))
+}
+
+async fn measure(
+    socket: &Path,
+    scratch: &Path,
+    iterations: usize,
+    megabytes: u64,
+) -> anyhow::Result<()> {
+    let address = AgentAddress::Unix(socket.to_owned());
+    let client = Client::connect_with_retry(&address, Duration::from_secs(10)).await?;
+
+    // Exec round trip vs host spawn.
+    let mut agent_samples = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let started = Instant::now();
+        let output = client
+            .exec(ExecSpec::new(["true"]))
+            .await?
+            .collect()
+            .await?;
+        agent_samples.push(started.elapsed());
+        if output.status.shell_code() != 0 {
+            bail!("`true` failed in the agent: {:?}", output.status);
+        }
+    }
+    let mut host_samples = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let started = Instant::now();
+        let status = Command::new("true")
+            .status()
+            .context("spawn true on the host")?;
+        host_samples.push(started.elapsed());
+        if !status.success() {
+            bail!("`true` failed on the host");
+        }
+    }
+    agent_samples.sort();
+    host_samples.sort();
+    let mut latency = Table::new(&["exec `true`", "p50", "p99", "p50 ratio"]);
+    let (a50, h50) = (
+        percentile(&agent_samples, 50.0),
+        percentile(&host_samples, 50.0),
+    );
+    latency.row(vec![
+        "agent over unix socket".into(),
+        millis(a50),
+        millis(percentile(&agent_samples, 99.0)),
+        ratio(a50.as_secs_f64(), h50.as_secs_f64()),
+    ]);
+    latency.row(vec![
+        "host posix spawn".into(),
+        millis(h50),
+        millis(percentile(&host_samples, 99.0)),
+        "1.00x".into(),
+    ]);
+    latency.print(&format!("Exec round trip ({iterations} runs)"));
+
+    // Stdout throughput vs reading the same command's pipe on the host.
+    let bytes = megabytes * 1024 * 1024;
+    let producer = ["head", "-c", &bytes.to_string(), "/dev/zero"].map(String::from);
+    let started = Instant::now();
+    let mut exec = client.exec(ExecSpec::new(producer.clone())).await?;
+    let mut received = 0u64;
+    while let Some(event) = exec.next_event().await? {
+        if let ExecEvent::Output { data, .. } = event {
+            received += data.len() as u64;
+        }
+    }
+    let agent_stdout = started.elapsed();
+    if received != bytes {
+        bail!("stdout benchmark received {received} of {bytes} bytes");
+    }
+    let started = Instant::now();
+    let mut child = Command::new(&producer[0])
+        .args(&producer[1..])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut pipe = child.stdout.take().context("host pipe")?;
+    let host_bytes = std::io::copy(&mut pipe, &mut std::io::sink())?;
+    child.wait()?;
+    let host_stdout = started.elapsed();
+
+    // File put/get vs a host copy of the same file.
+    let source = scratch.join("payload");
+    std::fs::write(&source, vec![0x5au8; bytes as usize]).context("write payload")?;
+    let remote = scratch.join("remote-copy").display().to_string();
+    let started = Instant::now();
+    let file = tokio::fs::File::open(&source).await?;
+    client.put(file, remote.as_str(), 0o644).await?;
+    let put = started.elapsed();
+    let started = Instant::now();
+    let (_, got) = client.get(remote.as_str(), tokio::io::sink()).await?;
+    let get = started.elapsed();
+    if got != bytes {
+        bail!("get returned {got} of {bytes} bytes");
+    }
+    let started = Instant::now();
+    std::fs::copy(&source, scratch.join("host-copy"))?;
+    let host_copy = started.elapsed();
+
+    let mut throughput = Table::new(&["transfer", "agent", "host", "time ratio"]);
+    throughput.row(vec![
+        format!("stdout {megabytes} MiB"),
+        rate(received, agent_stdout),
+        rate(host_bytes, host_stdout),
+        ratio(agent_stdout.as_secs_f64(), host_stdout.as_secs_f64()),
+    ]);
+    throughput.row(vec![
+        format!("put {megabytes} MiB"),
+        rate(bytes, put),
+        rate(bytes, host_copy),
+        ratio(put.as_secs_f64(), host_copy.as_secs_f64()),
+    ]);
+    throughput.row(vec![
+        format!("get {megabytes} MiB"),
+        rate(bytes, get),
+        rate(bytes, host_copy),
+        ratio(get.as_secs_f64(), host_copy.as_secs_f64()),
+    ]);
+    throughput.print("Throughput (agent over unix socket vs the same bytes on the host)");
+    Ok(())
+}
