@@ -1,0 +1,35 @@
+//! What every connection of the agent shares: the process table, uptime, and the shutdown path.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use crate::reaper::ProcessTable;
+
+/// Shared agent state.
+pub struct Agent {
+    pub table: Arc<ProcessTable>,
+    pub started: Instant,
+    shutdown: mpsc::UnboundedSender<i32>,
+}
+
+impl Agent {
+    /// The agent, and the receiver of shutdown requests (with the exit status to report).
+    pub fn new(table: Arc<ProcessTable>) -> (Arc<Self>, mpsc::UnboundedReceiver<i32>) {
+        let (shutdown, requests) = mpsc::unbounded_channel();
+        (
+            Arc::new(Self {
+                table,
+                started: Instant::now(),
+                shutdown,
+            }),
+            requests,
+        )
+    }
+
+    /// Asks the main loop to shut down with `status`.
+    pub fn request_shutdown(&self, status: i32) {
+        let _ = self.shutdown.send(status);
+    }
+}

@@ -1,0 +1,208 @@
+//! The agent's configuration, read from the kernel command line (`/proc/cmdline`).
+//!
+//! The command line is the one channel every backend can fill without touching the image:
+//! QEMU's `-append`, and libkrun, which appends `krun_set_exec`'s environment words wrapped in
+//! double quotes (so `"krunbox.port=1024"` is accepted too). Keys:
+//!
+//! | key | meaning | default |
+//! |---|---|---|
+//! | `krunbox.port=N` | vsock port the agent listens on | 1024 |
+//! | `krunbox.hostname=NAME` | hostname | `krunbox` |
+//! | `krunbox.root=virtiofs:TAG` | we run from an initramfs: mount TAG and switch into it | already on the root |
+//! | `krunbox.mounts=TAG:/path[:ro],...` | further virtio-fs shares to mount | none |
+//! | `krunbox.log=LEVEL` | log level (error, warn, info, debug, trace) | info |
+//!
+//! Unknown `krunbox.*` keys are logged and ignored, so an older agent boots with a newer host.
+
+use std::path::PathBuf;
+
+use krunbox_protocol::AGENT_VSOCK_PORT;
+
+/// A virtio-fs share to mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    /// virtio-fs tag.
+    pub tag: String,
+    /// Mount point in the guest.
+    pub path: PathBuf,
+    /// Mount read-only.
+    pub read_only: bool,
+}
+
+/// What the command line asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// vsock port to listen on.
+    pub port: u32,
+    /// Guest hostname.
+    pub hostname: String,
+    /// virtio-fs tag of the root to switch into, when booted from an initramfs.
+    pub root_tag: Option<String>,
+    /// Further shares.
+    pub shares: Vec<Share>,
+    /// Log filter.
+    pub log: String,
+    /// Keys that were not understood (logged once logging is up).
+    pub ignored: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            port: AGENT_VSOCK_PORT,
+            hostname: "krunbox".into(),
+            root_tag: None,
+            shares: Vec::new(),
+            log: "info".into(),
+            ignored: Vec::new(),
+        }
+    }
+}
+
+/// Splits a command line into words, honouring double quotes (which group and are removed).
+fn words(cmdline: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    let mut in_word = false;
+    for c in cmdline.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if in_word {
+                    out.push(std::mem::take(&mut current));
+                    in_word = false;
+                }
+            }
+            c => {
+                current.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        out.push(current);
+    }
+    out
+}
+
+fn parse_share(spec: &str) -> Option<Share> {
+    let mut parts = spec.split(':');
+    let tag = parts.next().filter(|t| !t.is_empty())?;
+    let path = parts.next().filter(|p| p.starts_with('/'))?;
+    let read_only = match parts.next() {
+        None | Some("rw") => false,
+        Some("ro") => true,
+        Some(_) => return None,
+    };
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(Share {
+        tag: tag.into(),
+        path: path.into(),
+        read_only,
+    })
+}
+
+impl Config {
+    /// Parses a kernel command line.
+    pub fn from_cmdline(cmdline: &str) -> Self {
+        let mut config = Self::default();
+        for word in words(cmdline) {
+            let Some(setting) = word.strip_prefix("krunbox.") else {
+                continue;
+            };
+            let (key, value) = setting.split_once('=').unwrap_or((setting, ""));
+            let understood = match key {
+                "port" => value.parse().map(|port| config.port = port).is_ok(),
+                "hostname" if !value.is_empty() => {
+                    config.hostname = value.into();
+                    true
+                }
+                "root" => match value.strip_prefix("virtiofs:") {
+                    Some(tag) if !tag.is_empty() => {
+                        config.root_tag = Some(tag.into());
+                        true
+                    }
+                    _ => false,
+                },
+                "mounts" => {
+                    let shares: Option<Vec<_>> = value
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(parse_share)
+                        .collect();
+                    shares.map(|shares| config.shares = shares).is_some()
+                }
+                "log" if !value.is_empty() => {
+                    config.log = value.into();
+                    true
+                }
+                _ => false,
+            };
+            if !understood {
+                config.ignored.push(word);
+            }
+        }
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_every_key_and_ignores_the_rest() {
+        let config = Config::from_cmdline(
+            "console=ttyS0 quiet krunbox.port=2000 krunbox.hostname=box krunbox.root=virtiofs:rootfs \
+             krunbox.mounts=work:/work,data:/data:ro krunbox.log=debug",
+        );
+        assert_eq!(config.port, 2000);
+        assert_eq!(config.hostname, "box");
+        assert_eq!(config.root_tag.as_deref(), Some("rootfs"));
+        assert_eq!(
+            config.shares,
+            vec![
+                Share {
+                    tag: "work".into(),
+                    path: "/work".into(),
+                    read_only: false
+                },
+                Share {
+                    tag: "data".into(),
+                    path: "/data".into(),
+                    read_only: true
+                },
+            ]
+        );
+        assert_eq!(config.log, "debug");
+        assert!(config.ignored.is_empty());
+    }
+
+    #[test]
+    fn accepts_libkrun_style_quoted_words() {
+        let config = Config::from_cmdline(r#"reboot=k "krunbox.port=1500" "krunbox.hostname=a b""#);
+        assert_eq!(config.port, 1500);
+        assert_eq!(config.hostname, "a b");
+    }
+
+    #[test]
+    fn malformed_values_keep_defaults_and_are_reported() {
+        let config = Config::from_cmdline(
+            "krunbox.port=abc krunbox.mounts=tag:relative krunbox.root=9p:x krunbox.future=1",
+        );
+        assert_eq!(
+            config,
+            Config {
+                ignored: config.ignored.clone(),
+                ..Config::default()
+            }
+        );
+        assert_eq!(config.ignored.len(), 4);
+    }
+}

@@ -1,0 +1,380 @@
+//! One exec: start the command, stream its output within the host's credit, feed its stdin,
+//! apply resizes, signals and the timeout, and report its exit status last.
+//!
+//! The Exit frame is sent only after stdout and stderr reached end of file, so no output is
+//! lost (as with `docker exec`, a background process that keeps the pipes open keeps the exec
+//! open). If the host's connection drops, the exec's process group gets SIGHUP, as a terminal
+//! hang-up would.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use krunbox_protocol::flow::{RecvWindow, SendWindow, INITIAL_WINDOW};
+use krunbox_protocol::frame::MAX_CHUNK_LEN;
+use krunbox_protocol::messages::{
+    Body, ExecRequest, ExecStarted, ExitStatus, Outcome, OutputChunk, OutputStream, SpawnFailure,
+    SpawnStage, WindowUpdate,
+};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::sync::mpsc;
+
+use crate::agent::Agent;
+use crate::outgoing::Reply;
+use crate::pty::{self, PtyMaster};
+use crate::reaper::ChildExit;
+use crate::spawn::{self, Command, SpawnError, Stdio};
+
+/// `PATH` for commands whose environment has none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Runs one exec to completion; the last frame it sends is Exit.
+pub async fn run(
+    agent: Arc<Agent>,
+    reply: Reply,
+    request: ExecRequest,
+    inbox: mpsc::UnboundedReceiver<Body>,
+) {
+    let power_off = request.power_off_on_exit;
+    let status = match execute(&agent, &reply, request, inbox).await {
+        Ok(status) => status,
+        Err(err) => ExitStatus {
+            outcome: Some(Outcome::SpawnFailed(SpawnFailure {
+                stage: err.stage as i32,
+                errno: err.errno as i32,
+                message: format!("{:?}: {}", err.stage, err.errno.desc()),
+            })),
+            timed_out: false,
+        },
+    };
+    let code = status.shell_code();
+    if power_off {
+        reply.send_then_shutdown(Body::Exit(status), code).await;
+    } else {
+        reply.send(Body::Exit(status)).await;
+    }
+}
+
+fn environment(request: &ExecRequest) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = request
+        .env
+        .iter()
+        .map(|v| (v.key.clone(), v.value.clone()))
+        .collect();
+    let has = |env: &[(String, String)], key: &str| env.iter().any(|(k, _)| k == key);
+    if !has(&env, "PATH") {
+        env.push(("PATH".into(), DEFAULT_PATH.into()));
+    }
+    if !has(&env, "HOME") {
+        let home = if request.uid.unwrap_or(0) == 0 {
+            "/root"
+        } else {
+            "/"
+        };
+        env.push(("HOME".into(), home.into()));
+    }
+    if request.pty.is_some() && !has(&env, "TERM") {
+        let term = if request.term.is_empty() {
+            "xterm"
+        } else {
+            request.term.as_str()
+        };
+        env.push(("TERM".into(), term.into()));
+    }
+    env
+}
+
+/// Where output comes from and stdin goes to.
+enum Streams {
+    Pipes {
+        stdin: Option<pipe::Sender>,
+        stdout: pipe::Receiver,
+        stderr: pipe::Receiver,
+    },
+    Pty(Arc<PtyMaster>),
+}
+
+fn setup_io(request: &ExecRequest) -> Result<(Stdio, Streams), Errno> {
+    if let Some(size) = request.pty {
+        let (master, slave) = pty::open(size)?;
+        let stdio = Stdio {
+            stdin: slave.try_clone().map_err(io_errno)?,
+            stdout: slave.try_clone().map_err(io_errno)?,
+            stderr: slave,
+        };
+        return Ok((stdio, Streams::Pty(Arc::new(master))));
+    }
+    let (stdin_child, stdin) = if request.stdin {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        (
+            read,
+            Some(pipe::Sender::from_owned_fd(write).map_err(io_errno)?),
+        )
+    } else {
+        let null = std::fs::File::open("/dev/null").map_err(io_errno)?;
+        (OwnedFd::from(null), None)
+    };
+    let (stdout_read, stdout_child) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    let (stderr_read, stderr_child) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    let streams = Streams::Pipes {
+        stdin,
+        stdout: pipe::Receiver::from_owned_fd(stdout_read).map_err(io_errno)?,
+        stderr: pipe::Receiver::from_owned_fd(stderr_read).map_err(io_errno)?,
+    };
+    Ok((
+        Stdio {
+            stdin: stdin_child,
+            stdout: stdout_child,
+            stderr: stderr_child,
+        },
+        streams,
+    ))
+}
+
+fn io_errno(err: std::io::Error) -> Errno {
+    Errno::from_raw(err.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// A stream of output bytes.
+enum Source {
+    Pipe(pipe::Receiver),
+    Pty(Arc<PtyMaster>),
+}
+
+impl Source {
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Pipe(pipe) => pipe.read(buf).await,
+            Self::Pty(master) => master.read(buf).await,
+        }
+    }
+}
+
+/// Copies one output stream to the host within the exec's credit window.
+async fn pump(mut source: Source, stream: OutputStream, window: Arc<SendWindow>, reply: Reply) {
+    let mut buf = vec![0u8; MAX_CHUNK_LEN];
+    loop {
+        let Some(credit) = window.acquire(MAX_CHUNK_LEN).await else {
+            return;
+        };
+        let n = match source.read(&mut buf[..credit]).await {
+            Ok(n) => n,
+            Err(err) => {
+                tracing::warn!(?stream, %err, "reading command output failed");
+                0
+            }
+        };
+        if n < credit {
+            window.grant((credit - n) as u32);
+        }
+        let chunk = OutputChunk {
+            stream: stream as i32,
+            data: Bytes::copy_from_slice(&buf[..n]),
+            eof: n == 0,
+        };
+        if !reply.send(Body::Output(chunk)).await || n == 0 {
+            return;
+        }
+    }
+}
+
+enum StdinMessage {
+    Data(Bytes),
+    Close,
+}
+
+enum StdinSink {
+    Pipe(Option<pipe::Sender>),
+    Pty(Arc<PtyMaster>),
+    None,
+}
+
+/// End-of-file character of a terminal in canonical mode (^D).
+const PTY_EOF: u8 = 0x04;
+
+/// Writes the host's stdin bytes and returns their credit as they are written.
+async fn feed_stdin(
+    mut sink: StdinSink,
+    mut rx: mpsc::UnboundedReceiver<StdinMessage>,
+    reply: Reply,
+) {
+    let mut window = RecvWindow::new();
+    while let Some(message) = rx.recv().await {
+        match message {
+            StdinMessage::Data(data) => {
+                let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+                if let Err(overrun) = window.received(len) {
+                    tracing::warn!(%overrun, "host ignored the stdin window; closing stdin");
+                    return;
+                }
+                let written = match &mut sink {
+                    StdinSink::Pipe(Some(pipe)) => pipe.write_all(&data).await,
+                    StdinSink::Pty(master) => master.write_all(&data).await,
+                    // Stdin closed or never requested: the bytes are dropped, credit still returns.
+                    StdinSink::Pipe(None) | StdinSink::None => Ok(()),
+                };
+                if let Err(err) = written {
+                    tracing::debug!(%err, "command stopped reading stdin");
+                    sink = StdinSink::Pipe(None);
+                }
+                if let Some(bytes) = window.consumed(len) {
+                    reply.send(Body::Window(WindowUpdate { bytes })).await;
+                }
+            }
+            StdinMessage::Close => match &mut sink {
+                StdinSink::Pipe(pipe) => drop(pipe.take()),
+                StdinSink::Pty(master) => {
+                    let _ = master.write_all(&[PTY_EOF]).await;
+                }
+                StdinSink::None => {}
+            },
+        }
+    }
+}
+
+fn signal_group(pid: Pid, signal: Signal) {
+    if let Err(err) = killpg(pid, signal) {
+        tracing::debug!(%pid, %err, "signal {signal} not delivered");
+    }
+}
+
+async fn execute(
+    agent: &Agent,
+    reply: &Reply,
+    request: ExecRequest,
+    mut inbox: mpsc::UnboundedReceiver<Body>,
+) -> Result<ExitStatus, SpawnError> {
+    if request.argv.is_empty() || request.argv[0].is_empty() {
+        return Err(SpawnError::new(SpawnStage::Validate, Errno::EINVAL));
+    }
+    let (stdio, streams) = setup_io(&request).map_err(|e| SpawnError::new(SpawnStage::Setup, e))?;
+    let command = Command {
+        argv: request.argv.clone(),
+        env: environment(&request),
+        cwd: (!request.cwd.is_empty()).then(|| request.cwd.clone()),
+        uid: request.uid,
+        gid: request.gid,
+        pty: request.pty.is_some(),
+    };
+    let spawned = spawn::spawn(&agent.table, &command, stdio).await?;
+    let pid = spawned.pid;
+    tracing::debug!(%pid, argv = ?request.argv, "exec started");
+    reply
+        .send(Body::ExecStarted(ExecStarted {
+            pid: pid.as_raw() as u32,
+        }))
+        .await;
+
+    let window = Arc::new(SendWindow::new(INITIAL_WINDOW));
+    let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();
+    let (pumps, sink, pty) = match streams {
+        Streams::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        } => {
+            let sink = if request.stdin {
+                StdinSink::Pipe(stdin)
+            } else {
+                StdinSink::None
+            };
+            let pumps = vec![
+                tokio::spawn(pump(
+                    Source::Pipe(stdout),
+                    OutputStream::Stdout,
+                    window.clone(),
+                    reply.clone(),
+                )),
+                tokio::spawn(pump(
+                    Source::Pipe(stderr),
+                    OutputStream::Stderr,
+                    window.clone(),
+                    reply.clone(),
+                )),
+            ];
+            (pumps, sink, None)
+        }
+        Streams::Pty(master) => {
+            let pumps = vec![tokio::spawn(pump(
+                Source::Pty(master.clone()),
+                OutputStream::Pty,
+                window.clone(),
+                reply.clone(),
+            ))];
+            (pumps, StdinSink::Pty(master.clone()), Some(master))
+        }
+    };
+    let feeder = tokio::spawn(feed_stdin(sink, stdin_rx, reply.clone()));
+
+    let mut exit_rx = spawned.exit;
+    let mut exit: Option<ChildExit> = None;
+    let mut timed_out = false;
+    let mut connected = true;
+    let timeout = tokio::time::sleep(if request.timeout_ms > 0 {
+        Duration::from_millis(request.timeout_ms)
+    } else {
+        Duration::MAX / 4
+    });
+    tokio::pin!(timeout);
+    let pumps_done = futures_util::future::join_all(pumps);
+    tokio::pin!(pumps_done);
+
+    // Until the command exited AND its output reached end of file, keep serving the host's
+    // control frames (credit for the output, stdin, signals, resizes).
+    let mut output_done = false;
+    while exit.is_none() || !output_done {
+        tokio::select! {
+            frame = inbox.recv(), if connected => match frame {
+                Some(Body::StdinData(data)) => drop(stdin_tx.send(StdinMessage::Data(data.data))),
+                Some(Body::StdinClose(_)) => drop(stdin_tx.send(StdinMessage::Close)),
+                Some(Body::Window(update)) => window.grant(update.bytes),
+                Some(Body::Signal(request)) => match Signal::try_from(request.signal) {
+                    Ok(signal) if exit.is_none() => signal_group(pid, signal),
+                    Ok(_) => {}
+                    Err(_) => tracing::warn!(signal = request.signal, "host sent an unknown signal number"),
+                },
+                Some(Body::Resize(resize)) => {
+                    if let (Some(master), Some(size)) = (&pty, resize.size) {
+                        if let Err(err) = master.resize(size) {
+                            tracing::warn!(%err, "pty resize failed");
+                        }
+                    }
+                }
+                Some(other) => tracing::warn!(kind = other.kind(), "unexpected frame for an exec; ignored"),
+                None => {
+                    connected = false;
+                    window.close();
+                    if exit.is_none() {
+                        signal_group(pid, Signal::SIGHUP);
+                    }
+                }
+            },
+            status = &mut exit_rx, if exit.is_none() => {
+                exit = Some(status.unwrap_or(ChildExit::Signal(Signal::SIGKILL as i32)));
+            },
+            _ = &mut pumps_done, if !output_done => output_done = true,
+            _ = &mut timeout, if !timed_out && exit.is_none() => {
+                tracing::info!(%pid, "exec timed out; killing its process group");
+                timed_out = true;
+                signal_group(pid, Signal::SIGKILL);
+            },
+        }
+    }
+    drop(stdin_tx);
+    feeder.abort();
+    let outcome = match exit {
+        Some(ChildExit::Code(code)) => Outcome::Code(code),
+        Some(ChildExit::Signal(signal)) => Outcome::Signal(signal),
+        None => Outcome::Signal(Signal::SIGKILL as i32),
+    };
+    Ok(ExitStatus {
+        outcome: Some(outcome),
+        timed_out,
+    })
+}

@@ -1,0 +1,62 @@
+//! Small PID 1 duties: hostname, loopback, and powering off.
+
+use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+use std::os::fd::AsRawFd;
+
+/// Sets the hostname; logged on failure.
+pub fn set_hostname(name: &str) {
+    if let Err(err) = nix::unistd::sethostname(name) {
+        tracing::warn!(name, %err, "cannot set hostname");
+    }
+}
+
+/// Brings `lo` up (IFF_UP) so that programs can use 127.0.0.1.
+pub fn loopback_up() {
+    let sock = match socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    ) {
+        Ok(sock) => sock,
+        Err(err) => {
+            tracing::warn!(%err, "no socket for configuring lo");
+            return;
+        }
+    };
+    // SAFETY: ifreq is plain old data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS fills `req`, which outlives the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } != 0 {
+        tracing::warn!(err = %std::io::Error::last_os_error(), "cannot read lo flags");
+        return;
+    }
+    // SAFETY: reading and writing the flags member of the union SIOCGIFFLAGS just filled.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: SIOCSIFFLAGS reads `req`, which outlives the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } != 0 {
+        tracing::warn!(err = %std::io::Error::last_os_error(), "cannot bring lo up");
+    }
+}
+
+/// Stops everything and powers the machine off, reporting `status` on the console first.
+pub fn power_off(status: i32) -> ! {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    // Every process but us: -1 means all processes we may signal.
+    let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    nix::unistd::sync();
+    eprintln!("krunbox: exit-status {status}");
+    let err = match nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF) {
+        Ok(never) => match never {},
+        Err(err) => err,
+    };
+    eprintln!("krunbox: power off failed: {err}");
+    // A PID 1 that exits panics the kernel, which with panic=-1 also ends the VM.
+    std::process::exit(status)
+}

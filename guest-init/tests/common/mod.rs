@@ -1,0 +1,57 @@
+//! Starting the real agent in host mode for a test.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use krunbox_protocol::client::Client;
+use krunbox_protocol::transport::AgentAddress;
+
+/// A running agent; killed when dropped.
+pub struct TestAgent {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+}
+
+impl TestAgent {
+    pub fn start() -> Self {
+        Self::start_with(|cmd| cmd)
+    }
+
+    /// Starts the agent through `wrap`, which may put a launcher in front (e.g. `unshare`).
+    pub fn start_with(wrap: impl FnOnce(Vec<String>) -> Vec<String>) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("agent.sock");
+        let argv = wrap(vec![
+            env!("CARGO_BIN_EXE_guest-init").to_owned(),
+            "--listen".to_owned(),
+            format!("unix:{}", socket.display()),
+            "--log".to_owned(),
+            std::env::var("AGENT_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        ]);
+        let child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start guest-init");
+        Self { child, dir, socket }
+    }
+
+    pub fn address(&self) -> AgentAddress {
+        AgentAddress::Unix(self.socket.clone())
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect_with_retry(&self.address(), Duration::from_secs(20))
+            .await
+            .expect("connect to the agent")
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,210 @@
+//! The agent in host mode: exec behaviour end to end over a real Unix socket.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestAgent;
+use krunbox_protocol::client::{ExecEvent, ExecSpec};
+use krunbox_protocol::messages::{Outcome, OutputStream, SpawnStage};
+use sha2::{Digest, Sha256};
+
+#[tokio::test]
+async fn echo_and_exit_codes() {
+    let agent = TestAgent::start();
+    let client = agent.client().await;
+    let out = client
+        .exec(ExecSpec::new(["echo", "hello", "world"]))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"hello world\n");
+    assert_eq!(out.status.outcome, Some(Outcome::Code(0)));
+    let out = client
+        .exec(ExecSpec::new([
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 42",
+        ]))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"out\n");
+    assert_eq!(out.stderr, b"err\n");
+    assert_eq!(out.status.shell_code(), 42);
+}
+
+#[tokio::test]
+async fn env_cwd_and_default_path() {
+    let agent = TestAgent::start();
+    let client = agent.client().await;
+    let spec = ExecSpec::new(["sh", "-c", "echo $GREETING; pwd; echo $PATH"])
+        .env("GREETING", "hi there")
+        .cwd("/usr");
+    let out = client.exec(spec).await.unwrap().collect().await.unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "hi there");
+    assert_eq!(lines[1], "/usr");
+    assert!(
+        lines[2].contains("/usr/bin"),
+        "default PATH added: {}",
+        lines[2]
+    );
+}
+
+#[tokio::test]
+async fn stdin_is_piped_and_closed() {
+    let agent = TestAgent::start();
+    let client = agent.client().await;
+    let mut exec = client
+        .exec(ExecSpec::new(["sh", "-c", "tr a-z A-Z; echo done"]).stdin(true))
+        .await
+        .unwrap();
+    let mut stdin = exec.take_stdin().unwrap();
+    stdin.write(b"piped input\n").await.unwrap();
+    stdin.close().await.unwrap();
+    let out = exec.collect().await.unwrap();
+    assert_eq!(out.stdout, b"PIPED INPUT\ndone\n");
+}
+
+#[tokio::test]
+async fn signals_reach_the_process_group() {
+    let agent = TestAgent::start();
+    let client = agent.client().await;
+    let mut exec = client.exec(ExecSpec::new(["sleep", "30"])).await.unwrap();
+    exec.control().signal(libc::SIGTERM).await.unwrap();
+    let out = exec.collect().await.unwrap();
+    assert_eq!(out.status.outcome, Some(Outcome::Signal(libc::SIGTERM)));
+    assert_eq!(out.status.shell_code(), 128 + libc::SIGTERM);
+}
+
+#[tokio::test]
+async fn timeout_kills_the_process_group() {
+    let agent = TestAgent::start();
+    let client = agent.client().await;
+    let started = std::time::Instant::now();
+    let out = client
+        .exec(
+            ExecSpec::new(["sh", "-c", "sleep 30 & sleep 30"]).timeout(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert!(out.status.timed_out);
+    assert_eq!(out.status.outcome, Some(Outcome::Signal(libc::SIGKILL)));
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the background sleep was killed too (pipes closed)"
+    );
+}
+
+#[tokio::test]
+async fn missing_program_is_a_spawn_failure() {
+    let agent = TestAgent::start();
+    let client = agent.client().await;
+    let exec = client
+        .exec(ExecSpec::new(["/no/such/program"]))
+        .await
+        .unwrap();
+    assert!(exec.pid().is_none());
+    let out = exec.collect().await.unwrap();
+    match &out.status.outcome {
+        Some(Outcome::SpawnFailed(failure)) => {
+            assert_eq!(failure.stage(), SpawnStage::Exec);
+            assert_eq!(failure.errno, libc::ENOENT);
+        }
+        other => panic!("expected a spawn failure, got {other:?}"),
+    }
+    assert_eq!(out.status.shell_code(), 127);
+    let bad_cwd = client
+        .exec(ExecSpec::new(["true"]).cwd("/no/such/dir"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    match bad_cwd.status.outcome {
+        Some(Outcome::SpawnFailed(failure)) => assert_eq!(failure.stage(), SpawnStage::Chdir),
+        other => panic!("expected a chdir failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn hundred_megabytes_of_stdout_arrive_intact() {
+    let agent = TestAgent::start();
+    let client = agent.client().await;
+    // 100 MiB of non-repeating data, hashed inside the command and on the receiving side.
+    let script = "head -c 104857600 /dev/urandom | tee >(sha256sum >&2)";
+    let mut exec = client
+        .exec(ExecSpec::new(["bash", "-c", &script]))
+        .await
+        .unwrap();
+    let mut hasher = Sha256::new();
+    let mut total = 0usize;
+    let mut stderr = Vec::new();
+    let status = loop {
+        match exec.next_event().await.unwrap().unwrap() {
+            ExecEvent::Output {
+                stream: OutputStream::Stdout,
+                data,
+            } => {
+                total += data.len();
+                hasher.update(&data);
+            }
+            ExecEvent::Output { data, .. } => stderr.extend_from_slice(&data),
+            ExecEvent::Eof(_) => {}
+            ExecEvent::Exit(status) => break status,
+        }
+    };
+    assert_eq!(status.shell_code(), 0);
+    assert_eq!(total, 104_857_600);
+    let expected = String::from_utf8(stderr).unwrap();
+    assert_eq!(
+        hex::encode(hasher.finalize()),
+        expected.split_whitespace().next().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn fifty_concurrent_execs() {
+    let agent = TestAgent::start();
+    let client = agent.client().await;
+    let tasks: Vec<_> = (0..60)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let spec = ExecSpec::new(["sh", "-c", "sleep 0.2; echo $N; exit $((N % 7))"])
+                    .env("N", i.to_string());
+                let out = client.exec(spec).await.unwrap().collect().await.unwrap();
+                (i, out)
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (i, out) = task.await.unwrap();
+        assert_eq!(out.stdout, format!("{i}\n").into_bytes());
+        assert_eq!(out.status.shell_code(), i % 7);
+    }
+}
+
+#[tokio::test]
+async fn split_streams_and_exit_future() {
+    let agent = TestAgent::start();
+    let client = agent.client().await;
+    let exec = client
+        .exec(ExecSpec::new(["sh", "-c", "echo a; echo b >&2; exit 5"]))
+        .await
+        .unwrap();
+    let (_stdin, stdout, stderr, exit) = exec.split();
+    let (out, err, status) = tokio::join!(stdout.read_to_end(), stderr.read_to_end(), exit);
+    assert_eq!(out, b"a\n");
+    assert_eq!(err, b"b\n");
+    assert_eq!(status.unwrap().shell_code(), 5);
+}
