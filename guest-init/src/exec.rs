@@ -170,6 +170,7 @@ async fn pump(mut source: Source, stream: OutputStream, window: Arc<SendWindow>,
                 0
             }
         };
+        tracing::trace!(?stream, n, "output read");
         if n < credit {
             window.grant((credit - n) as u32);
         }
@@ -213,6 +214,7 @@ async fn feed_stdin(
                     tracing::warn!(%overrun, "host ignored the stdin window; closing stdin");
                     return;
                 }
+                tracing::trace!(len, "stdin data");
                 let written = match &mut sink {
                     StdinSink::Pipe(Some(pipe)) => pipe.write_all(&data).await,
                     StdinSink::Pty(master) => master.write_all(&data).await,
@@ -311,6 +313,7 @@ async fn execute(
         }
     };
     let feeder = tokio::spawn(feed_stdin(sink, stdin_rx, reply.clone()));
+    tracing::trace!(pumps = pumps.len(), "exec streams running");
 
     let mut exit_rx = spawned.exit;
     let mut exit: Option<ChildExit> = None;

@@ -262,7 +262,9 @@ async fn write_file(
     let std_file = {
         let (dir, parent, temp_path) = (dir.clone(), parent.clone(), temp_path.clone());
         tokio::task::spawn_blocking(move || -> io::Result<std::fs::File> {
-            if op.create_parents {
+            // An existing parent is left alone, so that a symlink there is resolved (and refused
+            // when it leads outside) by the open below rather than reported as "exists".
+            if op.create_parents && dir.symlink_metadata(&parent).is_err() {
                 dir.create_dir_all(&parent)?;
             }
             let mut options = OpenOptions::new();

@@ -8,6 +8,7 @@ use krunbox_protocol::client::Client;
 use krunbox_protocol::transport::AgentAddress;
 
 /// A running agent; killed when dropped.
+#[allow(dead_code)] // each test binary uses a different part
 pub struct TestAgent {
     pub child: Child,
     pub dir: tempfile::TempDir,
