@@ -71,8 +71,13 @@ impl PtyMaster {
     pub fn resize(&self, size: PtySize) -> Result<(), Errno> {
         let ws = winsize(size);
         // SAFETY: TIOCSWINSZ reads one `Winsize` from the pointer, which lives across the call.
-        let rc =
-            unsafe { libc::ioctl(self.fd.get_ref().as_fd().as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        let rc = unsafe {
+            libc::ioctl(
+                self.fd.get_ref().as_fd().as_raw_fd(),
+                libc::TIOCSWINSZ as _,
+                &ws,
+            )
+        };
         Errno::result(rc).map(drop)
     }
 }

@@ -30,14 +30,14 @@ pub fn loopback_up() {
         *dst = *src as libc::c_char;
     }
     // SAFETY: SIOCGIFFLAGS fills `req`, which outlives the call.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } != 0 {
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) } != 0 {
         tracing::warn!(err = %std::io::Error::last_os_error(), "cannot read lo flags");
         return;
     }
     // SAFETY: reading and writing the flags member of the union SIOCGIFFLAGS just filled.
     unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
     // SAFETY: SIOCSIFFLAGS reads `req`, which outlives the call.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } != 0 {
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) } != 0 {
         tracing::warn!(err = %std::io::Error::last_os_error(), "cannot bring lo up");
     }
 }

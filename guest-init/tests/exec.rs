@@ -76,7 +76,7 @@ async fn stdin_is_piped_and_closed() {
 async fn signals_reach_the_process_group() {
     let agent = TestAgent::start();
     let client = agent.client().await;
-    let mut exec = client.exec(ExecSpec::new(["sleep", "30"])).await.unwrap();
+    let exec = client.exec(ExecSpec::new(["sleep", "30"])).await.unwrap();
     exec.control().signal(libc::SIGTERM).await.unwrap();
     let out = exec.collect().await.unwrap();
     assert_eq!(out.status.outcome, Some(Outcome::Signal(libc::SIGTERM)));
@@ -143,7 +143,7 @@ async fn hundred_megabytes_of_stdout_arrive_intact() {
     // 100 MiB of non-repeating data, hashed inside the command and on the receiving side.
     let script = "head -c 104857600 /dev/urandom | tee >(sha256sum >&2)";
     let mut exec = client
-        .exec(ExecSpec::new(["bash", "-c", &script]))
+        .exec(ExecSpec::new(["bash", "-c", script]))
         .await
         .unwrap();
     let mut hasher = Sha256::new();

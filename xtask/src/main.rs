@@ -2,7 +2,9 @@
 
 mod bench;
 mod build_init;
+mod demo;
 mod fuzz;
+mod host_agent;
 mod workspace;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +22,8 @@ enum Command {
     BuildInit(build_init::Args),
     /// Fuzz the protocol frame decoder for a bounded time (needs cargo-fuzz).
     Fuzz(fuzz::Args),
+    /// Run a command through the guest agent in host mode (no VM) and exit with its status.
+    Demo(demo::Args),
     /// Measure agent round trips and throughput against running the same work on the host.
     Bench(bench::Args),
 }
@@ -29,5 +33,6 @@ fn main() -> anyhow::Result<()> {
         Command::BuildInit(args) => build_init::run(&args).map(drop),
         Command::Fuzz(args) => fuzz::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Demo(args) => std::process::exit(demo::run(&args)?),
     }
 }

@@ -1,7 +1,7 @@
 //! The agent in host mode: what the protocol and agent cost on top of the work itself.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -9,36 +9,20 @@ use krunbox_protocol::client::{Client, ExecEvent, ExecSpec};
 use krunbox_protocol::transport::AgentAddress;
 
 use super::table::{millis, percentile, rate, ratio, Table};
-use crate::workspace;
-
-/// Kills the agent when the benchmark ends, however it ends.
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::host_agent::HostAgent;
 
 pub fn run(iterations: usize, megabytes: u64) -> anyhow::Result<()> {
-    workspace::run(workspace::cargo().args(["build", "--release", "-p", "guest-init"]))?;
-    let binary = workspace::target_dir().join("release").join("guest-init");
-    let dir = tempfile::tempdir().context("create a temporary directory")?;
-    let socket = dir.path().join("agent.sock");
-    let _agent = Agent(
-        Command::new(&binary)
-            .arg("--listen")
-            .arg(format!("unix:{}", socket.display()))
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("start {}", binary.display()))?,
-    );
+    let agent = HostAgent::start()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("start the tokio runtime")?;
-    runtime.block_on(measure(&socket, dir.path(), iterations, megabytes))
+    runtime.block_on(measure(
+        &agent.socket,
+        agent.dir.path(),
+        iterations,
+        megabytes,
+    ))
 }
 
 async fn measure(

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite: setup (idempotent), formatting, lints, macOS type-check, unit and
+# end-to-end tests (real guests under QEMU, a real local registry), and a short fuzz run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+./scripts/setup.sh --no-demo
+step() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
+
+step "cargo fmt --check"
+cargo fmt --all --check
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+step "cargo check for macOS (aarch64-apple-darwin)"
+cargo check --target aarch64-apple-darwin -p krunbox -p krunbox-protocol
+step "guest-init builds as static musl for x86_64 and aarch64"
+cargo xtask build-init
+step "tests (end-to-end tests must run: KRUNBOX_REQUIRE_E2E=1)"
+KRUNBOX_REQUIRE_E2E=1 cargo test --workspace
+step "fuzz the frame decoder (30 s)"
+cargo xtask fuzz --seconds 30
