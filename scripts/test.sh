@@ -16,6 +16,11 @@ cargo check --target aarch64-apple-darwin -p krunbox -p krunbox-protocol
 step "guest-init builds as static musl for x86_64 and aarch64"
 cargo xtask build-init
 step "tests (end-to-end tests must run: KRUNBOX_REQUIRE_E2E=1)"
-KRUNBOX_REQUIRE_E2E=1 cargo test --workspace
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+KRUNBOX_REQUIRE_E2E=1 cargo test --workspace 2>&1 | tee "$results"
 step "fuzz the frame decoder (30 s)"
 cargo xtask fuzz --seconds 30
+# One closing line for the whole suite (cargo prints one per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$results"
