@@ -148,20 +148,13 @@ async fn dispatch(
         }
         Body::Exec(request) => {
             if let Some(inbox) = open(operations, &reply, id).await {
-                let (agent, ops) = (agent.clone(), operations.clone());
-                tokio::spawn(async move {
-                    exec::run(agent, reply, request, inbox).await;
-                    lock(&ops).remove(&id);
-                });
+                let agent = agent.clone();
+                run_operation(operations, id, exec::run(agent, reply, request, inbox));
             }
         }
         Body::File(request) => {
             if let Some(inbox) = open(operations, &reply, id).await {
-                let ops = operations.clone();
-                tokio::spawn(async move {
-                    files::run(reply, request, inbox).await;
-                    lock(&ops).remove(&id);
-                });
+                run_operation(operations, id, files::run(reply, request, inbox));
             }
         }
         body @ (Body::StdinData(_)
@@ -194,6 +187,19 @@ async fn dispatch(
                 .await;
         }
     }
+}
+
+/// Runs an operation's task and unregisters its id when the task ends.
+fn run_operation(
+    operations: &Operations,
+    id: u64,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let operations = operations.clone();
+    tokio::spawn(async move {
+        task.await;
+        lock(&operations).remove(&id);
+    });
 }
 
 /// Registers a new operation; refuses an id already in use.

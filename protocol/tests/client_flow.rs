@@ -42,6 +42,31 @@ async fn scripted_agent(
     (client, peer)
 }
 
+/// Starts `spec` on `client` and answers as the agent with ExecStarted; returns the exec id.
+async fn start_exec(
+    client: &Client,
+    peer: &mut Peer,
+    spec: ExecSpec,
+) -> (u64, krunbox_protocol::client::Execution) {
+    let exec = tokio::spawn({
+        let client = client.clone();
+        async move { client.exec(spec).await }
+    });
+    let request = peer.next().await.expect("exec frame").expect("valid");
+    assert!(
+        matches!(request.body, Some(Body::Exec(_))),
+        "expected Exec, got {}",
+        request.kind()
+    );
+    peer.send(Envelope::new(
+        request.id,
+        Body::ExecStarted(ExecStarted { pid: 1 }),
+    ))
+    .await
+    .expect("send");
+    (request.id, exec.await.expect("join").expect("exec started"))
+}
+
 #[tokio::test]
 async fn handshake_refuses_an_agent_of_an_unknown_generation() {
     let (client, _peer) = scripted_agent(99).await;
@@ -57,17 +82,7 @@ async fn stdin_never_exceeds_the_granted_window() {
     let (client, mut peer) = scripted_agent(1).await;
     let client = client.await.expect("join").expect("handshake");
 
-    let exec = tokio::spawn({
-        let client = client.clone();
-        async move { client.exec(ExecSpec::new(["cat"]).stdin(true)).await }
-    });
-    let request = peer.next().await.expect("exec frame").expect("valid");
-    let id = request.id;
-    assert!(matches!(request.body, Some(Body::Exec(_))));
-    peer.send(Envelope::new(id, Body::ExecStarted(ExecStarted { pid: 1 })))
-        .await
-        .expect("send");
-    let mut exec = exec.await.expect("join").expect("exec started");
+    let (id, mut exec) = start_exec(&client, &mut peer, ExecSpec::new(["cat"]).stdin(true)).await;
     let mut stdin = exec.take_stdin().expect("stdin requested");
 
     let total = INITIAL_WINDOW as usize * 3;
@@ -114,15 +129,7 @@ async fn stdin_never_exceeds_the_granted_window() {
 async fn output_is_acknowledged_as_it_is_consumed() {
     let (client, mut peer) = scripted_agent(1).await;
     let client = client.await.expect("join").expect("handshake");
-    let exec = tokio::spawn({
-        let client = client.clone();
-        async move { client.exec(ExecSpec::new(["yes"])).await }
-    });
-    let id = peer.next().await.expect("exec").expect("valid").id;
-    peer.send(Envelope::new(id, Body::ExecStarted(ExecStarted { pid: 2 })))
-        .await
-        .expect("send");
-    let mut exec = exec.await.expect("join").expect("started");
+    let (id, mut exec) = start_exec(&client, &mut peer, ExecSpec::new(["yes"])).await;
 
     let chunk = vec![b'y'; 32 * 1024];
     let chunks = INITIAL_WINDOW as usize / chunk.len();
@@ -166,15 +173,7 @@ async fn output_is_acknowledged_as_it_is_consumed() {
 async fn output_beyond_the_window_aborts_the_operation() {
     let (client, mut peer) = scripted_agent(1).await;
     let client = client.await.expect("join").expect("handshake");
-    let exec = tokio::spawn({
-        let client = client.clone();
-        async move { client.exec(ExecSpec::new(["yes"])).await }
-    });
-    let id = peer.next().await.expect("exec").expect("valid").id;
-    peer.send(Envelope::new(id, Body::ExecStarted(ExecStarted { pid: 2 })))
-        .await
-        .expect("send");
-    let mut exec = exec.await.expect("join").expect("started");
+    let (id, mut exec) = start_exec(&client, &mut peer, ExecSpec::new(["yes"])).await;
     // Nothing is consumed, so no credit returns: one chunk past the window is an overrun.
     let chunk = vec![b'y'; 64 * 1024];
     for _ in 0..(INITIAL_WINDOW as usize / chunk.len() + 1) {
