@@ -1,15 +1,50 @@
-//! krunbox: the host binary.
+//! krunbox: run commands in micro-VMs.
 //!
-//! Not built yet: the VM backends (libkrun and QEMU) and `krunbox run` are issue 3. What
-//! exists today is the foundation they stand on: the `krunbox-protocol` crate (wire protocol and
-//! client) and `guest-init` (the agent), which `cargo xtask bench` and the tests drive over a
-//! Unix socket without a VM.
+//! Layout: `cli/` parses and runs subcommands; `backend/` starts VMs (one module per
+//! backend, behind the `Backend` trait); `guest_kernel`, `initramfs`, `rootfs` and
+//! `guest_init` prepare what a guest boots; `rundir` and `lock` keep per-VM state safe
+//! between concurrent krunbox processes.
+
+mod backend;
+mod cli;
+mod elf;
+mod guest_init;
+mod guest_kernel;
+mod initramfs;
+mod lock;
+mod paths;
+mod rootfs;
+mod rundir;
+
+use clap::Parser;
+
+/// Exit code for krunbox's own failures (as `docker run`).
+const FAILURE: i32 = 125;
 
 fn main() {
-    eprintln!(
-        "krunbox {}: booting micro-VMs is not implemented yet (the libkrun and QEMU backends are \
-         the next milestone). The guest agent and the protocol client work; see README.md.",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::exit(2);
+    let cli = cli::Cli::parse();
+    if matches!(cli.command, cli::Command::QemuSupervisor) {
+        // Logs to its run directory, not to the terminal.
+        std::process::exit(backend::qemu::supervisor::main());
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KRUNBOX_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let result: anyhow::Result<i32> = match cli.command {
+        cli::Command::Run(args) => cli::run::run(args).map_err(Into::into),
+        cli::Command::Doctor => Ok(cli::doctor::run()),
+        cli::Command::Kernel(command) => cli::kernel::run(&command).map_err(Into::into),
+        cli::Command::QemuSupervisor => Ok(0),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(err) => {
+            eprintln!("krunbox: {err:#}");
+            std::process::exit(FAILURE);
+        }
+    }
 }

@@ -1,0 +1,297 @@
+//! VM backends behind one lifecycle.
+//!
+//! A [`Backend`] starts a VM from a [`VmSpec`] and hands back a [`VmHandle`]: where the agent
+//! listens, the console log, how and whether the VM ended, and a way to kill it. Dropping the
+//! handle stops the VM and removes everything the backend created for it (processes, sockets,
+//! run directory). The session above it (`krunbox run`) only ever talks to the agent through
+//! the [`AgentAddress`] and never knows which backend runs the VM.
+//!
+//! - [`qemu`]: qemu-system with KVM or TCG, vhost-device-vsock and virtiofsd; works on hosts
+//!   without usable KVM (and is what the end-to-end tests boot);
+//! - [`krun`]: libkrun in a VMM child process (KVM on Linux, Hypervisor.framework on macOS).
+
+pub mod krun;
+pub mod qemu;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use krunbox_protocol::transport::AgentAddress;
+
+/// Which backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// libkrun.
+    Krun,
+    /// QEMU.
+    Qemu,
+}
+
+impl BackendKind {
+    /// The name users type.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Krun => "krun",
+            Self::Qemu => "qemu",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Hardware acceleration for backends that can choose (QEMU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Accel {
+    /// KVM when it can really run guests, TCG otherwise.
+    #[default]
+    Auto,
+    /// Software emulation.
+    Tcg,
+    /// KVM (fails when /dev/kvm is unusable).
+    Kvm,
+}
+
+/// A host directory shared into the guest over virtio-fs (beyond the root).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedDir {
+    /// The host directory.
+    pub host_path: PathBuf,
+    /// Where it appears in the guest.
+    pub guest_path: String,
+    /// Mounted read-only in the guest.
+    pub read_only: bool,
+}
+
+/// What VM to start.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// The root filesystem directory.
+    pub rootfs: PathBuf,
+    /// Further shared directories.
+    pub shares: Vec<SharedDir>,
+    /// vCPUs.
+    pub cpus: u8,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// A kernel to boot instead of the backend's default (drivers built in).
+    pub kernel: Option<PathBuf>,
+    /// The guest agent binary (static, for the guest's architecture).
+    pub guest_init: PathBuf,
+    /// The guest's hostname.
+    pub hostname: String,
+    /// Acceleration (QEMU only).
+    pub accel: Accel,
+    /// guest-init's log level (`krunbox.log=`), if not the default.
+    pub guest_log_level: Option<String>,
+}
+
+impl VmSpec {
+    /// A spec with the defaults: 1 vCPU, 512 MiB, the backend's kernel.
+    pub fn new(rootfs: PathBuf, guest_init: PathBuf) -> Self {
+        Self {
+            rootfs,
+            shares: Vec::new(),
+            cpus: 1,
+            memory_mib: 512,
+            kernel: None,
+            guest_init,
+            hostname: "krunbox".into(),
+            accel: Accel::Auto,
+            guest_log_level: None,
+        }
+    }
+}
+
+/// Whether a backend can boot guests on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Availability {
+    /// It can; the detail says with what (e.g. "TCG (KVM unusable: ...)").
+    Available(String),
+    /// It cannot, and why.
+    Unavailable(String),
+}
+
+impl Availability {
+    /// Whether it can.
+    pub fn is_available(&self) -> bool {
+        matches!(self, Self::Available(_))
+    }
+}
+
+/// One line of `krunbox doctor`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// What was checked.
+    pub what: String,
+    /// Whether it is fine.
+    pub ok: bool,
+    /// What was found, or what to do.
+    pub detail: String,
+}
+
+/// How a VM ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum VmExit {
+    /// The VMM exited with this status (QEMU exits 0 on guest power-off and on a guest
+    /// kernel panic with `panic=-1`).
+    Exited(i32),
+    /// The VMM was killed by this signal.
+    Killed(i32),
+}
+
+impl fmt::Display for VmExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exited(code) => write!(f, "the VMM exited with status {code}"),
+            Self::Killed(signal) => write!(f, "the VMM was killed by signal {signal}"),
+        }
+    }
+}
+
+/// A running (or ended) VM. Dropping it stops the VM and cleans up after it.
+pub trait VmHandle: Send {
+    /// Where the guest agent listens.
+    fn agent_address(&self) -> AgentAddress;
+    /// The guest console log (kernel and guest-init messages); valid until the handle drops.
+    fn console_log(&self) -> PathBuf;
+    /// What the VMM itself said (e.g. the tail of QEMU's log), for error reports.
+    fn diagnostics(&self) -> String {
+        String::new()
+    }
+    /// How the VM ended, if it has.
+    fn try_wait(&mut self) -> Result<Option<VmExit>, BackendError>;
+    /// Stops the VM now, without waiting for the guest.
+    fn kill(&mut self) -> Result<(), BackendError>;
+}
+
+/// A way to run VMs.
+pub trait Backend {
+    /// Which backend this is.
+    fn kind(&self) -> BackendKind;
+    /// Whether it can boot guests here.
+    fn availability(&self) -> Availability;
+    /// What it needs and what it found, for `krunbox doctor`.
+    fn checks(&self) -> Vec<Check> {
+        Vec::new()
+    }
+    /// Starts a VM. Returns once the VMM runs; the guest may still be booting.
+    fn start(&self, spec: &VmSpec) -> Result<Box<dyn VmHandle>, BackendError>;
+}
+
+/// Why a VM could not be started or supervised.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The backend cannot run guests on this host.
+    #[error("the {backend} backend is not available: {reason}")]
+    Unavailable {
+        /// Which backend.
+        backend: BackendKind,
+        /// Why.
+        reason: String,
+    },
+    /// The guest kernel.
+    #[error("guest kernel: {0}")]
+    Kernel(#[from] crate::guest_kernel::KernelError),
+    /// The initramfs.
+    #[error("initramfs: {0}")]
+    Initramfs(#[from] crate::initramfs::InitramfsError),
+    /// The spec is unusable.
+    #[error("invalid VM configuration: {0}")]
+    InvalidSpec(String),
+    /// A process the VM needs failed to start.
+    #[error("{name} failed to start: {detail}")]
+    Helper {
+        /// Which process (qemu, virtiofsd, vhost-device-vsock, the supervisor).
+        name: String,
+        /// What happened, with the tail of its log.
+        detail: String,
+    },
+    /// Talking to the VM's supervisor failed.
+    #[error("VM supervisor: {0}")]
+    Supervisor(String),
+    /// A file operation.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was done.
+        action: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A lock.
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
+}
+
+/// The last `lines` lines of a (console) log, lossily decoded; empty if unreadable.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let Ok(bytes) = std::fs::read(path) else {
+        return String::new();
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The backends compiled into this binary.
+pub fn all() -> Vec<Box<dyn Backend>> {
+    vec![
+        Box::new(krun::KrunBackend::new()),
+        Box::new(qemu::QemuBackend::new()),
+    ]
+}
+
+/// The backend to use: `Some(kind)` as asked, `None` for auto (krun where it can boot guests,
+/// QEMU otherwise).
+pub fn select(kind: Option<BackendKind>) -> Result<Box<dyn Backend>, BackendError> {
+    let mut backends = all();
+    match kind {
+        Some(kind) => {
+            backends
+                .into_iter()
+                .find(|b| b.kind() == kind)
+                .ok_or(BackendError::Unavailable {
+                    backend: kind,
+                    reason: "not compiled into this binary".into(),
+                })
+        }
+        None => {
+            let mut reasons = Vec::new();
+            for (index, backend) in backends.iter().enumerate() {
+                match backend.availability() {
+                    Availability::Available(detail) => {
+                        tracing::debug!(backend = %backend.kind(), %detail, "auto-selected");
+                        return Ok(backends.swap_remove(index));
+                    }
+                    Availability::Unavailable(reason) => {
+                        reasons.push(format!("{}: {reason}", backend.kind()))
+                    }
+                }
+            }
+            Err(BackendError::Unavailable {
+                backend: BackendKind::Qemu,
+                reason: format!("no backend can boot guests here ({})", reasons.join("; ")),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_tail_keeps_the_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        std::fs::write(&log, "a\nb\nc\nd\n").unwrap();
+        assert_eq!(log_tail(&log, 2), "c\nd");
+        assert_eq!(log_tail(&log, 10), "a\nb\nc\nd");
+        assert_eq!(log_tail(&dir.path().join("missing"), 3), "");
+    }
+}

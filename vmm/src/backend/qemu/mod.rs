@@ -1,0 +1,213 @@
+//! The QEMU backend: for hosts without usable KVM (TCG) and for every end-to-end test here.
+//!
+//! One VM is qemu-system-x86_64 (q35, memfd shared memory for vhost-user) with
+//! - vsock through `vhost-user-vsock-pci` and `vhost-device-vsock`, which exposes the guest's
+//!   vsock as a hybrid-vsock Unix socket in the run directory (the agent's address);
+//! - the root filesystem and every shared directory through `vhost-user-fs-pci` and one
+//!   `virtiofsd` each;
+//! - Debian's cloud kernel (or `--kernel`) and an initramfs holding guest-init and the modules
+//!   it loads before it switches to the virtio-fs root;
+//! - the serial console written to `console.log`.
+//!
+//! All of these run under a per-VM supervisor process ([`supervisor`]), which guarantees that
+//! they stop, and the run directory goes away, however krunbox ends.
+
+pub mod accel;
+pub mod plan;
+pub mod supervisor;
+pub mod tools;
+pub mod vm;
+
+use std::path::{Path, PathBuf};
+
+use super::{Availability, Backend, BackendError, BackendKind, Check, VmHandle, VmSpec};
+use crate::{guest_kernel, initramfs, paths, rundir};
+use tools::Tool;
+
+/// Unix socket paths are limited to 108 bytes (including the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// The QEMU backend.
+#[derive(Debug, Clone)]
+pub struct QemuBackend {
+    data_dir: PathBuf,
+    runtime_root: PathBuf,
+}
+
+impl Default for QemuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl QemuBackend {
+    /// The backend with krunbox's standard directories.
+    pub fn new() -> Self {
+        Self {
+            data_dir: paths::data_dir(),
+            runtime_root: paths::runtime_root(),
+        }
+    }
+
+    fn tools(&self) -> Result<(PathBuf, PathBuf, PathBuf), BackendError> {
+        let locate = |tool: Tool| {
+            tool.locate().map_err(|reason| BackendError::Unavailable {
+                backend: BackendKind::Qemu,
+                reason,
+            })
+        };
+        Ok((
+            locate(Tool::Qemu)?,
+            locate(Tool::Virtiofsd)?,
+            locate(Tool::VhostDeviceVsock)?,
+        ))
+    }
+
+    /// The kernel and initramfs for `spec`.
+    fn boot_files(&self, spec: &VmSpec) -> Result<(PathBuf, PathBuf), BackendError> {
+        match &spec.kernel {
+            Some(kernel) => {
+                if !kernel.is_file() {
+                    return Err(BackendError::InvalidSpec(format!(
+                        "kernel {} does not exist",
+                        kernel.display()
+                    )));
+                }
+                // A kernel of the user's own has its drivers built in: no modules.
+                let image =
+                    initramfs::cached(&self.data_dir.join("initramfs"), &spec.guest_init, &[])?;
+                Ok((kernel.clone(), image))
+            }
+            None => {
+                let kernel = guest_kernel::prepared_or_fetch(&self.data_dir)?;
+                let image = initramfs::cached(&kernel.dir, &spec.guest_init, &kernel.modules)?;
+                Ok((kernel.vmlinuz, image))
+            }
+        }
+    }
+}
+
+fn virtiofsd_sandbox() -> &'static str {
+    if nix::unistd::geteuid().is_root() {
+        "chroot"
+    } else {
+        "namespace"
+    }
+}
+
+impl Backend for QemuBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Qemu
+    }
+
+    fn availability(&self) -> Availability {
+        match self.tools() {
+            Err(err) => Availability::Unavailable(err.to_string()),
+            Ok(_) => match accel::decide(
+                super::Accel::Auto,
+                std::env::var(accel::ENV).ok().as_deref(),
+                &accel::probe_kvm(),
+            ) {
+                Ok(decision) => Availability::Available(decision.reason),
+                Err(reason) => Availability::Unavailable(reason),
+            },
+        }
+    }
+
+    fn checks(&self) -> Vec<Check> {
+        let mut checks: Vec<Check> = Tool::ALL
+            .iter()
+            .map(|tool| match tool.locate() {
+                Ok(path) => Check {
+                    what: tool.name().into(),
+                    ok: true,
+                    detail: path.display().to_string(),
+                },
+                Err(why) => Check {
+                    what: tool.name().into(),
+                    ok: false,
+                    detail: why,
+                },
+            })
+            .collect();
+        let kvm = accel::probe_kvm();
+        checks.push(Check {
+            what: "KVM".into(),
+            ok: kvm == accel::KvmStatus::Usable,
+            detail: match &kvm {
+                accel::KvmStatus::Usable => "usable".into(),
+                accel::KvmStatus::Missing(why) | accel::KvmStatus::Unusable(why) => why.clone(),
+            },
+        });
+        let decision = accel::decide(
+            super::Accel::Auto,
+            std::env::var(accel::ENV).ok().as_deref(),
+            &kvm,
+        );
+        checks.push(Check {
+            what: "accelerator".into(),
+            ok: decision.is_ok(),
+            detail: decision.map(|d| d.reason).unwrap_or_else(|e| e),
+        });
+        checks.push(match guest_kernel::prepared(&self.data_dir) {
+            Some(kernel) => Check {
+                what: "guest kernel".into(),
+                ok: true,
+                detail: format!(
+                    "Debian cloud kernel {} with {} modules in {}",
+                    kernel.abi,
+                    kernel.modules.len(),
+                    kernel.dir.display()
+                ),
+            },
+            None => Check {
+                what: "guest kernel".into(),
+                ok: false,
+                detail: format!(
+                    "not prepared yet: `krunbox kernel fetch` (or the first `krunbox run`) downloads it with apt into {}",
+                    guest_kernel::kernels_dir(&self.data_dir).display()
+                ),
+            },
+        });
+        checks
+    }
+
+    fn start(&self, spec: &VmSpec) -> Result<Box<dyn VmHandle>, BackendError> {
+        rundir::collect_stale(&self.runtime_root);
+        let (qemu, virtiofsd, vhost_device_vsock) = self.tools()?;
+        let decision = accel::decide(
+            spec.accel,
+            std::env::var(accel::ENV).ok().as_deref(),
+            &accel::probe_kvm(),
+        )
+        .map_err(|reason| BackendError::Unavailable {
+            backend: BackendKind::Qemu,
+            reason,
+        })?;
+        tracing::debug!(accel = %decision.reason, "QEMU accelerator");
+        let (kernel, initramfs) = self.boot_files(spec)?;
+        let layout = plan::Layout::new(self.runtime_root.join(rundir::new_id()));
+        check_socket_path(&layout.vsock_backend())?;
+        let inputs = plan::Inputs {
+            qemu,
+            virtiofsd,
+            vhost_device_vsock,
+            kernel,
+            initramfs,
+            kvm: decision.kvm,
+            virtiofsd_sandbox: virtiofsd_sandbox(),
+        };
+        let plan = plan::build(spec, &layout, &inputs)?;
+        Ok(Box::new(vm::QemuVm::launch(&plan, layout)?))
+    }
+}
+
+fn check_socket_path(path: &Path) -> Result<(), BackendError> {
+    if path.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(BackendError::InvalidSpec(format!(
+            "the run directory's socket path {} is longer than {MAX_SOCKET_PATH} bytes; set KRUNBOX_RUNTIME_DIR to a shorter directory",
+            path.display()
+        )));
+    }
+    Ok(())
+}

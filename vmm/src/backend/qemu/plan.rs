@@ -1,0 +1,386 @@
+//! What the supervisor launches for one VM: the helper daemons and QEMU, as plain data.
+//!
+//! Built by the parent (pure functions, unit-tested here), sent to the supervisor as JSON.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::super::{BackendError, VmSpec};
+
+/// The virtio-fs tag of the root filesystem.
+pub const ROOT_TAG: &str = "rootfs";
+
+/// One process to start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessPlan {
+    /// What to call it in errors (`virtiofsd (rootfs)`).
+    pub name: String,
+    /// The program.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Where its stdout and stderr go.
+    pub log: PathBuf,
+    /// A socket it creates when ready; the next process starts only once it exists.
+    pub ready_socket: Option<PathBuf>,
+}
+
+/// Everything the supervisor does for one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchPlan {
+    /// The run directory (created and locked by the supervisor, removed when it ends).
+    pub run_dir: PathBuf,
+    /// Started first, in order.
+    pub helpers: Vec<ProcessPlan>,
+    /// QEMU itself.
+    pub vmm: ProcessPlan,
+}
+
+/// The files of a run directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    dir: PathBuf,
+}
+
+impl Layout {
+    /// The layout of `dir`.
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// vhost-user socket between QEMU and vhost-device-vsock.
+    pub fn vsock_backend(&self) -> PathBuf {
+        self.dir.join("vhost-vsock.sock")
+    }
+
+    /// The host side of the guest's vsock (hybrid vsock: `CONNECT <port>`).
+    pub fn agent_uds(&self) -> PathBuf {
+        self.dir.join("vm.vsock")
+    }
+
+    /// vhost-user socket of virtio-fs share `index` (0 is the root).
+    pub fn fs_socket(&self, index: usize) -> PathBuf {
+        self.dir.join(format!("fs{index}.sock"))
+    }
+
+    /// The guest's serial console.
+    pub fn console(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+
+    /// A helper's log.
+    pub fn log(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.log"))
+    }
+}
+
+/// Host-side inputs besides the spec.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    /// qemu-system-x86_64.
+    pub qemu: PathBuf,
+    /// virtiofsd.
+    pub virtiofsd: PathBuf,
+    /// vhost-device-vsock.
+    pub vhost_device_vsock: PathBuf,
+    /// The kernel.
+    pub kernel: PathBuf,
+    /// The initramfs.
+    pub initramfs: PathBuf,
+    /// KVM (else TCG).
+    pub kvm: bool,
+    /// virtiofsd's sandbox: `chroot` needs root, `namespace` needs user namespaces.
+    pub virtiofsd_sandbox: &'static str,
+}
+
+/// The guest CID (any value ≥ 3; each VM has its own vsock device, so it need not be unique).
+const GUEST_CID: &str = "3";
+
+/// Builds the plan for `spec` in `layout`.
+pub fn build(spec: &VmSpec, layout: &Layout, inputs: &Inputs) -> Result<LaunchPlan, BackendError> {
+    validate(spec)?;
+    let mut helpers = vec![ProcessPlan {
+        name: "vhost-device-vsock".into(),
+        program: inputs.vhost_device_vsock.clone(),
+        args: vec![
+            "--guest-cid".into(),
+            GUEST_CID.into(),
+            "--socket".into(),
+            path_arg(&layout.vsock_backend()),
+            "--uds-path".into(),
+            path_arg(&layout.agent_uds()),
+        ],
+        log: layout.log("vhost-device-vsock"),
+        ready_socket: Some(layout.vsock_backend()),
+    }];
+    let sources = std::iter::once(&spec.rootfs).chain(spec.shares.iter().map(|s| &s.host_path));
+    for (index, source) in sources.enumerate() {
+        let tag = share_tag(index);
+        helpers.push(ProcessPlan {
+            name: format!("virtiofsd ({tag})"),
+            program: inputs.virtiofsd.clone(),
+            args: vec![
+                format!("--socket-path={}", layout.fs_socket(index).display()),
+                "-o".into(),
+                format!("source={}", source.display()),
+                "-o".into(),
+                "cache=none".into(),
+                "-o".into(),
+                format!("sandbox={}", inputs.virtiofsd_sandbox),
+            ],
+            log: layout.log(&format!("virtiofsd-{tag}")),
+            ready_socket: Some(layout.fs_socket(index)),
+        });
+    }
+
+    let memory = format!("{}M", spec.memory_mib);
+    let mut args: Vec<String> = vec![
+        "-name".into(),
+        format!(
+            "krunbox-{}",
+            layout
+                .dir()
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ),
+        "-machine".into(),
+        "q35,memory-backend=mem".into(),
+        "-object".into(),
+        format!("memory-backend-memfd,id=mem,size={memory},share=on"),
+        "-m".into(),
+        memory,
+        "-smp".into(),
+        spec.cpus.to_string(),
+        "-accel".into(),
+        if inputs.kvm { "kvm" } else { "tcg" }.into(),
+        "-cpu".into(),
+        if inputs.kvm { "host" } else { "max" }.into(),
+        "-nographic".into(),
+        "-nodefaults".into(),
+        "-no-reboot".into(),
+        "-serial".into(),
+        format!("file:{}", layout.console().display()),
+        "-kernel".into(),
+        path_arg(&inputs.kernel),
+        "-initrd".into(),
+        path_arg(&inputs.initramfs),
+        "-append".into(),
+        kernel_cmdline(spec),
+        "-chardev".into(),
+        format!("socket,id=vsock,path={}", layout.vsock_backend().display()),
+        "-device".into(),
+        "vhost-user-vsock-pci,chardev=vsock".into(),
+    ];
+    for index in 0..=spec.shares.len() {
+        args.push("-chardev".into());
+        args.push(format!(
+            "socket,id=fs{index},path={}",
+            layout.fs_socket(index).display()
+        ));
+        args.push("-device".into());
+        args.push(format!(
+            "vhost-user-fs-pci,chardev=fs{index},tag={}",
+            share_tag(index)
+        ));
+    }
+    Ok(LaunchPlan {
+        run_dir: layout.dir().to_owned(),
+        helpers,
+        vmm: ProcessPlan {
+            name: "qemu".into(),
+            program: inputs.qemu.clone(),
+            args,
+            log: layout.log("qemu"),
+            ready_socket: None,
+        },
+    })
+}
+
+fn share_tag(index: usize) -> String {
+    if index == 0 {
+        ROOT_TAG.into()
+    } else {
+        format!("share{index}")
+    }
+}
+
+fn path_arg(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+/// The kernel command line: serial console, our init, no reboot on panic (QEMU exits), and
+/// guest-init's configuration.
+pub fn kernel_cmdline(spec: &VmSpec) -> String {
+    let mut words = vec![
+        "console=ttyS0".to_owned(),
+        "rdinit=/init".into(),
+        "panic=-1".into(),
+        "quiet".into(),
+        format!("krunbox.root=virtiofs:{ROOT_TAG}"),
+        format!("krunbox.hostname={}", spec.hostname),
+        format!("krunbox.port={}", krunbox_protocol::AGENT_VSOCK_PORT),
+    ];
+    if !spec.shares.is_empty() {
+        let mounts: Vec<String> = spec
+            .shares
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let ro = if s.read_only { ":ro" } else { "" };
+                format!("{}:{}{ro}", share_tag(i + 1), s.guest_path)
+            })
+            .collect();
+        words.push(format!("krunbox.mounts={}", mounts.join(",")));
+    }
+    if let Some(level) = &spec.guest_log_level {
+        words.push(format!("krunbox.log={level}"));
+    }
+    words.join(" ")
+}
+
+/// Rejects what the kernel command line cannot carry.
+fn validate(spec: &VmSpec) -> Result<(), BackendError> {
+    let plain = |s: &str| {
+        !s.is_empty()
+            && !s
+                .chars()
+                .any(|c| c.is_whitespace() || c == '"' || c.is_control())
+    };
+    if !plain(&spec.hostname) || spec.hostname.len() > 64 {
+        return Err(BackendError::InvalidSpec(format!(
+            "hostname {:?} must be 1-64 characters without spaces or quotes",
+            spec.hostname
+        )));
+    }
+    for share in &spec.shares {
+        if !plain(&share.guest_path)
+            || share.guest_path.contains([',', ':'])
+            || !share.guest_path.starts_with('/')
+        {
+            return Err(BackendError::InvalidSpec(format!(
+                "guest path {:?} must be absolute, without spaces, commas, colons or quotes",
+                share.guest_path
+            )));
+        }
+        if !share.host_path.is_dir() {
+            return Err(BackendError::InvalidSpec(format!(
+                "{} is not a directory",
+                share.host_path.display()
+            )));
+        }
+    }
+    if spec.cpus == 0 || spec.memory_mib < 128 {
+        return Err(BackendError::InvalidSpec(format!(
+            "{} vCPUs and {} MiB: need at least 1 vCPU and 128 MiB",
+            spec.cpus, spec.memory_mib
+        )));
+    }
+    if let Some(level) = &spec.guest_log_level {
+        if !plain(level) {
+            return Err(BackendError::InvalidSpec(format!(
+                "guest log level {level:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::SharedDir;
+
+    fn inputs() -> Inputs {
+        Inputs {
+            qemu: "/usr/bin/qemu-system-x86_64".into(),
+            virtiofsd: "/usr/lib/qemu/virtiofsd".into(),
+            vhost_device_vsock: "/bin/vhost-device-vsock".into(),
+            kernel: "/k/vmlinuz".into(),
+            initramfs: "/k/initramfs.cpio".into(),
+            kvm: false,
+            virtiofsd_sandbox: "chroot",
+        }
+    }
+
+    fn joined(plan: &ProcessPlan) -> String {
+        plan.args.join(" ")
+    }
+
+    #[test]
+    fn a_tcg_vm_with_one_share() {
+        let share_dir = tempfile::tempdir().unwrap();
+        let mut spec = VmSpec::new("/images/root".into(), "/gi".into());
+        spec.cpus = 2;
+        spec.memory_mib = 1024;
+        spec.hostname = "box".into();
+        spec.shares.push(SharedDir {
+            host_path: share_dir.path().to_owned(),
+            guest_path: "/work".into(),
+            read_only: true,
+        });
+        let layout = Layout::new("/run/krunbox/abc".into());
+        let plan = build(&spec, &layout, &inputs()).unwrap();
+        assert_eq!(plan.helpers.len(), 3);
+        assert_eq!(
+            joined(&plan.helpers[0]),
+            "--guest-cid 3 --socket /run/krunbox/abc/vhost-vsock.sock --uds-path /run/krunbox/abc/vm.vsock"
+        );
+        assert_eq!(
+            joined(&plan.helpers[1]),
+            "--socket-path=/run/krunbox/abc/fs0.sock -o source=/images/root -o cache=none -o sandbox=chroot"
+        );
+        let qemu = joined(&plan.vmm);
+        for expected in [
+            "-machine q35,memory-backend=mem",
+            "-object memory-backend-memfd,id=mem,size=1024M,share=on",
+            "-smp 2",
+            "-accel tcg -cpu max",
+            "-serial file:/run/krunbox/abc/console.log",
+            "-device vhost-user-vsock-pci,chardev=vsock",
+            "-device vhost-user-fs-pci,chardev=fs0,tag=rootfs",
+            "-device vhost-user-fs-pci,chardev=fs1,tag=share1",
+        ] {
+            assert!(qemu.contains(expected), "{expected:?} missing from {qemu}");
+        }
+        let cmdline = kernel_cmdline(&spec);
+        assert_eq!(
+            cmdline,
+            "console=ttyS0 rdinit=/init panic=-1 quiet krunbox.root=virtiofs:rootfs \
+             krunbox.hostname=box krunbox.port=1024 krunbox.mounts=share1:/work:ro"
+        );
+    }
+
+    #[test]
+    fn kvm_uses_the_host_cpu() {
+        let spec = VmSpec::new("/r".into(), "/gi".into());
+        let mut inputs = inputs();
+        inputs.kvm = true;
+        let plan = build(&spec, &Layout::new("/d".into()), &inputs).unwrap();
+        assert!(joined(&plan.vmm).contains("-accel kvm -cpu host"));
+    }
+
+    #[test]
+    fn what_the_command_line_cannot_carry_is_rejected() {
+        let mut spec = VmSpec::new("/r".into(), "/gi".into());
+        spec.hostname = "two words".into();
+        let err = build(&spec, &Layout::new("/d".into()), &inputs()).unwrap_err();
+        assert!(err.to_string().contains("hostname"), "{err}");
+        let mut spec = VmSpec::new("/r".into(), "/gi".into());
+        spec.shares.push(SharedDir {
+            host_path: "/".into(),
+            guest_path: "/a,b".into(),
+            read_only: false,
+        });
+        assert!(build(&spec, &Layout::new("/d".into()), &inputs()).is_err());
+        let mut spec = VmSpec::new("/r".into(), "/gi".into());
+        spec.memory_mib = 16;
+        assert!(build(&spec, &Layout::new("/d".into()), &inputs()).is_err());
+    }
+}

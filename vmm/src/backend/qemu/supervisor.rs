@@ -1,0 +1,431 @@
+//! The per-VM supervisor: a small `krunbox` process (hidden subcommand) that owns one VM's
+//! processes and run directory, so that nothing outlives the VM however `krunbox` ends.
+//!
+//! ```text
+//! krunbox run ──lifeline (stdin)──▶ supervisor ──PDEATHSIG=KILL──▶ vhost-device-vsock
+//!             ◀──events (stdout)───            ──PDEATHSIG=KILL──▶ virtiofsd (one per share)
+//!                                               ──PDEATHSIG=KILL──▶ qemu-system-x86_64
+//! ```
+//!
+//! - The parent writes the [`LaunchPlan`] as one JSON line on the supervisor's stdin and keeps
+//!   the pipe open: that pipe is the lifeline. `kill` lines stop the VM at once. End of file —
+//!   the parent finished, or died, even by SIGKILL — makes the supervisor stop the VM, stop the
+//!   helpers, remove the run directory and exit.
+//! - The supervisor reports [`Event`]s as JSON lines on stdout: `ready`, `failed`, `exited`.
+//!   After `exited` the run directory stays until the lifeline closes, so the parent can still
+//!   read the console log.
+//! - It is single-threaded and spawns every child from its main thread, so the children's
+//!   `PR_SET_PDEATHSIG` (which fires when the spawning *thread* exits) fires exactly when the
+//!   supervisor dies. If the supervisor itself is SIGKILLed, its children die with it and its
+//!   run directory, no longer locked, is removed by the next krunbox start
+//!   ([`crate::rundir::collect_stale`]).
+//! - It runs in its own process group, so a Ctrl-C on the terminal reaches `krunbox run`
+//!   (which forwards it to the guest) and not QEMU.
+
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use super::plan::{LaunchPlan, ProcessPlan};
+use crate::backend::{log_tail, VmExit};
+use crate::rundir::RunDir;
+
+/// The hidden subcommand that runs the supervisor.
+pub const SUBCOMMAND: &str = "__qemu-supervisor";
+
+/// How long a helper may take to create its socket.
+const HELPER_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a process may take to exit after SIGTERM before it gets SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(2);
+
+/// What the supervisor tells the parent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// Helpers and QEMU run.
+    Ready {
+        /// QEMU's pid.
+        vmm_pid: u32,
+    },
+    /// Starting failed; everything started was stopped again.
+    Failed {
+        /// Which process failed (`vhost-device-vsock`, `qemu`, ...).
+        process: String,
+        /// What happened, with the tail of its log.
+        message: String,
+    },
+    /// QEMU ended (the helpers were stopped).
+    Exited {
+        /// How.
+        exit: VmExit,
+    },
+}
+
+/// Runs the supervisor; returns the process exit code.
+pub fn main() -> i32 {
+    let plan = match read_plan() {
+        Ok(plan) => plan,
+        Err(message) => {
+            emit(&Event::Failed {
+                process: "supervisor".into(),
+                message,
+            });
+            return 1;
+        }
+    };
+    let (root, id) = match (plan.run_dir.parent(), plan.run_dir.file_name()) {
+        (Some(root), Some(id)) => (root.to_owned(), id.to_string_lossy().into_owned()),
+        _ => {
+            emit(&Event::Failed {
+                process: "supervisor".into(),
+                message: format!("invalid run directory {}", plan.run_dir.display()),
+            });
+            return 1;
+        }
+    };
+    let run_dir = match RunDir::create(&root, &id) {
+        Ok(dir) => dir,
+        Err(err) => {
+            emit(&Event::Failed {
+                process: "supervisor".into(),
+                message: err.to_string(),
+            });
+            return 1;
+        }
+    };
+    init_logging(&run_dir.path().join("supervisor.log"));
+    let code = match Supervisor::new() {
+        Ok(mut supervisor) => {
+            supervisor.run(&plan);
+            0
+        }
+        Err(err) => {
+            emit(&Event::Failed {
+                process: "supervisor".into(),
+                message: format!("cannot install signal handlers: {err}"),
+            });
+            // Still wait for the lifeline so the parent can read what it needs.
+            let mut sink = Vec::new();
+            let _ = std::io::stdin().read_to_end(&mut sink);
+            1
+        }
+    };
+    if let Err(err) = run_dir.remove() {
+        tracing::warn!(%err, "cannot remove the run directory");
+    }
+    code
+}
+
+fn init_logging(path: &Path) {
+    if let Ok(file) = std::fs::File::create(path) {
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::sync::Mutex::new(file))
+            .with_ansi(false)
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("KRUNBOX_LOG")
+                    .unwrap_or_else(|_| "info".into()),
+            )
+            .try_init();
+    }
+}
+
+/// Reads the first stdin line, byte by byte so nothing after it is consumed.
+fn read_plan() -> Result<LaunchPlan, String> {
+    let mut line = Vec::new();
+    let stdin = std::io::stdin();
+    let mut byte = [0u8; 1];
+    loop {
+        match nix::unistd::read(stdin.as_fd(), &mut byte) {
+            Ok(0) => return Err("the parent closed the lifeline before sending a plan".into()),
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) => line.push(byte[0]),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(err) => return Err(format!("cannot read the plan: {err}")),
+        }
+    }
+    serde_json::from_slice(&line).map_err(|e| format!("invalid plan: {e}"))
+}
+
+fn emit(event: &Event) {
+    if let Ok(line) = serde_json::to_string(event) {
+        let mut out = std::io::stdout().lock();
+        // The parent may be gone (EPIPE; Rust ignores SIGPIPE): nothing to do about it.
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}
+
+struct Supervisor {
+    wake: UnixStream,
+    terminate: Arc<AtomicBool>,
+    helpers: Vec<(String, Child)>,
+    vmm: Option<Child>,
+}
+
+impl Supervisor {
+    fn new() -> std::io::Result<Self> {
+        let (wake, wake_writer) = UnixStream::pair()?;
+        wake.set_nonblocking(true)?;
+        // A full pipe must never block a signal handler.
+        wake_writer.set_nonblocking(true)?;
+        let terminate = Arc::new(AtomicBool::new(false));
+        for sig in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            signal_hook::low_level::pipe::register(sig, wake_writer.try_clone()?)?;
+        }
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            signal_hook::flag::register(sig, terminate.clone())?;
+        }
+        Ok(Self {
+            wake,
+            terminate,
+            helpers: Vec::new(),
+            vmm: None,
+        })
+    }
+
+    fn run(&mut self, plan: &LaunchPlan) {
+        match self.start(plan) {
+            Ok(pid) => {
+                emit(&Event::Ready { vmm_pid: pid });
+                self.watch();
+            }
+            Err((process, message)) => {
+                self.stop_all();
+                emit(&Event::Failed { process, message });
+                self.wait_for_lifeline_end();
+            }
+        }
+        self.stop_all();
+    }
+
+    fn start(&mut self, plan: &LaunchPlan) -> Result<u32, (String, String)> {
+        for helper in &plan.helpers {
+            let child = spawn(helper).map_err(|e| (helper.name.clone(), e))?;
+            self.helpers.push((helper.name.clone(), child));
+            if let Some(socket) = &helper.ready_socket {
+                let Some((_, child)) = self.helpers.last_mut() else {
+                    continue;
+                };
+                wait_for_socket(child, helper, socket)?;
+            }
+        }
+        let vmm = spawn(&plan.vmm).map_err(|e| (plan.vmm.name.clone(), e))?;
+        let pid = vmm.id();
+        tracing::info!(pid, "qemu started");
+        self.vmm = Some(vmm);
+        Ok(pid)
+    }
+
+    /// Until the lifeline ends: kill requests, signals, QEMU's exit.
+    fn watch(&mut self) {
+        let mut reported = false;
+        loop {
+            if !reported {
+                if let Some(exit) = self.vmm_exit() {
+                    tracing::info!(%exit, "the VM ended");
+                    self.stop_helpers();
+                    emit(&Event::Exited { exit });
+                    reported = true;
+                }
+            }
+            if self.terminate.swap(false, Ordering::Relaxed) {
+                tracing::info!("asked to stop by a signal");
+                self.signal_vmm(Signal::SIGTERM);
+            }
+            match self.wait_for_input() {
+                Input::LifelineClosed => return,
+                Input::Kill => self.signal_vmm(Signal::SIGKILL),
+                Input::Nothing => {}
+            }
+        }
+    }
+
+    fn wait_for_lifeline_end(&mut self) {
+        while !matches!(self.wait_for_input(), Input::LifelineClosed) {}
+    }
+
+    fn wait_for_input(&mut self) -> Input {
+        let stdin = std::io::stdin();
+        let mut fds = [
+            PollFd::new(stdin.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
+        ];
+        match nix::poll::poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(err) => {
+                tracing::error!(%err, "poll failed; treating the lifeline as closed");
+                return Input::LifelineClosed;
+            }
+        }
+        let stdin_ready = fds[0].revents().is_some_and(|r| {
+            r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+        });
+        let mut drain = [0u8; 64];
+        while matches!((&self.wake).read(&mut drain), Ok(n) if n > 0) {}
+        if !stdin_ready {
+            return Input::Nothing;
+        }
+        let mut buf = [0u8; 256];
+        match nix::unistd::read(stdin.as_fd(), &mut buf) {
+            Ok(0) => Input::LifelineClosed,
+            Ok(n) if buf[..n].windows(4).any(|w| w == b"kill") => Input::Kill,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => Input::Nothing,
+            Err(_) => Input::LifelineClosed,
+        }
+    }
+
+    fn vmm_exit(&mut self) -> Option<VmExit> {
+        let vmm = self.vmm.as_mut()?;
+        match vmm.try_wait() {
+            Ok(Some(status)) => Some(to_exit(status)),
+            Ok(None) => None,
+            Err(err) => {
+                tracing::error!(%err, "cannot wait for qemu");
+                None
+            }
+        }
+    }
+
+    fn signal_vmm(&mut self, sig: Signal) {
+        if let Some(vmm) = &mut self.vmm {
+            if matches!(vmm.try_wait(), Ok(None)) {
+                tracing::info!(?sig, "stopping qemu");
+                let _ = signal::kill(pid_of(vmm), sig);
+            }
+        }
+    }
+
+    fn stop_helpers(&mut self) {
+        for (name, child) in &mut self.helpers {
+            stop(name, child);
+        }
+    }
+
+    fn stop_all(&mut self) {
+        if let Some(vmm) = &mut self.vmm {
+            stop("qemu", vmm);
+        }
+        self.stop_helpers();
+    }
+}
+
+enum Input {
+    LifelineClosed,
+    Kill,
+    Nothing,
+}
+
+fn pid_of(child: &Child) -> Pid {
+    Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX))
+}
+
+fn to_exit(status: std::process::ExitStatus) -> VmExit {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => VmExit::Exited(code),
+        (None, Some(sig)) => VmExit::Killed(sig),
+        (None, None) => VmExit::Exited(-1),
+    }
+}
+
+/// SIGTERM, a grace period, SIGKILL; always reaps.
+fn stop(name: &str, child: &mut Child) {
+    if !matches!(child.try_wait(), Ok(None)) {
+        return;
+    }
+    let _ = signal::kill(pid_of(child), Signal::SIGTERM);
+    let deadline = Instant::now() + TERM_GRACE;
+    while Instant::now() < deadline {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    tracing::warn!(name, "did not stop on SIGTERM; killing it");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn spawn(plan: &ProcessPlan) -> Result<Child, String> {
+    let log = std::fs::File::create(&plan.log)
+        .map_err(|e| format!("cannot create {}: {e}", plan.log.display()))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|e| format!("cannot open {}: {e}", plan.log.display()))?;
+    let mut cmd = Command::new(&plan.program);
+    cmd.args(&plan.args)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err);
+    // SAFETY: between fork and exec the closure only calls prctl(2), which is
+    // async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
+    tracing::info!(name = %plan.name, command = ?cmd, "starting");
+    cmd.spawn()
+        .map_err(|e| format!("cannot run {}: {e}", plan.program.display()))
+}
+
+fn wait_for_socket(
+    child: &mut Child,
+    plan: &ProcessPlan,
+    socket: &Path,
+) -> Result<(), (String, String)> {
+    let deadline = Instant::now() + HELPER_READY_TIMEOUT;
+    loop {
+        if socket.exists() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err((
+                plan.name.clone(),
+                format!(
+                    "exited with {status} before creating {}; its log:\n{}",
+                    socket.display(),
+                    log_tail(&plan.log, 20)
+                ),
+            ));
+        }
+        if Instant::now() >= deadline {
+            return Err((
+                plan.name.clone(),
+                format!(
+                    "did not create {} within {HELPER_READY_TIMEOUT:?}; its log:\n{}",
+                    socket.display(),
+                    log_tail(&plan.log, 20)
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_one_json_line_each() {
+        let line = serde_json::to_string(&Event::Exited {
+            exit: VmExit::Exited(0),
+        })
+        .unwrap();
+        assert_eq!(line, r#"{"event":"exited","exit":{"Exited":0}}"#);
+        let back: Event = serde_json::from_str(r#"{"event":"ready","vmm_pid":42}"#).unwrap();
+        assert_eq!(back, Event::Ready { vmm_pid: 42 });
+    }
+}

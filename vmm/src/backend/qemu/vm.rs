@@ -1,0 +1,197 @@
+//! The parent's side of one QEMU VM: starts its supervisor and talks to it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use krunbox_protocol::transport::AgentAddress;
+
+use super::plan::{LaunchPlan, Layout};
+use super::supervisor::{self, Event};
+use crate::backend::{log_tail, BackendError, VmExit, VmHandle};
+
+/// How long the supervisor may take to start the helpers and QEMU.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the supervisor may take to clean up after the lifeline closes.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A VM run by a supervisor process.
+pub struct QemuVm {
+    supervisor: Child,
+    lifeline: Option<ChildStdin>,
+    events: mpsc::Receiver<Event>,
+    exit: Option<VmExit>,
+    layout: Layout,
+}
+
+impl QemuVm {
+    /// Starts the supervisor with `plan` and waits until QEMU runs.
+    pub fn launch(plan: &LaunchPlan, layout: Layout) -> Result<Self, BackendError> {
+        let exe = std::env::current_exe().map_err(|source| BackendError::Io {
+            action: "find",
+            path: "the krunbox executable".into(),
+            source,
+        })?;
+        let mut child = Command::new(&exe)
+            .arg(supervisor::SUBCOMMAND)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            // Its own process group: terminal signals (Ctrl-C) go to krunbox run, not QEMU.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| BackendError::Helper {
+                name: "the VM supervisor".into(),
+                detail: format!("cannot run {}: {e}", exe.display()),
+            })?;
+        let (tx, events) = mpsc::channel();
+        if let Some(stdout) = child.stdout.take() {
+            std::thread::Builder::new()
+                .name("vm-supervisor-events".into())
+                .spawn(move || {
+                    for line in BufReader::new(stdout).lines() {
+                        let Ok(line) = line else { break };
+                        match serde_json::from_str::<Event>(&line) {
+                            Ok(event) => {
+                                if tx.send(event).is_err() {
+                                    break;
+                                }
+                            }
+                            Err(err) => tracing::warn!(%err, %line, "unreadable supervisor event"),
+                        }
+                    }
+                })
+                .map_err(|e| BackendError::Supervisor(format!("cannot start a thread: {e}")))?;
+        }
+        let mut vm = Self {
+            lifeline: child.stdin.take(),
+            supervisor: child,
+            events,
+            exit: None,
+            layout,
+        };
+        let plan_line = serde_json::to_string(plan)
+            .map_err(|e| BackendError::Supervisor(format!("cannot encode the plan: {e}")))?;
+        vm.send(&format!("{plan_line}\n"))?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match vm.events.recv_timeout(left) {
+                Ok(Event::Ready { vmm_pid }) => {
+                    tracing::debug!(vmm_pid, dir = %vm.layout.dir().display(), "VM started");
+                    return Ok(vm);
+                }
+                Ok(Event::Failed { process, message }) => {
+                    return Err(BackendError::Helper {
+                        name: process,
+                        detail: message,
+                    })
+                }
+                Ok(Event::Exited { exit }) => vm.exit = Some(exit),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(BackendError::Supervisor(format!(
+                        "the VM did not start within {START_TIMEOUT:?}"
+                    )))
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(BackendError::Supervisor(format!(
+                        "the supervisor exited while starting the VM ({})",
+                        vm.supervisor
+                            .try_wait()
+                            .ok()
+                            .flatten()
+                            .map(|s| s.to_string())
+                            .unwrap_or_else(|| "still running".into())
+                    )))
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, text: &str) -> Result<(), BackendError> {
+        let lifeline = self
+            .lifeline
+            .as_mut()
+            .ok_or_else(|| BackendError::Supervisor("the lifeline is closed".into()))?;
+        lifeline
+            .write_all(text.as_bytes())
+            .and_then(|()| lifeline.flush())
+            .map_err(|e| BackendError::Supervisor(format!("cannot reach the supervisor: {e}")))
+    }
+}
+
+impl VmHandle for QemuVm {
+    fn agent_address(&self) -> AgentAddress {
+        AgentAddress::HybridVsock {
+            uds: self.layout.agent_uds(),
+            port: krunbox_protocol::AGENT_VSOCK_PORT,
+        }
+    }
+
+    fn console_log(&self) -> PathBuf {
+        self.layout.console()
+    }
+
+    fn diagnostics(&self) -> String {
+        let qemu = log_tail(&self.layout.log("qemu"), 10);
+        if qemu.trim().is_empty() {
+            String::new()
+        } else {
+            format!("qemu said:\n{qemu}")
+        }
+    }
+
+    fn try_wait(&mut self) -> Result<Option<VmExit>, BackendError> {
+        if self.exit.is_some() {
+            return Ok(self.exit);
+        }
+        loop {
+            match self.events.try_recv() {
+                Ok(Event::Exited { exit }) => {
+                    self.exit = Some(exit);
+                    return Ok(self.exit);
+                }
+                Ok(other) => tracing::debug!(?other, "late supervisor event"),
+                Err(mpsc::TryRecvError::Empty) => return Ok(None),
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    return Err(BackendError::Supervisor(
+                        "the supervisor exited without reporting how the VM ended".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    fn kill(&mut self) -> Result<(), BackendError> {
+        if self.exit.is_some() {
+            return Ok(());
+        }
+        self.send("kill\n")
+    }
+}
+
+impl Drop for QemuVm {
+    /// Closes the lifeline: the supervisor stops whatever still runs and removes the run
+    /// directory. Waits for that, bounded; a stuck supervisor is killed (its children die
+    /// with it) and its directory collected.
+    fn drop(&mut self) {
+        drop(self.lifeline.take());
+        let deadline = Instant::now() + RELEASE_TIMEOUT;
+        loop {
+            match self.supervisor.try_wait() {
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) if Instant::now() >= deadline => break,
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        tracing::warn!("the VM supervisor did not exit; killing it");
+        let _ = self.supervisor.kill();
+        let _ = self.supervisor.wait();
+        if let Some(root) = self.layout.dir().parent() {
+            crate::rundir::collect_stale(root);
+        }
+    }
+}

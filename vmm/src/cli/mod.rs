@@ -1,0 +1,30 @@
+//! The command line: one module per subcommand.
+
+pub mod doctor;
+pub mod kernel;
+pub mod run;
+pub mod terminal;
+
+/// krunbox runs commands in micro-VMs, each with its own kernel.
+#[derive(Debug, clap::Parser)]
+#[command(name = "krunbox", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Run a command in a new micro-VM.
+    Run(run::RunArgs),
+    /// Show what this host can run, per backend, and why.
+    Doctor,
+    /// Manage the guest kernel of the QEMU backend.
+    #[command(subcommand)]
+    Kernel(kernel::KernelCommand),
+    /// Internal: supervises one QEMU VM (started by krunbox itself).
+    #[command(name = "__qemu-supervisor", hide = true)]
+    QemuSupervisor,
+}

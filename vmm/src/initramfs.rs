@@ -1,0 +1,193 @@
+//! The initramfs every QEMU guest boots from: guest-init as `/init`, the kernel modules it
+//! loads (`/krunbox/modules/NN-name.ko`, in load order), and the directories it needs before
+//! it switches to the virtio-fs root. Written as a newc cpio archive and cached by content:
+//! the name carries a hash of guest-init and the modules, so a rebuilt agent gets a new image.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// Why the initramfs could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum InitramfsError {
+    /// A file operation.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was done.
+        action: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+fn io<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> InitramfsError + 'a {
+    move |source| InitramfsError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Returns the cached initramfs in `cache_dir` for this guest-init and these modules
+/// (ordered; loaded in this order), building it first if needed.
+pub fn cached(
+    cache_dir: &Path,
+    guest_init: &Path,
+    modules: &[PathBuf],
+) -> Result<PathBuf, InitramfsError> {
+    let init = std::fs::read(guest_init).map_err(io("read guest-init", guest_init))?;
+    let mut hasher = Sha256::new();
+    hasher.update(&init);
+    let mut module_images = Vec::with_capacity(modules.len());
+    for (index, path) in modules.iter().enumerate() {
+        let bytes = std::fs::read(path).map_err(io("read module", path))?;
+        hasher.update(index.to_le_bytes());
+        hasher.update(&bytes);
+        module_images.push((module_entry_name(index, path), bytes));
+    }
+    let key = hex::encode(&hasher.finalize()[..8]);
+    let image = cache_dir.join(format!("initramfs-{key}.cpio"));
+    if image.is_file() {
+        return Ok(image);
+    }
+    std::fs::create_dir_all(cache_dir).map_err(io("create", cache_dir))?;
+    let tmp =
+        tempfile::NamedTempFile::new_in(cache_dir).map_err(io("create a file in", cache_dir))?;
+    let mut out = BufWriter::new(tmp.as_file());
+    write_archive(&mut out, &init, &module_images).map_err(io("write", tmp.path()))?;
+    out.flush().map_err(io("write", tmp.path()))?;
+    drop(out);
+    tmp.persist(&image).map_err(|e| InitramfsError::Io {
+        action: "store",
+        path: image.clone(),
+        source: e.error,
+    })?;
+    tracing::debug!(image = %image.display(), "built the initramfs");
+    Ok(image)
+}
+
+/// `NN-name.ko`, whatever prefix the source file had.
+fn module_entry_name(index: usize, path: &Path) -> String {
+    let file = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let base = match file.split_once('-') {
+        Some((prefix, rest)) if prefix.chars().all(|c| c.is_ascii_digit()) => rest.to_owned(),
+        _ => file,
+    };
+    format!("krunbox/modules/{index:02}-{base}")
+}
+
+const DIR: u32 = 0o040_755;
+const FILE_EXEC: u32 = 0o100_755;
+const FILE: u32 = 0o100_644;
+const CHAR_DEV: u32 = 0o020_600;
+
+fn write_archive(
+    out: &mut impl Write,
+    init: &[u8],
+    modules: &[(String, Vec<u8>)],
+) -> std::io::Result<()> {
+    let mut ino = 1u32;
+    let mut entry =
+        |out: &mut dyn Write, name: &str, mode: u32, data: &[u8], rdev: Option<(u32, u32)>| {
+            let size = u32::try_from(data.len())
+                .map_err(|_| std::io::Error::other(format!("{name} is larger than 4 GiB")))?;
+            let mut builder = cpio::NewcBuilder::new(name)
+                .ino(ino)
+                .mode(mode)
+                .nlink(if mode & 0o040_000 != 0 { 2 } else { 1 });
+            if let Some((major, minor)) = rdev {
+                builder = builder.rdev_major(major).rdev_minor(minor);
+            }
+            ino += 1;
+            let mut writer = builder.write(out, size);
+            writer.write_all(data)?;
+            writer.finish().map(|_| ())
+        };
+    for dir in [
+        "dev",
+        "proc",
+        "sys",
+        "newroot",
+        "krunbox",
+        "krunbox/modules",
+    ] {
+        entry(out, dir, DIR, &[], None)?;
+    }
+    // The kernel opens /dev/console for init's stdio before devtmpfs is mounted.
+    entry(out, "dev/console", CHAR_DEV, &[], Some((5, 1)))?;
+    entry(out, "init", FILE_EXEC, init, None)?;
+    for (name, bytes) in modules {
+        entry(out, name, FILE, bytes, None)?;
+    }
+    cpio::newc::trailer(out)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::fs::File;
+
+    fn names(image: &Path) -> Vec<(String, u32, u32)> {
+        let mut file = File::open(image).unwrap();
+        let mut names = Vec::new();
+        loop {
+            let reader = cpio::NewcReader::new(&mut file).unwrap();
+            if reader.entry().is_trailer() {
+                break;
+            }
+            let e = reader.entry();
+            names.push((e.name().to_owned(), e.mode(), e.file_size()));
+            reader.finish().unwrap();
+        }
+        names
+    }
+
+    #[test]
+    fn the_archive_holds_init_and_ordered_modules_and_is_cached_by_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let init = dir.path().join("guest-init");
+        std::fs::write(&init, b"#!init").unwrap();
+        let m0 = dir.path().join("00-virtio_ring.ko");
+        let m1 = dir.path().join("01-virtio.ko");
+        std::fs::write(&m0, b"ring").unwrap();
+        std::fs::write(&m1, b"virtio!").unwrap();
+        let cache = dir.path().join("cache");
+        let image = cached(&cache, &init, &[m0.clone(), m1.clone()]).unwrap();
+        let entries = names(&image);
+        assert!(
+            entries.contains(&("init".into(), FILE_EXEC, 6)),
+            "{entries:?}"
+        );
+        assert!(entries.contains(&("krunbox/modules/00-virtio_ring.ko".into(), FILE, 4)));
+        assert!(entries.contains(&("krunbox/modules/01-virtio.ko".into(), FILE, 7)));
+        assert!(entries.contains(&("newroot".into(), DIR, 0)));
+        assert!(entries.contains(&("dev/console".into(), CHAR_DEV, 0)));
+
+        assert_eq!(
+            cached(&cache, &init, &[m0.clone(), m1.clone()]).unwrap(),
+            image
+        );
+        std::fs::write(&init, b"#!init v2").unwrap();
+        let rebuilt = cached(&cache, &init, &[m0, m1]).unwrap();
+        assert_ne!(rebuilt, image, "a new guest-init gets a new image");
+        assert!(names(&rebuilt).contains(&("init".into(), FILE_EXEC, 9)));
+    }
+
+    #[test]
+    fn a_missing_guest_init_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = cached(dir.path(), &dir.path().join("nope"), &[]).unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+}
