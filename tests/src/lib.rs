@@ -1,1 +1,338 @@
 //! End-to-end tests of krunbox that boot real guests; see `tests/`.
+//!
+//! This library is the harness the tests share: it finds the `krunbox` binary and guest-init,
+//! checks the prerequisites (skipping loudly when they are missing — or failing, when
+//! `KRUNBOX_REQUIRE_E2E=1`, as in CI), gives each test its own runtime directory so leaks can
+//! be checked, and limits how many guests boot at once (TCG on a 2-core machine).
+//!
+//! Prerequisites (installed by scripts/setup.sh): `cargo build -p krunbox` (a plain
+//! `cargo test --workspace` builds it), `cargo xtask build-init`, qemu-system-x86_64,
+//! virtiofsd, vhost-device-vsock, busybox-static, and the guest kernel
+//! (`krunbox kernel fetch`, done here on first use if apt can reach Debian).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Guests booting at once in one test binary.
+const MAX_CONCURRENT_GUESTS: usize = 2;
+
+/// The workspace's target directory (from this test binary: target/<profile>/deps/<test>).
+pub fn target_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .expect("test binary lives in target/<profile>/deps")
+}
+
+/// `target/<profile>/krunbox`, next to this test binary's profile.
+pub fn krunbox_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .map(|profile| profile.join("krunbox"))
+        .expect("test binary lives in target/<profile>/deps")
+}
+
+fn guest_init() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("KRUNBOX_GUEST_INIT") {
+        return Some(PathBuf::from(path));
+    }
+    let target = target_dir();
+    [
+        target.join("guest-init/x86_64/guest-init"),
+        target.join("x86_64-unknown-linux-musl/release/guest-init"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+}
+
+fn on_path(program: &str) -> bool {
+    if program.starts_with('/') {
+        return Path::new(program).exists();
+    }
+    let mut dirs: Vec<PathBuf> =
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    dirs.iter().any(|d| d.join(program).exists())
+}
+
+fn missing_prerequisites() -> Vec<String> {
+    let mut missing = Vec::new();
+    if !krunbox_binary().is_file() {
+        missing.push(format!(
+            "{} (run `cargo build -p krunbox`)",
+            krunbox_binary().display()
+        ));
+    }
+    if guest_init().is_none() {
+        missing.push("guest-init for x86_64 musl (run `cargo xtask build-init`)".into());
+    }
+    for program in ["qemu-system-x86_64", "vhost-device-vsock", "busybox"] {
+        if !on_path(program) {
+            missing.push(program.into());
+        }
+    }
+    if !["/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd"]
+        .iter()
+        .any(|p| Path::new(p).exists())
+        && !on_path("virtiofsd")
+    {
+        missing.push("virtiofsd".into());
+    }
+    missing
+}
+
+/// The shared prerequisites check and kernel preparation, once per test binary.
+fn ready() -> Result<(), String> {
+    static READY: OnceLock<Result<(), String>> = OnceLock::new();
+    READY
+        .get_or_init(|| {
+            let missing = missing_prerequisites();
+            if !missing.is_empty() {
+                return Err(format!("missing {missing:?}"));
+            }
+            let out = Command::new(krunbox_binary())
+                .args(["kernel", "fetch"])
+                .output()
+                .map_err(|e| format!("cannot run krunbox: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "`krunbox kernel fetch` failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            Ok(())
+        })
+        .clone()
+}
+
+/// A test's view of krunbox; `None` (after a loud SKIPPED line) when the host cannot boot
+/// guests and `KRUNBOX_REQUIRE_E2E` is not set.
+pub fn e2e(test: &str) -> Option<Harness> {
+    match ready() {
+        Ok(()) => Some(Harness::new()),
+        Err(why) => {
+            assert!(
+                std::env::var("KRUNBOX_REQUIRE_E2E").is_err(),
+                "KRUNBOX_REQUIRE_E2E is set but the end-to-end prerequisites are not met: {why}"
+            );
+            eprintln!("SKIPPED {test}: {why}");
+            None
+        }
+    }
+}
+
+/// Counts booting/running guests in this test binary.
+struct Slots {
+    used: Mutex<usize>,
+    freed: Condvar,
+}
+
+fn slots() -> &'static Slots {
+    static SLOTS: OnceLock<Slots> = OnceLock::new();
+    SLOTS.get_or_init(|| Slots {
+        used: Mutex::new(0),
+        freed: Condvar::new(),
+    })
+}
+
+/// One guest slot, released on drop.
+pub struct Slot(());
+
+impl Slot {
+    fn take() -> Self {
+        let slots = slots();
+        let mut used = slots.used.lock().unwrap_or_else(|p| p.into_inner());
+        while *used >= MAX_CONCURRENT_GUESTS {
+            used = slots.freed.wait(used).unwrap_or_else(|p| p.into_inner());
+        }
+        *used += 1;
+        Slot(())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let slots = slots();
+        *slots.used.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        slots.freed.notify_one();
+    }
+}
+
+/// krunbox with a private runtime directory.
+pub struct Harness {
+    runtime: tempfile::TempDir,
+    _slot: Slot,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let slot = Slot::take();
+        // Short path: Unix socket paths must stay under 108 bytes.
+        let runtime = tempfile::Builder::new()
+            .prefix("kbx-e2e-")
+            .tempdir_in("/tmp")
+            .expect("runtime dir");
+        Self {
+            runtime,
+            _slot: slot,
+        }
+    }
+
+    /// This test's runtime directory (holds the run directory of each of its VMs).
+    pub fn runtime_dir(&self) -> &Path {
+        self.runtime.path()
+    }
+
+    /// `krunbox ARGS` with this test's runtime directory and the QEMU backend.
+    pub fn krunbox<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = Command::new(krunbox_binary());
+        cmd.args(args)
+            .env("KRUNBOX_RUNTIME_DIR", self.runtime.path())
+            .env("KRUNBOX_BACKEND", "qemu")
+            .env_remove("KRUNBOX_LOG");
+        if let Some(init) = guest_init() {
+            cmd.env("KRUNBOX_GUEST_INIT", init);
+        }
+        cmd
+    }
+
+    /// Runs `krunbox run ARGS` with `stdin` and waits.
+    pub fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
+        let mut child = self
+            .krunbox(std::iter::once("run").chain(args.iter().copied()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn krunbox");
+        let mut input = child.stdin.take().expect("stdin");
+        let data = stdin.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = std::io::Write::write_all(&mut input, &data);
+        });
+        let out = child.wait_with_output().expect("wait for krunbox");
+        let _ = writer.join();
+        out
+    }
+
+    /// Asserts that nothing of this test's VMs is left: no run directory, no process whose
+    /// command line names the runtime directory.
+    pub fn assert_nothing_left(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let dirs = self.leftover_dirs();
+            let procs = processes_mentioning(self.runtime.path());
+            if dirs.is_empty() && procs.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "left behind after {within:?}: run dirs {dirs:?}, processes {procs:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn leftover_dirs(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.runtime.path())
+            .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// `pid: cmdline` of every process whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &Path) -> Vec<String> {
+    let needle = needle.to_string_lossy().into_owned();
+    let me = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .chars()
+                .all(|c| c.is_ascii_digit())
+        })
+        .filter(|e| e.file_name().to_string_lossy() != me)
+        .filter_map(|e| {
+            let raw = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+            cmdline
+                .contains(&needle)
+                .then(|| format!("{}: {cmdline}", e.file_name().to_string_lossy()))
+        })
+        .collect()
+}
+
+/// Output of a child collected in the background, searchable while it runs.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// Starts copying `reader` into a buffer.
+    pub fn start(mut reader: impl Read + Send + 'static) -> Self {
+        let captured = Self::default();
+        let sink = captured.0.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(&buf[..n]);
+            }
+        });
+        captured
+    }
+
+    /// Everything so far, lossily decoded.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+
+    /// Waits until the output contains `needle`; panics with the output after `limit`.
+    pub fn wait_for(&self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.text().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} did not appear within {limit:?}; output so far:\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Waits for `child` to exit, at most `limit`.
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("krunbox did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -23,9 +23,9 @@ const FAILURE: i32 = 125;
 
 fn main() {
     let cli = cli::Cli::parse();
-    if matches!(cli.command, cli::Command::QemuSupervisor) {
+    if let cli::Command::QemuSupervisor { run_dir } = &cli.command {
         // Logs to its run directory, not to the terminal.
-        std::process::exit(backend::qemu::supervisor::main());
+        std::process::exit(backend::qemu::supervisor::main(run_dir));
     }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -38,7 +38,7 @@ fn main() {
         cli::Command::Run(args) => cli::run::run(args).map_err(Into::into),
         cli::Command::Doctor => Ok(cli::doctor::run()),
         cli::Command::Kernel(command) => cli::kernel::run(&command).map_err(Into::into),
-        cli::Command::QemuSupervisor => Ok(0),
+        cli::Command::QemuSupervisor { .. } => Ok(0),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -26,5 +26,8 @@ pub enum Command {
     Kernel(kernel::KernelCommand),
     /// Internal: supervises one QEMU VM (started by krunbox itself).
     #[command(name = "__qemu-supervisor", hide = true)]
-    QemuSupervisor,
+    QemuSupervisor {
+        /// The VM's run directory (also in the plan read from stdin; they must agree).
+        run_dir: std::path::PathBuf,
+    },
 }

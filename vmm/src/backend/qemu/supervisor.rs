@@ -73,9 +73,20 @@ pub enum Event {
 }
 
 /// Runs the supervisor; returns the process exit code.
-pub fn main() -> i32 {
+pub fn main(run_dir: &Path) -> i32 {
     let plan = match read_plan() {
-        Ok(plan) => plan,
+        Ok(plan) if plan.run_dir == run_dir => plan,
+        Ok(plan) => {
+            emit(&Event::Failed {
+                process: "supervisor".into(),
+                message: format!(
+                    "the plan is for {}, not {}",
+                    plan.run_dir.display(),
+                    run_dir.display()
+                ),
+            });
+            return 1;
+        }
         Err(message) => {
             emit(&Event::Failed {
                 process: "supervisor".into(),

@@ -37,6 +37,7 @@ impl QemuVm {
         })?;
         let mut child = Command::new(&exe)
             .arg(supervisor::SUBCOMMAND)
+            .arg(layout.dir())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

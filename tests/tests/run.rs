@@ -1,0 +1,392 @@
+//! `krunbox run` end to end: real guests under the QEMU backend (TCG here), driven through
+//! the real `krunbox` binary. See the crate docs for prerequisites; without them these tests
+//! skip loudly, unless KRUNBOX_REQUIRE_E2E=1 (CI), where they fail.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::process::Stdio;
+use std::time::Duration;
+
+use krunbox_tests::{e2e, wait_timeout, Captured};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use sha2::{Digest, Sha256};
+
+const CLEANUP: Duration = Duration::from_secs(15);
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn exit_code_and_separate_stdout_and_stderr() {
+    let Some(k) = e2e("exit_code_and_separate_stdout_and_stderr") else {
+        return;
+    };
+    let out = k.run(
+        &[
+            "--",
+            "sh",
+            "-c",
+            "echo to-out; echo to-err >&2; . /etc/os-release; echo $ID; exit 7",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(7), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "to-out\nkrunbox\n");
+    assert_eq!(text(&out.stderr), "to-err\n");
+    k.assert_nothing_left(CLEANUP);
+}
+
+#[test]
+fn a_missing_command_exits_127_with_a_message() {
+    let Some(k) = e2e("a_missing_command_exits_127_with_a_message") else {
+        return;
+    };
+    let out = k.run(&["--", "no-such-command-here"], b"");
+    assert_eq!(
+        out.status.code(),
+        Some(127),
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("no-such-command-here"),
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    k.assert_nothing_left(CLEANUP);
+}
+
+#[test]
+fn stdin_is_piped_to_the_command() {
+    let Some(k) = e2e("stdin_is_piped_to_the_command") else {
+        return;
+    };
+    let input: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let out = k.run(&["--", "sha256sum"], &input);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let expected = hex::encode(Sha256::digest(&input));
+    assert_eq!(text(&out.stdout), format!("{expected}  -\n"));
+}
+
+#[test]
+fn env_workdir_hostname_and_a_rootfs_directory() {
+    let Some(k) = e2e("env_workdir_hostname_and_a_rootfs_directory") else {
+        return;
+    };
+    let rootfs = tempfile::tempdir().unwrap();
+    let busybox = which_busybox();
+    for dir in ["bin", "etc", "proc", "sys", "dev", "tmp", "run", "srv/data"] {
+        std::fs::create_dir_all(rootfs.path().join(dir)).unwrap();
+    }
+    std::fs::copy(&busybox, rootfs.path().join("bin/busybox")).unwrap();
+    for applet in ["sh", "cat", "pwd", "hostname", "echo"] {
+        std::os::unix::fs::symlink("busybox", rootfs.path().join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(rootfs.path().join("marker"), "from-the-host-dir\n").unwrap();
+    std::env::set_var("KRUNBOX_E2E_FROM_HOST", "copied");
+    let out = k.run(
+        &[
+            "-e",
+            "GREETING=hello world",
+            "-e",
+            "KRUNBOX_E2E_FROM_HOST",
+            "-w",
+            "/srv/data",
+            "--hostname",
+            "e2e-box",
+            rootfs.path().to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "echo \"$GREETING\"; echo $KRUNBOX_E2E_FROM_HOST; pwd; cat /marker; hostname",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "hello world\ncopied\n/srv/data\nfrom-the-host-dir\ne2e-box\n"
+    );
+}
+
+fn which_busybox() -> std::path::PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("busybox"))
+        .find(|p| p.exists())
+        .expect("busybox")
+}
+
+#[test]
+fn fifty_megabytes_of_output_arrive_intact() {
+    let Some(k) = e2e("fifty_megabytes_of_output_arrive_intact") else {
+        return;
+    };
+    let out = k.run(
+        &[
+            "--memory",
+            "768",
+            "--",
+            "sh",
+            "-c",
+            "head -c 52428800 /dev/urandom > /tmp/blob && sha256sum /tmp/blob >&2 && cat /tmp/blob",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(out.stdout.len(), 52_428_800);
+    let digest = hex::encode(Sha256::digest(&out.stdout));
+    assert_eq!(text(&out.stderr), format!("{digest}  /tmp/blob\n"));
+}
+
+#[test]
+fn sigterm_is_forwarded_and_the_command_status_returned() {
+    let Some(k) = e2e("sigterm_is_forwarded_and_the_command_status_returned") else {
+        return;
+    };
+    let mut child = k
+        .krunbox([
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 42' TERM; echo ready; while true; do sleep 0.1; done",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = Captured::start(child.stdout.take().unwrap());
+    let stderr = Captured::start(child.stderr.take().unwrap());
+    stdout.wait_for("ready\n", RUN_LIMIT);
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let status = wait_timeout(&mut child, RUN_LIMIT);
+    assert_eq!(status.code(), Some(42), "stderr: {}", stderr.text());
+    assert!(stdout.text().contains("got-term"));
+    k.assert_nothing_left(CLEANUP);
+}
+
+#[test]
+fn ctrl_c_is_forwarded_and_a_second_one_stops_the_vm() {
+    let Some(k) = e2e("ctrl_c_is_forwarded_and_a_second_one_stops_the_vm") else {
+        return;
+    };
+    let mut child = k
+        .krunbox([
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got-int' INT; echo ready; while true; do sleep 0.1; done",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = Captured::start(child.stdout.take().unwrap());
+    let stderr = Captured::start(child.stderr.take().unwrap());
+    stdout.wait_for("ready\n", RUN_LIMIT);
+    let pid = Pid::from_raw(child.id() as i32);
+    kill(pid, Signal::SIGINT).unwrap();
+    stdout.wait_for("got-int\n", Duration::from_secs(30));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the command ignores the first Ctrl-C"
+    );
+    kill(pid, Signal::SIGINT).unwrap();
+    let status = wait_timeout(&mut child, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(130), "stderr: {}", stderr.text());
+    assert!(
+        stderr.text().contains("stopping the VM"),
+        "{}",
+        stderr.text()
+    );
+    k.assert_nothing_left(CLEANUP);
+}
+
+#[test]
+fn kill_9_of_krunbox_leaves_no_processes_sockets_or_directories() {
+    let Some(k) = e2e("kill_9_of_krunbox_leaves_no_processes_sockets_or_directories") else {
+        return;
+    };
+    let mut child = k
+        .krunbox(["run", "--", "sh", "-c", "echo ready; sleep 1000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = Captured::start(child.stdout.take().unwrap());
+    stdout.wait_for("ready\n", RUN_LIMIT);
+    let running = krunbox_tests::processes_mentioning(k.runtime_dir());
+    for name in [
+        "qemu-system",
+        "vhost-device-vsock",
+        "virtiofsd",
+        "__qemu-supervisor",
+    ] {
+        assert!(
+            running.iter().any(|p| p.contains(name)),
+            "{name} should be running: {running:?}"
+        );
+    }
+    let sockets: Vec<_> = std::fs::read_dir(k.runtime_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .flat_map(|run_dir| std::fs::read_dir(run_dir.path()).unwrap())
+        .filter_map(Result::ok)
+        .filter(|f| {
+            f.path()
+                .extension()
+                .is_some_and(|e| e == "sock" || e == "vsock")
+        })
+        .collect();
+    let names: Vec<String> = sockets
+        .iter()
+        .map(|s| s.file_name().to_string_lossy().into_owned())
+        .collect();
+    for socket in ["vm.vsock", "fs0.sock"] {
+        assert!(
+            names.iter().any(|n| n == socket),
+            "{socket} exists while running: {names:?}"
+        );
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    k.assert_nothing_left(CLEANUP);
+}
+
+#[test]
+fn a_kernel_that_cannot_boot_is_a_clear_error() {
+    let Some(k) = e2e("a_kernel_that_cannot_boot_is_a_clear_error") else {
+        return;
+    };
+    let bogus = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(bogus.path(), b"this is not a kernel").unwrap();
+    let out = k.run(
+        &[
+            "--kernel",
+            bogus.path().to_str().unwrap(),
+            "--boot-timeout",
+            "30",
+            "--",
+            "true",
+        ],
+        b"",
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "stderr: {stderr}");
+    assert!(
+        stderr.contains("the VM stopped before its agent came up"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("qemu said"),
+        "QEMU's own error is shown: {stderr}"
+    );
+    k.assert_nothing_left(CLEANUP);
+}
+
+#[test]
+fn an_agent_that_never_answers_times_out_with_the_console_tail() {
+    let Some(k) = e2e("an_agent_that_never_answers_times_out_with_the_console_tail") else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    let out = k.run(&["--boot-timeout", "2", "--", "true"], b"");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "stderr: {stderr}");
+    assert!(
+        stderr.contains("the guest agent did not come up within 2s"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("last console lines"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    k.assert_nothing_left(CLEANUP);
+}
+
+#[test]
+fn a_pty_session_has_a_terminal_that_follows_resizes() {
+    let Some(k) = e2e("a_pty_session_has_a_terminal_that_follows_resizes") else {
+        return;
+    };
+    let pty = nix::pty::openpty(
+        Some(&nix::pty::Winsize {
+            ws_row: 30,
+            ws_col: 100,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        }),
+        None,
+    )
+    .unwrap();
+    let slave = std::fs::File::from(pty.slave);
+    let mut child = k
+        .krunbox(["run", "-it", "--", "sh"])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave)
+        .spawn()
+        .unwrap();
+    let master = std::fs::File::from(pty.master);
+    let mut input = master.try_clone().unwrap();
+    let output = Captured::start(ReadUntilEio(master.try_clone().unwrap()));
+    // Typed ahead while the VM boots (the host PTY echoes it before krunbox makes it raw), so
+    // the markers are computed by the guest shell: `MARK$((0+1))` echoes as itself.
+    input
+        .write_all(b"tty; stty size; echo MARK$((0+1))\n")
+        .unwrap();
+    output.wait_for("MARK1\r\n", RUN_LIMIT);
+    let first = output.text();
+    assert!(first.contains("/dev/pts/"), "{first}");
+    assert!(first.contains("30 100\r\n"), "{first}");
+
+    set_size(&master, 40, 132);
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGWINCH).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    input.write_all(b"stty size; echo MARK$((1+1))\n").unwrap();
+    output.wait_for("MARK2\r\n", Duration::from_secs(30));
+    assert!(output.text().contains("40 132\r\n"), "{}", output.text());
+
+    // Ctrl-C is a key for the guest: it interrupts the guest's sleep, not krunbox.
+    input.write_all(b"sleep 100\n").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    input.write_all(&[0x03]).unwrap();
+    input.write_all(b"echo after-ctrl-c; exit 5\n").unwrap();
+    let status = wait_timeout(&mut child, Duration::from_secs(60));
+    assert_eq!(status.code(), Some(5), "{}", output.text());
+    assert!(output.text().contains("after-ctrl-c"), "{}", output.text());
+    k.assert_nothing_left(CLEANUP);
+}
+
+fn set_size(master: &std::fs::File, rows: u16, cols: u16) {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, valid for the call; the fd is open.
+    let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+    assert_eq!(rc, 0, "TIOCSWINSZ");
+}
+
+/// A PTY master reports EIO once the slave side is closed everywhere: that is end of file.
+struct ReadUntilEio(std::fs::File);
+
+impl Read for ReadUntilEio {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self.0.read(buf) {
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(0),
+            other => other,
+        }
+    }
+}
