@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::process::Stdio;
 use std::time::Duration;
 
-use krunbox_tests::{e2e, wait_timeout, Captured};
+use krunbox_tests::{e2e, wait_timeout, Captured, Running};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
@@ -158,6 +158,7 @@ fn sigterm_is_forwarded_and_the_command_status_returned() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
+        .map(Running)
         .unwrap();
     let stdout = Captured::start(child.stdout.take().unwrap());
     let stderr = Captured::start(child.stderr.take().unwrap());
@@ -186,6 +187,7 @@ fn ctrl_c_is_forwarded_and_a_second_one_stops_the_vm() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
+        .map(Running)
         .unwrap();
     let stdout = Captured::start(child.stdout.take().unwrap());
     let stderr = Captured::start(child.stderr.take().unwrap());
@@ -219,6 +221,7 @@ fn kill_9_of_krunbox_leaves_no_processes_sockets_or_directories() {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
+        .map(Running)
         .unwrap();
     let stdout = Captured::start(child.stdout.take().unwrap());
     stdout.wait_for("ready\n", RUN_LIMIT);
@@ -328,6 +331,14 @@ fn a_pty_session_has_a_terminal_that_follows_resizes() {
         None,
     )
     .unwrap();
+    // Other tests spawn krunbox concurrently: keep this PTY out of their children.
+    for fd in [&pty.master, &pty.slave] {
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .unwrap();
+    }
     let slave = std::fs::File::from(pty.slave);
     let mut child = k
         .krunbox(["run", "-it", "--", "sh"])
@@ -335,6 +346,7 @@ fn a_pty_session_has_a_terminal_that_follows_resizes() {
         .stdout(slave.try_clone().unwrap())
         .stderr(slave)
         .spawn()
+        .map(Running)
         .unwrap();
     let master = std::fs::File::from(pty.master);
     let mut input = master.try_clone().unwrap();

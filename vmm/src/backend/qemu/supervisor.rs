@@ -25,6 +25,7 @@
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
+#[cfg(target_os = "linux")]
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -379,6 +380,15 @@ fn spawn(plan: &ProcessPlan) -> Result<Child, String> {
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err);
+    die_with_supervisor(&mut cmd);
+    tracing::info!(name = %plan.name, command = ?cmd, "starting");
+    cmd.spawn()
+        .map_err(|e| format!("cannot run {}: {e}", plan.program.display()))
+}
+
+/// The child gets SIGKILL when the supervisor dies, even by SIGKILL.
+#[cfg(target_os = "linux")]
+fn die_with_supervisor(cmd: &mut Command) {
     // SAFETY: between fork and exec the closure only calls prctl(2), which is
     // async-signal-safe and touches no memory of the parent.
     unsafe {
@@ -386,10 +396,12 @@ fn spawn(plan: &ProcessPlan) -> Result<Child, String> {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
         });
     }
-    tracing::info!(name = %plan.name, command = ?cmd, "starting");
-    cmd.spawn()
-        .map_err(|e| format!("cannot run {}: {e}", plan.program.display()))
 }
+
+/// No parent-death signal outside Linux: the lifeline still stops everything when krunbox
+/// dies; only a SIGKILL of the supervisor itself would leave its children running.
+#[cfg(not(target_os = "linux"))]
+fn die_with_supervisor(_cmd: &mut Command) {}
 
 fn wait_for_socket(
     child: &mut Child,
