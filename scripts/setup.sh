@@ -74,8 +74,8 @@ cargo build --release -p krunbox
 cargo xtask build-init
 
 if [ "$demo" = 1 ]; then
-  # Booting VMs (`krunbox run -- uname -a` on the built-in image) arrives with the backends;
-  # until then the demo runs a command through the real agent and protocol, without a VM.
-  log "running uname -a through the guest agent (host mode, no VM yet)"
-  cargo run --quiet --release -p xtask -- demo -- uname -a
+  log "preparing the guest kernel (Debian cloud kernel, cached)"
+  ./target/release/krunbox kernel fetch
+  log "running: krunbox run -- uname -a   (built-in default image; QEMU backend here)"
+  ./target/release/krunbox run -- uname -a
 fi
