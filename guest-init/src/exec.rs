@@ -42,22 +42,59 @@ pub async fn run(
     inbox: mpsc::UnboundedReceiver<Body>,
 ) {
     let power_off = request.power_off_on_exit;
+    let program = request.argv.first().cloned().unwrap_or_default();
+    let cwd = working_directory(&request).to_owned();
     let status = match execute(&agent, &reply, request, inbox).await {
         Ok(status) => status,
-        Err(err) => ExitStatus {
-            outcome: Some(Outcome::SpawnFailed(SpawnFailure {
-                stage: err.stage as i32,
-                errno: err.errno as i32,
-                message: format!("{:?}: {}", err.stage, err.errno.desc()),
-            })),
-            timed_out: false,
-        },
+        Err(err) => {
+            let message = spawn_failure_message(&err, &program, &cwd);
+            tracing::debug!(%message, "exec could not start");
+            ExitStatus {
+                outcome: Some(Outcome::SpawnFailed(SpawnFailure {
+                    stage: err.stage as i32,
+                    errno: err.errno as i32,
+                    message,
+                })),
+                timed_out: false,
+            }
+        }
     };
     let code = status.shell_code();
     if power_off {
         reply.send_then_shutdown(Body::Exit(status), code).await;
     } else {
         reply.send(Body::Exit(status)).await;
+    }
+}
+
+/// The command's working directory: the request's, or `/` when it names none.
+fn working_directory(request: &ExecRequest) -> &str {
+    if request.cwd.is_empty() {
+        "/"
+    } else {
+        &request.cwd
+    }
+}
+
+/// What the user sees when a command could not start, naming what failed
+/// (e.g. `/no/such/program: No such file or directory`).
+fn spawn_failure_message(err: &SpawnError, program: &str, cwd: &str) -> String {
+    let reason = err.errno.desc();
+    match err.stage {
+        SpawnStage::Exec => format!("{program}: {reason}"),
+        SpawnStage::Chdir => format!("cannot change to working directory {cwd}: {reason}"),
+        SpawnStage::Validate => {
+            format!("invalid exec request (empty argv, NUL byte or '=' in a name): {reason}")
+        }
+        SpawnStage::SetUid => format!("cannot set the user id: {reason}"),
+        SpawnStage::SetGid => format!("cannot set the group ids: {reason}"),
+        SpawnStage::ControllingTerminal => {
+            format!("cannot make the PTY the controlling terminal: {reason}")
+        }
+        SpawnStage::Setup => format!("cannot create the command's pipes or PTY: {reason}"),
+        SpawnStage::Spawn | SpawnStage::Unspecified => {
+            format!("cannot create a process for {program}: {reason}")
+        }
     }
 }
 
@@ -259,7 +296,7 @@ async fn execute(
     let command = Command {
         argv: request.argv.clone(),
         env: environment(&request),
-        cwd: (!request.cwd.is_empty()).then(|| request.cwd.clone()),
+        cwd: Some(working_directory(&request).to_owned()),
         uid: request.uid,
         gid: request.gid,
         pty: request.pty.is_some(),

@@ -334,13 +334,20 @@ async fn read_file(
     mut inbox: mpsc::UnboundedReceiver<Body>,
 ) -> io::Result<()> {
     let (std_file, stat) = tokio::task::spawn_blocking(move || -> io::Result<_> {
-        let file = dir.open(&path)?;
+        // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below anyway.
+        let mut options = OpenOptions::new();
+        options.read(true).custom_flags(libc::O_NONBLOCK);
+        let file = dir.open_with(&path, &options)?;
         let meta = file.metadata()?;
         if meta.is_dir() {
             return Err(io::Error::new(
                 io::ErrorKind::IsADirectory,
                 "is a directory",
             ));
+        }
+        // A device or FIFO has no end (or blocks): only regular files are streamed.
+        if !meta.is_file() {
+            return Err(bad_request("not a regular file"));
         }
         let stat = stat_of(&dir, &path, &meta);
         Ok((file.into_std(), stat))

@@ -117,11 +117,12 @@ fn prepare_and_exec(args: &HelperArgs) -> Result<Never, (SpawnStage, Errno)> {
         }
     }
     if let Some(gid) = args.gid {
-        let gid = Gid::from_raw(gid);
-        if Uid::effective().is_root() {
-            nix::unistd::setgroups(&[gid]).map_err(|e| (SpawnStage::SetGid, e))?;
-        }
-        nix::unistd::setgid(gid).map_err(|e| (SpawnStage::SetGid, e))?;
+        nix::unistd::setgid(Gid::from_raw(gid)).map_err(|e| (SpawnStage::SetGid, e))?;
+    }
+    // A command run as another user or group must not keep the agent's (root's)
+    // supplementary groups: its only group is its primary one.
+    if (args.uid.is_some() || args.gid.is_some()) && Uid::effective().is_root() {
+        nix::unistd::setgroups(&[Gid::current()]).map_err(|e| (SpawnStage::SetGid, e))?;
     }
     if let Some(uid) = args.uid {
         nix::unistd::setuid(Uid::from_raw(uid)).map_err(|e| (SpawnStage::SetUid, e))?;

@@ -12,6 +12,7 @@ mod config;
 mod exec;
 mod files;
 mod helper;
+mod listener;
 mod modules;
 mod mounts;
 mod outgoing;
@@ -19,18 +20,14 @@ mod pty;
 mod reaper;
 mod rootfs;
 mod server;
+mod signals;
 mod spawn;
 mod system;
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
-use nix::sys::signal::Signal;
-use tokio::signal::unix::{signal, SignalKind};
-
-use crate::agent::Agent;
 use crate::config::Config;
-use crate::reaper::ProcessTable;
+use crate::listener::Listen;
 
 const USAGE: &str = "usage: guest-init [--listen unix:PATH|vsock:PORT] [--log LEVEL]
 
@@ -40,12 +37,9 @@ krunbox.log), mounts the guest's filesystems and serves the krunbox protocol on 
 With --listen it serves the protocol on the given socket and changes nothing else
 (host mode, for tests and benchmarks).";
 
-/// Where to listen.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Listen {
-    Unix(PathBuf),
-    Vsock(u32),
-}
+/// Status reported when the agent itself fails (no root, no listener, a bug): distinct from
+/// a command's statuses, like Docker's 125.
+const AGENT_FAILURE_STATUS: i32 = 125;
 
 #[derive(Debug, Default)]
 struct Options {
@@ -113,43 +107,64 @@ fn main() {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+fn runtime() -> Option<tokio::runtime::Runtime> {
     match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime,
+        Ok(runtime) => Some(runtime),
         Err(err) => {
-            eprintln!("guest-init: cannot start the async runtime: {err}");
-            std::process::exit(1)
+            tracing::error!(%err, "cannot start the async runtime");
+            None
         }
+    }
+}
+
+/// Logs panics through tracing (the console in a guest). A panicking task only ends that
+/// task (tokio catches it); the main thread's panics are caught in [`serve_catching_panics`].
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!(%info, "guest-init bug: panic");
+    }));
+}
+
+/// Runs the agent until shutdown; returns the status to report. Never unwinds: for PID 1 an
+/// exit without powering off is a kernel panic, which would hide the reason from the host.
+fn serve_catching_panics(listen: Listen, pid1: bool) -> i32 {
+    let served = std::panic::catch_unwind(move || {
+        let runtime = runtime()?;
+        Some(runtime.block_on(listener::serve(listen, pid1)))
+    });
+    match served {
+        Ok(Some(Ok(status))) => status,
+        Ok(Some(Err(err))) => {
+            tracing::error!(%err, "the agent cannot serve");
+            AGENT_FAILURE_STATUS
+        }
+        Ok(None) | Err(_) => AGENT_FAILURE_STATUS,
     }
 }
 
 fn host_mode(listen: Listen, options: &Options) {
     init_logging(options.log.as_deref().unwrap_or("info"));
+    log_panics();
+    system::raise_fd_limit();
     // Orphans of our commands come to us, as they would to PID 1.
     if let Err(err) = nix::sys::prctl::set_child_subreaper(true) {
         tracing::warn!(%err, "cannot become a subreaper");
     }
-    let status = runtime().block_on(serve(listen, false));
-    std::process::exit(if status == 0 { 0 } else { status });
+    // The status a Shutdown request or a one-shot exec asked to report.
+    std::process::exit(serve_catching_panics(listen, false));
 }
 
 fn guest_mode(options: &Options) {
     // /proc first: the configuration is on the kernel command line.
-    let _ = std::fs::create_dir_all("/proc");
-    let _ = nix::mount::mount(
-        Some("proc"),
-        "/proc",
-        Some("proc"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    );
+    mounts::mount_proc();
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let config = Config::from_cmdline(&cmdline);
     init_logging(options.log.as_deref().unwrap_or(&config.log));
+    log_panics();
     for ignored in &config.ignored {
         tracing::warn!(setting = %ignored, "ignored kernel command line setting");
     }
@@ -161,7 +176,7 @@ fn guest_mode(options: &Options) {
         if let Err(err) = rootfs::switch_to_virtiofs(tag) {
             // Without its root the guest is useless: say why and stop the VM.
             tracing::error!(%err, "cannot switch to the root filesystem");
-            system::power_off(125);
+            system::power_off(AGENT_FAILURE_STATUS);
         }
     }
     mounts::mount_essentials();
@@ -172,98 +187,7 @@ fn guest_mode(options: &Options) {
     }
     system::set_hostname(&config.hostname);
     system::loopback_up();
-    let status = runtime().block_on(serve(Listen::Vsock(config.port), true));
+    system::raise_fd_limit();
+    let status = serve_catching_panics(Listen::Vsock(config.port), true);
     system::power_off(status);
-}
-
-/// Serves until a shutdown is requested; returns the status to report.
-async fn serve(listen: Listen, pid1: bool) -> i32 {
-    let table = Arc::new(ProcessTable::default());
-    if let Err(err) = reaper::start(table.clone()) {
-        tracing::error!(%err, "cannot watch for child exits");
-        return 1;
-    }
-    let (agent, mut shutdown) = Agent::new(table.clone());
-    forward_signals(&agent, pid1);
-    let accepting = match listen {
-        Listen::Unix(path) => tokio::spawn(accept_unix(agent.clone(), path)),
-        Listen::Vsock(port) => tokio::spawn(accept_vsock(agent.clone(), port)),
-    };
-    let status = tokio::select! {
-        status = shutdown.recv() => status.unwrap_or(0),
-        result = accepting => {
-            tracing::error!(?result, "listener stopped");
-            1
-        }
-    };
-    table.signal_all(Signal::SIGKILL);
-    status
-}
-
-/// Forwards termination signals to every running command; in host mode a SIGTERM or SIGINT
-/// with nothing running stops the agent.
-fn forward_signals(agent: &Arc<Agent>, pid1: bool) {
-    let kinds = [
-        (SignalKind::terminate(), Signal::SIGTERM),
-        (SignalKind::interrupt(), Signal::SIGINT),
-        (SignalKind::hangup(), Signal::SIGHUP),
-        (SignalKind::quit(), Signal::SIGQUIT),
-        (SignalKind::user_defined1(), Signal::SIGUSR1),
-        (SignalKind::user_defined2(), Signal::SIGUSR2),
-    ];
-    for (kind, sig) in kinds {
-        let mut stream = match signal(kind) {
-            Ok(stream) => stream,
-            Err(err) => {
-                tracing::warn!(%err, "cannot handle {sig}");
-                continue;
-            }
-        };
-        let agent = agent.clone();
-        tokio::spawn(async move {
-            while stream.recv().await.is_some() {
-                let running = agent.table.running();
-                tracing::info!(
-                    count = running.len(),
-                    "forwarding {sig} to running commands"
-                );
-                if running.is_empty() && !pid1 && matches!(sig, Signal::SIGTERM | Signal::SIGINT) {
-                    agent.request_shutdown(0);
-                }
-                agent.table.signal_all(sig);
-            }
-        });
-    }
-}
-
-async fn accept_unix(agent: Arc<Agent>, path: PathBuf) -> std::io::Result<()> {
-    let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path)?;
-    tracing::info!(path = %path.display(), "agent listening");
-    let mut next = 0u64;
-    loop {
-        let (stream, _) = listener.accept().await?;
-        next += 1;
-        tokio::spawn(server::serve_connection(
-            agent.clone(),
-            stream,
-            format!("unix#{next}"),
-        ));
-    }
-}
-
-async fn accept_vsock(agent: Arc<Agent>, port: u32) -> std::io::Result<()> {
-    let listener = tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(
-        tokio_vsock::VMADDR_CID_ANY,
-        port,
-    ))?;
-    tracing::info!(port, "agent listening on vsock");
-    loop {
-        let (stream, peer) = listener.accept().await?;
-        tokio::spawn(server::serve_connection(
-            agent.clone(),
-            stream,
-            format!("vsock {peer:?}"),
-        ));
-    }
 }

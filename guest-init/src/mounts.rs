@@ -1,4 +1,9 @@
 //! The filesystems every guest needs, and the host's virtio-fs shares.
+//!
+//! "Already mounted" is decided from `/proc/self/mountinfo`, not from `mount(2)`'s error:
+//! mounting proc, devtmpfs or tmpfs again on a mount point succeeds and stacks a second
+//! instance (libkrun's kernel mounts `/dev` itself; the initramfs's `/proc` is carried into
+//! the new root), so a target that already is a mount point is left as it is.
 
 use std::path::Path;
 
@@ -16,6 +21,53 @@ pub struct MountError {
     pub errno: Errno,
 }
 
+/// Decodes the octal escapes (`\040` for a space, ...) mountinfo uses in paths.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|digits| {
+            let text = std::str::from_utf8(digits).ok()?;
+            u8::from_str_radix(text, 8).ok()
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The mount points listed in a mountinfo table (the fifth field of each line).
+fn mount_points(mountinfo: &str) -> impl Iterator<Item = String> + '_ {
+    mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(unescape_mountinfo)
+}
+
+/// Whether `target` is a mount point now; false when /proc is not mounted yet.
+pub fn is_mount_point(target: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .is_ok_and(|table| mount_points(&table).any(|point| point == target))
+}
+
+/// Mounts /proc (the kernel command line lives there) unless it already is.
+pub fn mount_proc() {
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    if let Err(err) = mount_one("proc", "/proc", "proc", flags, None) {
+        // No configuration then; the defaults still give a working agent.
+        eprintln!("guest-init: {err}");
+    }
+}
+
 fn mount_one(
     source: &str,
     target: &str,
@@ -28,6 +80,10 @@ fn mount_one(
         target: target.into(),
         errno,
     };
+    if is_mount_point(target) {
+        tracing::debug!(target, "already mounted");
+        return Ok(());
+    }
     std::fs::create_dir_all(target)
         .map_err(|e| err(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
     match mount(Some(source), target, Some(fstype), flags, data) {
@@ -111,4 +167,29 @@ pub fn mount_share(share: &Share) -> Result<(), MountError> {
         flags,
         None,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_points_come_from_the_fifth_field_unescaped() {
+        let table = "22 1 0:21 / /proc rw,nosuid shared:5 - proc proc rw\n\
+                     25 1 0:5 / /dev rw - devtmpfs udev rw,size=1k\n\
+                     40 25 0:40 / /mnt/with\\040space rw - virtiofs work rw\n";
+        let points: Vec<String> = mount_points(table).collect();
+        assert_eq!(points, ["/proc", "/dev", "/mnt/with space"]);
+    }
+
+    #[test]
+    fn unescape_leaves_other_backslashes_alone() {
+        assert_eq!(unescape_mountinfo(r"a\\b\134c\12"), r"a\\b\c\12");
+    }
+
+    #[test]
+    fn proc_is_a_mount_point_and_a_plain_directory_is_not() {
+        assert!(is_mount_point("/proc"));
+        assert!(!is_mount_point("/proc/self"));
+    }
 }

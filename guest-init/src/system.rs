@@ -1,4 +1,4 @@
-//! Small PID 1 duties: hostname, loopback, and powering off.
+//! Small PID 1 duties: hostname, loopback, descriptor limit, and powering off.
 
 use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 use std::os::fd::AsRawFd;
@@ -39,6 +39,22 @@ pub fn loopback_up() {
     // SAFETY: SIOCSIFFLAGS reads `req`, which outlives the call.
     if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) } != 0 {
         tracing::warn!(err = %std::io::Error::last_os_error(), "cannot bring lo up");
+    }
+}
+
+/// Raises the soft limit on open descriptors to the hard limit: each exec holds several
+/// (pipes, PTY, status pipe) and the kernel's default soft limit of 1024 would cap how many
+/// commands run at once long before memory does.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(err) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(%err, soft, hard, "cannot raise the descriptor limit");
+            }
+        }
+        Ok(_) => {}
+        Err(err) => tracing::warn!(%err, "cannot read the descriptor limit"),
     }
 }
 

@@ -4,10 +4,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::TestAgent;
+use common::{Sha256Sum, TestAgent};
 use krunbox_protocol::client::{ExecEvent, ExecSpec};
 use krunbox_protocol::messages::{Outcome, OutputStream, SpawnStage};
-use sha2::{Digest, Sha256};
 
 #[tokio::test]
 async fn echo_and_exit_codes() {
@@ -54,6 +53,38 @@ async fn env_cwd_and_default_path() {
         lines[2].contains("/usr/bin"),
         "default PATH added: {}",
         lines[2]
+    );
+    // No cwd means `/`, whatever the agent's own working directory is.
+    let out = client
+        .exec(ExecSpec::new(["pwd"]))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"/\n");
+}
+
+#[tokio::test]
+async fn runs_as_another_user_without_root_groups() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("SKIPPED: changing users needs root");
+        return;
+    }
+    let agent = TestAgent::start();
+    let client = agent.client().await;
+    let out = client
+        .exec(ExecSpec::new(["sh", "-c", "id -u; id -g; id -G"]).user(65534, 65533))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "65534\n65533\n65533\n",
+        "uid, gid, and no supplementary groups left from root; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 
@@ -119,6 +150,11 @@ async fn missing_program_is_a_spawn_failure() {
         Some(Outcome::SpawnFailed(failure)) => {
             assert_eq!(failure.stage(), SpawnStage::Exec);
             assert_eq!(failure.errno, libc::ENOENT);
+            assert!(
+                failure.message.contains("/no/such/program"),
+                "message names the program: {}",
+                failure.message
+            );
         }
         other => panic!("expected a spawn failure, got {other:?}"),
     }
@@ -131,7 +167,14 @@ async fn missing_program_is_a_spawn_failure() {
         .await
         .unwrap();
     match bad_cwd.status.outcome {
-        Some(Outcome::SpawnFailed(failure)) => assert_eq!(failure.stage(), SpawnStage::Chdir),
+        Some(Outcome::SpawnFailed(failure)) => {
+            assert_eq!(failure.stage(), SpawnStage::Chdir);
+            assert!(
+                failure.message.contains("/no/such/dir"),
+                "{}",
+                failure.message
+            );
+        }
         other => panic!("expected a chdir failure, got {other:?}"),
     }
 }
@@ -146,7 +189,7 @@ async fn hundred_megabytes_of_stdout_arrive_intact() {
         .exec(ExecSpec::new(["bash", "-c", script]))
         .await
         .unwrap();
-    let mut hasher = Sha256::new();
+    let mut hasher = Sha256Sum::new();
     let mut total = 0usize;
     let mut stderr = Vec::new();
     let status = loop {
@@ -166,10 +209,7 @@ async fn hundred_megabytes_of_stdout_arrive_intact() {
     assert_eq!(status.shell_code(), 0);
     assert_eq!(total, 104_857_600);
     let expected = String::from_utf8(stderr).unwrap();
-    assert_eq!(
-        hex::encode(hasher.finalize()),
-        expected.split_whitespace().next().unwrap()
-    );
+    assert_eq!(hasher.finish(), expected.split_whitespace().next().unwrap());
 }
 
 #[tokio::test]

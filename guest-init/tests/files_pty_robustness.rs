@@ -2,13 +2,11 @@
 
 mod common;
 
-use std::io::Write;
 use std::time::Duration;
 
-use common::TestAgent;
+use common::{sha256_file, TestAgent};
 use krunbox_protocol::client::{ExecEvent, ExecSpec, RemotePath};
 use krunbox_protocol::messages::{ErrorKind, FileType, Outcome};
-use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
@@ -16,40 +14,76 @@ async fn put_and_get_a_hundred_megabyte_file() {
     let agent = TestAgent::start();
     let client = agent.client().await;
     let source = agent.dir.path().join("source.bin");
-    let mut data = vec![0u8; 100 * 1024 * 1024];
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    for chunk in data.chunks_mut(8) {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
-    }
-    std::fs::File::create(&source)
-        .unwrap()
-        .write_all(&data)
+    let size = 100 * 1024 * 1024u64;
+    let made = std::process::Command::new("head")
+        .arg("-c")
+        .arg(size.to_string())
+        .arg("/dev/urandom")
+        .stdout(std::fs::File::create(&source).unwrap())
+        .status()
         .unwrap();
-    let expected = hex::encode(Sha256::digest(&data));
+    assert!(made.success());
+    let expected = sha256_file(&source);
 
-    let target = agent
-        .dir
-        .path()
-        .join("nested/dir/copy.bin")
-        .display()
-        .to_string();
+    let target = agent.dir.path().join("nested/dir/copy.bin");
     let file = tokio::fs::File::open(&source).await.unwrap();
-    let written = client.put(file, target.as_str(), 0o600).await.unwrap();
-    assert_eq!(written, data.len() as u64);
-    let on_disk = std::fs::read(&target).unwrap();
-    assert_eq!(hex::encode(Sha256::digest(&on_disk)), expected);
+    let written = client
+        .put(file, target.display().to_string(), 0o600)
+        .await
+        .unwrap();
+    assert_eq!(written, size);
+    assert_eq!(sha256_file(&target), expected);
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&target).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
+    let leftovers: Vec<_> = std::fs::read_dir(target.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        leftovers,
+        ["copy.bin"],
+        "no temporary file left beside the target"
+    );
 
-    let mut fetched = Vec::new();
-    let (stat, bytes) = client.get(target.as_str(), &mut fetched).await.unwrap();
-    assert_eq!(bytes, data.len() as u64);
-    assert_eq!(stat.size, data.len() as u64);
-    assert_eq!(hex::encode(Sha256::digest(&fetched)), expected);
+    let fetched_path = agent.dir.path().join("fetched.bin");
+    let fetched = tokio::fs::File::create(&fetched_path).await.unwrap();
+    let mut sink = tokio::io::BufWriter::new(fetched);
+    let (stat, bytes) = client
+        .get(target.display().to_string(), &mut sink)
+        .await
+        .unwrap();
+    sink.flush().await.unwrap();
+    assert_eq!(bytes, size);
+    assert_eq!(stat.size, size);
+    assert_eq!(sha256_file(&fetched_path), expected);
+}
+
+#[tokio::test]
+async fn special_files_are_not_streamed() {
+    let agent = TestAgent::start();
+    let client = agent.client().await;
+    let fifo = agent.dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    for path in [fifo.display().to_string(), "/dev/zero".to_owned()] {
+        let mut sink = Vec::new();
+        let err = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.get(path.as_str(), &mut sink),
+        )
+        .await
+        .expect("refused at once, not blocked on the FIFO")
+        .unwrap_err();
+        assert_eq!(
+            err.remote_kind(),
+            Some(ErrorKind::BadRequest),
+            "{path}: {err}"
+        );
+        assert!(
+            err.to_string().contains(&path),
+            "error names the path: {err}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -183,6 +217,30 @@ async fn pty_session_with_resize_and_ctrl_c() {
 }
 
 #[tokio::test]
+async fn closing_stdin_on_a_pty_sends_end_of_file() {
+    let agent = TestAgent::start();
+    let client = agent.client().await;
+    let mut exec = client
+        .exec(ExecSpec::new(["sh", "-c", "cat; echo cat-done"]).pty(24, 80))
+        .await
+        .unwrap();
+    let mut stdin = exec.take_stdin().unwrap();
+    stdin.write(b"typed\n").await.unwrap();
+    // ^D at the start of a line: cat reads end of file; the terminal itself stays open.
+    stdin.close().await.unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(10), exec.collect())
+        .await
+        .expect("cat ended on ^D")
+        .unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        screen.contains("typed") && screen.contains("cat-done"),
+        "{screen}"
+    );
+    assert_eq!(out.status.outcome, Some(Outcome::Code(0)));
+}
+
+#[tokio::test]
 async fn malformed_frames_close_only_that_connection() {
     let agent = TestAgent::start();
     let client = agent.client().await;
@@ -284,37 +342,39 @@ async fn as_pid1_in_a_namespace_reaps_orphans_and_forwards_signals() {
         "agent is PID 1: {text}"
     );
 
-    // An orphan: the shell exits at once, its background child is re-parented to PID 1.
-    let out = client
-        .exec(ExecSpec::new(["sh", "-c", "sleep 0.3 & echo $!"]))
+    // An orphan: a double fork into a new session, so the exec ends at once (the orphan holds
+    // none of its pipes, and is outside its process group) and the orphan is re-parented to
+    // PID 1, which must reap it when it exits.
+    let run = async |script: String| {
+        let out = client
+            .exec(ExecSpec::new(["sh", "-c", script.as_str()]))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let orphan: u32 = run("setsid sh -c 'sleep 0.5 </dev/null >/dev/null 2>&1 & echo $!'".into())
         .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    let orphan: u32 = String::from_utf8(out.stdout)
-        .unwrap()
         .trim()
         .parse()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let state = client
-        .exec(ExecSpec::new([
-            "sh",
-            "-c",
-            &format!("cat /proc/{orphan}/stat 2>/dev/null || echo gone"),
-        ]))
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    let state = String::from_utf8(state.stdout).unwrap();
+    let parent = run(format!("cut -d' ' -f4 /proc/{orphan}/stat")).await;
+    assert_eq!(
+        parent.trim(),
+        "1",
+        "orphan {orphan} re-parented to the agent"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let state = run(format!("cat /proc/{orphan}/stat 2>/dev/null || echo gone")).await;
     assert_eq!(
         state.trim(),
         "gone",
         "orphan {orphan} was reaped, not left a zombie: {state}"
     );
+    let zombies = run("grep -l '^[0-9]* (.*) Z' /proc/[0-9]*/stat || true".into()).await;
+    assert_eq!(zombies.trim(), "", "no zombie anywhere in the namespace");
 
     // SIGTERM to PID 1 (sent from inside the namespace) reaches the running command.
     let mut sleeper = client

@@ -56,3 +56,59 @@ impl Drop for TestAgent {
         let _ = self.child.wait();
     }
 }
+
+/// SHA-256 by the system's `sha256sum`: the test binaries are unoptimised, and hashing
+/// 100 MB in them takes longer than the transfer being checked.
+#[allow(dead_code)] // each test binary uses a different part
+pub struct Sha256Sum {
+    child: Child,
+}
+
+#[allow(dead_code)]
+impl Sha256Sum {
+    pub fn new() -> Self {
+        let child = Command::new("sha256sum")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start sha256sum");
+        Self { child }
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        use std::io::Write;
+        self.child
+            .stdin
+            .as_mut()
+            .expect("sha256sum stdin")
+            .write_all(data)
+            .expect("feed sha256sum");
+    }
+
+    /// The hex digest.
+    pub fn finish(mut self) -> String {
+        drop(self.child.stdin.take());
+        let out = self.child.wait_with_output().expect("sha256sum result");
+        assert!(out.status.success(), "sha256sum failed");
+        digest_of(&out.stdout)
+    }
+}
+
+fn digest_of(sha256sum_output: &[u8]) -> String {
+    String::from_utf8_lossy(sha256sum_output)
+        .split_whitespace()
+        .next()
+        .expect("a digest")
+        .to_owned()
+}
+
+/// The hex SHA-256 of a file, by `sha256sum`.
+#[allow(dead_code)]
+pub fn sha256_file(path: &std::path::Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("run sha256sum");
+    assert!(out.status.success(), "sha256sum {}", path.display());
+    digest_of(&out.stdout)
+}

@@ -1,0 +1,100 @@
+//! Accepting host connections (vsock in a guest, a Unix socket in host mode) and running the
+//! agent until a shutdown is requested.
+//!
+//! Accept errors never stop the agent: an `EMFILE` or an aborted connection is transient, and
+//! a guest whose listener died could only be powered off. Only failing to bind is fatal.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::agent::Agent;
+use crate::reaper::{self, ProcessTable};
+use crate::{server, signals};
+
+/// Pause after a failed accept, so that a persistent error (out of descriptors) does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Where to listen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// A Unix socket at this path (host mode); a stale socket file there is replaced.
+    Unix(PathBuf),
+    /// This vsock port, any CID.
+    Vsock(u32),
+}
+
+/// Why the agent could not serve at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot watch for child exits: {0}")]
+    Reaper(#[source] std::io::Error),
+    #[error("cannot listen on {listen:?}: {source}")]
+    Bind {
+        listen: Listen,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Serves until a shutdown is requested; returns the status to report. As `pid1`, termination
+/// signals are only forwarded; in host mode a SIGTERM/SIGINT with nothing running stops it.
+pub async fn serve(listen: Listen, pid1: bool) -> Result<i32, ServeError> {
+    let table = Arc::new(ProcessTable::default());
+    reaper::start(table.clone()).map_err(ServeError::Reaper)?;
+    let (agent, mut shutdown) = Agent::new(table.clone());
+    signals::forward(&agent, pid1);
+    match listen.clone() {
+        Listen::Unix(path) => {
+            let _ = std::fs::remove_file(&path);
+            let listener = tokio::net::UnixListener::bind(&path)
+                .map_err(|source| ServeError::Bind { listen, source })?;
+            tracing::info!(path = %path.display(), "agent listening");
+            tokio::spawn(accept_unix(agent, listener));
+        }
+        Listen::Vsock(port) => {
+            let address = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, port);
+            let listener = tokio_vsock::VsockListener::bind(address)
+                .map_err(|source| ServeError::Bind { listen, source })?;
+            tracing::info!(port, "agent listening on vsock");
+            tokio::spawn(accept_vsock(agent, listener));
+        }
+    }
+    // The agent holds the sender, so the channel never closes while we wait.
+    let status = shutdown.recv().await.unwrap_or(0);
+    table.signal_all(Signal::SIGKILL);
+    Ok(status)
+}
+
+async fn accept_unix(agent: Arc<Agent>, listener: tokio::net::UnixListener) {
+    let mut accepted = 0u64;
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                accepted += 1;
+                let peer = format!("unix#{accepted}");
+                tokio::spawn(server::serve_connection(agent.clone(), stream, peer));
+            }
+            Err(err) => accept_failed(&err).await,
+        }
+    }
+}
+
+async fn accept_vsock(agent: Arc<Agent>, listener: tokio_vsock::VsockListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let peer = format!("vsock {}:{}", peer.cid(), peer.port());
+                tokio::spawn(server::serve_connection(agent.clone(), stream, peer));
+            }
+            Err(err) => accept_failed(&err).await,
+        }
+    }
+}
+
+async fn accept_failed(err: &std::io::Error) {
+    tracing::error!(%err, "accepting a connection failed; still listening");
+    tokio::time::sleep(ACCEPT_BACKOFF).await;
+}
