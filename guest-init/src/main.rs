@@ -41,6 +41,9 @@ With --listen it serves the protocol on the given socket and changes nothing els
 /// a command's statuses, like Docker's 125.
 const AGENT_FAILURE_STATUS: i32 = 125;
 
+/// How long a stopping agent waits for its blocking tasks (file I/O, spawn reports).
+const RUNTIME_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
 #[derive(Debug, Default)]
 struct Options {
     listen: Option<Listen>,
@@ -134,7 +137,10 @@ fn log_panics() {
 fn serve_catching_panics(listen: Listen, pid1: bool) -> i32 {
     let served = std::panic::catch_unwind(move || {
         let runtime = runtime()?;
-        Some(runtime.block_on(listener::serve(listen, pid1)))
+        let served = runtime.block_on(listener::serve(listen, pid1));
+        // Dropping a runtime waits for blocking tasks without limit; power-off must not.
+        runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
+        Some(served)
     });
     match served {
         Ok(Some(Ok(status))) => status,

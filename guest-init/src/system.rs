@@ -1,7 +1,10 @@
 //! Small PID 1 duties: hostname, loopback, descriptor limit, and powering off.
 
-use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 
 /// Sets the hostname; logged on failure.
 pub fn set_hostname(name: &str) {
@@ -58,14 +61,43 @@ pub fn raise_fd_limit() {
     }
 }
 
+/// How long the guest's processes get to exit after SIGTERM before SIGKILL at power-off.
+const TERM_GRACE: Duration = Duration::from_millis(500);
+
+/// Reaps children until none is left (true) or `deadline` passes (false). Only for the power-off
+/// path, after the runtime and its reaper are gone.
+fn reap_until_none_left(deadline: Instant) -> bool {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Err(Errno::ECHILD) => return true,
+            Ok(WaitStatus::StillAlive) => {
+                if Instant::now() >= deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
 /// Stops everything and powers the machine off, reporting `status` on the console first.
+///
+/// As PID 1 every process of the guest is our descendant, so "no child left" means nothing
+/// runs any more: the grace period ends as soon as that is true, and a one-shot command that
+/// already exited costs no waiting at all.
 pub fn power_off(status: i32) -> ! {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
     // Every process but us: -1 means all processes we may signal.
-    let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    let everyone = Pid::from_raw(-1);
+    if kill(everyone, Signal::SIGTERM).is_ok() && !reap_until_none_left(Instant::now() + TERM_GRACE)
+    {
+        let _ = kill(everyone, Signal::SIGKILL);
+        reap_until_none_left(Instant::now() + TERM_GRACE);
+    }
     nix::unistd::sync();
     eprintln!("krunbox: exit-status {status}");
     let err = match nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF) {
