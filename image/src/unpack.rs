@@ -1,0 +1,581 @@
+//! Applying layer tarballs to a root directory, safely.
+//!
+//! Layers are applied in order into one directory (the flattened image). Per entry:
+//! - the path is normalised: a leading `/` is dropped (Docker does the same), `..` anywhere
+//!   is refused;
+//! - parents are walked with [`confined::walk`] (openat + `O_NOFOLLOW` per component), so an
+//!   entry can never be written through a symlink — a symlinked parent is refused, a symlink
+//!   at the leaf is replaced, never followed;
+//! - symlinks whose relative target climbs above the root are refused; absolute targets are
+//!   kept (they resolve inside the guest's root, and nothing on the host follows them);
+//! - hardlinks must name an existing non-directory inside the root, reached the same way;
+//! - `.wh.NAME` deletes NAME from lower layers, `.wh..wh..opq` empties its directory of
+//!   lower-layer content;
+//! - device nodes are skipped (the guest's devtmpfs provides /dev), FIFOs are created;
+//! - ownership is applied when running as root, modes always, `SCHILY.xattr.*` on Linux
+//!   where the filesystem and privileges allow, mtimes always (directories at the end).
+//!
+//! Compression is detected from the first bytes (gzip, zstd, or plain tar), not trusted from
+//! a media type.
+
+use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{Mode, SFlag};
+use nix::sys::time::TimeSpec;
+use tar::EntryType;
+
+use crate::confined::{self, Components, PathProblem, WalkError};
+
+const WHITEOUT_PREFIX: &str = ".wh.";
+const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
+
+/// Why a layer could not be applied. Every variant names the offending entry.
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    /// The tar stream itself is broken.
+    #[error("reading the layer archive: {0}")]
+    Archive(#[source] io::Error),
+    /// `..` in an entry name or hardlink target.
+    #[error("refusing tar entry {entry:?}: path contains a '..' component")]
+    ParentComponent {
+        /// The entry.
+        entry: PathBuf,
+    },
+    /// The entry would be written through a symlinked directory.
+    #[error("refusing tar entry {entry:?}: parent {symlink:?} is a symlink (writing through symlinked directories is not allowed)")]
+    SymlinkedParent {
+        /// The entry.
+        entry: PathBuf,
+        /// The symlink on its path.
+        symlink: PathBuf,
+    },
+    /// A symlink whose target climbs out of the root.
+    #[error("refusing tar entry {entry:?}: symlink target {target:?} points outside the image root")]
+    SymlinkEscape {
+        /// The symlink entry.
+        entry: PathBuf,
+        /// Its target.
+        target: PathBuf,
+    },
+    /// A hardlink whose target is unusable.
+    #[error("refusing tar entry {entry:?}: hardlink target {target:?} {reason}")]
+    BadHardlink {
+        /// The hardlink entry.
+        entry: PathBuf,
+        /// Its target.
+        target: PathBuf,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A parent on the entry's path is a file.
+    #[error("refusing tar entry {entry:?}: {parent:?} is not a directory")]
+    ParentNotADirectory {
+        /// The entry.
+        entry: PathBuf,
+        /// The non-directory.
+        parent: PathBuf,
+    },
+    /// An OS error while writing the entry.
+    #[error("tar entry {entry:?}: {action}: {source}")]
+    Io {
+        /// The entry.
+        entry: PathBuf,
+        /// What was being done.
+        action: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// What an unpack did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct UnpackStats {
+    /// Entries applied (files, dirs, links, whiteouts).
+    pub entries: u64,
+    /// Bytes of regular file content written.
+    pub bytes: u64,
+    /// Device nodes skipped.
+    pub skipped_devices: u64,
+}
+
+impl std::ops::AddAssign for UnpackStats {
+    fn add_assign(&mut self, other: Self) {
+        self.entries += other.entries;
+        self.bytes += other.bytes;
+        self.skipped_devices += other.skipped_devices;
+    }
+}
+
+/// Layer compression, from magic bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Plain tar.
+    None,
+    /// gzip (`1f 8b`).
+    Gzip,
+    /// zstd (`28 b5 2f fd`).
+    Zstd,
+}
+
+impl Compression {
+    /// Detects the compression from the first bytes of a blob.
+    pub fn detect(head: &[u8]) -> Self {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Self::Gzip
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Self::Zstd
+        } else {
+            Self::None
+        }
+    }
+}
+
+/// Wraps a (possibly compressed) layer blob in a decompressing reader.
+pub fn decompress<'a, R: Read + 'a>(blob: R) -> io::Result<Box<dyn Read + 'a>> {
+    let mut reader = BufReader::with_capacity(256 * 1024, blob);
+    let compression = Compression::detect(reader.fill_buf()?);
+    Ok(match compression {
+        Compression::None => Box::new(reader),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(reader)?),
+    })
+}
+
+/// Applies the layer blob at `blob` (any supported compression) onto `root`.
+pub fn unpack_layer_file(blob: &Path, root: &Path) -> Result<UnpackStats, UnpackError> {
+    let file = File::open(blob).map_err(UnpackError::Archive)?;
+    unpack_layer(file, root)
+}
+
+/// Applies one layer (any supported compression) onto the existing directory `root`.
+pub fn unpack_layer<R: Read>(layer: R, root: &Path) -> Result<UnpackStats, UnpackError> {
+    let root_fd = confined::open_root(root).map_err(|source| UnpackError::Io {
+        entry: PathBuf::from("/"),
+        action: "opening the unpack root",
+        source,
+    })?;
+    let reader = decompress(layer).map_err(UnpackError::Archive)?;
+    let mut applier = LayerApplier::new(root_fd);
+    let mut archive = tar::Archive::new(reader);
+    for entry in archive.entries().map_err(UnpackError::Archive)? {
+        let entry = entry.map_err(UnpackError::Archive)?;
+        applier.apply(entry)?;
+    }
+    applier.finish()?;
+    tracing::debug!(root = %root.display(), entries = applier.stats.entries, bytes = applier.stats.bytes, "layer applied");
+    Ok(applier.stats)
+}
+
+/// Metadata applied to a directory after the whole layer, since writing its children
+/// changes its mtime (and a read-only mode would block them).
+struct DeferredDir {
+    path: Components,
+    mode: u32,
+    mtime: i64,
+}
+
+struct LayerApplier {
+    root: OwnedFd,
+    is_root_user: bool,
+    /// Paths this layer created, which an opaque whiteout must keep.
+    written: HashSet<PathBuf>,
+    dirs: Vec<DeferredDir>,
+    stats: UnpackStats,
+}
+
+impl LayerApplier {
+    fn new(root: OwnedFd) -> Self {
+        Self {
+            root,
+            is_root_user: nix::unistd::geteuid().is_root(),
+            written: HashSet::new(),
+            dirs: Vec::new(),
+            stats: UnpackStats::default(),
+        }
+    }
+
+    fn apply<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), UnpackError> {
+        let raw = entry.path().map_err(UnpackError::Archive)?.into_owned();
+        let components = normalize(&raw, &raw)?;
+        let entry_type = entry.header().entry_type();
+        let Some((leaf, parent)) = components.split_last() else {
+            // The root itself ("./"): its metadata belongs to the sandbox, not the image.
+            return Ok(());
+        };
+        let leaf_bytes = leaf.as_bytes();
+        if leaf_bytes == OPAQUE_WHITEOUT.as_bytes() {
+            return self.opaque_whiteout(&raw, parent);
+        }
+        if let Some(hidden) = leaf_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+            return self.whiteout(&raw, parent, OsStr::from_bytes(hidden));
+        }
+        let io_err = |action| {
+            let raw = raw.clone();
+            move |source: io::Error| UnpackError::Io {
+                entry: raw,
+                action,
+                source,
+            }
+        };
+        if matches!(entry_type, EntryType::Char | EntryType::Block) {
+            tracing::debug!(entry = %raw.display(), "skipping device node (the guest's devtmpfs provides /dev)");
+            self.stats.skipped_devices += 1;
+            return Ok(());
+        }
+        if !matches!(
+            entry_type,
+            EntryType::Regular
+                | EntryType::Continuous
+                | EntryType::GNUSparse
+                | EntryType::Directory
+                | EntryType::Symlink
+                | EntryType::Link
+                | EntryType::Fifo
+        ) {
+            tracing::debug!(entry = %raw.display(), ?entry_type, "skipping tar entry of unsupported type");
+            return Ok(());
+        }
+        let parent_fd = self.walk(&raw, parent, true)?;
+        let header = entry.header();
+        let mode = header.mode().map_err(UnpackError::Archive)? & 0o7777;
+        // Blank numeric fields occur in hand-made archives; GNU tar reads them as 0.
+        let mtime = header.mtime().unwrap_or(0).min(i64::MAX as u64) as i64;
+        let uid = header.uid().unwrap_or(0);
+        let gid = header.gid().unwrap_or(0);
+        let xattrs = xattrs_of(&mut entry)?;
+
+        match entry_type {
+            EntryType::Directory => {
+                match confined::file_type_at(&parent_fd, leaf).map_err(io_err("inspecting"))? {
+                    Some(SFlag::S_IFDIR) => {}
+                    Some(_) => {
+                        confined::remove_at(&parent_fd, leaf).map_err(io_err("replacing"))?;
+                        mkdir(&parent_fd, leaf).map_err(io_err("creating directory"))?;
+                    }
+                    None => mkdir(&parent_fd, leaf).map_err(io_err("creating directory"))?,
+                }
+                let dir = confined::open_dir(&parent_fd, leaf).map_err(|e| io_err("opening directory")(e.into()))?;
+                self.chown(&parent_fd, leaf, uid, gid).map_err(io_err("changing owner"))?;
+                set_xattrs(&dir, &xattrs, &raw);
+                self.dirs.push(DeferredDir {
+                    path: components.clone(),
+                    mode,
+                    mtime,
+                });
+            }
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                confined::remove_at(&parent_fd, leaf).map_err(io_err("replacing"))?;
+                let fd = nix::fcntl::openat(
+                    &parent_fd,
+                    leaf.as_os_str(),
+                    OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o600),
+                )
+                .map_err(|e| io_err("creating file")(e.into()))?;
+                let mut file = File::from(fd);
+                self.stats.bytes += io::copy(&mut entry, &mut file).map_err(io_err("writing file content"))?;
+                self.chown(&parent_fd, leaf, uid, gid).map_err(io_err("changing owner"))?;
+                nix::sys::stat::fchmod(&file, Mode::from_bits_truncate(mode as _))
+                    .map_err(|e| io_err("changing mode")(e.into()))?;
+                let fd = OwnedFd::from(file);
+                set_xattrs(&fd, &xattrs, &raw);
+                nix::sys::stat::futimens(&fd, &TimeSpec::new(mtime, 0), &TimeSpec::new(mtime, 0))
+                    .map_err(|e| io_err("setting mtime")(e.into()))?;
+            }
+            EntryType::Symlink => {
+                let target = link_target(&entry, &raw)?;
+                check_symlink_target(&raw, parent, &target)?;
+                confined::remove_at(&parent_fd, leaf).map_err(io_err("replacing"))?;
+                nix::unistd::symlinkat(target.as_os_str(), &parent_fd, leaf.as_os_str())
+                    .map_err(|e| io_err("creating symlink")(e.into()))?;
+                self.chown(&parent_fd, leaf, uid, gid).map_err(io_err("changing owner"))?;
+                set_mtime_at(&parent_fd, leaf, mtime).map_err(io_err("setting mtime"))?;
+            }
+            EntryType::Link => {
+                let target = link_target(&entry, &raw)?;
+                self.hardlink(&raw, &parent_fd, leaf, &target)?;
+            }
+            EntryType::Fifo => {
+                confined::remove_at(&parent_fd, leaf).map_err(io_err("replacing"))?;
+                nix::unistd::mkfifoat(&parent_fd, leaf.as_os_str(), Mode::from_bits_truncate(mode as _))
+                    .map_err(|e| io_err("creating fifo")(e.into()))?;
+                self.chown(&parent_fd, leaf, uid, gid).map_err(io_err("changing owner"))?;
+            }
+            _ => unreachable!("filtered above"),
+        }
+        self.written.insert(confined::display(&components));
+        self.stats.entries += 1;
+        Ok(())
+    }
+
+    fn walk(&self, entry: &Path, components: &[OsString], create: bool) -> Result<OwnedFd, UnpackError> {
+        confined::walk(&self.root, components, create, Mode::from_bits_truncate(0o755)).map_err(|e| match e {
+            WalkError::Symlink(symlink) => UnpackError::SymlinkedParent {
+                entry: entry.to_owned(),
+                symlink,
+            },
+            WalkError::NotADirectory(parent) => UnpackError::ParentNotADirectory {
+                entry: entry.to_owned(),
+                parent,
+            },
+            WalkError::Missing(parent) => UnpackError::Io {
+                entry: entry.to_owned(),
+                action: "walking to the parent directory",
+                source: io::Error::new(io::ErrorKind::NotFound, format!("{} does not exist", parent.display())),
+            },
+            WalkError::Io(parent, source) => UnpackError::Io {
+                entry: entry.to_owned(),
+                action: "walking to the parent directory",
+                source: io::Error::new(source.kind(), format!("{}: {source}", parent.display())),
+            },
+        })
+    }
+
+    fn whiteout(&mut self, entry: &Path, parent: &[OsString], hidden: &OsStr) -> Result<(), UnpackError> {
+        if hidden.is_empty() || hidden == "." || hidden == ".." {
+            return Err(UnpackError::ParentComponent { entry: entry.to_owned() });
+        }
+        let parent_fd = match self.walk(entry, parent, false) {
+            Ok(fd) => fd,
+            // Nothing to hide below a directory that does not exist.
+            Err(UnpackError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        confined::remove_at(&parent_fd, hidden).map_err(|source| UnpackError::Io {
+            entry: entry.to_owned(),
+            action: "applying whiteout",
+            source,
+        })?;
+        self.stats.entries += 1;
+        Ok(())
+    }
+
+    fn opaque_whiteout(&mut self, entry: &Path, dir: &[OsString]) -> Result<(), UnpackError> {
+        let dir_fd = self.walk(entry, dir, true)?;
+        let dir_path = confined::display(dir);
+        let written = &self.written;
+        confined::clear_dir(&dir_fd, |name| !written.contains(&dir_path.join(name))).map_err(|source| UnpackError::Io {
+            entry: entry.to_owned(),
+            action: "applying opaque whiteout",
+            source,
+        })?;
+        // clear_dir made the directory 0700; a directory entry of this layer, or the
+        // default below, sets the final mode.
+        if !self.dirs.iter().any(|d| d.path == dir) {
+            let _ = nix::sys::stat::fchmod(&dir_fd, Mode::from_bits_truncate(0o755));
+        }
+        self.stats.entries += 1;
+        Ok(())
+    }
+
+    fn hardlink(&mut self, entry: &Path, parent_fd: &OwnedFd, leaf: &OsStr, target: &Path) -> Result<(), UnpackError> {
+        let bad = |reason| UnpackError::BadHardlink {
+            entry: entry.to_owned(),
+            target: target.to_owned(),
+            reason,
+        };
+        let target_components = confined::normalize(target).map_err(|_| bad("contains a '..' component"))?;
+        let Some((target_leaf, target_parent)) = target_components.split_last() else {
+            return Err(bad("is the image root"));
+        };
+        let target_parent_fd = match self.walk(entry, target_parent, false) {
+            Ok(fd) => fd,
+            Err(UnpackError::SymlinkedParent { .. }) => return Err(bad("is reached through a symlinked directory")),
+            Err(_) => return Err(bad("does not exist in the image")),
+        };
+        match confined::file_type_at(&target_parent_fd, target_leaf) {
+            Ok(None) => return Err(bad("does not exist in the image")),
+            Ok(Some(SFlag::S_IFDIR)) => return Err(bad("is a directory")),
+            Ok(Some(_)) => {}
+            Err(source) => {
+                return Err(UnpackError::Io {
+                    entry: entry.to_owned(),
+                    action: "inspecting hardlink target",
+                    source,
+                })
+            }
+        }
+        let io_err = |action| {
+            move |source: io::Error| UnpackError::Io {
+                entry: entry.to_owned(),
+                action,
+                source,
+            }
+        };
+        if same_file(&target_parent_fd, target_leaf, parent_fd, leaf) {
+            return Ok(());
+        }
+        confined::remove_at(parent_fd, leaf).map_err(io_err("replacing"))?;
+        // Flags empty: if the target is a symlink, link the symlink itself, never what it points to.
+        nix::unistd::linkat(&target_parent_fd, target_leaf.as_os_str(), parent_fd, leaf, AtFlags::empty())
+            .map_err(|e| io_err("creating hardlink")(e.into()))?;
+        self.written.insert(entry_path_of(entry));
+        self.stats.entries += 1;
+        Ok(())
+    }
+
+    fn chown(&self, dir: &OwnedFd, name: &OsStr, uid: u64, gid: u64) -> io::Result<()> {
+        if !self.is_root_user {
+            return Ok(());
+        }
+        let (Ok(uid), Ok(gid)) = (u32::try_from(uid), u32::try_from(gid)) else {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("uid/gid {uid}/{gid} out of range")));
+        };
+        nix::unistd::fchownat(
+            dir,
+            name,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(io::Error::from)
+    }
+
+    fn finish(&mut self) -> Result<(), UnpackError> {
+        // Deepest first, so setting a parent's mtime comes after its children are done.
+        let mut dirs = std::mem::take(&mut self.dirs);
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.path.len()));
+        for dir in dirs {
+            let entry = confined::display(&dir.path);
+            let Some((leaf, parent)) = dir.path.split_last() else { continue };
+            // A later entry of this layer may have replaced or whited out the directory.
+            let Ok(parent_fd) = confined::walk(&self.root, parent, false, Mode::empty()) else { continue };
+            let Ok(fd) = confined::open_dir(&parent_fd, leaf) else { continue };
+            let mut mode = dir.mode;
+            if !self.is_root_user {
+                // Without CAP_DAC_OVERRIDE later layers must still be able to write here.
+                mode |= 0o700;
+            }
+            let io_err = |action| {
+                let entry = entry.clone();
+                move |e: Errno| UnpackError::Io {
+                    entry,
+                    action,
+                    source: e.into(),
+                }
+            };
+            nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(mode as _)).map_err(io_err("changing mode"))?;
+            nix::sys::stat::futimens(&fd, &TimeSpec::new(dir.mtime, 0), &TimeSpec::new(dir.mtime, 0))
+                .map_err(io_err("setting mtime"))?;
+        }
+        Ok(())
+    }
+}
+
+fn entry_path_of(entry: &Path) -> PathBuf {
+    confined::normalize(entry).map(|c| confined::display(&c)).unwrap_or_default()
+}
+
+fn normalize(path: &Path, entry: &Path) -> Result<Components, UnpackError> {
+    confined::normalize(path).map_err(|PathProblem::ParentComponent| UnpackError::ParentComponent {
+        entry: entry.to_owned(),
+    })
+}
+
+fn mkdir(dir: &OwnedFd, name: &OsStr) -> io::Result<()> {
+    nix::sys::stat::mkdirat(dir, name, Mode::from_bits_truncate(0o755)).map_err(io::Error::from)
+}
+
+fn link_target<R: Read>(entry: &tar::Entry<'_, R>, raw: &Path) -> Result<PathBuf, UnpackError> {
+    match entry.link_name() {
+        Ok(Some(target)) if !target.as_os_str().is_empty() => Ok(target.into_owned()),
+        Ok(_) => Err(UnpackError::Io {
+            entry: raw.to_owned(),
+            action: "reading link target",
+            source: io::Error::new(io::ErrorKind::InvalidData, "link entry without a target"),
+        }),
+        Err(e) => Err(UnpackError::Archive(e)),
+    }
+}
+
+/// A relative target is resolved lexically from the link's directory; climbing above the root
+/// is an escape. Absolute targets resolve inside the guest's root.
+fn check_symlink_target(entry: &Path, parent: &[OsString], target: &Path) -> Result<(), UnpackError> {
+    if target.is_absolute() {
+        return Ok(());
+    }
+    let mut depth = parent.len();
+    for component in target.components() {
+        match component {
+            std::path::Component::ParentDir => {
+                if depth == 0 {
+                    return Err(UnpackError::SymlinkEscape {
+                        entry: entry.to_owned(),
+                        target: target.to_owned(),
+                    });
+                }
+                depth -= 1;
+            }
+            std::path::Component::Normal(_) => depth += 1,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn same_file(dir_a: &OwnedFd, a: &OsStr, dir_b: &OwnedFd, b: &OsStr) -> bool {
+    let stat = |dir: &OwnedFd, name: &OsStr| nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).ok();
+    match (stat(dir_a, a), stat(dir_b, b)) {
+        (Some(x), Some(y)) => x.st_dev == y.st_dev && x.st_ino == y.st_ino,
+        _ => false,
+    }
+}
+
+fn set_mtime_at(dir: &OwnedFd, name: &OsStr, mtime: i64) -> io::Result<()> {
+    let time = TimeSpec::new(mtime, 0);
+    nix::sys::stat::utimensat(
+        dir,
+        name,
+        &time,
+        &time,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(io::Error::from)
+}
+
+type Xattrs = Vec<(OsString, Vec<u8>)>;
+
+fn xattrs_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Xattrs, UnpackError> {
+    let mut out = Vec::new();
+    if let Some(extensions) = entry.pax_extensions().map_err(UnpackError::Archive)? {
+        for extension in extensions {
+            let extension = extension.map_err(UnpackError::Archive)?;
+            if let Some(name) = extension.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+                out.push((OsStr::from_bytes(name).to_owned(), extension.value_bytes().to_vec()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(target_os = "linux")]
+fn set_xattrs(fd: &OwnedFd, xattrs: &Xattrs, entry: &Path) {
+    use std::os::fd::AsRawFd;
+    for (name, value) in xattrs {
+        let Ok(cname) = std::ffi::CString::new(name.as_bytes()) else { continue };
+        // SAFETY: fd is an open descriptor we own, cname is NUL-terminated, value is a valid
+        // buffer of value.len() bytes; fsetxattr only reads them.
+        let rc = unsafe {
+            libc::fsetxattr(fd.as_raw_fd(), cname.as_ptr(), value.as_ptr().cast(), value.len(), 0)
+        };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            tracing::debug!(entry = %entry.display(), xattr = ?name, %err, "could not set xattr; continuing");
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_xattrs(_fd: &OwnedFd, xattrs: &Xattrs, entry: &Path) {
+    if !xattrs.is_empty() {
+        tracing::debug!(entry = %entry.display(), "xattrs are not applied on this host");
+    }
+}
