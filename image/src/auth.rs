@@ -53,7 +53,9 @@ impl Credentials {
         use oci_client::secrets::RegistryAuth;
         match self {
             Self::Anonymous => RegistryAuth::Anonymous,
-            Self::Basic { username, password } => RegistryAuth::Basic(username.clone(), password.clone()),
+            Self::Basic { username, password } => {
+                RegistryAuth::Basic(username.clone(), password.clone())
+            }
             Self::Bearer(token) => RegistryAuth::Bearer(token.clone()),
         }
     }
@@ -100,7 +102,10 @@ pub fn credentials_for(registry: &str) -> Result<Credentials, AuthError> {
     if let Some(token) = env("KRUNBOX_REGISTRY_TOKEN") {
         return Ok(Credentials::Bearer(token));
     }
-    if let (Some(username), Some(password)) = (env("KRUNBOX_REGISTRY_USERNAME"), env("KRUNBOX_REGISTRY_PASSWORD")) {
+    if let (Some(username), Some(password)) = (
+        env("KRUNBOX_REGISTRY_USERNAME"),
+        env("KRUNBOX_REGISTRY_PASSWORD"),
+    ) {
         return Ok(Credentials::Basic { username, password });
     }
     match auth_files().into_iter().find(|p| p.is_file()) {
@@ -110,7 +115,11 @@ pub fn credentials_for(registry: &str) -> Result<Credentials, AuthError> {
 }
 
 fn auth_files() -> Vec<PathBuf> {
-    let env = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(file) = env("KRUNBOX_AUTH_FILE") {
         return vec![file];
     }
@@ -140,10 +149,19 @@ pub fn credentials_from_file(path: &Path, registry: &str) -> Result<Credentials,
         source,
     })?;
     let file: ConfigFile = serde_json::from_slice(&data).map_err(|e| invalid(e.to_string()))?;
-    let mut keys = vec![registry.to_owned(), format!("https://{registry}"), format!("http://{registry}")];
+    let mut keys = vec![
+        registry.to_owned(),
+        format!("https://{registry}"),
+        format!("http://{registry}"),
+    ];
     if registry == DOCKER_HUB {
         keys.extend(
-            ["https://index.docker.io/v1/", "index.docker.io", "registry-1.docker.io"].map(str::to_owned),
+            [
+                "https://index.docker.io/v1/",
+                "index.docker.io",
+                "registry-1.docker.io",
+            ]
+            .map(str::to_owned),
         );
     }
     let Some(entry) = keys.iter().find_map(|k| {
@@ -166,9 +184,12 @@ pub fn credentials_from_file(path: &Path, registry: &str) -> Result<Credentials,
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(auth.trim())
             .map_err(|e| invalid(format!("auth for {registry} is not base64: {e}")))?;
-        let decoded = String::from_utf8(decoded).map_err(|_| invalid(format!("auth for {registry} is not UTF-8")))?;
+        let decoded = String::from_utf8(decoded)
+            .map_err(|_| invalid(format!("auth for {registry} is not UTF-8")))?;
         let Some((username, password)) = decoded.split_once(':') else {
-            return Err(invalid(format!("auth for {registry} is not base64(user:password)")));
+            return Err(invalid(format!(
+                "auth for {registry} is not base64(user:password)"
+            )));
         };
         return Ok(Credentials::Basic {
             username: username.to_owned(),
@@ -201,9 +222,16 @@ mod tests {
                 password: "s3cret".into()
             }
         );
-        assert!(matches!(credentials_from_file(&path, "docker.io").unwrap(), Credentials::Basic { username, .. } if username == "bob"));
-        assert_eq!(credentials_from_file(&path, "ghcr.io").unwrap(), Credentials::Anonymous);
+        assert!(
+            matches!(credentials_from_file(&path, "docker.io").unwrap(), Credentials::Basic { username, .. } if username == "bob")
+        );
+        assert_eq!(
+            credentials_from_file(&path, "ghcr.io").unwrap(),
+            Credentials::Anonymous
+        );
         assert!(credentials_from_file(&path, "bad.io").is_err());
-        assert!(!format!("{:?}", credentials_from_file(&path, "docker.io").unwrap()).contains("pw"));
+        assert!(
+            !format!("{:?}", credentials_from_file(&path, "docker.io").unwrap()).contains("pw")
+        );
     }
 }

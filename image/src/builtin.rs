@@ -78,11 +78,17 @@ pub fn build_builtin_image(out: &Path) -> Result<BuiltinImage, BuiltinError> {
 pub fn build_builtin_image_from(busybox: &Path, out: &Path) -> Result<BuiltinImage, BuiltinError> {
     let io_err = |action, path: &Path| {
         let path = path.to_owned();
-        move |source| BuiltinError::Io { action, path, source }
+        move |source| BuiltinError::Io {
+            action,
+            path,
+            source,
+        }
     };
     let binary = match fs::read(busybox) {
         Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(BuiltinError::NoBusybox(busybox.to_owned())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(BuiltinError::NoBusybox(busybox.to_owned()))
+        }
         Err(e) => return Err(io_err("reading", busybox)(e)),
     };
     if !is_static_elf(&binary) {
@@ -90,9 +96,12 @@ pub fn build_builtin_image_from(busybox: &Path, out: &Path) -> Result<BuiltinIma
     }
     let applets = applet_paths(busybox)?;
 
-    let (layer_tar_gz, diff_id) = layer(&binary, &applets).map_err(io_err("building the layer for", out))?;
+    let (layer_tar_gz, diff_id) =
+        layer(&binary, &applets).map_err(io_err("building the layer for", out))?;
     let mut writer = LayoutWriter::create(out).map_err(io_err("creating layout", out))?;
-    let layer = writer.add_blob(OCI_LAYER_GZIP, &layer_tar_gz).map_err(io_err("writing layer into", out))?;
+    let layer = writer
+        .add_blob(OCI_LAYER_GZIP, &layer_tar_gz)
+        .map_err(io_err("writing layer into", out))?;
     let platform = Platform::host_default();
     let config = ImageConfigFile {
         architecture: platform.architecture.clone(),
@@ -109,13 +118,18 @@ pub fn build_builtin_image_from(busybox: &Path, out: &Path) -> Result<BuiltinIma
             diff_ids: vec![diff_id.clone()],
         },
     };
-    let config_bytes = serde_json::to_vec(&config).map_err(|e| io_err("serialising config for", out)(e.into()))?;
-    let config = writer.add_blob(OCI_CONFIG, &config_bytes).map_err(io_err("writing config into", out))?;
+    let config_bytes =
+        serde_json::to_vec(&config).map_err(|e| io_err("serialising config for", out)(e.into()))?;
+    let config = writer
+        .add_blob(OCI_CONFIG, &config_bytes)
+        .map_err(io_err("writing config into", out))?;
     let manifest = writer
         .add_manifest(&config, std::slice::from_ref(&layer), Some(&platform))
         .map_err(io_err("writing manifest into", out))?;
     writer.tag(&manifest, BUILTIN_TAG);
-    writer.finish().map_err(io_err("writing index.json into", out))?;
+    writer
+        .finish()
+        .map_err(io_err("writing index.json into", out))?;
     tracing::info!(layout = %out.display(), manifest = %manifest.digest, applets = applets.len(), "built-in image written");
     Ok(BuiltinImage {
         layout: out.to_owned(),
@@ -132,9 +146,19 @@ fn is_static_elf(binary: &[u8]) -> bool {
     if binary.len() < 64 || &binary[..4] != b"\x7fELF" || binary[4] != 2 || binary[5] != 1 {
         return false; // not 64-bit little-endian ELF
     }
-    let u16_at = |o: usize| binary.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u64_at = |o: usize| binary.get(o..o + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
+    let u16_at = |o: usize| {
+        binary
+            .get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u64_at = |o: usize| {
+        binary
+            .get(o..o + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
         return false;
     };
     (0..phnum as usize).all(|i| {
@@ -147,14 +171,21 @@ fn is_static_elf(binary: &[u8]) -> bool {
 
 /// `bin/sh`, `usr/bin/awk`, ... as the binary lists them, sorted.
 fn applet_paths(busybox: &Path) -> Result<Vec<String>, BuiltinError> {
-    let output = Command::new(busybox).arg("--list-full").output().map_err(|e| BuiltinError::Applets {
-        busybox: busybox.to_owned(),
-        detail: e.to_string(),
-    })?;
+    let output = Command::new(busybox)
+        .arg("--list-full")
+        .output()
+        .map_err(|e| BuiltinError::Applets {
+            busybox: busybox.to_owned(),
+            detail: e.to_string(),
+        })?;
     if !output.status.success() {
         return Err(BuiltinError::Applets {
             busybox: busybox.to_owned(),
-            detail: format!("{}: {}", output.status, String::from_utf8_lossy(&output.stderr).trim()),
+            detail: format!(
+                "{}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
         });
     }
     let mut applets: Vec<String> = String::from_utf8_lossy(&output.stdout)
@@ -222,7 +253,9 @@ fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
 
 /// The layer as gzip bytes, and the digest of the uncompressed tar (its diff ID).
 fn layer(busybox: &[u8], applets: &[String]) -> io::Result<(Vec<u8>, Digest)> {
-    let gz = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::best());
+    let gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), flate2::Compression::best());
     let mut builder = tar::Builder::new(DigestWriter::new(gz));
     for (dir, mode) in DIRS {
         let mut h = header(tar::EntryType::Directory, *mode, 0);
@@ -260,7 +293,10 @@ mod tests {
             assert!(is_static_elf(&busybox));
         }
         let sh = fs::read("/bin/ls").unwrap();
-        assert!(!is_static_elf(&sh), "/bin/ls is dynamically linked on Debian");
+        assert!(
+            !is_static_elf(&sh),
+            "/bin/ls is dynamically linked on Debian"
+        );
         assert!(!is_static_elf(b"#!/bin/sh\n"));
     }
 }

@@ -178,7 +178,10 @@ pub fn merge_run_config(
 
 fn set_env(env: &mut Vec<String>, key: &str, value: &str) {
     let entry = format!("{key}={value}");
-    match env.iter_mut().find(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key) {
+    match env
+        .iter_mut()
+        .find(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key)
+    {
         Some(existing) => *existing = entry,
         None => env.push(entry),
     }
@@ -218,7 +221,10 @@ mod tests {
             command: vec!["debug".into()],
             ..Default::default()
         };
-        assert_eq!(merge_run_config(&image(), &o, no_host).unwrap().argv, ["/entry.sh", "debug"]);
+        assert_eq!(
+            merge_run_config(&image(), &o, no_host).unwrap().argv,
+            ["/entry.sh", "debug"]
+        );
     }
 
     #[test]
@@ -227,29 +233,44 @@ mod tests {
             entrypoint: Some("/bin/sh".into()),
             ..Default::default()
         };
-        assert_eq!(merge_run_config(&image(), &o, no_host).unwrap().argv, ["/bin/sh"]);
+        assert_eq!(
+            merge_run_config(&image(), &o, no_host).unwrap().argv,
+            ["/bin/sh"]
+        );
         let o = RunOverrides {
             entrypoint: Some(String::new()),
             command: vec!["ls".into(), "-l".into()],
             ..Default::default()
         };
-        assert_eq!(merge_run_config(&image(), &o, no_host).unwrap().argv, ["ls", "-l"]);
+        assert_eq!(
+            merge_run_config(&image(), &o, no_host).unwrap().argv,
+            ["ls", "-l"]
+        );
         let o = RunOverrides {
             entrypoint: Some(String::new()),
             ..Default::default()
         };
-        assert!(matches!(merge_run_config(&image(), &o, no_host), Err(RunConfigError::NoCommand)));
+        assert!(matches!(
+            merge_run_config(&image(), &o, no_host),
+            Err(RunConfigError::NoCommand)
+        ));
     }
 
     #[test]
     fn env_workdir_user_overrides() {
         let o = RunOverrides {
-            env: vec!["A=2".into(), "B=x=y".into(), "HOSTVAR".into(), "UNSET".into()],
+            env: vec![
+                "A=2".into(),
+                "B=x=y".into(),
+                "HOSTVAR".into(),
+                "UNSET".into(),
+            ],
             workdir: Some("/tmp".into()),
             user: Some("1000:1000".into()),
             ..Default::default()
         };
-        let run = merge_run_config(&image(), &o, |k| (k == "HOSTVAR").then(|| "h".to_owned())).unwrap();
+        let run =
+            merge_run_config(&image(), &o, |k| (k == "HOSTVAR").then(|| "h".to_owned())).unwrap();
         assert_eq!(run.env, ["PATH=/bin", "A=2", "B=x=y", "HOSTVAR=h"]);
         assert_eq!(run.workdir, "/tmp");
         assert_eq!(run.user, "1000:1000");
@@ -257,12 +278,18 @@ mod tests {
             env: vec!["=x".into()],
             ..Default::default()
         };
-        assert!(matches!(merge_run_config(&image(), &bad, no_host), Err(RunConfigError::BadEnv(_))));
+        assert!(matches!(
+            merge_run_config(&image(), &bad, no_host),
+            Err(RunConfigError::BadEnv(_))
+        ));
         let rel = RunOverrides {
             workdir: Some("rel".into()),
             ..Default::default()
         };
-        assert!(matches!(merge_run_config(&image(), &rel, no_host), Err(RunConfigError::RelativeWorkdir(_))));
+        assert!(matches!(
+            merge_run_config(&image(), &rel, no_host),
+            Err(RunConfigError::RelativeWorkdir(_))
+        ));
     }
 
     #[test]

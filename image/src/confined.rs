@@ -81,7 +81,9 @@ pub(crate) fn open_root(path: &Path) -> io::Result<OwnedFd> {
 /// The type of `name` in `dir`, without following a symlink; `None` when absent.
 pub(crate) fn file_type_at(dir: impl AsFd, name: &OsStr) -> io::Result<Option<SFlag>> {
     match nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-        Ok(stat) => Ok(Some(SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits()))),
+        Ok(stat) => Ok(Some(SFlag::from_bits_truncate(
+            stat.st_mode & SFlag::S_IFMT.bits(),
+        ))),
         Err(Errno::ENOENT) => Ok(None),
         Err(errno) => Err(errno.into()),
     }
@@ -95,7 +97,9 @@ pub(crate) fn walk(
     create: bool,
     dir_mode: Mode,
 ) -> Result<OwnedFd, WalkError> {
-    let mut current = root.try_clone().map_err(|e| WalkError::Io(PathBuf::new(), e))?;
+    let mut current = root
+        .try_clone()
+        .map_err(|e| WalkError::Io(PathBuf::new(), e))?;
     for (i, name) in components.iter().enumerate() {
         let prefix = || display(&components[..=i]);
         let next = match open_dir(&current, name) {
@@ -131,10 +135,12 @@ pub(crate) fn remove_at(dir: &OwnedFd, name: &OsStr) -> io::Result<()> {
     match file_type_at(dir, name)? {
         None => Ok(()),
         Some(SFlag::S_IFDIR) => remove_tree_at(dir, name),
-        Some(_) => match nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
-            Ok(()) | Err(Errno::ENOENT) => Ok(()),
-            Err(errno) => Err(errno.into()),
-        },
+        Some(_) => {
+            match nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => Ok(()),
+                Err(errno) => Err(errno.into()),
+            }
+        }
     }
 }
 
@@ -184,7 +190,10 @@ pub(crate) fn list_dir(dir: &OwnedFd) -> io::Result<Vec<OsString>> {
 /// Removes a directory tree given by host path (the store's own directories).
 pub(crate) fn remove_dir_all(path: &Path) -> io::Result<()> {
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "refusing to remove a root path"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "refusing to remove a root path",
+        ));
     };
     let parent = match open_root(parent) {
         Ok(fd) => fd,
@@ -200,9 +209,15 @@ mod tests {
 
     #[test]
     fn normalize_strips_root_and_refuses_parent() {
-        assert_eq!(normalize(Path::new("/a/./b/")).unwrap(), vec![OsString::from("a"), "b".into()]);
+        assert_eq!(
+            normalize(Path::new("/a/./b/")).unwrap(),
+            vec![OsString::from("a"), "b".into()]
+        );
         assert!(normalize(Path::new("./")).unwrap().is_empty());
-        assert_eq!(normalize(Path::new("a/../b")), Err(PathProblem::ParentComponent));
+        assert_eq!(
+            normalize(Path::new("a/../b")),
+            Err(PathProblem::ParentComponent)
+        );
     }
 
     #[test]
@@ -213,11 +228,31 @@ mod tests {
         std::os::unix::fs::symlink("/etc", tmp.path().join("link")).unwrap();
         let root = open_root(tmp.path()).unwrap();
         let comps = |s: &str| normalize(Path::new(s)).unwrap();
-        assert!(matches!(walk(&root, &comps("link/x"), true, Mode::from_bits_truncate(0o755)), Err(WalkError::Symlink(p)) if p == Path::new("link")));
-        assert!(matches!(walk(&root, &comps("d/e/f/g"), true, Mode::from_bits_truncate(0o755)), Err(WalkError::NotADirectory(_))));
-        walk(&root, &comps("new/dir"), true, Mode::from_bits_truncate(0o755)).unwrap();
+        assert!(
+            matches!(walk(&root, &comps("link/x"), true, Mode::from_bits_truncate(0o755)), Err(WalkError::Symlink(p)) if p == Path::new("link"))
+        );
+        assert!(matches!(
+            walk(
+                &root,
+                &comps("d/e/f/g"),
+                true,
+                Mode::from_bits_truncate(0o755)
+            ),
+            Err(WalkError::NotADirectory(_))
+        ));
+        walk(
+            &root,
+            &comps("new/dir"),
+            true,
+            Mode::from_bits_truncate(0o755),
+        )
+        .unwrap();
         assert!(tmp.path().join("new/dir").is_dir());
-        std::fs::set_permissions(tmp.path().join("d/e"), std::os::unix::fs::PermissionsExt::from_mode(0o500)).unwrap();
+        std::fs::set_permissions(
+            tmp.path().join("d/e"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o500),
+        )
+        .unwrap();
         remove_dir_all(&tmp.path().join("d")).unwrap();
         assert!(!tmp.path().join("d").exists());
         assert!(Path::new("/etc").is_dir());

@@ -39,7 +39,9 @@ impl Digest {
         if !valid {
             return Err(DigestError::Malformed(s.to_owned()));
         }
-        Ok(Self { hex: hex.to_owned() })
+        Ok(Self {
+            hex: hex.to_owned(),
+        })
     }
 
     /// The digest of `data`.

@@ -21,8 +21,8 @@ use crate::config::ImageConfigFile;
 use crate::confined;
 use crate::digest::{Digest, DigestWriter};
 use crate::manifest::{
-    Descriptor, DescriptorPlatform, Index, Manifest, ManifestDocument, ManifestError, DOCKER_MANIFEST, OCI_INDEX,
-    OCI_MANIFEST, REF_NAME_ANNOTATION,
+    Descriptor, DescriptorPlatform, Index, Manifest, ManifestDocument, ManifestError,
+    DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, REF_NAME_ANNOTATION,
 };
 use crate::platform::Platform;
 use crate::reference::Reference;
@@ -103,10 +103,11 @@ impl LayoutDir {
                 Opened::File(file) => return Ok(file),
                 Opened::Symlink(target) => {
                     let parent = current.parent().map(Path::to_owned).unwrap_or_default();
-                    current = resolve_inside(&parent, &target).ok_or_else(|| LayoutError::Invalid {
-                        path: self.path.join(relative),
-                        reason: format!("symlink to {} leaves the archive", target.display()),
-                    })?;
+                    current =
+                        resolve_inside(&parent, &target).ok_or_else(|| LayoutError::Invalid {
+                            path: self.path.join(relative),
+                            reason: format!("symlink to {} leaves the archive", target.display()),
+                        })?;
                 }
             }
         }
@@ -122,7 +123,8 @@ impl LayoutDir {
             path: full.clone(),
             reason: reason.to_owned(),
         };
-        let components = confined::normalize(relative).map_err(|_| invalid("path contains a '..' component"))?;
+        let components =
+            confined::normalize(relative).map_err(|_| invalid("path contains a '..' component"))?;
         let Some((leaf, parent)) = components.split_last() else {
             return Err(invalid("empty path"));
         };
@@ -136,10 +138,12 @@ impl LayoutDir {
         ) {
             Ok(fd) => Ok(Opened::File(File::from(fd))),
             Err(nix::errno::Errno::ELOOP) => {
-                let target = nix::fcntl::readlinkat(&dir, leaf.as_os_str()).map_err(|errno| LayoutError::Io {
-                    path: full.clone(),
-                    action: "reading symlink",
-                    source: errno.into(),
+                let target = nix::fcntl::readlinkat(&dir, leaf.as_os_str()).map_err(|errno| {
+                    LayoutError::Io {
+                        path: full.clone(),
+                        action: "reading symlink",
+                        source: errno.into(),
+                    }
                 })?;
                 Ok(Opened::Symlink(PathBuf::from(target)))
             }
@@ -182,7 +186,9 @@ impl LayoutDir {
     /// Copies a blob into the store, verifying its digest; returns its size.
     fn import_blob(&self, store: &Store, digest: &Digest) -> Result<u64, LayoutError> {
         if store.has_blob(digest) {
-            return Ok(fs::metadata(store.blob_path(digest)).map(|m| m.len()).unwrap_or(0));
+            return Ok(fs::metadata(store.blob_path(digest))
+                .map(|m| m.len())
+                .unwrap_or(0));
         }
         let mut file = self.open_file(&Self::blob_relative(digest))?;
         Ok(store.put_blob_reader(&mut file, digest)?)
@@ -229,12 +235,20 @@ pub struct ImportOptions {
 }
 
 /// Imports an image from an OCI image layout directory.
-pub fn import_layout(store: &Store, dir: &Path, options: &ImportOptions) -> Result<ImageRecord, LayoutError> {
+pub fn import_layout(
+    store: &Store,
+    dir: &Path,
+    options: &ImportOptions,
+) -> Result<ImageRecord, LayoutError> {
     let _lock = store.lock_shared()?;
     let layout = LayoutDir::open(dir)?;
     let default_name = || {
         let abs = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
-        format!("oci:{}:{}", abs.display(), options.tag.as_deref().unwrap_or("latest"))
+        format!(
+            "oci:{}:{}",
+            abs.display(),
+            options.tag.as_deref().unwrap_or("latest")
+        )
     };
     import_opened_layout(store, &layout, options, default_name)
 }
@@ -252,18 +266,25 @@ fn import_opened_layout(
         });
     }
     let index_path = layout.path.join("index.json");
-    let index: Index = serde_json::from_slice(&layout.read_small("index.json")?).map_err(|source| LayoutError::Json {
-        path: index_path.clone(),
-        source,
-    })?;
+    let index: Index =
+        serde_json::from_slice(&layout.read_small("index.json")?).map_err(|source| {
+            LayoutError::Json {
+                path: index_path.clone(),
+                source,
+            }
+        })?;
     let entry = pick_entry(&index, options.tag.as_deref(), &index_path)?;
-    let platform = options.platform.clone().unwrap_or_else(Platform::host_default);
+    let platform = options
+        .platform
+        .clone()
+        .unwrap_or_else(Platform::host_default);
 
     let mut chosen_index = None;
     let mut manifest_descriptor = entry.clone();
     if entry.media_type == OCI_INDEX || entry.media_type == crate::manifest::DOCKER_MANIFEST_LIST {
         let bytes = layout.json_blob(store, &entry.digest)?;
-        let ManifestDocument::Index(nested) = ManifestDocument::parse(&bytes, Some(&entry.media_type), &entry.digest)?
+        let ManifestDocument::Index(nested) =
+            ManifestDocument::parse(&bytes, Some(&entry.media_type), &entry.digest)?
         else {
             return Err(LayoutError::Invalid {
                 path: index_path,
@@ -274,8 +295,11 @@ fn import_opened_layout(
         chosen_index = Some(entry.digest.clone());
     }
     let bytes = layout.json_blob(store, &manifest_descriptor.digest)?;
-    let ManifestDocument::Image(manifest) =
-        ManifestDocument::parse(&bytes, Some(&manifest_descriptor.media_type), &manifest_descriptor.digest)?
+    let ManifestDocument::Image(manifest) = ManifestDocument::parse(
+        &bytes,
+        Some(&manifest_descriptor.media_type),
+        &manifest_descriptor.digest,
+    )?
     else {
         return Err(LayoutError::Invalid {
             path: index_path,
@@ -283,15 +307,22 @@ fn import_opened_layout(
         });
     };
     let config_bytes = layout.json_blob(store, &manifest.config.digest)?;
-    let config: ImageConfigFile = serde_json::from_slice(&config_bytes).map_err(|source| LayoutError::Json {
-        path: layout.path.join(LayoutDir::blob_relative(&manifest.config.digest)),
-        source,
-    })?;
+    let config: ImageConfigFile =
+        serde_json::from_slice(&config_bytes).map_err(|source| LayoutError::Json {
+            path: layout
+                .path
+                .join(LayoutDir::blob_relative(&manifest.config.digest)),
+            source,
+        })?;
     let mut size = 0;
     for layer in &manifest.layers {
         size += layout.import_blob(store, &layer.digest)?;
     }
-    let name = options.name.clone().map(normalize_name).unwrap_or_else(default_name);
+    let name = options
+        .name
+        .clone()
+        .map(normalize_name)
+        .unwrap_or_else(default_name);
     let record = ImageRecord {
         name,
         manifest: manifest_descriptor.digest.clone(),
@@ -306,7 +337,11 @@ fn import_opened_layout(
     Ok(record)
 }
 
-fn pick_entry<'a>(index: &'a Index, tag: Option<&str>, path: &Path) -> Result<&'a Descriptor, LayoutError> {
+fn pick_entry<'a>(
+    index: &'a Index,
+    tag: Option<&str>,
+    path: &Path,
+) -> Result<&'a Descriptor, LayoutError> {
     let tags = || {
         index
             .manifests
@@ -319,7 +354,11 @@ fn pick_entry<'a>(index: &'a Index, tag: Option<&str>, path: &Path) -> Result<&'
         Some(tag) => index
             .manifests
             .iter()
-            .find(|m| m.annotations.get(REF_NAME_ANNOTATION).is_some_and(|t| t == tag))
+            .find(|m| {
+                m.annotations
+                    .get(REF_NAME_ANNOTATION)
+                    .is_some_and(|t| t == tag)
+            })
             .ok_or_else(|| LayoutError::Invalid {
                 path: path.to_owned(),
                 reason: format!("no image tagged {tag:?} (tags: {})", tags()),
@@ -333,10 +372,17 @@ fn pick_entry<'a>(index: &'a Index, tag: Option<&str>, path: &Path) -> Result<&'
             _ => index
                 .manifests
                 .iter()
-                .find(|m| m.annotations.get(REF_NAME_ANNOTATION).is_some_and(|t| t == "latest"))
+                .find(|m| {
+                    m.annotations
+                        .get(REF_NAME_ANNOTATION)
+                        .is_some_and(|t| t == "latest")
+                })
                 .ok_or_else(|| LayoutError::Invalid {
                     path: path.to_owned(),
-                    reason: format!("the layout holds several images; pick one by tag ({})", tags()),
+                    reason: format!(
+                        "the layout holds several images; pick one by tag ({})",
+                        tags()
+                    ),
                 }),
         },
     }
@@ -344,7 +390,9 @@ fn pick_entry<'a>(index: &'a Index, tag: Option<&str>, path: &Path) -> Result<&'
 
 /// Names given by users are normalised like references when they parse as one.
 fn normalize_name(name: String) -> String {
-    Reference::parse(&name).map(|r| r.to_string()).unwrap_or(name)
+    Reference::parse(&name)
+        .map(|r| r.to_string())
+        .unwrap_or(name)
 }
 
 fn platform_of(config: &ImageConfigFile) -> Platform {
@@ -359,7 +407,10 @@ fn platform_of(config: &ImageConfigFile) -> Platform {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Extracts an archive (tar, optionally compressed) into a fresh directory in the store's
@@ -382,13 +433,21 @@ fn extract_archive(store: &Store, archive: &Path) -> Result<tempfile::TempDir, L
 
 /// Imports from an OCI archive (a tar of an OCI image layout, as `skopeo copy oci-archive:`
 /// or `docker save` ≥ 25 write).
-pub fn import_oci_archive(store: &Store, archive: &Path, options: &ImportOptions) -> Result<ImageRecord, LayoutError> {
+pub fn import_oci_archive(
+    store: &Store,
+    archive: &Path,
+    options: &ImportOptions,
+) -> Result<ImageRecord, LayoutError> {
     let _lock = store.lock_shared()?;
     let extracted = extract_archive(store, archive)?;
     let layout = LayoutDir::open(extracted.path())?;
     let default_name = || {
         let abs = fs::canonicalize(archive).unwrap_or_else(|_| archive.to_owned());
-        format!("oci-archive:{}:{}", abs.display(), options.tag.as_deref().unwrap_or("latest"))
+        format!(
+            "oci-archive:{}:{}",
+            abs.display(),
+            options.tag.as_deref().unwrap_or("latest")
+        )
     };
     import_opened_layout(store, &layout, options, default_name)
 }
@@ -413,11 +472,11 @@ pub fn import_docker_archive(
     let extracted = extract_archive(store, archive)?;
     let dir = LayoutDir::open(extracted.path())?;
     let manifest_path = archive.join("manifest.json");
-    let entries: Vec<DockerSaveEntry> =
-        serde_json::from_slice(&dir.read_small("manifest.json")?).map_err(|source| LayoutError::Json {
-            path: manifest_path.clone(),
-            source,
-        })?;
+    let entries: Vec<DockerSaveEntry> = serde_json::from_slice(&dir.read_small("manifest.json")?)
+        .map_err(|source| LayoutError::Json {
+        path: manifest_path.clone(),
+        source,
+    })?;
     let entry = match (&options.tag, entries.as_slice()) {
         (_, []) => {
             return Err(LayoutError::Invalid {
@@ -429,7 +488,11 @@ pub fn import_docker_archive(
         (wanted, many) => {
             let wanted = wanted.clone().unwrap_or_default();
             many.iter()
-                .find(|e| e.repo_tags.iter().flatten().any(|t| *t == wanted || normalize_name(t.clone()) == normalize_name(wanted.clone())))
+                .find(|e| {
+                    e.repo_tags.iter().flatten().any(|t| {
+                        *t == wanted || normalize_name(t.clone()) == normalize_name(wanted.clone())
+                    })
+                })
                 .ok_or_else(|| LayoutError::Invalid {
                     path: manifest_path.clone(),
                     reason: format!("several images in the archive; none tagged {wanted:?}"),
@@ -440,10 +503,11 @@ pub fn import_docker_archive(
     let config_bytes = dir.read_small(&entry.config)?;
     let config_digest = Digest::of(&config_bytes);
     store.put_blob_bytes(&config_bytes, &config_digest)?;
-    let config: ImageConfigFile = serde_json::from_slice(&config_bytes).map_err(|source| LayoutError::Json {
-        path: archive.join(&entry.config),
-        source,
-    })?;
+    let config: ImageConfigFile =
+        serde_json::from_slice(&config_bytes).map_err(|source| LayoutError::Json {
+            path: archive.join(&entry.config),
+            source,
+        })?;
 
     let mut layers = Vec::new();
     let mut size = 0;
@@ -498,7 +562,10 @@ pub fn import_docker_archive(
     })?;
     let manifest_digest = Digest::of(&manifest_bytes);
     store.put_blob_bytes(&manifest_bytes, &manifest_digest)?;
-    let name = match (&options.name, entry.repo_tags.as_ref().and_then(|t| t.first())) {
+    let name = match (
+        &options.name,
+        entry.repo_tags.as_ref().and_then(|t| t.first()),
+    ) {
         (Some(name), _) => normalize_name(name.clone()),
         (None, Some(tag)) => normalize_name(tag.clone()),
         (None, None) => {
@@ -555,7 +622,12 @@ impl LayoutWriter {
 
     /// Adds an image manifest for `config` + `layers`; returns the manifest's descriptor
     /// (not yet listed in index.json).
-    pub fn add_manifest(&mut self, config: &Descriptor, layers: &[Descriptor], platform: Option<&Platform>) -> io::Result<Descriptor> {
+    pub fn add_manifest(
+        &mut self,
+        config: &Descriptor,
+        layers: &[Descriptor],
+        platform: Option<&Platform>,
+    ) -> io::Result<Descriptor> {
         let manifest = Manifest {
             schema_version: 2,
             media_type: Some(OCI_MANIFEST.into()),
@@ -582,8 +654,14 @@ impl LayoutWriter {
     /// Lists `descriptor` in index.json under `tag`.
     pub fn tag(&mut self, descriptor: &Descriptor, tag: &str) {
         let mut entry = descriptor.clone();
-        entry.annotations.insert(REF_NAME_ANNOTATION.into(), tag.into());
-        self.entries.retain(|e| e.annotations.get(REF_NAME_ANNOTATION).is_none_or(|t| t != tag));
+        entry
+            .annotations
+            .insert(REF_NAME_ANNOTATION.into(), tag.into());
+        self.entries.retain(|e| {
+            e.annotations
+                .get(REF_NAME_ANNOTATION)
+                .is_none_or(|t| t != tag)
+        });
         self.entries.push(entry);
     }
 

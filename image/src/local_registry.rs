@@ -17,7 +17,9 @@ pub const DEFAULT_REGISTRY_BINARY: &str = "/usr/bin/docker-registry";
 #[derive(Debug, thiserror::Error)]
 pub enum LocalRegistryError {
     /// The binary is missing.
-    #[error("{0} not found: install Debian's docker-registry package (apt-get install docker-registry)")]
+    #[error(
+        "{0} not found: install Debian's docker-registry package (apt-get install docker-registry)"
+    )]
     NotInstalled(PathBuf),
     /// Setting up its files or starting it.
     #[error("{action}: {source}")]
@@ -62,7 +64,8 @@ impl LocalRegistry {
 
     /// Starts a registry on a free 127.0.0.1 port and waits until it answers.
     pub fn start(options: &LocalRegistryOptions) -> Result<Self, LocalRegistryError> {
-        let binary = Self::binary().ok_or_else(|| LocalRegistryError::NotInstalled(DEFAULT_REGISTRY_BINARY.into()))?;
+        let binary = Self::binary()
+            .ok_or_else(|| LocalRegistryError::NotInstalled(DEFAULT_REGISTRY_BINARY.into()))?;
         let io = |action| move |source| LocalRegistryError::Io { action, source };
         let dir = tempfile::Builder::new()
             .prefix("krunbox-registry-")
@@ -89,7 +92,8 @@ impl LocalRegistry {
         }
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).map_err(io("writing registry config"))?;
-        let log = std::fs::File::create(dir.path().join("registry.log")).map_err(io("creating registry log"))?;
+        let log = std::fs::File::create(dir.path().join("registry.log"))
+            .map_err(io("creating registry log"))?;
         let child = Command::new(&binary)
             .arg("serve")
             .arg(&config_path)
@@ -98,7 +102,11 @@ impl LocalRegistry {
             .stderr(log)
             .spawn()
             .map_err(io("starting docker-registry"))?;
-        let registry = Self { child, address, dir };
+        let registry = Self {
+            child,
+            address,
+            dir,
+        };
         registry.wait_ready()?;
         tracing::debug!(%address, "local registry up");
         Ok(registry)
@@ -107,7 +115,9 @@ impl LocalRegistry {
     fn wait_ready(&self) -> Result<(), LocalRegistryError> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok(mut stream) = TcpStream::connect_timeout(&self.address, Duration::from_millis(200)) {
+            if let Ok(mut stream) =
+                TcpStream::connect_timeout(&self.address, Duration::from_millis(200))
+            {
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
                 let request = format!("GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n", self.address);
                 let mut reply = [0u8; 12];

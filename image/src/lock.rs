@@ -91,10 +91,12 @@ impl FileLock {
 
     /// Converts an exclusive lock to a shared one.
     pub fn downgrade(&self) -> Result<(), LockError> {
-        self.lock.relock(FlockArg::LockShared).map_err(|errno| LockError {
-            path: self.path.clone(),
-            source: errno.into(),
-        })
+        self.lock
+            .relock(FlockArg::LockShared)
+            .map_err(|errno| LockError {
+                path: self.path.clone(),
+                source: errno.into(),
+            })
     }
 
     /// The lock file.
@@ -114,11 +116,17 @@ mod tests {
         let a = FileLock::acquire(&path, LockKind::Shared).unwrap();
         let b = FileLock::try_acquire(&path, LockKind::Shared).unwrap();
         assert!(b.is_some());
-        assert!(FileLock::try_acquire(&path, LockKind::Exclusive).unwrap().is_none());
+        assert!(FileLock::try_acquire(&path, LockKind::Exclusive)
+            .unwrap()
+            .is_none());
         drop((a, b));
         let x = FileLock::acquire(&path, LockKind::Exclusive).unwrap();
-        assert!(FileLock::try_acquire(&path, LockKind::Shared).unwrap().is_none());
+        assert!(FileLock::try_acquire(&path, LockKind::Shared)
+            .unwrap()
+            .is_none());
         x.downgrade().unwrap();
-        assert!(FileLock::try_acquire(&path, LockKind::Shared).unwrap().is_some());
+        assert!(FileLock::try_acquire(&path, LockKind::Shared)
+            .unwrap()
+            .is_some());
     }
 }

@@ -21,7 +21,12 @@ pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.
 /// Docker manifest list.
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 /// Every manifest type krunbox accepts from a registry.
-pub const ACCEPTED_MANIFEST_TYPES: &[&str] = &[OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST];
+pub const ACCEPTED_MANIFEST_TYPES: &[&str] = &[
+    OCI_INDEX,
+    DOCKER_MANIFEST_LIST,
+    OCI_MANIFEST,
+    DOCKER_MANIFEST,
+];
 /// `org.opencontainers.image.ref.name`, the tag annotation in OCI layouts.
 pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 
@@ -135,7 +140,11 @@ pub enum ManifestError {
 
 impl ManifestDocument {
     /// Parses `bytes` whose media type the transport reported as `media_type` (if any).
-    pub fn parse(bytes: &[u8], media_type: Option<&str>, digest: &Digest) -> Result<Self, ManifestError> {
+    pub fn parse(
+        bytes: &[u8],
+        media_type: Option<&str>,
+        digest: &Digest,
+    ) -> Result<Self, ManifestError> {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Probe {
@@ -150,12 +159,23 @@ impl ManifestDocument {
         let media_type = probe
             .media_type
             .or_else(|| media_type.map(str::to_owned))
-            .unwrap_or_else(|| if probe.manifests.is_some() { OCI_INDEX } else { OCI_MANIFEST }.to_owned());
+            .unwrap_or_else(|| {
+                if probe.manifests.is_some() {
+                    OCI_INDEX
+                } else {
+                    OCI_MANIFEST
+                }
+                .to_owned()
+            });
         // Registries add parameters (`; charset=utf-8`).
         let base = media_type.split(';').next().unwrap_or_default().trim();
         match base {
-            OCI_INDEX | DOCKER_MANIFEST_LIST => Ok(Self::Index(serde_json::from_slice(bytes).map_err(json_err)?)),
-            OCI_MANIFEST | DOCKER_MANIFEST => Ok(Self::Image(serde_json::from_slice(bytes).map_err(json_err)?)),
+            OCI_INDEX | DOCKER_MANIFEST_LIST => Ok(Self::Index(
+                serde_json::from_slice(bytes).map_err(json_err)?,
+            )),
+            OCI_MANIFEST | DOCKER_MANIFEST => Ok(Self::Image(
+                serde_json::from_slice(bytes).map_err(json_err)?,
+            )),
             _ => Err(ManifestError::UnsupportedMediaType {
                 digest: digest.clone(),
                 media_type,
@@ -166,7 +186,11 @@ impl ManifestDocument {
 
 impl Index {
     /// The entry for `platform`: the first that matches, as Docker picks.
-    pub fn select(&self, platform: &Platform, digest: &Digest) -> Result<&Descriptor, ManifestError> {
+    pub fn select(
+        &self,
+        platform: &Platform,
+        digest: &Digest,
+    ) -> Result<&Descriptor, ManifestError> {
         self.manifests
             .iter()
             .filter(|m| matches!(m.media_type.as_str(), OCI_MANIFEST | DOCKER_MANIFEST))
@@ -218,17 +242,27 @@ mod tests {
             manifests: vec![descriptor("amd64", 1), descriptor("arm64", 2)],
         };
         let d = Digest::of(b"index");
-        let arm = index.select(&Platform::parse("linux/arm64").unwrap(), &d).unwrap();
+        let arm = index
+            .select(&Platform::parse("linux/arm64").unwrap(), &d)
+            .unwrap();
         assert_eq!(arm.digest, Digest::of(&[2]));
-        let err = index.select(&Platform::parse("linux/riscv64").unwrap(), &d).unwrap_err();
-        assert!(err.to_string().contains("linux/amd64, linux/arm64"), "{err}");
+        let err = index
+            .select(&Platform::parse("linux/riscv64").unwrap(), &d)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("linux/amd64, linux/arm64"),
+            "{err}"
+        );
     }
 
     #[test]
     fn tells_documents_apart() {
         let d = Digest::of(b"x");
         let index = br#"{"schemaVersion":2,"manifests":[]}"#;
-        assert!(matches!(ManifestDocument::parse(index, None, &d), Ok(ManifestDocument::Index(_))));
+        assert!(matches!(
+            ManifestDocument::parse(index, None, &d),
+            Ok(ManifestDocument::Index(_))
+        ));
         let v1 = br#"{"schemaVersion":1,"mediaType":"application/vnd.docker.distribution.manifest.v1+json"}"#;
         assert!(matches!(
             ManifestDocument::parse(v1, None, &d),

@@ -35,7 +35,8 @@ impl Platform {
     /// Parses `os/arch[/variant]`; architecture aliases (`x86_64`, `aarch64`) are normalised.
     pub fn parse(s: &str) -> Result<Self, PlatformError> {
         let parts: Vec<&str> = s.split('/').collect();
-        let valid = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let valid =
+            |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !(2..=3).contains(&parts.len()) || !parts.iter().all(|p| valid(p)) {
             return Err(PlatformError(s.to_owned()));
         }
@@ -95,7 +96,9 @@ mod tests {
         let arm = Platform::parse("linux/arm64/v8").unwrap();
         assert!(arm.matches("linux", "arm64", None));
         assert!(arm.matches("linux", "arm64", Some("v8")));
-        assert!(!Platform::parse("linux/arm/v7").unwrap().matches("linux", "arm", Some("v6")));
+        assert!(!Platform::parse("linux/arm/v7")
+            .unwrap()
+            .matches("linux", "arm", Some("v6")));
         assert!(Platform::parse("linux").is_err());
         assert!(Platform::parse("linux//").is_err());
         assert_eq!(Platform::host_default().os, "linux");

@@ -103,7 +103,9 @@ pub enum PullError {
         source: std::io::Error,
     },
     /// A blob is larger than its descriptor says.
-    #[error("blob {digest} of {reference} is larger than the {size} bytes its descriptor declares")]
+    #[error(
+        "blob {digest} of {reference} is larger than the {size} bytes its descriptor declares"
+    )]
     BlobTooLarge {
         /// The image.
         reference: String,
@@ -125,8 +127,8 @@ pub enum PullError {
     Manifest {
         /// What was pulled.
         reference: String,
-        /// The manifest problem.
-        source: ManifestError,
+        /// The manifest problem (boxed: it is large and rare).
+        source: Box<ManifestError>,
     },
     /// Credentials file problem.
     #[error(transparent)]
@@ -140,7 +142,11 @@ pub enum PullError {
 }
 
 /// Pulls `reference` into `store` and records it under its full name.
-pub async fn pull(store: &Store, reference: &Reference, options: &PullOptions) -> Result<ImageRecord, PullError> {
+pub async fn pull(
+    store: &Store,
+    reference: &Reference,
+    options: &PullOptions,
+) -> Result<ImageRecord, PullError> {
     let lock_store = store.clone();
     let _lock = tokio::task::spawn_blocking(move || lock_store.lock_shared())
         .await
@@ -160,8 +166,13 @@ struct Puller<'a> {
 }
 
 impl<'a> Puller<'a> {
-    fn new(store: &'a Store, reference: &'a Reference, options: &'a PullOptions) -> Result<Self, PullError> {
-        let insecure = reference.is_loopback_registry() || options.insecure_registries.contains(&reference.registry);
+    fn new(
+        store: &'a Store,
+        reference: &'a Reference,
+        options: &'a PullOptions,
+    ) -> Result<Self, PullError> {
+        let insecure = reference.is_loopback_registry()
+            || options.insecure_registries.contains(&reference.registry);
         let protocol = if insecure {
             ClientProtocol::HttpsExcept(vec![reference.registry.clone()])
         } else {
@@ -184,12 +195,17 @@ impl<'a> Puller<'a> {
             name: reference.to_string(),
             client,
             auth: credentials.to_oci(),
-            platform: options.platform.clone().unwrap_or_else(Platform::host_default),
+            platform: options
+                .platform
+                .clone()
+                .unwrap_or_else(Platform::host_default),
             options,
         })
     }
 
-    fn registry_err(&self) -> impl FnOnce(oci_client::errors::OciDistributionError) -> PullError + '_ {
+    fn registry_err(
+        &self,
+    ) -> impl FnOnce(oci_client::errors::OciDistributionError) -> PullError + '_ {
         move |source| PullError::Registry {
             reference: self.name.clone(),
             source,
@@ -199,7 +215,7 @@ impl<'a> Puller<'a> {
     fn manifest_err(&self) -> impl FnOnce(ManifestError) -> PullError + '_ {
         move |source| PullError::Manifest {
             reference: self.name.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -224,26 +240,33 @@ impl<'a> Puller<'a> {
                 });
             }
         }
-        let document = ManifestDocument::parse(&bytes, None, &actual).map_err(self.manifest_err())?;
+        let document =
+            ManifestDocument::parse(&bytes, None, &actual).map_err(self.manifest_err())?;
         Ok((bytes.to_vec(), actual, document))
     }
 
     async fn run(self) -> Result<ImageRecord, PullError> {
-        let (bytes, digest, document) = self.fetch_manifest(self.reference, self.reference.digest.as_ref()).await?;
+        let (bytes, digest, document) = self
+            .fetch_manifest(self.reference, self.reference.digest.as_ref())
+            .await?;
         let (index, manifest_bytes, manifest_digest, manifest) = match document {
             ManifestDocument::Image(manifest) => (None, bytes, digest, manifest),
             ManifestDocument::Index(index) => {
-                let chosen = index.select(&self.platform, &digest).map_err(self.manifest_err())?.clone();
+                let chosen = index
+                    .select(&self.platform, &digest)
+                    .map_err(self.manifest_err())?
+                    .clone();
                 tracing::debug!(platform = %self.platform, manifest = %chosen.digest, "resolved index");
                 let pinned = self.reference.with_digest(chosen.digest.clone());
-                let (m_bytes, m_digest, m_doc) = self.fetch_manifest(&pinned, Some(&chosen.digest)).await?;
+                let (m_bytes, m_digest, m_doc) =
+                    self.fetch_manifest(&pinned, Some(&chosen.digest)).await?;
                 let ManifestDocument::Image(manifest) = m_doc else {
                     return Err(PullError::Manifest {
                         reference: self.name.clone(),
-                        source: ManifestError::UnsupportedMediaType {
+                        source: Box::new(ManifestError::UnsupportedMediaType {
                             digest: m_digest,
                             media_type: "nested index".into(),
-                        },
+                        }),
                     });
                 };
                 self.store.put_blob_bytes(&bytes, &digest)?;
@@ -261,7 +284,10 @@ impl<'a> Puller<'a> {
         let progress = Progress::new(self.options.progress);
         // Owned descriptors keep the future `Send` (a closure over `&Descriptor` is not
         // general enough for tokio::spawn).
-        let blobs: Vec<Descriptor> = std::iter::once(&manifest.config).chain(manifest.layers.iter()).cloned().collect();
+        let blobs: Vec<Descriptor> = std::iter::once(&manifest.config)
+            .chain(manifest.layers.iter())
+            .cloned()
+            .collect();
         let this = &self;
         let progress = &progress;
         futures_util::stream::iter(blobs)
@@ -270,7 +296,8 @@ impl<'a> Puller<'a> {
             .try_collect::<Vec<()>>()
             .await?;
         // The manifest goes in last: a manifest blob in the store means its blobs are too.
-        self.store.put_blob_bytes(&manifest_bytes, &manifest_digest)?;
+        self.store
+            .put_blob_bytes(&manifest_bytes, &manifest_digest)?;
 
         let config = self.store.read_json_blob(&manifest.config.digest)?;
         let config: crate::config::ImageConfigFile =
@@ -285,7 +312,11 @@ impl<'a> Puller<'a> {
             config: manifest.config.digest.clone(),
             layers: manifest.layers.iter().map(|l| l.digest.clone()).collect(),
             platform: Platform {
-                os: if config.os.is_empty() { self.platform.os.clone() } else { config.os },
+                os: if config.os.is_empty() {
+                    self.platform.os.clone()
+                } else {
+                    config.os
+                },
                 architecture: if config.architecture.is_empty() {
                     self.platform.architecture.clone()
                 } else {
@@ -294,7 +325,10 @@ impl<'a> Puller<'a> {
                 variant: config.variant,
             },
             size: manifest.layers.iter().map(|l| l.size).sum(),
-            stored_at: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            stored_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
         };
         let store = self.store.clone();
         let stored = record.clone();
@@ -305,7 +339,11 @@ impl<'a> Puller<'a> {
     }
 
     /// Downloads one blob into a temp file and moves it into the store once verified.
-    async fn download(&self, descriptor: &Descriptor, progress: &Progress) -> Result<(), PullError> {
+    async fn download(
+        &self,
+        descriptor: &Descriptor,
+        progress: &Progress,
+    ) -> Result<(), PullError> {
         let digest = &descriptor.digest;
         if self.store.has_blob(digest) {
             tracing::debug!(%digest, "blob already present");
@@ -379,16 +417,19 @@ struct Progress {
 
 impl Progress {
     fn new(wanted: bool) -> Self {
-        let bars = (wanted && std::io::stderr().is_terminal()).then(|| Arc::new(indicatif::MultiProgress::new()));
+        let bars = (wanted && std::io::stderr().is_terminal())
+            .then(|| Arc::new(indicatif::MultiProgress::new()));
         Self { bars }
     }
 
     fn bar(&self, digest: &Digest, size: u64) -> Option<indicatif::ProgressBar> {
         let bars = self.bars.as_ref()?;
         let bar = bars.add(indicatif::ProgressBar::new(size));
-        let style = indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> ");
+        let style = indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ");
         bar.set_style(style);
         bar.set_prefix(digest.short().to_owned());
         Some(bar)

@@ -57,12 +57,14 @@ pub async fn push_layout(
         path: dir.join("index.json"),
         reason,
     };
-    let index: Index = serde_json::from_slice(&read("index.json")?).map_err(|e| invalid(e.to_string()))?;
+    let index: Index =
+        serde_json::from_slice(&read("index.json")?).map_err(|e| invalid(e.to_string()))?;
     let entry = match layout_tag {
-        Some(tag) => index
-            .manifests
-            .iter()
-            .find(|m| m.annotations.get(REF_NAME_ANNOTATION).is_some_and(|t| t == tag)),
+        Some(tag) => index.manifests.iter().find(|m| {
+            m.annotations
+                .get(REF_NAME_ANNOTATION)
+                .is_some_and(|t| t == tag)
+        }),
         None => index.manifests.first(),
     }
     .ok_or_else(|| invalid(format!("no image tagged {layout_tag:?}")))?;
@@ -102,22 +104,31 @@ pub async fn push_layout(
     for (digest, media_type) in &manifests {
         let bytes = blob(digest)?;
         let ManifestDocument::Image(manifest) =
-            ManifestDocument::parse(&bytes, Some(media_type), digest).map_err(|e| invalid(e.to_string()))?
+            ManifestDocument::parse(&bytes, Some(media_type), digest)
+                .map_err(|e| invalid(e.to_string()))?
         else {
             return Err(invalid(format!("{digest} is an index inside an index")));
         };
         for descriptor in std::iter::once(&manifest.config).chain(manifest.layers.iter()) {
             client
-                .push_blob(&target.to_oci(), blob(&descriptor.digest)?, &descriptor.digest.to_string())
+                .push_blob(
+                    &target.to_oci(),
+                    blob(&descriptor.digest)?,
+                    &descriptor.digest.to_string(),
+                )
                 .await
                 .map_err(registry_err)?;
         }
         if manifests.len() > 1 || *digest != entry.digest {
             let pinned = target.with_digest(digest.clone());
-            push_manifest(&client, &pinned, bytes, media_type).await.map_err(registry_err)?;
+            push_manifest(&client, &pinned, bytes, media_type)
+                .await
+                .map_err(registry_err)?;
         }
     }
-    push_manifest(&client, target, top, &entry.media_type).await.map_err(registry_err)?;
+    push_manifest(&client, target, top, &entry.media_type)
+        .await
+        .map_err(registry_err)?;
     tracing::info!(%target, digest = %entry.digest, "pushed");
     Ok(entry.digest.clone())
 }
@@ -130,5 +141,7 @@ async fn push_manifest(
 ) -> Result<String, oci_client::errors::OciDistributionError> {
     let content_type = http::HeaderValue::from_str(media_type)
         .unwrap_or_else(|_| http::HeaderValue::from_static(crate::manifest::OCI_MANIFEST));
-    client.push_manifest_raw(&target.to_oci(), bytes, content_type).await
+    client
+        .push_manifest_raw(&target.to_oci(), bytes, content_type)
+        .await
 }

@@ -61,7 +61,9 @@ impl Reference {
             return Err(ReferenceError::Empty);
         }
         if input.len() > 4096 || input.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(invalid("contains whitespace or control characters, or is too long"));
+            return Err(invalid(
+                "contains whitespace or control characters, or is too long",
+            ));
         }
         let (rest, digest) = match input.split_once('@') {
             Some((rest, digest)) => {
@@ -81,7 +83,9 @@ impl Reference {
         };
         if let Some(tag) = tag {
             if !valid_tag(tag) {
-                return Err(invalid("a tag is 1-128 characters of [A-Za-z0-9_.-], not starting with '.' or '-'"));
+                return Err(invalid(
+                    "a tag is 1-128 characters of [A-Za-z0-9_.-], not starting with '.' or '-'",
+                ));
             }
         }
         let (registry, repository) = match name.split_once('/') {
@@ -99,7 +103,9 @@ impl Reference {
             registry
         };
         if !valid_registry(&registry) {
-            return Err(invalid("the registry must be a host name or address, with an optional :port"));
+            return Err(invalid(
+                "the registry must be a host name or address, with an optional :port",
+            ));
         }
         let repository = if registry == DOCKER_HUB && !repository.contains('/') {
             format!("library/{repository}")
@@ -201,19 +207,24 @@ fn registry_host(registry: &str) -> &str {
 
 fn valid_registry(registry: &str) -> bool {
     if registry.starts_with('[') {
-        return registry_host(registry).parse::<std::net::Ipv6Addr>().is_ok();
+        return registry_host(registry)
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok();
     }
     let (host, port) = match registry.rsplit_once(':') {
         Some((host, port)) => (host, Some(port)),
         None => (registry, None),
     };
-    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
     let host_ok = !host.is_empty()
         && host.split('.').all(|label| {
             !label.is_empty()
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
     port_ok && host_ok
 }
@@ -266,8 +277,14 @@ mod tests {
         assert_eq!(parsed("alpine"), "docker.io/library/alpine:latest");
         assert_eq!(parsed("alpine:3.20"), "docker.io/library/alpine:3.20");
         assert_eq!(parsed("user/app"), "docker.io/user/app:latest");
-        assert_eq!(parsed("index.docker.io/library/alpine"), "docker.io/library/alpine:latest");
-        assert_eq!(parsed("docker.io/alpine"), "docker.io/library/alpine:latest");
+        assert_eq!(
+            parsed("index.docker.io/library/alpine"),
+            "docker.io/library/alpine:latest"
+        );
+        assert_eq!(
+            parsed("docker.io/alpine"),
+            "docker.io/library/alpine:latest"
+        );
     }
 
     #[test]
@@ -283,8 +300,13 @@ mod tests {
         assert_eq!(r.digest.as_ref().unwrap().to_string(), digest);
         assert!(r.is_loopback_registry());
         let r = Reference::parse(&format!("alpine:3@{digest}")).unwrap();
-        assert_eq!(r.to_string(), format!("docker.io/library/alpine:3@{digest}"));
-        assert!(!Reference::parse("ghcr.io/o/r").unwrap().is_loopback_registry());
+        assert_eq!(
+            r.to_string(),
+            format!("docker.io/library/alpine:3@{digest}")
+        );
+        assert!(!Reference::parse("ghcr.io/o/r")
+            .unwrap()
+            .is_loopback_registry());
         assert_eq!(parsed("localhost/app"), "localhost/app:latest");
     }
 

@@ -94,8 +94,11 @@ impl Source {
             return Ok(Self::RootfsDir(expand_home(path)));
         }
         let path = expand_home(input);
-        let looks_like_path =
-            ["/", "./", "../", "~/"].iter().any(|p| input.starts_with(p)) || input == "." || input == "..";
+        let looks_like_path = ["/", "./", "../", "~/"]
+            .iter()
+            .any(|p| input.starts_with(p))
+            || input == "."
+            || input == "..";
         if path.exists() {
             return Self::from_path(path);
         }
@@ -108,7 +111,10 @@ impl Source {
     fn from_path(path: PathBuf) -> Result<Self, SourceError> {
         if path.is_dir() {
             if path.join("oci-layout").is_file() {
-                return Ok(Self::OciLayout { dir: path, tag: None });
+                return Ok(Self::OciLayout {
+                    dir: path,
+                    tag: None,
+                });
             }
             return Ok(Self::RootfsDir(path));
         }
@@ -126,7 +132,9 @@ fn split_tag(s: &str) -> (PathBuf, Option<String>) {
         return (expand_home(s), None);
     }
     match s.rsplit_once(':') {
-        Some((path, tag)) if !tag.is_empty() && !tag.contains('/') => (expand_home(path), Some(tag.to_owned())),
+        Some((path, tag)) if !tag.is_empty() && !tag.contains('/') => {
+            (expand_home(path), Some(tag.to_owned()))
+        }
         _ => (expand_home(s), None),
     }
 }
@@ -166,7 +174,11 @@ fn sniff_archive(path: &Path) -> Result<ArchiveKind, SourceError> {
         }
         docker |= name == Path::new("manifest.json");
     }
-    Ok(if docker { ArchiveKind::Docker } else { ArchiveKind::Unknown })
+    Ok(if docker {
+        ArchiveKind::Docker
+    } else {
+        ArchiveKind::Unknown
+    })
 }
 
 /// When to contact the registry for a registry source.
@@ -245,7 +257,9 @@ pub async fn prepare_image(
             };
             match (policy, present) {
                 (PullPolicy::Missing | PullPolicy::Never, Some(record)) => record,
-                (PullPolicy::Never, None) => return Err(PrepareError::NotPresent(reference.to_string())),
+                (PullPolicy::Never, None) => {
+                    return Err(PrepareError::NotPresent(reference.to_string()))
+                }
                 _ => pull::pull(store, reference, options).await?,
             }
         }
@@ -287,7 +301,9 @@ pub fn import_local(
     match source {
         Source::OciLayout { dir, tag } => layout::import_layout(store, dir, &options(tag)),
         Source::OciArchive { path, tag } => layout::import_oci_archive(store, path, &options(tag)),
-        Source::DockerArchive { path } => layout::import_docker_archive(store, path, &options(&None)),
+        Source::DockerArchive { path } => {
+            layout::import_docker_archive(store, path, &options(&None))
+        }
         Source::Registry(_) | Source::RootfsDir(_) => Err(LayoutError::Invalid {
             path: PathBuf::new(),
             reason: format!("{source:?} is not a local image archive or layout"),
@@ -312,7 +328,10 @@ mod tests {
         assert!(
             matches!(Source::parse("alpine").unwrap(), Source::Registry(r) if r.to_string() == "docker.io/library/alpine:latest")
         );
-        assert!(matches!(Source::parse("docker://127.0.0.1:5000/x:1").unwrap(), Source::Registry(_)));
+        assert!(matches!(
+            Source::parse("docker://127.0.0.1:5000/x:1").unwrap(),
+            Source::Registry(_)
+        ));
         assert_eq!(
             Source::parse(&s(&layout)).unwrap(),
             Source::OciLayout {
@@ -327,23 +346,36 @@ mod tests {
                 tag: Some("v2".into())
             }
         );
-        assert_eq!(Source::parse(&s(&rootfs)).unwrap(), Source::RootfsDir(rootfs.clone()));
-        assert!(matches!(Source::parse("./does-not-exist"), Err(SourceError::NotFound(_))));
+        assert_eq!(
+            Source::parse(&s(&rootfs)).unwrap(),
+            Source::RootfsDir(rootfs.clone())
+        );
+        assert!(matches!(
+            Source::parse("./does-not-exist"),
+            Err(SourceError::NotFound(_))
+        ));
 
         let docker = tmp.path().join("saved.tar");
         let mut builder = tar::Builder::new(std::fs::File::create(&docker).unwrap());
         let mut header = tar::Header::new_gnu();
         header.set_size(2);
         header.set_mode(0o644);
-        builder.append_data(&mut header, "manifest.json", &b"[]"[..]).unwrap();
+        builder
+            .append_data(&mut header, "manifest.json", &b"[]"[..])
+            .unwrap();
         builder.finish().unwrap();
         assert_eq!(
             Source::parse(&s(&docker)).unwrap(),
-            Source::DockerArchive { path: docker.clone() }
+            Source::DockerArchive {
+                path: docker.clone()
+            }
         );
 
         let junk = tmp.path().join("junk.bin");
         std::fs::write(&junk, b"definitely not a tar").unwrap();
-        assert!(matches!(Source::parse(&s(&junk)), Err(SourceError::UnknownArchive(_))));
+        assert!(matches!(
+            Source::parse(&s(&junk)),
+            Err(SourceError::UnknownArchive(_))
+        ));
     }
 }

@@ -105,7 +105,11 @@ pub enum StoreError {
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
     let path = path.to_owned();
-    move |source| StoreError::Io { action, path, source }
+    move |source| StoreError::Io {
+        action,
+        path,
+        source,
+    }
 }
 
 /// One image in the store.
@@ -174,7 +178,11 @@ pub struct PruneReport {
 /// The data directory: `$KRUNBOX_DATA_DIR`, else `$XDG_DATA_HOME/krunbox`, else
 /// `~/.local/share/krunbox` (the same rule as the `krunbox` binary).
 pub fn default_data_dir() -> PathBuf {
-    let env = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(dir) = env("KRUNBOX_DATA_DIR") {
         return dir;
     }
@@ -210,7 +218,9 @@ impl Store {
             let path = root.join(dir);
             fs::create_dir_all(&path).map_err(io_err("creating", &path))?;
         }
-        Ok(Self { root: root.to_owned() })
+        Ok(Self {
+            root: root.to_owned(),
+        })
     }
 
     /// The store directory.
@@ -235,11 +245,17 @@ impl Store {
 
     /// The lock pulls and imports hold shared for their whole run (prune takes it exclusive).
     pub fn lock_shared(&self) -> Result<FileLock, StoreError> {
-        Ok(FileLock::acquire(&self.root.join("lock"), LockKind::Shared)?)
+        Ok(FileLock::acquire(
+            &self.root.join("lock"),
+            LockKind::Shared,
+        )?)
     }
 
     fn lock_exclusive(&self) -> Result<FileLock, StoreError> {
-        Ok(FileLock::acquire(&self.root.join("lock"), LockKind::Exclusive)?)
+        Ok(FileLock::acquire(
+            &self.root.join("lock"),
+            LockKind::Exclusive,
+        )?)
     }
 
     /// A new temp file for a blob being written.
@@ -267,10 +283,17 @@ impl Store {
             });
         }
         let temp_path = file.path().to_owned();
-        file.as_file().sync_all().map_err(io_err("syncing", &temp_path))?;
-        let mut permissions = file.as_file().metadata().map_err(io_err("inspecting", &temp_path))?.permissions();
+        file.as_file()
+            .sync_all()
+            .map_err(io_err("syncing", &temp_path))?;
+        let mut permissions = file
+            .as_file()
+            .metadata()
+            .map_err(io_err("inspecting", &temp_path))?
+            .permissions();
         std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o444);
-        fs::set_permissions(&temp_path, permissions).map_err(io_err("making read-only", &temp_path))?;
+        fs::set_permissions(&temp_path, permissions)
+            .map_err(io_err("making read-only", &temp_path))?;
         let dest = self.blob_path(expected);
         file.persist(&dest).map_err(|e| StoreError::Io {
             action: "moving verified blob into place at",
@@ -288,12 +311,17 @@ impl Store {
             return Ok(());
         }
         let mut file = self.temp_blob()?;
-        file.write_all(data).map_err(io_err("writing", &self.tmp_dir()))?;
+        file.write_all(data)
+            .map_err(io_err("writing", &self.tmp_dir()))?;
         self.commit_blob(file, expected, &actual)
     }
 
     /// Copies a blob from a reader, verifying it. Returns its size.
-    pub fn put_blob_reader(&self, reader: &mut dyn Read, expected: &Digest) -> Result<u64, StoreError> {
+    pub fn put_blob_reader(
+        &self,
+        reader: &mut dyn Read,
+        expected: &Digest,
+    ) -> Result<u64, StoreError> {
         let file = self.temp_blob()?;
         let temp_path = file.path().to_owned();
         let mut writer = DigestWriter::new(io::BufWriter::new(file));
@@ -313,7 +341,9 @@ impl Store {
         let path = self.blob_path(digest);
         let file = match File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::BlobMissing(digest.clone())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::BlobMissing(digest.clone()))
+            }
             Err(e) => return Err(io_err("opening", &path)(e)),
         };
         let size = file.metadata().map_err(io_err("inspecting", &path))?.len();
@@ -324,7 +354,9 @@ impl Store {
             });
         }
         let mut data = Vec::with_capacity(size as usize);
-        file.take(MAX_JSON_BLOB).read_to_end(&mut data).map_err(io_err("reading", &path))?;
+        file.take(MAX_JSON_BLOB)
+            .read_to_end(&mut data)
+            .map_err(io_err("reading", &path))?;
         Ok(data)
     }
 
@@ -351,7 +383,8 @@ impl Store {
     fn read_images(&self) -> Result<ImagesFile, StoreError> {
         let path = self.images_path();
         match fs::read(&path) {
-            Ok(data) => serde_json::from_slice(&data).map_err(|source| StoreError::CorruptIndex { path, source }),
+            Ok(data) => serde_json::from_slice(&data)
+                .map_err(|source| StoreError::CorruptIndex { path, source }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(ImagesFile {
                 version: 1,
                 images: Vec::new(),
@@ -362,15 +395,23 @@ impl Store {
 
     fn write_images(&self, images: &ImagesFile) -> Result<(), StoreError> {
         let path = self.images_path();
-        let mut file = tempfile::NamedTempFile::new_in(&self.root).map_err(io_err("creating temp file in", &self.root))?;
-        let json = serde_json::to_vec_pretty(images).map_err(|e| io_err("serialising", &path)(e.into()))?;
+        let mut file = tempfile::NamedTempFile::new_in(&self.root)
+            .map_err(io_err("creating temp file in", &self.root))?;
+        let json = serde_json::to_vec_pretty(images)
+            .map_err(|e| io_err("serialising", &path)(e.into()))?;
         file.write_all(&json).map_err(io_err("writing", &path))?;
-        file.as_file().sync_all().map_err(io_err("syncing", &path))?;
-        file.persist(&path).map_err(|e| io_err("replacing", &path)(e.error))?;
+        file.as_file()
+            .sync_all()
+            .map_err(io_err("syncing", &path))?;
+        file.persist(&path)
+            .map_err(|e| io_err("replacing", &path)(e.error))?;
         Ok(())
     }
 
-    fn update_images<T>(&self, change: impl FnOnce(&mut Vec<ImageRecord>) -> T) -> Result<T, StoreError> {
+    fn update_images<T>(
+        &self,
+        change: impl FnOnce(&mut Vec<ImageRecord>) -> T,
+    ) -> Result<T, StoreError> {
         let _guard = FileLock::acquire(&self.root.join("images.lock"), LockKind::Exclusive)?;
         let mut images = self.read_images()?;
         let result = change(&mut images.images);
@@ -414,7 +455,10 @@ impl Store {
         }
         let hex = query.strip_prefix("sha256:").unwrap_or(query);
         if hex.len() >= 4 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let matches: Vec<&ImageRecord> = images.iter().filter(|i| i.config.hex().starts_with(hex)).collect();
+            let matches: Vec<&ImageRecord> = images
+                .iter()
+                .filter(|i| i.config.hex().starts_with(hex))
+                .collect();
             let distinct: HashSet<&Digest> = matches.iter().map(|i| &i.config).collect();
             match distinct.len() {
                 0 => {}
@@ -447,8 +491,13 @@ impl Store {
     /// recording the image that references it.
     fn collect_garbage(&self) -> Result<PruneReport, StoreError> {
         let images = self.read_images()?.images;
-        let live_blobs: HashSet<String> = images.iter().flat_map(|i| i.blobs()).map(|d| d.hex().to_owned()).collect();
-        let live_rootfs: HashSet<String> = images.iter().map(|i| i.config.hex().to_owned()).collect();
+        let live_blobs: HashSet<String> = images
+            .iter()
+            .flat_map(|i| i.blobs())
+            .map(|d| d.hex().to_owned())
+            .collect();
+        let live_rootfs: HashSet<String> =
+            images.iter().map(|i| i.config.hex().to_owned()).collect();
         let mut report = PruneReport::default();
 
         let blobs = self.root.join("blobs/sha256");
@@ -546,7 +595,10 @@ impl Store {
         // Fast path: already unpacked. The shared lock waits only for an unpack in progress.
         let shared = FileLock::acquire(&lock_path, LockKind::Shared)?;
         if path.is_dir() {
-            return Ok(RootfsLease { path, _lock: shared });
+            return Ok(RootfsLease {
+                path,
+                _lock: shared,
+            });
         }
         // Leases are only handed out once the directory exists, so nobody holds this lock
         // for long while it is missing: the exclusive lock comes quickly.
@@ -571,13 +623,18 @@ impl Store {
                 return Err(StoreError::BlobMissing(layer.clone()));
             }
             tracing::debug!(%layer, "applying layer");
-            total += unpack::unpack_layer_file(&blob, &partial).map_err(|source| StoreError::Unpack {
-                layer: layer.clone(),
-                source,
+            total += unpack::unpack_layer_file(&blob, &partial).map_err(|source| {
+                StoreError::Unpack {
+                    layer: layer.clone(),
+                    source,
+                }
             })?;
         }
-        fs::set_permissions(&partial, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .map_err(io_err("setting mode of", &partial))?;
+        fs::set_permissions(
+            &partial,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .map_err(io_err("setting mode of", &partial))?;
         fs::rename(&partial, dest).map_err(io_err("moving unpacked rootfs into place at", dest))?;
         Ok(total)
     }

@@ -58,7 +58,9 @@ pub enum UnpackError {
         symlink: PathBuf,
     },
     /// A symlink whose target climbs out of the root.
-    #[error("refusing tar entry {entry:?}: symlink target {target:?} points outside the image root")]
+    #[error(
+        "refusing tar entry {entry:?}: symlink target {target:?} points outside the image root"
+    )]
     SymlinkEscape {
         /// The symlink entry.
         entry: PathBuf,
@@ -262,8 +264,10 @@ impl LayerApplier {
                     }
                     None => mkdir(&parent_fd, leaf).map_err(io_err("creating directory"))?,
                 }
-                let dir = confined::open_dir(&parent_fd, leaf).map_err(|e| io_err("opening directory")(e.into()))?;
-                self.chown(&parent_fd, leaf, uid, gid).map_err(io_err("changing owner"))?;
+                let dir = confined::open_dir(&parent_fd, leaf)
+                    .map_err(|e| io_err("opening directory")(e.into()))?;
+                self.chown(&parent_fd, leaf, uid, gid)
+                    .map_err(io_err("changing owner"))?;
                 set_xattrs(&dir, &xattrs, &raw);
                 self.dirs.push(DeferredDir {
                     path: components.clone(),
@@ -276,13 +280,19 @@ impl LayerApplier {
                 let fd = nix::fcntl::openat(
                     &parent_fd,
                     leaf.as_os_str(),
-                    OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_WRONLY
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
                     Mode::from_bits_truncate(0o600),
                 )
                 .map_err(|e| io_err("creating file")(e.into()))?;
                 let mut file = File::from(fd);
-                self.stats.bytes += io::copy(&mut entry, &mut file).map_err(io_err("writing file content"))?;
-                self.chown(&parent_fd, leaf, uid, gid).map_err(io_err("changing owner"))?;
+                self.stats.bytes +=
+                    io::copy(&mut entry, &mut file).map_err(io_err("writing file content"))?;
+                self.chown(&parent_fd, leaf, uid, gid)
+                    .map_err(io_err("changing owner"))?;
                 nix::sys::stat::fchmod(&file, Mode::from_bits_truncate(mode as _))
                     .map_err(|e| io_err("changing mode")(e.into()))?;
                 let fd = OwnedFd::from(file);
@@ -296,7 +306,8 @@ impl LayerApplier {
                 confined::remove_at(&parent_fd, leaf).map_err(io_err("replacing"))?;
                 nix::unistd::symlinkat(target.as_os_str(), &parent_fd, leaf.as_os_str())
                     .map_err(|e| io_err("creating symlink")(e.into()))?;
-                self.chown(&parent_fd, leaf, uid, gid).map_err(io_err("changing owner"))?;
+                self.chown(&parent_fd, leaf, uid, gid)
+                    .map_err(io_err("changing owner"))?;
                 set_mtime_at(&parent_fd, leaf, mtime).map_err(io_err("setting mtime"))?;
             }
             EntryType::Link => {
@@ -305,9 +316,14 @@ impl LayerApplier {
             }
             EntryType::Fifo => {
                 confined::remove_at(&parent_fd, leaf).map_err(io_err("replacing"))?;
-                nix::unistd::mkfifoat(&parent_fd, leaf.as_os_str(), Mode::from_bits_truncate(mode as _))
-                    .map_err(|e| io_err("creating fifo")(e.into()))?;
-                self.chown(&parent_fd, leaf, uid, gid).map_err(io_err("changing owner"))?;
+                nix::unistd::mkfifoat(
+                    &parent_fd,
+                    leaf.as_os_str(),
+                    Mode::from_bits_truncate(mode as _),
+                )
+                .map_err(|e| io_err("creating fifo")(e.into()))?;
+                self.chown(&parent_fd, leaf, uid, gid)
+                    .map_err(io_err("changing owner"))?;
             }
             _ => unreachable!("filtered above"),
         }
@@ -316,8 +332,19 @@ impl LayerApplier {
         Ok(())
     }
 
-    fn walk(&self, entry: &Path, components: &[OsString], create: bool) -> Result<OwnedFd, UnpackError> {
-        confined::walk(&self.root, components, create, Mode::from_bits_truncate(0o755)).map_err(|e| match e {
+    fn walk(
+        &self,
+        entry: &Path,
+        components: &[OsString],
+        create: bool,
+    ) -> Result<OwnedFd, UnpackError> {
+        confined::walk(
+            &self.root,
+            components,
+            create,
+            Mode::from_bits_truncate(0o755),
+        )
+        .map_err(|e| match e {
             WalkError::Symlink(symlink) => UnpackError::SymlinkedParent {
                 entry: entry.to_owned(),
                 symlink,
@@ -329,7 +356,10 @@ impl LayerApplier {
             WalkError::Missing(parent) => UnpackError::Io {
                 entry: entry.to_owned(),
                 action: "walking to the parent directory",
-                source: io::Error::new(io::ErrorKind::NotFound, format!("{} does not exist", parent.display())),
+                source: io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{} does not exist", parent.display()),
+                ),
             },
             WalkError::Io(parent, source) => UnpackError::Io {
                 entry: entry.to_owned(),
@@ -339,14 +369,23 @@ impl LayerApplier {
         })
     }
 
-    fn whiteout(&mut self, entry: &Path, parent: &[OsString], hidden: &OsStr) -> Result<(), UnpackError> {
+    fn whiteout(
+        &mut self,
+        entry: &Path,
+        parent: &[OsString],
+        hidden: &OsStr,
+    ) -> Result<(), UnpackError> {
         if hidden.is_empty() || hidden == "." || hidden == ".." {
-            return Err(UnpackError::ParentComponent { entry: entry.to_owned() });
+            return Err(UnpackError::ParentComponent {
+                entry: entry.to_owned(),
+            });
         }
         let parent_fd = match self.walk(entry, parent, false) {
             Ok(fd) => fd,
             // Nothing to hide below a directory that does not exist.
-            Err(UnpackError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(UnpackError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Ok(())
+            }
             Err(e) => return Err(e),
         };
         confined::remove_at(&parent_fd, hidden).map_err(|source| UnpackError::Io {
@@ -362,11 +401,13 @@ impl LayerApplier {
         let dir_fd = self.walk(entry, dir, true)?;
         let dir_path = confined::display(dir);
         let written = &self.written;
-        confined::clear_dir(&dir_fd, |name| !written.contains(&dir_path.join(name))).map_err(|source| UnpackError::Io {
-            entry: entry.to_owned(),
-            action: "applying opaque whiteout",
-            source,
-        })?;
+        confined::clear_dir(&dir_fd, |name| !written.contains(&dir_path.join(name))).map_err(
+            |source| UnpackError::Io {
+                entry: entry.to_owned(),
+                action: "applying opaque whiteout",
+                source,
+            },
+        )?;
         // clear_dir made the directory 0700; a directory entry of this layer, or the
         // default below, sets the final mode.
         if !self.dirs.iter().any(|d| d.path == dir) {
@@ -376,19 +417,28 @@ impl LayerApplier {
         Ok(())
     }
 
-    fn hardlink(&mut self, entry: &Path, parent_fd: &OwnedFd, leaf: &OsStr, target: &Path) -> Result<(), UnpackError> {
+    fn hardlink(
+        &mut self,
+        entry: &Path,
+        parent_fd: &OwnedFd,
+        leaf: &OsStr,
+        target: &Path,
+    ) -> Result<(), UnpackError> {
         let bad = |reason| UnpackError::BadHardlink {
             entry: entry.to_owned(),
             target: target.to_owned(),
             reason,
         };
-        let target_components = confined::normalize(target).map_err(|_| bad("contains a '..' component"))?;
+        let target_components =
+            confined::normalize(target).map_err(|_| bad("contains a '..' component"))?;
         let Some((target_leaf, target_parent)) = target_components.split_last() else {
             return Err(bad("is the image root"));
         };
         let target_parent_fd = match self.walk(entry, target_parent, false) {
             Ok(fd) => fd,
-            Err(UnpackError::SymlinkedParent { .. }) => return Err(bad("is reached through a symlinked directory")),
+            Err(UnpackError::SymlinkedParent { .. }) => {
+                return Err(bad("is reached through a symlinked directory"))
+            }
             Err(_) => return Err(bad("does not exist in the image")),
         };
         match confined::file_type_at(&target_parent_fd, target_leaf) {
@@ -415,8 +465,14 @@ impl LayerApplier {
         }
         confined::remove_at(parent_fd, leaf).map_err(io_err("replacing"))?;
         // Flags empty: if the target is a symlink, link the symlink itself, never what it points to.
-        nix::unistd::linkat(&target_parent_fd, target_leaf.as_os_str(), parent_fd, leaf, AtFlags::empty())
-            .map_err(|e| io_err("creating hardlink")(e.into()))?;
+        nix::unistd::linkat(
+            &target_parent_fd,
+            target_leaf.as_os_str(),
+            parent_fd,
+            leaf,
+            AtFlags::empty(),
+        )
+        .map_err(|e| io_err("creating hardlink")(e.into()))?;
         self.written.insert(entry_path_of(entry));
         self.stats.entries += 1;
         Ok(())
@@ -427,7 +483,10 @@ impl LayerApplier {
             return Ok(());
         }
         let (Ok(uid), Ok(gid)) = (u32::try_from(uid), u32::try_from(gid)) else {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("uid/gid {uid}/{gid} out of range")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("uid/gid {uid}/{gid} out of range"),
+            ));
         };
         nix::unistd::fchownat(
             dir,
@@ -445,10 +504,16 @@ impl LayerApplier {
         dirs.sort_by_key(|d| std::cmp::Reverse(d.path.len()));
         for dir in dirs {
             let entry = confined::display(&dir.path);
-            let Some((leaf, parent)) = dir.path.split_last() else { continue };
+            let Some((leaf, parent)) = dir.path.split_last() else {
+                continue;
+            };
             // A later entry of this layer may have replaced or whited out the directory.
-            let Ok(parent_fd) = confined::walk(&self.root, parent, false, Mode::empty()) else { continue };
-            let Ok(fd) = confined::open_dir(&parent_fd, leaf) else { continue };
+            let Ok(parent_fd) = confined::walk(&self.root, parent, false, Mode::empty()) else {
+                continue;
+            };
+            let Ok(fd) = confined::open_dir(&parent_fd, leaf) else {
+                continue;
+            };
             let mut mode = dir.mode;
             if !self.is_root_user {
                 // Without CAP_DAC_OVERRIDE later layers must still be able to write here.
@@ -462,22 +527,31 @@ impl LayerApplier {
                     source: e.into(),
                 }
             };
-            nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(mode as _)).map_err(io_err("changing mode"))?;
-            nix::sys::stat::futimens(&fd, &TimeSpec::new(dir.mtime, 0), &TimeSpec::new(dir.mtime, 0))
-                .map_err(io_err("setting mtime"))?;
+            nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(mode as _))
+                .map_err(io_err("changing mode"))?;
+            nix::sys::stat::futimens(
+                &fd,
+                &TimeSpec::new(dir.mtime, 0),
+                &TimeSpec::new(dir.mtime, 0),
+            )
+            .map_err(io_err("setting mtime"))?;
         }
         Ok(())
     }
 }
 
 fn entry_path_of(entry: &Path) -> PathBuf {
-    confined::normalize(entry).map(|c| confined::display(&c)).unwrap_or_default()
+    confined::normalize(entry)
+        .map(|c| confined::display(&c))
+        .unwrap_or_default()
 }
 
 fn normalize(path: &Path, entry: &Path) -> Result<Components, UnpackError> {
-    confined::normalize(path).map_err(|PathProblem::ParentComponent| UnpackError::ParentComponent {
-        entry: entry.to_owned(),
-    })
+    confined::normalize(path).map_err(
+        |PathProblem::ParentComponent| UnpackError::ParentComponent {
+            entry: entry.to_owned(),
+        },
+    )
 }
 
 fn mkdir(dir: &OwnedFd, name: &OsStr) -> io::Result<()> {
@@ -498,7 +572,11 @@ fn link_target<R: Read>(entry: &tar::Entry<'_, R>, raw: &Path) -> Result<PathBuf
 
 /// A relative target is resolved lexically from the link's directory; climbing above the root
 /// is an escape. Absolute targets resolve inside the guest's root.
-fn check_symlink_target(entry: &Path, parent: &[OsString], target: &Path) -> Result<(), UnpackError> {
+fn check_symlink_target(
+    entry: &Path,
+    parent: &[OsString],
+    target: &Path,
+) -> Result<(), UnpackError> {
     if target.is_absolute() {
         return Ok(());
     }
@@ -522,7 +600,9 @@ fn check_symlink_target(entry: &Path, parent: &[OsString], target: &Path) -> Res
 }
 
 fn same_file(dir_a: &OwnedFd, a: &OsStr, dir_b: &OwnedFd, b: &OsStr) -> bool {
-    let stat = |dir: &OwnedFd, name: &OsStr| nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).ok();
+    let stat = |dir: &OwnedFd, name: &OsStr| {
+        nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).ok()
+    };
     match (stat(dir_a, a), stat(dir_b, b)) {
         (Some(x), Some(y)) => x.st_dev == y.st_dev && x.st_ino == y.st_ino,
         _ => false,
@@ -549,7 +629,10 @@ fn xattrs_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Xattrs, UnpackErr
         for extension in extensions {
             let extension = extension.map_err(UnpackError::Archive)?;
             if let Some(name) = extension.key_bytes().strip_prefix(b"SCHILY.xattr.") {
-                out.push((OsStr::from_bytes(name).to_owned(), extension.value_bytes().to_vec()));
+                out.push((
+                    OsStr::from_bytes(name).to_owned(),
+                    extension.value_bytes().to_vec(),
+                ));
             }
         }
     }
@@ -560,11 +643,19 @@ fn xattrs_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Xattrs, UnpackErr
 fn set_xattrs(fd: &OwnedFd, xattrs: &Xattrs, entry: &Path) {
     use std::os::fd::AsRawFd;
     for (name, value) in xattrs {
-        let Ok(cname) = std::ffi::CString::new(name.as_bytes()) else { continue };
+        let Ok(cname) = std::ffi::CString::new(name.as_bytes()) else {
+            continue;
+        };
         // SAFETY: fd is an open descriptor we own, cname is NUL-terminated, value is a valid
         // buffer of value.len() bytes; fsetxattr only reads them.
         let rc = unsafe {
-            libc::fsetxattr(fd.as_raw_fd(), cname.as_ptr(), value.as_ptr().cast(), value.len(), 0)
+            libc::fsetxattr(
+                fd.as_raw_fd(),
+                cname.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
         };
         if rc != 0 {
             let err = io::Error::last_os_error();

@@ -27,7 +27,10 @@ fn builtin_image_is_deterministic_and_imports_into_a_shared_rootfs() {
     let tmp = tempfile::tempdir().unwrap();
     let a = build_builtin_image(&tmp.path().join("a")).unwrap();
     let b = build_builtin_image(&tmp.path().join("b")).unwrap();
-    assert_eq!(a.manifest.digest, b.manifest.digest, "same busybox → same digests");
+    assert_eq!(
+        a.manifest.digest, b.manifest.digest,
+        "same busybox → same digests"
+    );
     assert_eq!(a.diff_id, b.diff_id);
 
     let store = Store::open(&tmp.path().join("store")).unwrap();
@@ -46,19 +49,39 @@ fn builtin_image_is_deterministic_and_imports_into_a_shared_rootfs() {
     let first = store.lease_rootfs(&record).unwrap();
     let root = first.path().to_owned();
     let os_release = std::fs::read_to_string(root.join("etc/os-release")).unwrap();
-    assert!(os_release.contains("NAME=\"krunbox default image\""), "{os_release}");
+    assert!(
+        os_release.contains("NAME=\"krunbox default image\""),
+        "{os_release}"
+    );
     assert!(os_release.contains("ID=krunbox"));
-    assert_eq!(std::fs::read_link(root.join("bin/sh")).unwrap(), Path::new("busybox"));
-    assert_eq!(std::fs::read_link(root.join("usr/bin/awk")).unwrap(), Path::new("../../bin/busybox"));
-    assert_eq!(std::fs::metadata(root.join("tmp")).unwrap().mode() & 0o7777, 0o1777);
-    let out = std::process::Command::new(root.join("bin/busybox")).arg("true").status().unwrap();
+    assert_eq!(
+        std::fs::read_link(root.join("bin/sh")).unwrap(),
+        Path::new("busybox")
+    );
+    assert_eq!(
+        std::fs::read_link(root.join("usr/bin/awk")).unwrap(),
+        Path::new("../../bin/busybox")
+    );
+    assert_eq!(
+        std::fs::metadata(root.join("tmp")).unwrap().mode() & 0o7777,
+        0o1777
+    );
+    let out = std::process::Command::new(root.join("bin/busybox"))
+        .arg("true")
+        .status()
+        .unwrap();
     assert!(out.success());
 
     // A second sandbox gets the very same directory: nothing copied.
     let inode = std::fs::metadata(root.join("bin/busybox")).unwrap().ino();
     let second = store.lease_rootfs(&record).unwrap();
     assert_eq!(second.path(), root);
-    assert_eq!(std::fs::metadata(second.path().join("bin/busybox")).unwrap().ino(), inode);
+    assert_eq!(
+        std::fs::metadata(second.path().join("bin/busybox"))
+            .unwrap()
+            .ino(),
+        inode
+    );
 
     let config = store.image_config(&record).unwrap();
     assert_eq!(config.cmd.unwrap(), ["/bin/sh"]);

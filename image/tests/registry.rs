@@ -30,18 +30,30 @@ fn reference(registry: &str, name: &str) -> Reference {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_by_tag_and_by_digest_then_run_config() {
     common::init_tracing();
-    let Some(registry) = common::registry(&LocalRegistryOptions::default()) else { return };
+    let Some(registry) = common::registry(&LocalRegistryOptions::default()) else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let layout = build_builtin_image(&tmp.path().join("layout")).unwrap();
     let target = reference(&registry.address(), "krunbox/default:v1");
-    let pushed = push_layout(&layout.layout, Some(BUILTIN_TAG), &target, &Credentials::Anonymous).await.unwrap();
+    let pushed = push_layout(
+        &layout.layout,
+        Some(BUILTIN_TAG),
+        &target,
+        &Credentials::Anonymous,
+    )
+    .await
+    .unwrap();
     assert_eq!(pushed, layout.manifest.digest);
 
     let store = Store::open(&tmp.path().join("store")).unwrap();
     let by_tag = pull(&store, &target, &quiet()).await.unwrap();
     assert_eq!(by_tag.manifest, layout.manifest.digest);
     assert_eq!(by_tag.layers, vec![layout.layer.digest.clone()]);
-    assert_eq!(by_tag.name, format!("{}/krunbox/default:v1", registry.address()));
+    assert_eq!(
+        by_tag.name,
+        format!("{}/krunbox/default:v1", registry.address())
+    );
 
     let pinned = target.with_digest(layout.manifest.digest.clone());
     let by_digest = pull(&store, &pinned, &quiet()).await.unwrap();
@@ -55,29 +67,52 @@ async fn pull_by_tag_and_by_digest_then_run_config() {
 
     // `krunbox run REF`: prepared from the store without pulling again, same rootfs for two sandboxes.
     let source = Source::parse(&target.to_string()).unwrap();
-    let first = prepare_image(&store, &source, PullPolicy::Never, &quiet()).await.unwrap();
-    let second = prepare_image(&store, &source, PullPolicy::Never, &quiet()).await.unwrap();
+    let first = prepare_image(&store, &source, PullPolicy::Never, &quiet())
+        .await
+        .unwrap();
+    let second = prepare_image(&store, &source, PullPolicy::Never, &quiet())
+        .await
+        .unwrap();
     assert_eq!(first.rootfs, second.rootfs);
-    assert!(std::fs::read_to_string(first.rootfs.join("etc/os-release")).unwrap().contains("ID=krunbox"));
-    assert_eq!(first.config.cmd.as_deref(), Some(&["/bin/sh".to_owned()][..]));
+    assert!(std::fs::read_to_string(first.rootfs.join("etc/os-release"))
+        .unwrap()
+        .contains("ID=krunbox"));
+    assert_eq!(
+        first.config.cmd.as_deref(),
+        Some(&["/bin/sh".to_owned()][..])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_arch_index_resolves_the_requested_platform() {
     common::init_tracing();
-    let Some(registry) = common::registry(&LocalRegistryOptions::default()) else { return };
+    let Some(registry) = common::registry(&LocalRegistryOptions::default()) else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("multi");
     let mut writer = LayoutWriter::create(&dir).unwrap();
     let amd64 = Platform::parse("linux/amd64").unwrap();
     let arm64 = Platform::parse("linux/arm64/v8").unwrap();
-    let m1 = common::add_image(&mut writer, &[("etc/arch", b"amd64\n")], &amd64, &["/bin/a"]);
-    let m2 = common::add_image(&mut writer, &[("etc/arch", b"arm64\n")], &arm64, &["/bin/b"]);
+    let m1 = common::add_image(
+        &mut writer,
+        &[("etc/arch", b"amd64\n")],
+        &amd64,
+        &["/bin/a"],
+    );
+    let m2 = common::add_image(
+        &mut writer,
+        &[("etc/arch", b"arm64\n")],
+        &arm64,
+        &["/bin/b"],
+    );
     let index = writer.add_index(&[m1.clone(), m2.clone()]).unwrap();
     writer.tag(&index, "multi");
     writer.finish().unwrap();
     let target = reference(&registry.address(), "team/multi:1");
-    push_layout(&dir, Some("multi"), &target, &Credentials::Anonymous).await.unwrap();
+    push_layout(&dir, Some("multi"), &target, &Credentials::Anonymous)
+        .await
+        .unwrap();
 
     let store = Store::open(&tmp.path().join("store")).unwrap();
     let arm = pull(
@@ -94,7 +129,10 @@ async fn multi_arch_index_resolves_the_requested_platform() {
     assert_eq!(arm.index.as_ref(), Some(&index.digest));
     assert_eq!(arm.platform.architecture, "arm64");
     let rootfs = store.rootfs_dir(&arm).unwrap();
-    assert_eq!(std::fs::read_to_string(rootfs.join("etc/arch")).unwrap(), "arm64\n");
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("etc/arch")).unwrap(),
+        "arm64\n"
+    );
 
     let amd = pull(
         &store,
@@ -120,7 +158,10 @@ async fn multi_arch_index_resolves_the_requested_platform() {
     .await
     .unwrap_err();
     let message = err.to_string();
-    assert!(message.contains("linux/s390x") && message.contains("linux/arm64/v8"), "{message}");
+    assert!(
+        message.contains("linux/s390x") && message.contains("linux/arm64/v8"),
+        "{message}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,11 +171,18 @@ async fn registry_with_auth_challenge_needs_credentials() {
     let options = LocalRegistryOptions {
         htpasswd: Some(format!("alice:{hash}\n")),
     };
-    let Some(registry) = common::registry(&options) else { return };
+    let Some(registry) = common::registry(&options) else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("img");
     let mut writer = LayoutWriter::create(&dir).unwrap();
-    let m = common::add_image(&mut writer, &[("hello", b"world")], &Platform::host_default(), &["/hello"]);
+    let m = common::add_image(
+        &mut writer,
+        &[("hello", b"world")],
+        &Platform::host_default(),
+        &["/hello"],
+    );
     writer.tag(&m, "latest");
     writer.finish().unwrap();
     let alice = Credentials::Basic {
@@ -155,7 +203,10 @@ async fn registry_with_auth_challenge_needs_credentials() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(anonymous, PullError::Registry { .. }), "{anonymous}");
+    assert!(
+        matches!(anonymous, PullError::Registry { .. }),
+        "{anonymous}"
+    );
     let wrong = Credentials::Basic {
         username: "alice".into(),
         password: "nope".into(),
@@ -175,7 +226,14 @@ async fn registry_with_auth_challenge_needs_credentials() {
     // Credentials from a Docker-style config file.
     let config = tmp.path().join("auth.json");
     let auth = base64_encode("alice:s3cret");
-    std::fs::write(&config, format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, registry.address())).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#,
+            registry.address()
+        ),
+    )
+    .unwrap();
     let from_file = credentials_from_file(&config, &registry.address()).unwrap();
     assert_eq!(from_file, alice);
     let record = pull(
@@ -196,7 +254,10 @@ fn base64_encode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
         for i in 0..4 {
             if i <= chunk.len() {
                 out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
@@ -211,19 +272,30 @@ fn base64_encode(s: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupted_blob_is_refused_and_never_stored() {
     common::init_tracing();
-    let Some(registry) = common::registry(&LocalRegistryOptions::default()) else { return };
+    let Some(registry) = common::registry(&LocalRegistryOptions::default()) else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("img");
     let mut writer = LayoutWriter::create(&dir).unwrap();
     let content = common::incompressible(256 * 1024);
-    let m = common::add_image(&mut writer, &[("data.bin", &content)], &Platform::host_default(), &["/x"]);
+    let m = common::add_image(
+        &mut writer,
+        &[("data.bin", &content)],
+        &Platform::host_default(),
+        &["/x"],
+    );
     writer.tag(&m, "latest");
     writer.finish().unwrap();
     let target = reference(&registry.address(), "corrupt/app:latest");
-    push_layout(&dir, None, &target, &Credentials::Anonymous).await.unwrap();
+    push_layout(&dir, None, &target, &Credentials::Anonymous)
+        .await
+        .unwrap();
 
-    let manifest: krunbox_image::manifest::Manifest =
-        serde_json::from_slice(&std::fs::read(dir.join("blobs/sha256").join(m.digest.hex())).unwrap()).unwrap();
+    let manifest: krunbox_image::manifest::Manifest = serde_json::from_slice(
+        &std::fs::read(dir.join("blobs/sha256").join(m.digest.hex())).unwrap(),
+    )
+    .unwrap();
     let layer = manifest.layers[0].digest.clone();
     let data_path = registry.blob_data_path(&layer);
     let mut data = std::fs::read(&data_path).unwrap();
@@ -233,27 +305,45 @@ async fn corrupted_blob_is_refused_and_never_stored() {
 
     let store = Store::open(&tmp.path().join("store")).unwrap();
     let err = pull(&store, &target, &quiet()).await.unwrap_err();
-    assert!(err.to_string().contains(&layer.to_string()), "the error names the blob: {err}");
+    assert!(
+        err.to_string().contains(&layer.to_string()),
+        "the error names the blob: {err}"
+    );
     assert!(!store.has_blob(&layer));
     assert!(store.list_images().unwrap().is_empty());
-    assert_eq!(std::fs::read_dir(store.tmp_dir()).unwrap().count(), 0, "no temp file left");
+    assert_eq!(
+        std::fs::read_dir(store.tmp_dir()).unwrap().count(),
+        0,
+        "no temp file left"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupted_pull_leaves_no_complete_blob_and_retry_succeeds() {
     common::init_tracing();
-    let Some(registry) = common::registry(&LocalRegistryOptions::default()) else { return };
+    let Some(registry) = common::registry(&LocalRegistryOptions::default()) else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("img");
     let mut writer = LayoutWriter::create(&dir).unwrap();
     let content = common::incompressible(4 * 1024 * 1024);
-    let m = common::add_image(&mut writer, &[("big.bin", &content)], &Platform::host_default(), &["/x"]);
+    let m = common::add_image(
+        &mut writer,
+        &[("big.bin", &content)],
+        &Platform::host_default(),
+        &["/x"],
+    );
     writer.tag(&m, "latest");
     writer.finish().unwrap();
     let direct = reference(&registry.address(), "big/app:latest");
-    push_layout(&dir, None, &direct, &Credentials::Anonymous).await.unwrap();
-    let manifest: krunbox_image::manifest::Manifest =
-        serde_json::from_slice(&std::fs::read(dir.join("blobs/sha256").join(m.digest.hex())).unwrap()).unwrap();
+    push_layout(&dir, None, &direct, &Credentials::Anonymous)
+        .await
+        .unwrap();
+    let manifest: krunbox_image::manifest::Manifest = serde_json::from_slice(
+        &std::fs::read(dir.join("blobs/sha256").join(m.digest.hex())).unwrap(),
+    )
+    .unwrap();
     let layer = manifest.layers[0].digest.clone();
 
     // 1. The connection is cut 1 MiB into the layer.
@@ -262,7 +352,10 @@ async fn interrupted_pull_leaves_no_complete_blob_and_retry_succeeds() {
     let store = Store::open(&tmp.path().join("store")).unwrap();
     let err = pull(&store, &via_proxy, &quiet()).await.unwrap_err();
     assert!(err.to_string().contains(&layer.to_string()), "{err}");
-    assert!(!store.has_blob(&layer), "a cut download never counts as a complete blob");
+    assert!(
+        !store.has_blob(&layer),
+        "a cut download never counts as a complete blob"
+    );
     assert!(store.list_images().unwrap().is_empty());
 
     // 2. The pull task is aborted while the layer is half downloaded.
@@ -272,7 +365,8 @@ async fn interrupted_pull_leaves_no_complete_blob_and_retry_succeeds() {
     let task_store = store.clone();
     let task = tokio::spawn(async move { pull(&task_store, &via_stall, &quiet()).await });
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while stalling.forwarded() < 2 * 1024 * 1024 - 64 * 1024 && std::time::Instant::now() < deadline {
+    while stalling.forwarded() < 2 * 1024 * 1024 - 64 * 1024 && std::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The partial download exists only in tmp/.
@@ -297,7 +391,9 @@ async fn interrupted_pull_leaves_no_complete_blob_and_retry_succeeds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_pulls_of_the_same_image_both_succeed() {
     common::init_tracing();
-    let Some(registry) = common::registry(&LocalRegistryOptions::default()) else { return };
+    let Some(registry) = common::registry(&LocalRegistryOptions::default()) else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("img");
     let mut writer = LayoutWriter::create(&dir).unwrap();
@@ -311,7 +407,9 @@ async fn concurrent_pulls_of_the_same_image_both_succeed() {
     writer.tag(&m, "latest");
     writer.finish().unwrap();
     let target = reference(&registry.address(), "shared/app:latest");
-    push_layout(&dir, None, &target, &Credentials::Anonymous).await.unwrap();
+    push_layout(&dir, None, &target, &Credentials::Anonymous)
+        .await
+        .unwrap();
 
     // Two handles: separate lock file descriptions, exactly like two krunbox processes.
     let root = tmp.path().join("store");

@@ -21,8 +21,13 @@ use tokio::net::{TcpListener, TcpStream};
 pub fn registry(options: &LocalRegistryOptions) -> Option<LocalRegistry> {
     if LocalRegistry::binary().is_none() {
         let required = std::env::var("KRUNBOX_REQUIRE_E2E").is_ok_and(|v| v == "1");
-        assert!(!required, "KRUNBOX_REQUIRE_E2E=1 but docker-registry is not installed");
-        eprintln!("SKIPPED: /usr/bin/docker-registry is not installed (apt-get install docker-registry)");
+        assert!(
+            !required,
+            "KRUNBOX_REQUIRE_E2E=1 but docker-registry is not installed"
+        );
+        eprintln!(
+            "SKIPPED: /usr/bin/docker-registry is not installed (apt-get install docker-registry)"
+        );
         return None;
     }
     Some(LocalRegistry::start(options).expect("start docker-registry"))
@@ -55,7 +60,12 @@ pub fn layer(files: &[(&str, &[u8])]) -> (Vec<u8>, Digest) {
 }
 
 /// Adds a one-layer image to a layout; returns its manifest descriptor (with platform).
-pub fn add_image(writer: &mut LayoutWriter, files: &[(&str, &[u8])], platform: &Platform, cmd: &[&str]) -> Descriptor {
+pub fn add_image(
+    writer: &mut LayoutWriter,
+    files: &[(&str, &[u8])],
+    platform: &Platform,
+    cmd: &[&str],
+) -> Descriptor {
     let (layer_bytes, diff_id) = layer(files);
     let layer = writer.add_blob(OCI_LAYER_GZIP, &layer_bytes).unwrap();
     let config = ImageConfigFile {
@@ -72,8 +82,12 @@ pub fn add_image(writer: &mut LayoutWriter, files: &[(&str, &[u8])], platform: &
             diff_ids: vec![diff_id],
         },
     };
-    let config = writer.add_blob(OCI_CONFIG, &serde_json::to_vec(&config).unwrap()).unwrap();
-    writer.add_manifest(&config, &[layer], Some(platform)).unwrap()
+    let config = writer
+        .add_blob(OCI_CONFIG, &serde_json::to_vec(&config).unwrap())
+        .unwrap();
+    writer
+        .add_manifest(&config, &[layer], Some(platform))
+        .unwrap()
 }
 
 /// Content that gzip cannot shrink, so a layer has a predictable size on the wire.
@@ -94,7 +108,11 @@ pub fn assert_store_blobs_verify(store_root: &Path) {
     for entry in std::fs::read_dir(store_root.join("blobs/sha256")).unwrap() {
         let entry = entry.unwrap();
         let data = std::fs::read(entry.path()).unwrap();
-        assert_eq!(Digest::of(&data).hex(), entry.file_name().to_str().unwrap(), "blob content matches its name");
+        assert_eq!(
+            Digest::of(&data).hex(),
+            entry.file_name().to_str().unwrap(),
+            "blob content matches its name"
+        );
     }
 }
 
@@ -117,7 +135,9 @@ impl Proxy {
             while let Ok((client, _)) = listener.accept().await {
                 let (l, f) = (l.clone(), f.clone());
                 tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(upstream).await else { return };
+                    let Ok(server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
                     let (mut client_read, mut client_write) = client.into_split();
                     let (mut server_read, mut server_write) = server.into_split();
                     let upload = tokio::spawn(async move {
