@@ -27,6 +27,10 @@ fn main() {
         // Logs to its run directory, not to the terminal.
         std::process::exit(backend::qemu::supervisor::main(run_dir));
     }
+    if let cli::Command::KrunVmm { run_dir } = &cli.command {
+        // Logs to its run directory; returns only if the VM never ran.
+        std::process::exit(backend::krun::child::main(run_dir));
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -38,7 +42,7 @@ fn main() {
         cli::Command::Run(args) => cli::run::run(args).map_err(Into::into),
         cli::Command::Doctor => Ok(cli::doctor::run()),
         cli::Command::Kernel(command) => cli::kernel::run(&command).map_err(Into::into),
-        cli::Command::QemuSupervisor { .. } => Ok(0),
+        cli::Command::QemuSupervisor { .. } | cli::Command::KrunVmm { .. } => Ok(0),
     };
     match result {
         Ok(code) => std::process::exit(code),

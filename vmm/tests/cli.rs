@@ -97,3 +97,46 @@ fn doctor_reports_each_backend_and_exits_0() {
     assert!(report.contains("KVM"), "{report}");
     assert!(report.contains("guest agent"), "{report}");
 }
+
+#[test]
+fn the_krun_backend_on_a_host_that_cannot_run_it_says_why_with_125() {
+    // This host class (CI: a nested kvm_pvm host) cannot run libkrun; where it can, the
+    // backend is chosen and this test has nothing to check.
+    let doctor = krunbox(&["doctor"]);
+    let report = String::from_utf8_lossy(&doctor.stdout).into_owned();
+    let Some(line) = report.lines().find(|l| l.starts_with("backend krun:")) else {
+        panic!("no krun line in:\n{report}");
+    };
+    if !line.contains("unavailable") {
+        eprintln!("libkrun is usable here ({line}); skipping");
+        return;
+    }
+    let reason = line.split_once(" — ").map(|(_, r)| r).unwrap_or_default();
+    assert!(!reason.is_empty(), "{line}");
+    let out = krunbox(&["run", "--backend", "krun", "--", "true"]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("the krun backend is not available") && err.contains(reason),
+        "{err}"
+    );
+}
+
+#[test]
+fn doctor_explains_the_krun_backend() {
+    let out = krunbox(&["doctor"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    for needle in ["libkrun:", "libkrunfw (guest kernel)", "network: TSI"] {
+        assert!(report.contains(needle), "{needle} missing from:\n{report}");
+    }
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        assert!(
+            report.contains("KVM present but cannot run standard guests"),
+            "{report}"
+        );
+        assert!(
+            report.contains("`krunbox run --backend auto` uses: qemu"),
+            "{report}"
+        );
+    }
+}

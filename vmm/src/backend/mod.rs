@@ -10,6 +10,7 @@
 //!   without usable KVM (and is what the end-to-end tests boot);
 //! - [`krun`]: libkrun in a VMM child process (KVM on Linux, Hypervisor.framework on macOS).
 
+pub mod host;
 pub mod krun;
 pub mod qemu;
 
@@ -66,6 +67,20 @@ pub struct SharedDir {
     pub read_only: bool,
 }
 
+/// The guest's network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum Network {
+    /// libkrun: TSI (transparent socket impersonation) — the guest's TCP/UDP sockets are opened
+    /// by the VMM process on the host, so the guest reaches what the host reaches (including
+    /// its loopback). Needs libkrunfw's patched kernel. The QEMU backend has no guest network
+    /// yet and treats this as [`Network::Disabled`].
+    #[default]
+    Tsi,
+    /// No network device at all: the guest talks to the host only through the agent's vsock
+    /// (e.g. egress through a host-side proxy the agent relays to).
+    Disabled,
+}
+
 /// What VM to start.
 #[derive(Debug, Clone)]
 pub struct VmSpec {
@@ -87,6 +102,8 @@ pub struct VmSpec {
     pub accel: Accel,
     /// guest-init's log level (`krunbox.log=`), if not the default.
     pub guest_log_level: Option<String>,
+    /// The guest's network.
+    pub network: Network,
 }
 
 impl VmSpec {
@@ -102,7 +119,58 @@ impl VmSpec {
             hostname: "krunbox".into(),
             accel: Accel::Auto,
             guest_log_level: None,
+            network: Network::default(),
         }
+    }
+
+    /// Rejects what no backend can carry to guest-init: its settings travel on the kernel
+    /// command line (QEMU's `-append`; libkrun's double-quoted `krun_set_env` words), so no
+    /// spaces, quotes or control characters, and share paths without `,` or `:`.
+    pub fn validate(&self) -> Result<(), BackendError> {
+        let spec = self;
+        let plain = |s: &str| {
+            !s.is_empty()
+                && !s
+                    .chars()
+                    .any(|c| c.is_whitespace() || c == '"' || c.is_control())
+        };
+        if !plain(&spec.hostname) || spec.hostname.len() > 64 {
+            return Err(BackendError::InvalidSpec(format!(
+                "hostname {:?} must be 1-64 characters without spaces or quotes",
+                spec.hostname
+            )));
+        }
+        for share in &spec.shares {
+            if !plain(&share.guest_path)
+                || share.guest_path.contains([',', ':'])
+                || !share.guest_path.starts_with('/')
+            {
+                return Err(BackendError::InvalidSpec(format!(
+                    "guest path {:?} must be absolute, without spaces, commas, colons or quotes",
+                    share.guest_path
+                )));
+            }
+            if !share.host_path.is_dir() {
+                return Err(BackendError::InvalidSpec(format!(
+                    "{} is not a directory",
+                    share.host_path.display()
+                )));
+            }
+        }
+        if spec.cpus == 0 || spec.memory_mib < 128 {
+            return Err(BackendError::InvalidSpec(format!(
+                "{} vCPUs and {} MiB: need at least 1 vCPU and 128 MiB",
+                spec.cpus, spec.memory_mib
+            )));
+        }
+        if let Some(level) = &spec.guest_log_level {
+            if !plain(level) {
+                return Err(BackendError::InvalidSpec(format!(
+                    "guest log level {level:?}"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -174,6 +242,12 @@ pub trait Backend {
     fn kind(&self) -> BackendKind;
     /// Whether it can boot guests here.
     fn availability(&self) -> Availability;
+    /// Whether it can boot guests here when the spec brings its own kernel (`--kernel`) or not:
+    /// a backend whose default kernel is missing may still boot one given.
+    fn availability_for(&self, custom_kernel: bool) -> Availability {
+        let _ = custom_kernel;
+        self.availability()
+    }
     /// What it needs and what it found, for `krunbox doctor`.
     fn checks(&self) -> Vec<Check> {
         Vec::new()
@@ -226,6 +300,9 @@ pub enum BackendError {
     /// A lock.
     #[error(transparent)]
     Lock(#[from] crate::lock::LockError),
+    /// The VM's run directory.
+    #[error("run directory: {0}")]
+    RunDir(#[from] crate::rundir::RunDirError),
 }
 
 /// The last `lines` lines of a (console) log, lossily decoded; empty if unreadable.
@@ -246,24 +323,34 @@ pub fn all() -> Vec<Box<dyn Backend>> {
     ]
 }
 
-/// The backend to use: `Some(kind)` as asked, `None` for auto (krun where it can boot guests,
-/// QEMU otherwise).
-pub fn select(kind: Option<BackendKind>) -> Result<Box<dyn Backend>, BackendError> {
+/// The backend to use: `Some(kind)` as asked (refused with the reason when it cannot boot
+/// guests here), `None` for auto (krun where it can boot guests, QEMU otherwise).
+/// `custom_kernel`: the VM boots a kernel of the user's own.
+pub fn select(
+    kind: Option<BackendKind>,
+    custom_kernel: bool,
+) -> Result<Box<dyn Backend>, BackendError> {
     let mut backends = all();
     match kind {
         Some(kind) => {
-            backends
-                .into_iter()
-                .find(|b| b.kind() == kind)
-                .ok_or(BackendError::Unavailable {
+            let backend = backends.into_iter().find(|b| b.kind() == kind).ok_or(
+                BackendError::Unavailable {
                     backend: kind,
                     reason: "not compiled into this binary".into(),
-                })
+                },
+            )?;
+            match backend.availability_for(custom_kernel) {
+                Availability::Available(_) => Ok(backend),
+                Availability::Unavailable(reason) => Err(BackendError::Unavailable {
+                    backend: kind,
+                    reason,
+                }),
+            }
         }
         None => {
             let mut reasons = Vec::new();
             for (index, backend) in backends.iter().enumerate() {
-                match backend.availability() {
+                match backend.availability_for(custom_kernel) {
                     Availability::Available(detail) => {
                         tracing::debug!(backend = %backend.kind(), %detail, "auto-selected");
                         return Ok(backends.swap_remove(index));

@@ -30,4 +30,11 @@ pub enum Command {
         /// The VM's run directory (also in the plan read from stdin; they must agree).
         run_dir: std::path::PathBuf,
     },
+    /// Internal: the libkrun VMM of one VM (started by krunbox itself; never returns while the
+    /// VM runs).
+    #[command(name = "__krun-vmm", hide = true)]
+    KrunVmm {
+        /// The VM's run directory, holding its configuration (krun-vm.json).
+        run_dir: std::path::PathBuf,
+    },
 }

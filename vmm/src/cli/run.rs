@@ -153,13 +153,17 @@ pub enum RunError {
 /// Runs the command; returns krunbox's exit code.
 pub fn run(args: RunArgs) -> Result<i32, RunError> {
     let command_env = guest_env(&args.env)?;
+    // The backend first: a host that cannot run it is the first thing to hear about.
+    let backend = backend::select(
+        match args.backend {
+            BackendChoice::Auto => None,
+            BackendChoice::Krun => Some(BackendKind::Krun),
+            BackendChoice::Qemu => Some(BackendKind::Qemu),
+        },
+        args.kernel.is_some(),
+    )?;
     let rootfs = crate::rootfs::resolve_rootfs(args.image.as_deref())?;
     let guest_init = crate::guest_init::locate()?;
-    let backend = backend::select(match args.backend {
-        BackendChoice::Auto => None,
-        BackendChoice::Krun => Some(BackendKind::Krun),
-        BackendChoice::Qemu => Some(BackendKind::Qemu),
-    })?;
     let mut spec = VmSpec::new(rootfs, guest_init);
     spec.cpus = args.cpus;
     spec.memory_mib = args.memory;

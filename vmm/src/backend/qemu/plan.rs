@@ -104,7 +104,7 @@ const GUEST_CID: &str = "3";
 
 /// Builds the plan for `spec` in `layout`.
 pub fn build(spec: &VmSpec, layout: &Layout, inputs: &Inputs) -> Result<LaunchPlan, BackendError> {
-    validate(spec)?;
+    spec.validate()?;
     let mut helpers = vec![ProcessPlan {
         name: "vhost-device-vsock".into(),
         program: inputs.vhost_device_vsock.clone(),
@@ -243,53 +243,6 @@ pub fn kernel_cmdline(spec: &VmSpec) -> String {
         words.push(format!("krunbox.log={level}"));
     }
     words.join(" ")
-}
-
-/// Rejects what the kernel command line cannot carry.
-fn validate(spec: &VmSpec) -> Result<(), BackendError> {
-    let plain = |s: &str| {
-        !s.is_empty()
-            && !s
-                .chars()
-                .any(|c| c.is_whitespace() || c == '"' || c.is_control())
-    };
-    if !plain(&spec.hostname) || spec.hostname.len() > 64 {
-        return Err(BackendError::InvalidSpec(format!(
-            "hostname {:?} must be 1-64 characters without spaces or quotes",
-            spec.hostname
-        )));
-    }
-    for share in &spec.shares {
-        if !plain(&share.guest_path)
-            || share.guest_path.contains([',', ':'])
-            || !share.guest_path.starts_with('/')
-        {
-            return Err(BackendError::InvalidSpec(format!(
-                "guest path {:?} must be absolute, without spaces, commas, colons or quotes",
-                share.guest_path
-            )));
-        }
-        if !share.host_path.is_dir() {
-            return Err(BackendError::InvalidSpec(format!(
-                "{} is not a directory",
-                share.host_path.display()
-            )));
-        }
-    }
-    if spec.cpus == 0 || spec.memory_mib < 128 {
-        return Err(BackendError::InvalidSpec(format!(
-            "{} vCPUs and {} MiB: need at least 1 vCPU and 128 MiB",
-            spec.cpus, spec.memory_mib
-        )));
-    }
-    if let Some(level) = &spec.guest_log_level {
-        if !plain(level) {
-            return Err(BackendError::InvalidSpec(format!(
-                "guest log level {level:?}"
-            )));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

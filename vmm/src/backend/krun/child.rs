@@ -1,0 +1,215 @@
+//! The VMM child: `krunbox __krun-vmm RUNDIR`, one process per VM, because
+//! `krun_start_enter` takes the process over and never returns (libkrun `_exit`s with the
+//! guest's exit status when the guest powers off).
+//!
+//! ```text
+//! krunbox run ──lifeline (stdin)───▶ krunbox __krun-vmm RUNDIR ── krun_start_enter ──▶ guest
+//!   (holds the  ◀──events (stdout)──   PDEATHSIG=SIGTERM, own process group
+//!    run dir lock)                     stderr → RUNDIR/vmm.log, console → RUNDIR/console.log
+//! ```
+//!
+//! - The parent writes the [`KrunVmConfig`] into the run directory and starts the child with a
+//!   pipe on its stdin: the lifeline. The child applies the configuration through [`KrunApi`],
+//!   reports `entering` (or `failed` with the krun error) as a JSON line on stdout, and enters
+//!   the VM.
+//! - End of the lifeline (the parent finished or died, even by SIGKILL), SIGTERM (which the
+//!   kernel sends when the parent dies: `PR_SET_PDEATHSIG`, set before exec) or SIGHUP make
+//!   the child remove the run directory — the agent socket and logs with it — and `_exit`,
+//!   which ends the VM with the process. Two watchers, because the pipe and the signal can
+//!   each be missed: the parent may die between fork and `prctl`, and a stuck reader would
+//!   not see a signal.
+//! - The child runs in its own process group: Ctrl-C reaches `krunbox run`, which forwards it
+//!   to the guest command, and not the VMM.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::api::{KrunApi, KrunError};
+use super::config::{KrunVmConfig, Layout};
+use super::configure::configure;
+
+/// The hidden subcommand.
+pub const SUBCOMMAND: &str = "__krun-vmm";
+
+/// The child's exit status when it could not start the VM.
+pub const START_FAILED: i32 = 125;
+/// The child's exit status when it stopped the VM because its parent went away or asked.
+pub const STOPPED: i32 = 128 + libc::SIGTERM;
+
+/// What the child tells the parent, one JSON line each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// Configured; calling `krun_start_enter`.
+    Entering,
+    /// Could not configure or start the VM.
+    Failed {
+        /// Why (a krun error names the call and errno).
+        message: String,
+    },
+}
+
+/// Runs the child; returns its exit status if the VM never ran.
+pub fn main(run_dir: &Path) -> i32 {
+    init_logging();
+    let layout = Layout::new(run_dir.to_owned());
+    let config = match KrunVmConfig::read(&layout.config()) {
+        Ok(config) if config.run_dir == run_dir => config,
+        Ok(config) => {
+            return fail(format!(
+                "the configuration is for {}, not {}",
+                config.run_dir.display(),
+                run_dir.display()
+            ))
+        }
+        Err(message) => return fail(message),
+    };
+    if let Err(err) = watch_parent(run_dir) {
+        return fail(format!("cannot watch the parent: {err}"));
+    }
+    let guest_init = match std::fs::read(&config.guest_init) {
+        // libkrun serves it from memory for the VM's (and so the process's) life.
+        Ok(bytes) => &*Box::leak(bytes.into_boxed_slice()),
+        Err(err) => {
+            return fail(format!(
+                "cannot read the guest agent {}: {err}",
+                config.guest_init.display()
+            ))
+        }
+    };
+    #[cfg(krunbox_libkrun)]
+    return run(&mut super::api::LibKrun, &config, guest_init);
+    #[cfg(not(krunbox_libkrun))]
+    {
+        // The parent never starts a child where the backend is unavailable.
+        let _ = guest_init;
+        fail("libkrun is not built into krunbox for this platform".into())
+    }
+}
+
+/// Configures and enters the VM; returns only if that failed (after reporting it).
+#[cfg_attr(not(krunbox_libkrun), allow(dead_code))]
+pub fn run(api: &mut dyn KrunApi, config: &KrunVmConfig, guest_init: &'static [u8]) -> i32 {
+    let ctx = match configure(api, config, guest_init) {
+        Ok(ctx) => ctx,
+        Err(err) => return fail(err.to_string()),
+    };
+    emit(&Event::Entering);
+    let err: KrunError = api.start_enter(ctx);
+    fail(format!("{err} (libkrun's own messages are in the VMM log)"))
+}
+
+fn fail(message: String) -> i32 {
+    tracing::error!(%message, "the VM did not start");
+    emit(&Event::Failed { message });
+    START_FAILED
+}
+
+fn emit(event: &Event) {
+    if let Ok(line) = serde_json::to_string(event) {
+        let mut out = std::io::stdout().lock();
+        // The parent may be gone (EPIPE; Rust ignores SIGPIPE): the watchers handle that.
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}
+
+/// Our tracing to stderr (the VMM log), without capturing the `log` crate: libkrun installs
+/// its own `log` logger in `krun_init_log`, which panics if one is already set.
+fn init_logging() {
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KRUNBOX_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .finish();
+    let _ = tracing::subscriber::set_global_default(subscriber);
+}
+
+/// Starts the two watchers that end the VM when the parent goes away.
+fn watch_parent(run_dir: &Path) -> std::io::Result<()> {
+    let dir = run_dir.to_owned();
+    std::thread::Builder::new()
+        .name("lifeline".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin();
+            let mut buf = [0u8; 64];
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            stop(&dir, "the lifeline closed");
+        })?;
+    let dir = run_dir.to_owned();
+    let mut signals =
+        signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGHUP, libc::SIGINT])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                stop(&dir, &format!("signal {signal}"));
+            }
+        })?;
+    Ok(())
+}
+
+/// Removes the run directory and ends the process (and so the VM) at once.
+fn stop(run_dir: &Path, why: &str) -> ! {
+    tracing::info!(why, "stopping the VM");
+    if let Err(err) = std::fs::remove_dir_all(run_dir) {
+        if err.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(%err, dir = %run_dir.display(), "cannot remove the run directory");
+        }
+    }
+    // No destructors or atexit handlers: libkrun's threads own the VM's state.
+    // SAFETY: _exit(2) is always safe to call; it ends the process without running Rust code.
+    unsafe { libc::_exit(STOPPED) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::krun::configure::fake::RecordingKrun;
+    use crate::backend::VmSpec;
+
+    #[test]
+    fn events_are_one_json_line_each() {
+        assert_eq!(
+            serde_json::to_string(&Event::Entering).unwrap(),
+            r#"{"event":"entering"}"#
+        );
+        let back: Event =
+            serde_json::from_str(r#"{"event":"failed","message":"krun_set_root(/x) failed"}"#)
+                .unwrap();
+        assert_eq!(
+            back,
+            Event::Failed {
+                message: "krun_set_root(/x) failed".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_vm_that_cannot_enter_reports_the_call() {
+        let root = tempfile::tempdir().unwrap();
+        let spec = VmSpec::new(root.path().to_owned(), "/gi".into());
+        let config = KrunVmConfig::build(&spec, &Layout::new("/run/k/1".into()), 2).unwrap();
+        let mut api = RecordingKrun::default();
+        assert_eq!(run(&mut api, &config, b"init"), START_FAILED);
+        assert_eq!(api.calls.last().unwrap(), "krun_start_enter(7)");
+        let mut api = RecordingKrun {
+            fail_at: Some(("krun_set_root", libc::ENOENT)),
+            ..Default::default()
+        };
+        assert_eq!(run(&mut api, &config, b"init"), START_FAILED);
+        assert!(!api.calls.iter().any(|c| c.starts_with("krun_start_enter")));
+    }
+}

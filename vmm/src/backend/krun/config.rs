@@ -1,0 +1,316 @@
+//! What the VMM child does for one VM, as plain data: [`KrunVmConfig`], built by the parent
+//! from a [`VmSpec`] (pure, unit-tested here), written as JSON into the VM's run directory and
+//! read back by `krunbox __krun-vmm RUNDIR`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::kernel_format::{self, Arch, KernelFormat};
+use crate::backend::{BackendError, Network, VmSpec};
+
+/// The files of a krun VM's run directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    dir: PathBuf,
+}
+
+impl Layout {
+    /// The layout of `dir`.
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The [`KrunVmConfig`] the child reads.
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("krun-vm.json")
+    }
+
+    /// The Unix socket libkrun creates for the agent's vsock port.
+    pub fn agent_socket(&self) -> PathBuf {
+        self.dir.join("agent.sock")
+    }
+
+    /// The guest console (virtio console `hvc0`).
+    pub fn console(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+
+    /// The VMM child's own log: libkrun's messages and ours.
+    pub fn vmm_log(&self) -> PathBuf {
+        self.dir.join("vmm.log")
+    }
+}
+
+/// A further virtio-fs share.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Share {
+    /// The virtio-fs tag (what guest-init mounts).
+    pub tag: String,
+    /// The host directory.
+    pub host_path: PathBuf,
+    /// Read-only for the guest (enforced by libkrun's virtio-fs server).
+    pub read_only: bool,
+}
+
+/// A kernel of the user's own (`--kernel`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kernel {
+    /// The file.
+    pub path: PathBuf,
+    /// Its format, detected by the parent.
+    pub format: KernelFormat,
+}
+
+/// Everything the VMM child applies through `krun_*` calls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KrunVmConfig {
+    /// The run directory (must be the child's argument).
+    pub run_dir: PathBuf,
+    /// vCPUs.
+    pub cpus: u8,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// The root filesystem directory (virtio-fs `/dev/root`, mounted by the kernel).
+    pub root: PathBuf,
+    /// Further shares.
+    pub shares: Vec<Share>,
+    /// guest-init, served as `/init.krun` from memory.
+    pub guest_init: PathBuf,
+    /// A kernel instead of libkrunfw's.
+    pub kernel: Option<Kernel>,
+    /// The guest's network.
+    pub network: Network,
+    /// The guest vsock port the agent listens on.
+    pub agent_port: u32,
+    /// The host Unix socket libkrun maps to that port.
+    pub agent_socket: PathBuf,
+    /// Where the guest console goes.
+    pub console_log: PathBuf,
+    /// guest-init's settings (`krunbox.*` words), which libkrun puts on the kernel command line.
+    pub guest_config: Vec<String>,
+    /// libkrun's log level (0 off … 5 trace), to the VMM log.
+    pub log_level: u32,
+}
+
+/// Environment variable with libkrun's log level (0-5) for `vmm.log`; default 2 (warnings).
+pub const LOG_LEVEL_ENV: &str = "KRUNBOX_KRUN_LOG";
+
+/// The virtio-fs tag of further share `index` (1-based, as the QEMU backend's).
+fn share_tag(index: usize) -> String {
+    format!("share{index}")
+}
+
+impl KrunVmConfig {
+    /// The configuration for `spec` in `layout`; detects the format of a `--kernel`.
+    pub fn build(spec: &VmSpec, layout: &Layout, log_level: u32) -> Result<Self, BackendError> {
+        spec.validate()?;
+        if !spec.rootfs.is_dir() {
+            return Err(BackendError::InvalidSpec(format!(
+                "root filesystem {} is not a directory",
+                spec.rootfs.display()
+            )));
+        }
+        let kernel = spec
+            .kernel
+            .as_ref()
+            .map(|path| {
+                Ok::<_, BackendError>(Kernel {
+                    path: path.clone(),
+                    format: detect_kernel(path, Arch::host())?,
+                })
+            })
+            .transpose()?;
+        let shares: Vec<Share> = spec
+            .shares
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Share {
+                tag: share_tag(i + 1),
+                host_path: s.host_path.clone(),
+                read_only: s.read_only,
+            })
+            .collect();
+        let agent_port = krunbox_protocol::AGENT_VSOCK_PORT;
+        let mut guest_config = vec![
+            format!("krunbox.port={agent_port}"),
+            format!("krunbox.hostname={}", spec.hostname),
+            // Report the exit status through libkrun's virtio-fs ioctl before powering off.
+            "krunbox.vmm=libkrun".to_owned(),
+        ];
+        if !shares.is_empty() {
+            let mounts: Vec<String> = spec
+                .shares
+                .iter()
+                .zip(&shares)
+                .map(|(s, share)| {
+                    let ro = if s.read_only { ":ro" } else { "" };
+                    format!("{}:{}{ro}", share.tag, s.guest_path)
+                })
+                .collect();
+            guest_config.push(format!("krunbox.mounts={}", mounts.join(",")));
+        }
+        if let Some(level) = &spec.guest_log_level {
+            guest_config.push(format!("krunbox.log={level}"));
+        }
+        Ok(Self {
+            run_dir: layout.dir().to_owned(),
+            cpus: spec.cpus,
+            memory_mib: spec.memory_mib,
+            root: spec.rootfs.clone(),
+            shares,
+            guest_init: spec.guest_init.clone(),
+            kernel,
+            network: spec.network,
+            agent_port,
+            agent_socket: layout.agent_socket(),
+            console_log: layout.console(),
+            guest_config,
+            log_level,
+        })
+    }
+
+    /// Writes the configuration as JSON to `path`.
+    pub fn write(&self, path: &Path) -> Result<(), BackendError> {
+        let json = serde_json::to_vec_pretty(self)
+            .map_err(|e| BackendError::Supervisor(format!("cannot encode the VM config: {e}")))?;
+        std::fs::write(path, json).map_err(|source| BackendError::Io {
+            action: "write",
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Reads a configuration written by [`KrunVmConfig::write`].
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("invalid {}: {e}", path.display()))
+    }
+}
+
+/// The format of the kernel file at `path`, with the file named in errors.
+pub fn detect_kernel(path: &Path, arch: Arch) -> Result<KernelFormat, BackendError> {
+    let io = |source| BackendError::Io {
+        action: "read the kernel",
+        path: path.to_owned(),
+        source,
+    };
+    let mut head = Vec::with_capacity(kernel_format::HEADER_LEN);
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(kernel_format::HEADER_LEN as u64)
+        .read_to_end(&mut head)
+        .map_err(io)?;
+    kernel_format::detect(&head, arch).map_err(|why| {
+        BackendError::InvalidSpec(format!(
+            "kernel {} cannot be booted by libkrun: {why}",
+            path.display()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::SharedDir;
+
+    #[test]
+    fn a_spec_becomes_a_config_that_survives_json() {
+        let root = tempfile::tempdir().unwrap();
+        let share = tempfile::tempdir().unwrap();
+        let mut spec = VmSpec::new(root.path().to_owned(), "/gi".into());
+        spec.cpus = 2;
+        spec.memory_mib = 1024;
+        spec.hostname = "box".into();
+        spec.guest_log_level = Some("debug".into());
+        spec.shares.push(SharedDir {
+            host_path: share.path().to_owned(),
+            guest_path: "/work".into(),
+            read_only: true,
+        });
+        let layout = Layout::new("/run/krunbox/abc".into());
+        let config = KrunVmConfig::build(&spec, &layout, 2).unwrap();
+        assert_eq!(
+            config.agent_socket,
+            Path::new("/run/krunbox/abc/agent.sock")
+        );
+        assert_eq!(
+            config.console_log,
+            Path::new("/run/krunbox/abc/console.log")
+        );
+        assert_eq!(config.network, Network::Tsi);
+        assert_eq!(
+            config.guest_config,
+            [
+                "krunbox.port=1024",
+                "krunbox.hostname=box",
+                "krunbox.vmm=libkrun",
+                "krunbox.mounts=share1:/work:ro",
+                "krunbox.log=debug"
+            ]
+        );
+        assert_eq!(
+            config.shares,
+            [Share {
+                tag: "share1".into(),
+                host_path: share.path().to_owned(),
+                read_only: true
+            }]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("krun-vm.json");
+        config.write(&file).unwrap();
+        assert_eq!(KrunVmConfig::read(&file).unwrap(), config);
+        std::fs::write(&file, b"{\"cpus\": 1}").unwrap();
+        let err = KrunVmConfig::read(&file).unwrap_err();
+        assert!(
+            err.contains("krun-vm.json") && err.contains("missing field"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_custom_kernel_is_detected_and_a_bad_one_refused_by_name() {
+        let root = tempfile::tempdir().unwrap();
+        let kernels = tempfile::tempdir().unwrap();
+        let vmlinux = kernels.path().join("vmlinux");
+        let mut elf = b"\x7fELF\x02\x01\x01".to_vec();
+        elf.resize(64, 0);
+        elf[18] = 62;
+        std::fs::write(&vmlinux, &elf).unwrap();
+        assert_eq!(
+            detect_kernel(&vmlinux, Arch::X86_64).unwrap(),
+            KernelFormat::Elf
+        );
+        let script = kernels.path().join("not-a-kernel");
+        std::fs::write(&script, b"#!/bin/sh\n").unwrap();
+        let mut spec = VmSpec::new(root.path().to_owned(), "/gi".into());
+        spec.kernel = Some(script.clone());
+        let err = KrunVmConfig::build(&spec, &Layout::new("/d".into()), 2).unwrap_err();
+        assert!(
+            err.to_string().contains(&script.display().to_string()),
+            "{err}"
+        );
+        spec.kernel = Some(kernels.path().join("missing"));
+        let err = KrunVmConfig::build(&spec, &Layout::new("/d".into()), 2).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_root_and_a_bad_hostname_are_refused() {
+        let spec = VmSpec::new("/nonexistent/root".into(), "/gi".into());
+        let err = KrunVmConfig::build(&spec, &Layout::new("/d".into()), 2).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/root"), "{err}");
+        let root = tempfile::tempdir().unwrap();
+        let mut spec = VmSpec::new(root.path().to_owned(), "/gi".into());
+        spec.hostname = "a\"b".into();
+        assert!(KrunVmConfig::build(&spec, &Layout::new("/d".into()), 2).is_err());
+    }
+}

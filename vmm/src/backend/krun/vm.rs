@@ -1,0 +1,271 @@
+//! The parent's side of one libkrun VM: the run directory (created and locked here), the VMM
+//! child (see [`super::child`]) and what the session asks of a [`VmHandle`].
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use krunbox_protocol::transport::AgentAddress;
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+
+use super::child::{self, Event};
+use super::config::{KrunVmConfig, Layout};
+use crate::backend::{log_tail, BackendError, VmExit, VmHandle};
+use crate::rundir::{RunDir, RunDirError};
+
+/// How long the child may take to configure libkrun.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the child may take to exit after its lifeline closes.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+/// VMM log lines in error reports.
+const VMM_LOG_LINES: usize = 15;
+
+/// A VM run by a `krunbox __krun-vmm` child.
+pub struct KrunVm {
+    child: Child,
+    lifeline: Option<ChildStdin>,
+    events: mpsc::Receiver<Event>,
+    failure: Option<String>,
+    exit: Option<VmExit>,
+    layout: Layout,
+    run_dir: Option<RunDir>,
+}
+
+impl KrunVm {
+    /// Writes `config` into `run_dir`, starts the child and waits until it enters the VM.
+    pub fn launch(config: &KrunVmConfig, run_dir: RunDir) -> Result<Self, BackendError> {
+        let layout = Layout::new(run_dir.path().to_owned());
+        config.write(&layout.config())?;
+        let io = |action, path: PathBuf| {
+            move |source| BackendError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        let vmm_log =
+            std::fs::File::create(layout.vmm_log()).map_err(io("create", layout.vmm_log()))?;
+        let exe = std::env::current_exe().map_err(io("find", "the krunbox executable".into()))?;
+        let mut command = Command::new(&exe);
+        command
+            .arg(child::SUBCOMMAND)
+            .arg(layout.dir())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(vmm_log)
+            // Its own process group: terminal signals (Ctrl-C) go to krunbox run, not the VMM.
+            .process_group(0);
+        die_with_parent(&mut command);
+        let mut process = command.spawn().map_err(|e| BackendError::Helper {
+            name: "the libkrun VMM".into(),
+            detail: format!("cannot run {}: {e}", exe.display()),
+        })?;
+        let (tx, events) = mpsc::channel();
+        if let Some(stdout) = process.stdout.take() {
+            let reader = std::thread::Builder::new()
+                .name("krun-vmm-events".into())
+                .spawn(move || {
+                    for line in BufReader::new(stdout).lines() {
+                        let Ok(line) = line else { break };
+                        match serde_json::from_str::<Event>(&line) {
+                            Ok(event) => {
+                                if tx.send(event).is_err() {
+                                    break;
+                                }
+                            }
+                            Err(err) => tracing::warn!(%err, %line, "unreadable VMM event"),
+                        }
+                    }
+                });
+            if let Err(err) = reader {
+                let _ = process.kill();
+                let _ = process.wait();
+                return Err(BackendError::Supervisor(format!(
+                    "cannot start a thread: {err}"
+                )));
+            }
+        }
+        // From here on, dropping `vm` stops the child and removes the run directory.
+        let mut vm = Self {
+            lifeline: process.stdin.take(),
+            child: process,
+            events,
+            failure: None,
+            exit: None,
+            layout,
+            run_dir: Some(run_dir),
+        };
+        vm.wait_until_entered()?;
+        Ok(vm)
+    }
+
+    fn wait_until_entered(&mut self) -> Result<(), BackendError> {
+        match self.events.recv_timeout(START_TIMEOUT) {
+            Ok(Event::Entering) => {
+                tracing::debug!(dir = %self.layout.dir().display(), "libkrun VM entered");
+                Ok(())
+            }
+            Ok(Event::Failed { message }) => Err(BackendError::Helper {
+                name: "libkrun".into(),
+                detail: self.with_vmm_log(message),
+            }),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                Err(BackendError::Supervisor(self.with_vmm_log(format!(
+                    "the libkrun VMM did not configure the VM within {START_TIMEOUT:?}"
+                ))))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = self
+                    .child
+                    .wait()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|e| format!("unknown status: {e}"));
+                Err(BackendError::Supervisor(self.with_vmm_log(format!(
+                    "the libkrun VMM exited while starting the VM ({status})"
+                ))))
+            }
+        }
+    }
+
+    fn vmm_log_tail(&self) -> String {
+        log_tail(&self.layout.vmm_log(), VMM_LOG_LINES)
+    }
+
+    fn with_vmm_log(&self, message: String) -> String {
+        let tail = self.vmm_log_tail();
+        if tail.trim().is_empty() {
+            message
+        } else {
+            format!(
+                "{message}\nthe VMM log ({}):\n{tail}",
+                self.layout.vmm_log().display()
+            )
+        }
+    }
+
+    fn drain_events(&mut self) {
+        while let Ok(event) = self.events.try_recv() {
+            if let Event::Failed { message } = event {
+                self.failure = Some(message);
+            }
+        }
+    }
+}
+
+impl VmHandle for KrunVm {
+    fn agent_address(&self) -> AgentAddress {
+        AgentAddress::Unix(self.layout.agent_socket())
+    }
+
+    fn console_log(&self) -> PathBuf {
+        self.layout.console()
+    }
+
+    fn diagnostics(&self) -> String {
+        let mut text = String::new();
+        if let Some(failure) = &self.failure {
+            text.push_str(&format!("libkrun: {failure}\n"));
+        }
+        let tail = self.vmm_log_tail();
+        if !tail.trim().is_empty() {
+            text.push_str(&format!("the VMM said:\n{tail}"));
+        }
+        text
+    }
+
+    fn try_wait(&mut self) -> Result<Option<VmExit>, BackendError> {
+        if self.exit.is_none() {
+            let status = self
+                .child
+                .try_wait()
+                .map_err(|e| BackendError::Supervisor(format!("cannot wait for the VMM: {e}")))?;
+            if let Some(status) = status {
+                self.drain_events();
+                self.exit = Some(to_exit(status));
+            }
+        }
+        Ok(self.exit)
+    }
+
+    fn kill(&mut self) -> Result<(), BackendError> {
+        if self.try_wait()?.is_some() {
+            return Ok(());
+        }
+        match signal::kill(pid_of(&self.child), Signal::SIGKILL) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(err) => Err(BackendError::Supervisor(format!(
+                "cannot kill the VMM: {err}"
+            ))),
+        }
+    }
+}
+
+impl Drop for KrunVm {
+    /// Closes the lifeline (the child removes the run directory and exits), waits for that,
+    /// bounded, kills a child that does not go, and removes what is left.
+    fn drop(&mut self) {
+        drop(self.lifeline.take());
+        let deadline = Instant::now() + RELEASE_TIMEOUT;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() >= deadline => {
+                    tracing::warn!("the libkrun VMM did not exit; killing it");
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        if let Some(run_dir) = self.run_dir.take() {
+            match run_dir.remove() {
+                Ok(()) => {}
+                // The child removed it already.
+                Err(RunDirError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => tracing::warn!(%err, "cannot remove the run directory"),
+            }
+        }
+    }
+}
+
+fn pid_of(child: &Child) -> Pid {
+    Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX))
+}
+
+fn to_exit(status: std::process::ExitStatus) -> VmExit {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => VmExit::Exited(code),
+        (None, Some(sig)) => VmExit::Killed(sig),
+        (None, None) => VmExit::Exited(-1),
+    }
+}
+
+/// The child gets SIGTERM when this process's spawning thread ends (PR_SET_PDEATHSIG is tied
+/// to the thread: `krunbox run` starts VMs from its main thread), and refuses to start if the
+/// parent is already gone.
+#[cfg(target_os = "linux")]
+fn die_with_parent(command: &mut Command) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: between fork and exec the closure only calls prctl(2) and getppid(2), which are
+    // async-signal-safe, and builds an io::Error from a raw errno (no allocation).
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)?;
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// No parent-death signal outside Linux: the lifeline alone ends the child when krunbox dies.
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_command: &mut Command) {}
