@@ -11,6 +11,7 @@
 //! | `krunbox.root=virtiofs:TAG` | we run from an initramfs: mount TAG and switch into it | already on the root |
 //! | `krunbox.mounts=TAG:/path[:ro],...` | further virtio-fs shares to mount | none |
 //! | `krunbox.log=LEVEL` | log level (error, warn, info, debug, trace) | info |
+//! | `krunbox.vmm=libkrun` | the VMM is libkrun: report the exit status to it before powering off | another VMM |
 //!
 //! Unknown `krunbox.*` keys are logged and ignored, so an older agent boots with a newer host.
 
@@ -42,6 +43,9 @@ pub struct Config {
     pub shares: Vec<Share>,
     /// Log filter.
     pub log: String,
+    /// The VMM is libkrun, which exits with the status the guest reports through an ioctl on
+    /// the virtio-fs root.
+    pub libkrun: bool,
     /// Keys that were not understood (logged once logging is up).
     pub ignored: Vec<String>,
 }
@@ -54,6 +58,7 @@ impl Default for Config {
             root_tag: None,
             shares: Vec::new(),
             log: "info".into(),
+            libkrun: false,
             ignored: Vec::new(),
         }
     }
@@ -142,6 +147,10 @@ impl Config {
                     config.log = value.into();
                     true
                 }
+                "vmm" if value == "libkrun" => {
+                    config.libkrun = true;
+                    true
+                }
                 _ => false,
             };
             if !understood {
@@ -186,15 +195,23 @@ mod tests {
 
     #[test]
     fn accepts_libkrun_style_quoted_words() {
-        let config = Config::from_cmdline(r#"reboot=k "krunbox.port=1500" "krunbox.hostname=a b""#);
+        let config = Config::from_cmdline(
+            r#"reboot=k "krunbox.port=1500" "krunbox.hostname=a b" "krunbox.vmm=libkrun""#,
+        );
         assert_eq!(config.port, 1500);
         assert_eq!(config.hostname, "a b");
+        assert!(config.libkrun);
+        assert!(
+            config.root_tag.is_none(),
+            "libkrun's kernel mounts the root itself"
+        );
     }
 
     #[test]
     fn malformed_values_keep_defaults_and_are_reported() {
         let config = Config::from_cmdline(
-            "krunbox.port=abc krunbox.mounts=tag:relative krunbox.root=9p:x krunbox.future=1",
+            "krunbox.port=abc krunbox.mounts=tag:relative krunbox.root=9p:x krunbox.future=1 \
+             krunbox.vmm=firecracker",
         );
         assert_eq!(
             config,
@@ -203,6 +220,6 @@ mod tests {
                 ..Config::default()
             }
         );
-        assert_eq!(config.ignored.len(), 4);
+        assert_eq!(config.ignored.len(), 5);
     }
 }

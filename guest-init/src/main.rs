@@ -195,5 +195,8 @@ fn guest_mode(options: &Options) {
     system::loopback_up();
     system::raise_fd_limit();
     let status = serve_catching_panics(Listen::Vsock(config.port), true);
+    if config.libkrun {
+        system::report_status_to_libkrun(status);
+    }
     system::power_off(status);
 }

@@ -83,6 +83,48 @@ fn reap_until_none_left(deadline: Instant) -> bool {
     }
 }
 
+/// libkrun's request code for the guest's exit status (`_IO('v', 2)`), sent on a file of the
+/// virtio-fs root; libkrun's VMM then exits with that status when the guest powers off.
+const KRUN_EXIT_CODE_IOCTL: u32 = 0x7602;
+/// `statfs` magic of virtio-fs.
+const VIRTIOFS_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0x6573_5546);
+
+/// Tells libkrun the status its VMM process should exit with. Only when the root is virtio-fs
+/// (libkrun serves the ioctl there); failures are logged, the power-off goes on.
+pub fn report_status_to_libkrun(status: i32) {
+    use std::os::fd::AsRawFd;
+    match nix::sys::statfs::statfs("/") {
+        Ok(fs) if fs.filesystem_type() == VIRTIOFS_MAGIC => {}
+        Ok(_) => {
+            tracing::warn!("the root is not virtio-fs: the VMM cannot learn the exit status");
+            return;
+        }
+        Err(err) => {
+            tracing::warn!(%err, "cannot statfs /");
+            return;
+        }
+    }
+    let root = match std::fs::File::open("/") {
+        Ok(root) => root,
+        Err(err) => {
+            tracing::warn!(%err, "cannot open / to report the exit status");
+            return;
+        }
+    };
+    // SAFETY: ioctl(2) on a descriptor we own, with an integer argument (no pointer); libkrun's
+    // virtio-fs server reads the argument as the status and writes nothing back.
+    let rc = unsafe {
+        libc::ioctl(
+            root.as_raw_fd(),
+            KRUN_EXIT_CODE_IOCTL as _,
+            libc::c_ulong::from(status.unsigned_abs()),
+        )
+    };
+    if rc < 0 {
+        tracing::warn!(err = %std::io::Error::last_os_error(), "libkrun did not take the exit status");
+    }
+}
+
 /// Stops everything and powers the machine off, reporting `status` on the console first.
 ///
 /// As PID 1 every process of the guest is our descendant, so "no child left" means nothing

@@ -19,11 +19,17 @@ pub struct GuestInitNotFound {
 }
 
 /// Locates guest-init: `$KRUNBOX_GUEST_INIT`, else next to the krunbox executable, else the
-/// places a workspace build puts it (`target/guest-init/x86_64/guest-init` from
-/// `cargo xtask build-init`, `target/x86_64-unknown-linux-musl/{release,debug}/guest-init`).
+/// places a workspace build puts it (`target/guest-init/<arch>/guest-init` from
+/// `cargo xtask build-init`, `target/<arch>-unknown-linux-musl/{release,debug}/guest-init`),
+/// the host's architecture first (libkrun guests have it: aarch64 on an Apple-silicon Mac),
+/// then x86_64 (the QEMU backend's guests).
 pub fn locate() -> Result<PathBuf, GuestInitNotFound> {
     let exe = std::env::current_exe().ok();
-    let candidates = candidates(std::env::var_os(ENV).map(PathBuf::from), exe.as_deref());
+    let candidates = candidates(
+        std::env::var_os(ENV).map(PathBuf::from),
+        exe.as_deref(),
+        std::env::consts::ARCH,
+    );
     // A host build of guest-init (target/debug/guest-init) is dynamically linked and cannot
     // run in the guest: only static binaries count.
     if let Some(found) = candidates
@@ -37,7 +43,7 @@ pub fn locate() -> Result<PathBuf, GuestInitNotFound> {
     })
 }
 
-fn candidates(from_env: Option<PathBuf>, exe: Option<&Path>) -> Vec<PathBuf> {
+fn candidates(from_env: Option<PathBuf>, exe: Option<&Path>, host_arch: &str) -> Vec<PathBuf> {
     if let Some(path) = from_env {
         return vec![path];
     }
@@ -46,14 +52,20 @@ fn candidates(from_env: Option<PathBuf>, exe: Option<&Path>) -> Vec<PathBuf> {
         out.push(dir.join("guest-init"));
         // target/<profile>/krunbox -> target/
         if let Some(target) = dir.parent() {
-            out.push(target.join("guest-init/x86_64/guest-init"));
-            for profile in ["release", "debug"] {
-                out.push(
-                    target
-                        .join("x86_64-unknown-linux-musl")
-                        .join(profile)
-                        .join("guest-init"),
-                );
+            let mut arches = vec![host_arch];
+            if host_arch != "x86_64" {
+                arches.push("x86_64");
+            }
+            for arch in arches {
+                out.push(target.join("guest-init").join(arch).join("guest-init"));
+                for profile in ["release", "debug"] {
+                    out.push(
+                        target
+                            .join(format!("{arch}-unknown-linux-musl"))
+                            .join(profile)
+                            .join("guest-init"),
+                    );
+                }
             }
         }
     }
@@ -69,16 +81,21 @@ mod tests {
         assert_eq!(
             candidates(
                 Some("/opt/gi".into()),
-                Some(Path::new("/w/target/debug/krunbox"))
+                Some(Path::new("/w/target/debug/krunbox")),
+                "x86_64"
             ),
             [PathBuf::from("/opt/gi")]
         );
-        let found = candidates(None, Some(Path::new("/w/target/debug/krunbox")));
+        let found = candidates(None, Some(Path::new("/w/target/debug/krunbox")), "x86_64");
         assert_eq!(found[0], Path::new("/w/target/debug/guest-init"));
         assert!(found.contains(&PathBuf::from("/w/target/guest-init/x86_64/guest-init")));
         assert!(found.contains(&PathBuf::from(
             "/w/target/x86_64-unknown-linux-musl/release/guest-init"
         )));
+        // An Apple-silicon Mac (libkrun) looks for the aarch64 agent first.
+        let mac = candidates(None, Some(Path::new("/w/target/debug/krunbox")), "aarch64");
+        assert_eq!(mac[1], Path::new("/w/target/guest-init/aarch64/guest-init"));
+        assert!(mac.contains(&PathBuf::from("/w/target/guest-init/x86_64/guest-init")));
     }
 
     #[test]
