@@ -27,9 +27,9 @@ fn main() {
         // Logs to its run directory, not to the terminal.
         std::process::exit(backend::qemu::supervisor::main(run_dir));
     }
-    if let cli::Command::KrunVmm { run_dir } = &cli.command {
+    if let cli::Command::KrunVmm { run_dir, no_enter } = &cli.command {
         // Logs to its run directory; returns only if the VM never ran.
-        std::process::exit(backend::krun::child::main(run_dir));
+        std::process::exit(backend::krun::child::main(run_dir, *no_enter));
     }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

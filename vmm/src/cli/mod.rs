@@ -36,5 +36,10 @@ pub enum Command {
     KrunVmm {
         /// The VM's run directory, holding its configuration (krun-vm.json).
         run_dir: std::path::PathBuf,
+        /// Apply the configuration through libkrun and report `configured`, but do not enter
+        /// the VM: wait for the lifeline or a signal instead. Checks a configuration against
+        /// the real libkrun on hosts that cannot run a VM (the tests do).
+        #[arg(long)]
+        no_enter: bool,
     },
 }

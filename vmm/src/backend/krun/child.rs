@@ -42,6 +42,8 @@ pub const STOPPED: i32 = 128 + libc::SIGTERM;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
+    /// Configured, and told not to enter the VM (`--no-enter`): waiting for the lifeline.
+    Configured,
     /// Configured; calling `krun_start_enter`.
     Entering,
     /// Could not configure or start the VM.
@@ -51,8 +53,9 @@ pub enum Event {
     },
 }
 
-/// Runs the child; returns its exit status if the VM never ran.
-pub fn main(run_dir: &Path) -> i32 {
+/// Runs the child; returns its exit status if the VM never ran. With `no_enter`, stops after
+/// configuring libkrun and waits to be stopped.
+pub fn main(run_dir: &Path, no_enter: bool) -> i32 {
     init_logging();
     let layout = Layout::new(run_dir.to_owned());
     let config = match KrunVmConfig::read(&layout.config()) {
@@ -80,11 +83,24 @@ pub fn main(run_dir: &Path) -> i32 {
         }
     };
     #[cfg(krunbox_libkrun)]
-    return run(&mut super::api::LibKrun, &config, guest_init);
+    {
+        let mut api = super::api::LibKrun;
+        if no_enter {
+            if let Err(err) = configure(&mut api, &config, guest_init) {
+                return fail(err.to_string());
+            }
+            emit(&Event::Configured);
+            // The watchers end the process.
+            loop {
+                std::thread::park();
+            }
+        }
+        run(&mut api, &config, guest_init)
+    }
     #[cfg(not(krunbox_libkrun))]
     {
         // The parent never starts a child where the backend is unavailable.
-        let _ = guest_init;
+        let _ = (guest_init, no_enter);
         fail("libkrun is not built into krunbox for this platform".into())
     }
 }

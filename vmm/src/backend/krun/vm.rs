@@ -109,6 +109,9 @@ impl KrunVm {
                 tracing::debug!(dir = %self.layout.dir().display(), "libkrun VM entered");
                 Ok(())
             }
+            Ok(Event::Configured) => Err(BackendError::Supervisor(
+                "the libkrun VMM was started without entering the VM".into(),
+            )),
             Ok(Event::Failed { message }) => Err(BackendError::Helper {
                 name: "libkrun".into(),
                 detail: self.with_vmm_log(message),

@@ -1,0 +1,187 @@
+//! The libkrun VMM child (`krunbox __krun-vmm RUNDIR`) against the real, linked libkrun, on
+//! hosts that cannot run a VM: configuration through the real `krun_*` calls, their errors as
+//! the parent sees them, and the lifeline and signal that remove the run directory. Nothing
+//! here enters a VM (`--no-enter`).
+
+#![cfg(target_os = "linux")]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A run directory with a configuration, as the parent writes it.
+struct RunDir {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    root: tempfile::TempDir,
+    share: tempfile::TempDir,
+}
+
+impl RunDir {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("vm");
+        std::fs::create_dir(&dir).unwrap();
+        Self {
+            _tmp: tmp,
+            dir,
+            root: tempfile::tempdir().unwrap(),
+            share: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Writes krun-vm.json; `edit` changes the JSON first.
+    fn write_config(&self, edit: impl FnOnce(&mut serde_json::Value)) {
+        let guest_init = self.dir.join("fake-guest-init");
+        std::fs::write(&guest_init, b"\x7fELF not really an agent").unwrap();
+        let kernel = self.dir.join("vmlinux");
+        std::fs::write(&kernel, b"\x7fELF").unwrap();
+        let mut config = serde_json::json!({
+            "run_dir": self.dir,
+            "cpus": 2,
+            "memory_mib": 256,
+            "root": self.root.path(),
+            "shares": [{"tag": "share1", "host_path": self.share.path(), "read_only": true}],
+            "guest_init": guest_init,
+            "kernel": {"path": kernel, "format": "Elf"},
+            "network": "Tsi",
+            "agent_port": 1024,
+            "agent_socket": self.dir.join("agent.sock"),
+            "console_log": self.dir.join("console.log"),
+            "guest_config": ["krunbox.port=1024", "krunbox.vmm=libkrun"],
+            "log_level": 2
+        });
+        edit(&mut config);
+        std::fs::write(
+            self.dir.join("krun-vm.json"),
+            serde_json::to_vec(&config).unwrap(),
+        )
+        .unwrap();
+    }
+
+    /// Starts the child, always with `--no-enter`: KVM here (if any) must never run a guest.
+    fn spawn(&self) -> (Child, BufReader<ChildStdout>) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_krunbox"))
+            .arg("__krun-vmm")
+            .arg(&self.dir)
+            .arg("--no-enter")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        (child, stdout)
+    }
+}
+
+fn first_event(stdout: &mut BufReader<ChildStdout>) -> serde_json::Value {
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+}
+
+/// Waits (generously: a loaded 2-core machine) for the child to exit.
+fn exit_code(child: &mut Child) -> Option<i32> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the VMM child did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn stderr_of(child: &mut Child) -> String {
+    let mut text = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        let _ = err.read_to_string(&mut text);
+    }
+    text
+}
+
+#[test]
+fn libkrun_accepts_the_configuration_and_the_lifeline_removes_the_run_directory() {
+    let run = RunDir::new();
+    run.write_config(|_| {});
+    let (mut child, mut stdout) = run.spawn();
+    let event = first_event(&mut stdout);
+    assert_eq!(
+        event,
+        serde_json::json!({"event": "configured"}),
+        "{}",
+        stderr_of(&mut child)
+    );
+    assert!(run.dir.exists());
+    drop(child.stdin.take());
+    assert_eq!(exit_code(&mut child), Some(128 + 15));
+    assert!(!run.dir.exists(), "the run directory outlived the lifeline");
+}
+
+#[test]
+fn sigterm_as_sent_when_the_parent_dies_removes_the_run_directory() {
+    let run = RunDir::new();
+    run.write_config(|config| config["network"] = "Disabled".into());
+    let (mut child, mut stdout) = run.spawn();
+    assert_eq!(
+        first_event(&mut stdout),
+        serde_json::json!({"event": "configured"})
+    );
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(exit_code(&mut child), Some(128 + 15));
+    assert!(!run.dir.exists());
+}
+
+#[test]
+fn a_krun_error_reaches_the_parent_naming_the_call_and_errno() {
+    let run = RunDir::new();
+    run.write_config(|_| {});
+    // libkrun refuses to listen where a file already is.
+    let socket = run.dir.join("agent.sock");
+    std::fs::write(&socket, b"").unwrap();
+    let (mut child, mut stdout) = run.spawn();
+    let event = first_event(&mut stdout);
+    assert_eq!(event["event"], "failed", "{event}");
+    let message = event["message"].as_str().unwrap();
+    assert_eq!(
+        message,
+        format!(
+            "krun_add_vsock_port2(1024, {}) failed: File exists (errno 17)",
+            socket.display()
+        )
+    );
+    assert_eq!(exit_code(&mut child), Some(125));
+}
+
+#[test]
+fn a_configuration_for_another_directory_or_a_missing_agent_is_refused() {
+    let run = RunDir::new();
+    run.write_config(|config| config["run_dir"] = "/somewhere/else".into());
+    let (mut child, mut stdout) = run.spawn();
+    let event = first_event(&mut stdout);
+    assert!(
+        event["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("/somewhere/else")),
+        "{event}"
+    );
+    assert_eq!(exit_code(&mut child), Some(125));
+
+    let run = RunDir::new();
+    run.write_config(|config| config["guest_init"] = "/nonexistent/guest-init".into());
+    let (mut child, mut stdout) = run.spawn();
+    let event = first_event(&mut stdout);
+    assert!(
+        event["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("/nonexistent/guest-init")),
+        "{event}"
+    );
+    assert_eq!(exit_code(&mut child), Some(125));
+}
