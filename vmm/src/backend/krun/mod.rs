@@ -44,10 +44,18 @@ const MAX_SOCKET_PATH: usize = 107;
 /// libkrun's default log level in the VMM log: warnings.
 const DEFAULT_LOG_LEVEL: u32 = 2;
 
+/// Environment variable: `1` makes the backend a dry run: everything but the guest — run
+/// directory, VMM child, the real libkrun configured with every `krun_*` call — except that
+/// the child never calls `krun_start_enter` (`__krun-vmm --no-enter`), so no agent ever
+/// answers. It needs no hypervisor; it exists to test the VM lifecycle (boot timeout, Ctrl-C,
+/// kill -9 of krunbox) on hosts that cannot run libkrun, such as CI.
+pub const DRY_RUN_ENV: &str = "KRUNBOX_KRUN_DRY_RUN";
+
 /// The libkrun backend.
 #[derive(Debug, Clone)]
 pub struct KrunBackend {
     runtime_root: PathBuf,
+    dry_run: bool,
 }
 
 impl Default for KrunBackend {
@@ -57,11 +65,23 @@ impl Default for KrunBackend {
 }
 
 impl KrunBackend {
-    /// The backend with krunbox's standard runtime directory.
+    /// The backend with krunbox's standard runtime directory; a dry run if
+    /// `KRUNBOX_KRUN_DRY_RUN=1`.
     pub fn new() -> Self {
         Self {
             runtime_root: paths::runtime_root(),
+            dry_run: std::env::var(DRY_RUN_ENV).is_ok_and(|v| v == "1"),
         }
+    }
+
+    fn probe(&self) -> Probe {
+        let mut probe = Probe::host();
+        if self.dry_run {
+            probe.hypervisor = Ok(format!(
+                "dry run ({DRY_RUN_ENV}=1: the VM is configured, never entered)"
+            ));
+        }
+        probe
     }
 }
 
@@ -79,15 +99,15 @@ impl Backend for KrunBackend {
     }
 
     fn availability(&self) -> Availability {
-        Probe::host().availability(false)
+        self.probe().availability(false)
     }
 
     fn availability_for(&self, custom_kernel: bool) -> Availability {
-        Probe::host().availability(custom_kernel)
+        self.probe().availability(custom_kernel)
     }
 
     fn checks(&self) -> Vec<Check> {
-        let probe = Probe::host();
+        let probe = self.probe();
         let check = |what: &str, result: &Result<String, String>| Check {
             what: what.into(),
             ok: result.is_ok(),
@@ -137,7 +157,11 @@ impl Backend for KrunBackend {
         check_socket_path(&layout.agent_socket())?;
         let config = KrunVmConfig::build(spec, &layout, log_level())?;
         let run_dir = rundir::RunDir::create(&self.runtime_root, &id)?;
-        Ok(Box::new(vm::KrunVm::launch(&config, run_dir)?))
+        Ok(Box::new(vm::KrunVm::launch(
+            &config,
+            run_dir,
+            self.dry_run,
+        )?))
     }
 }
 

@@ -36,8 +36,13 @@ pub struct KrunVm {
 }
 
 impl KrunVm {
-    /// Writes `config` into `run_dir`, starts the child and waits until it enters the VM.
-    pub fn launch(config: &KrunVmConfig, run_dir: RunDir) -> Result<Self, BackendError> {
+    /// Writes `config` into `run_dir`, starts the child and waits until it enters the VM (or,
+    /// for a `dry_run`, until it configured libkrun without entering).
+    pub fn launch(
+        config: &KrunVmConfig,
+        run_dir: RunDir,
+        dry_run: bool,
+    ) -> Result<Self, BackendError> {
         let layout = Layout::new(run_dir.path().to_owned());
         config.write(&layout.config())?;
         let io = |action, path: PathBuf| {
@@ -59,6 +64,9 @@ impl KrunVm {
             .stderr(vmm_log)
             // Its own process group: terminal signals (Ctrl-C) go to krunbox run, not the VMM.
             .process_group(0);
+        if dry_run {
+            command.arg("--no-enter");
+        }
         die_with_parent(&mut command);
         let mut process = command.spawn().map_err(|e| BackendError::Helper {
             name: "the libkrun VMM".into(),
@@ -99,14 +107,18 @@ impl KrunVm {
             layout,
             run_dir: Some(run_dir),
         };
-        vm.wait_until_entered()?;
+        vm.wait_until_entered(dry_run)?;
         Ok(vm)
     }
 
-    fn wait_until_entered(&mut self) -> Result<(), BackendError> {
+    fn wait_until_entered(&mut self, dry_run: bool) -> Result<(), BackendError> {
         match self.events.recv_timeout(START_TIMEOUT) {
             Ok(Event::Entering) => {
                 tracing::debug!(dir = %self.layout.dir().display(), "libkrun VM entered");
+                Ok(())
+            }
+            Ok(Event::Configured) if dry_run => {
+                tracing::warn!("dry run: libkrun is configured but the VM is never entered");
                 Ok(())
             }
             Ok(Event::Configured) => Err(BackendError::Supervisor(

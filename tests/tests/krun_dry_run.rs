@@ -1,0 +1,101 @@
+//! The libkrun backend's VM lifecycle through the real `krunbox` binary, as a dry run
+//! (`KRUNBOX_KRUN_DRY_RUN=1`): the run directory, the `__krun-vmm` child and the real libkrun
+//! configured with every `krun_*` call, but never entered — no host of ours can boot libkrun
+//! (nested `kvm_pvm`), so no agent ever answers. What is checked is everything around the guest:
+//! the boot timeout's error, Ctrl-C while booting, kill -9 of krunbox.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use krunbox_tests::{e2e, processes_mentioning, wait_timeout, Captured, Harness, Running};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Cleanup must be quick; the margin is for a loaded machine.
+const CLEANUP: Duration = Duration::from_secs(15);
+
+fn dry_run(k: &Harness, args: &[&str]) -> Running {
+    k.krunbox(["run", "--backend", "krun"].iter().chain(args))
+        .env("KRUNBOX_KRUN_DRY_RUN", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map(Running)
+        .expect("spawn krunbox")
+}
+
+/// Waits until the VMM child runs and has its run directory; returns its `pid: cmdline`.
+fn wait_for_vmm(k: &Harness) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let vmm = processes_mentioning(k.runtime_dir())
+            .into_iter()
+            .find(|p| p.contains("__krun-vmm"));
+        let configured = std::fs::read_dir(k.runtime_dir())
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .any(|d| d.path().join("krun-vm.json").is_file());
+        if let (Some(vmm), true) = (vmm, configured) {
+            return vmm;
+        }
+        assert!(Instant::now() < deadline, "no __krun-vmm child appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_agent_that_never_answers_times_out_with_the_console_tail() {
+    let Some(k) = e2e("krun: an_agent_that_never_answers_times_out_with_the_console_tail") else {
+        return;
+    };
+    let mut child = dry_run(&k, &["--boot-timeout", "2", "--", "true"]);
+    let stderr = Captured::start(child.stderr.take().expect("stderr"));
+    let status = wait_timeout(&mut child, Duration::from_secs(60));
+    let text = stderr.text();
+    assert_eq!(status.code(), Some(125), "{text}");
+    assert!(
+        text.contains("the guest agent did not come up within 2s") && text.contains("agent.sock"),
+        "{text}"
+    );
+    assert!(text.contains("last console lines"), "{text}");
+    k.assert_nothing_left(CLEANUP);
+}
+
+#[test]
+fn kill_9_of_krunbox_leaves_no_vmm_process_socket_or_directory() {
+    let Some(k) = e2e("krun: kill_9_of_krunbox_leaves_no_vmm_process_socket_or_directory") else {
+        return;
+    };
+    let mut child = dry_run(&k, &["--boot-timeout", "300", "--", "true"]);
+    let vmm = wait_for_vmm(&k);
+    assert!(vmm.contains("--no-enter"), "{vmm}");
+    child.kill().expect("SIGKILL krunbox");
+    child.wait().expect("reap krunbox");
+    // The VMM child gets SIGTERM (PR_SET_PDEATHSIG) and its lifeline closes: it removes the
+    // run directory and exits.
+    k.assert_nothing_left(CLEANUP);
+}
+
+#[test]
+fn ctrl_c_while_booting_stops_the_vmm() {
+    let Some(k) = e2e("krun: ctrl_c_while_booting_stops_the_vmm") else {
+        return;
+    };
+    let mut child = dry_run(&k, &["--boot-timeout", "300", "--", "true"]);
+    let stderr = Captured::start(child.stderr.take().expect("stderr"));
+    wait_for_vmm(&k);
+    let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    kill(pid, Signal::SIGINT).expect("SIGINT krunbox");
+    let status = wait_timeout(&mut child, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(130), "{}", stderr.text());
+    assert!(
+        stderr
+            .text()
+            .contains("interrupted while the VM was booting"),
+        "{}",
+        stderr.text()
+    );
+    k.assert_nothing_left(CLEANUP);
+}
