@@ -5,6 +5,7 @@ mod build_init;
 mod demo;
 mod fuzz;
 mod host_agent;
+mod sign;
 mod workspace;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,8 @@ enum Command {
     Demo(demo::Args),
     /// Measure agent round trips and throughput against running the same work on the host.
     Bench(bench::Args),
+    /// Sign krunbox with the Hypervisor.framework entitlement libkrun needs (macOS only).
+    Sign(sign::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,5 +37,6 @@ fn main() -> anyhow::Result<()> {
         Command::Fuzz(args) => fuzz::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Demo(args) => std::process::exit(demo::run(&args)?),
+        Command::Sign(args) => sign::run(&args),
     }
 }

@@ -26,7 +26,8 @@ const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum BackendChoice {
     /// libkrun where it can boot guests (a working KVM or macOS), QEMU otherwise.
     Auto,
-    /// libkrun (KVM / Hypervisor.framework).
+    /// libkrun (KVM / Hypervisor.framework); refused with the reason where it cannot boot
+    /// guests (`krunbox doctor` shows it).
     Krun,
     /// QEMU with KVM when usable, else TCG software emulation.
     Qemu,
@@ -87,7 +88,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub rm: bool,
     /// Boot this kernel (with its virtio, vsock and virtio-fs drivers built in) instead of
-    /// the backend's default.
+    /// the backend's default (QEMU: Debian's cloud kernel; libkrun: libkrunfw's). libkrun
+    /// takes an ELF vmlinux, a gzip/bzip2/zstd-compressed one or a bzImage with such a payload
+    /// (x86_64), an arm64 Image or gzip EFI zboot (aarch64); its guest network (TSI) needs
+    /// libkrunfw's kernel patches, so a stock kernel boots without network there.
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
     /// Hardware acceleration for the QEMU backend.
