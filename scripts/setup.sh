@@ -16,7 +16,9 @@ sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # --- Debian/Ubuntu packages -------------------------------------------------------------
 packages=(qemu-system-x86 qemu-system-common busybox-static cpio docker-registry skopeo
-          iproute2 kmod xz-utils zstd ca-certificates curl gcc libc6-dev pkg-config)
+          iproute2 kmod xz-utils zstd ca-certificates curl gcc libc6-dev pkg-config
+          # `cargo xtask build-kernel` (krunbox's own guest kernel from linux-source-*)
+          make flex bison bc libelf-dev perl)
 missing=()
 for p in "${packages[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 

@@ -131,6 +131,48 @@ pub fn e2e(test: &str) -> Option<Harness> {
     }
 }
 
+/// krunbox's own guest kernel, as `cargo xtask build-kernel` left it.
+pub struct BuiltKernel {
+    /// The bzImage to pass to `krunbox run --kernel`.
+    pub image: PathBuf,
+    /// Its `uname -r`.
+    pub release: String,
+}
+
+/// The x86_64 kernel built by `cargo xtask build-kernel` (`$KRUNBOX_CACHE_DIR`, else the
+/// workspace's `.krunbox-cache/`, then `kernel/x86_64/`); `None` after a loud SKIPPED line
+/// when there is none, or a failure when `KRUNBOX_REQUIRE_E2E` is set (CI builds it first).
+pub fn built_kernel(test: &str) -> Option<BuiltKernel> {
+    let cache = std::env::var_os("KRUNBOX_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .map(|root| root.join(".krunbox-cache"))
+                .expect("the tests crate lives in the workspace")
+        });
+    let dir = cache.join("kernel/x86_64");
+    let image = dir.join("bzImage");
+    match std::fs::read_to_string(dir.join("release")) {
+        Ok(release) if image.is_file() => Some(BuiltKernel {
+            image,
+            release: release.trim().to_owned(),
+        }),
+        _ => {
+            let why = format!(
+                "no built kernel in {} (run `cargo xtask build-kernel`)",
+                dir.display()
+            );
+            assert!(
+                std::env::var("KRUNBOX_REQUIRE_E2E").is_err(),
+                "KRUNBOX_REQUIRE_E2E is set but {why}"
+            );
+            eprintln!("SKIPPED {test}: {why}");
+            None
+        }
+    }
+}
+
 /// Counts booting/running guests in this test binary.
 struct Slots {
     used: Mutex<usize>,

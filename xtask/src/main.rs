@@ -2,6 +2,7 @@
 
 mod bench;
 mod build_init;
+mod build_kernel;
 mod demo;
 mod fuzz;
 mod host_agent;
@@ -21,22 +22,27 @@ struct Cli {
 enum Command {
     /// Build the static musl guest agent (guest-init) for the guest architectures.
     BuildInit(build_init::Args),
+    /// Build krunbox's guest kernel (all drivers built in, no modules) from Debian's
+    /// linux-source package and kernel-config/; cached, so a second run is instant.
+    BuildKernel(build_kernel::Args),
     /// Fuzz the protocol frame decoder for a bounded time (needs cargo-fuzz).
     Fuzz(fuzz::Args),
     /// Run a command through the guest agent in host mode (no VM) and exit with its status.
     Demo(demo::Args),
+    /// Write the macOS entitlements plist (com.apple.security.hypervisor) and sign the krunbox
+    /// binary with it (codesign on macOS, rcodesign elsewhere).
+    Sign(sign::Args),
     /// Measure agent round trips and throughput against running the same work on the host.
     Bench(bench::Args),
-    /// Sign krunbox with the Hypervisor.framework entitlement libkrun needs (macOS only).
-    Sign(sign::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::BuildInit(args) => build_init::run(&args).map(drop),
+        Command::BuildKernel(args) => build_kernel::run(&args).map(drop),
         Command::Fuzz(args) => fuzz::run(&args),
         Command::Bench(args) => bench::run(&args),
-        Command::Demo(args) => std::process::exit(demo::run(&args)?),
         Command::Sign(args) => sign::run(&args),
+        Command::Demo(args) => std::process::exit(demo::run(&args)?),
     }
 }

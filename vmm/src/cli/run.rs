@@ -87,12 +87,14 @@ pub struct RunArgs {
     /// COMMAND ends.
     #[arg(long)]
     pub rm: bool,
-    /// Boot this kernel (with its virtio, vsock and virtio-fs drivers built in) instead of
-    /// the backend's default (QEMU: Debian's cloud kernel; libkrun: libkrunfw's). libkrun
-    /// takes an ELF vmlinux, a gzip/bzip2/zstd-compressed one or a bzImage with such a payload
+    /// Boot this kernel instead of the backend's default (QEMU: Debian's cloud kernel plus
+    /// modules; libkrun: libkrunfw's). It must have virtio-pci/mmio, vsock and virtio-fs built
+    /// in: no module is loaded. `cargo xtask build-kernel` builds one: its `vmlinux` boots on
+    /// both backends (QEMU through PVH, libkrun as ELF), its `bzImage` on QEMU. libkrun takes
+    /// an ELF vmlinux, a gzip/bzip2/zstd-compressed one or a bzImage with such a payload
     /// (x86_64), an arm64 Image or gzip EFI zboot (aarch64); its guest network (TSI) needs
     /// libkrunfw's kernel patches, so a stock kernel boots without network there.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "KRUNBOX_KERNEL")]
     pub kernel: Option<PathBuf>,
     /// Hardware acceleration for the QEMU backend.
     #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]

@@ -1,0 +1,90 @@
+//! krunbox's own guest kernel (`cargo xtask build-kernel`, kernel-config/) booted through
+//! `krunbox run --kernel` under the QEMU backend (TCG here): every driver is built in, so the
+//! initramfs holds only guest-init and nothing is loaded as a module.
+
+use std::path::Path;
+
+use krunbox_tests::{built_kernel, e2e};
+
+const CLEANUP: std::time::Duration = std::time::Duration::from_secs(15);
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A root filesystem directory of busybox and its applets.
+fn busybox_rootfs(root: &Path) {
+    let busybox = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("busybox"))
+        .find(|p| p.exists())
+        .expect("busybox");
+    for dir in ["bin", "etc", "proc", "sys", "dev", "tmp", "run"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    std::fs::copy(&busybox, root.join("bin/busybox")).unwrap();
+    for applet in ["sh", "cat", "echo", "uname", "awk", "test", "wc", "ls"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+}
+
+#[test]
+fn the_built_kernel_runs_commands_over_vsock_with_a_writable_virtiofs_root_and_no_modules() {
+    let test =
+        "the_built_kernel_runs_commands_over_vsock_with_a_writable_virtiofs_root_and_no_modules";
+    let Some(k) = e2e(test) else {
+        return;
+    };
+    let Some(kernel) = built_kernel(test) else {
+        return;
+    };
+    let rootfs = tempfile::tempdir().unwrap();
+    busybox_rootfs(rootfs.path());
+    std::fs::write(rootfs.path().join("from-host"), "written on the host\n").unwrap();
+
+    // The command itself arrives over vsock (the agent's only channel) and its output
+    // returns over it; the root filesystem is the virtio-fs share of `rootfs`.
+    let script = "uname -r; \
+                  cat /from-host; \
+                  echo written in the guest > /from-guest; \
+                  awk '$2 == \"/\" { print \"root:\", $3 }' /proc/mounts; \
+                  if test -e /proc/modules; then echo modules: $(wc -l < /proc/modules); else echo modules: absent; fi; \
+                  awk '$2 == \"/sys/fs/cgroup\" { print \"cgroup:\", $3 }' /proc/mounts; \
+                  test -e /proc/config.gz && echo config.gz: present";
+    let out = k.run(
+        &[
+            "--kernel",
+            kernel.image.to_str().unwrap(),
+            rootfs.path().to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.first().copied(),
+        Some(kernel.release.as_str()),
+        "not the built kernel: {stdout}"
+    );
+    assert!(
+        lines.contains(&"written on the host"),
+        "host file not readable over virtio-fs: {stdout}"
+    );
+    assert!(lines.contains(&"root: virtiofs"), "{stdout}");
+    assert!(
+        lines.contains(&"modules: absent") || lines.contains(&"modules: 0"),
+        "modules loaded: {stdout}"
+    );
+    assert!(lines.contains(&"config.gz: present"), "{stdout}");
+    assert!(lines.contains(&"cgroup: cgroup2"), "{stdout}");
+    assert_eq!(
+        std::fs::read_to_string(rootfs.path().join("from-guest")).unwrap(),
+        "written in the guest\n",
+        "the guest's write did not reach the host"
+    );
+    k.assert_nothing_left(CLEANUP);
+}
