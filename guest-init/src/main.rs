@@ -195,8 +195,10 @@ fn guest_mode(options: &Options) {
     system::loopback_up();
     system::raise_fd_limit();
     let status = serve_catching_panics(Listen::Vsock(config.port), true);
-    if config.libkrun {
-        system::report_status_to_libkrun(status);
-    }
-    system::power_off(status);
+    let ending = if config.libkrun {
+        system::Ending::Libkrun
+    } else {
+        system::Ending::PowerOff
+    };
+    system::shut_down(status, ending);
 }

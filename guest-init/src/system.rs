@@ -90,24 +90,24 @@ const KRUN_EXIT_CODE_IOCTL: u32 = 0x7602;
 const VIRTIOFS_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0x6573_5546);
 
 /// Tells libkrun the status its VMM process should exit with. Only when the root is virtio-fs
-/// (libkrun serves the ioctl there); failures are logged, the power-off goes on.
-pub fn report_status_to_libkrun(status: i32) {
+/// (libkrun serves the ioctl there); failures are logged, the shutdown goes on.
+fn report_status_to_libkrun(status: i32) {
     use std::os::fd::AsRawFd;
     match nix::sys::statfs::statfs("/") {
         Ok(fs) if fs.filesystem_type() == VIRTIOFS_MAGIC => {}
         Ok(_) => {
-            tracing::warn!("the root is not virtio-fs: the VMM cannot learn the exit status");
+            eprintln!("krunbox: the root is not virtio-fs: libkrun cannot learn the exit status");
             return;
         }
         Err(err) => {
-            tracing::warn!(%err, "cannot statfs /");
+            eprintln!("krunbox: cannot statfs /: {err}");
             return;
         }
     }
     let root = match std::fs::File::open("/") {
         Ok(root) => root,
         Err(err) => {
-            tracing::warn!(%err, "cannot open / to report the exit status");
+            eprintln!("krunbox: cannot open / to report the exit status: {err}");
             return;
         }
     };
@@ -121,16 +121,36 @@ pub fn report_status_to_libkrun(status: i32) {
         )
     };
     if rc < 0 {
-        tracing::warn!(err = %std::io::Error::last_os_error(), "libkrun did not take the exit status");
+        eprintln!(
+            "krunbox: libkrun did not take the exit status: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
+/// How the guest ends, per VMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Power off (QEMU: ACPI, `-no-reboot`).
+    PowerOff,
+    /// libkrun: report the status through virtio-fs, then reset, as libkrun's own init does
+    /// (`reboot=k`: the i8042 reset ends the VMM; an x86 power-off without ACPI only halts).
+    Libkrun,
+}
+
 /// Stops everything and powers the machine off, reporting `status` on the console first.
+pub fn power_off(status: i32) -> ! {
+    shut_down(status, Ending::PowerOff)
+}
+
+/// Stops everything and ends the machine as `ending` says, reporting `status` on the console
+/// first.
 ///
 /// As PID 1 every process of the guest is our descendant, so "no child left" means nothing
 /// runs any more: the grace period ends as soon as that is true, and a one-shot command that
 /// already exited costs no waiting at all.
-pub fn power_off(status: i32) -> ! {
+pub fn shut_down(status: i32, ending: Ending) -> ! {
+    use nix::sys::reboot::RebootMode;
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
     // Every process but us: -1 means all processes we may signal.
@@ -142,7 +162,14 @@ pub fn power_off(status: i32) -> ! {
     }
     nix::unistd::sync();
     eprintln!("krunbox: exit-status {status}");
-    let err = match nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF) {
+    let mode = match ending {
+        Ending::PowerOff => RebootMode::RB_POWER_OFF,
+        Ending::Libkrun => {
+            report_status_to_libkrun(status);
+            RebootMode::RB_AUTOBOOT
+        }
+    };
+    let err = match nix::sys::reboot::reboot(mode) {
         Ok(never) => match never {},
         Err(err) => err,
     };

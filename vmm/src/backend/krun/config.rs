@@ -141,7 +141,7 @@ impl KrunVmConfig {
         let mut guest_config = vec![
             format!("krunbox.port={agent_port}"),
             format!("krunbox.hostname={}", spec.hostname),
-            // Report the exit status through libkrun's virtio-fs ioctl before powering off.
+            // End as libkrun expects: exit status through its virtio-fs ioctl, then a reset.
             "krunbox.vmm=libkrun".to_owned(),
         ];
         if !shares.is_empty() {

@@ -11,6 +11,30 @@ pub const KRUNFW_NAME: &str = "libkrunfw.5.dylib";
 #[cfg(not(target_os = "macos"))]
 pub const KRUNFW_NAME: &str = "libkrunfw.so.5";
 
+/// Where package managers put libkrunfw beyond the dynamic linker's default search path:
+/// Homebrew on Apple silicon. The VMM child gets them on its `DYLD_FALLBACK_LIBRARY_PATH`
+/// ([`library_path_for_vmm`]), because libkrun `dlopen`s libkrunfw by bare name.
+#[cfg(target_os = "macos")]
+pub const EXTRA_LIBRARY_DIRS: &[&str] = &["/opt/homebrew/lib"];
+/// Where package managers put libkrunfw beyond the dynamic linker's default search path.
+#[cfg(not(target_os = "macos"))]
+pub const EXTRA_LIBRARY_DIRS: &[&str] = &[];
+
+/// The dyld fallback path for the VMM child: what is set (or dyld's default) plus
+/// [`EXTRA_LIBRARY_DIRS`].
+#[cfg(target_os = "macos")]
+pub fn library_path_for_vmm() -> std::ffi::OsString {
+    let mut path = std::env::var_os("DYLD_FALLBACK_LIBRARY_PATH").unwrap_or_else(|| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        format!("{home}/lib:/usr/local/lib:/usr/lib").into()
+    });
+    for dir in EXTRA_LIBRARY_DIRS {
+        path.push(":");
+        path.push(dir);
+    }
+    path
+}
+
 /// How to get libkrunfw.
 const KRUNFW_HINT: &str = "install libkrunfw 5 (Debian/Ubuntu: package libkrunfw5 from Debian's \
                            unstable suite, pinned, as scripts/setup.sh does; macOS: `brew install \
@@ -85,14 +109,25 @@ pub fn probe_hypervisor() -> Result<String, String> {
 /// search path), and has the symbol libkrun calls.
 #[cfg(krunbox_libkrun)]
 pub fn probe_krunfw() -> Result<String, String> {
-    // SAFETY: loading libkrunfw runs no initialisers of consequence (it is a kernel image and
-    // two accessor functions); the library is only inspected for a symbol, then unloaded.
-    let library = unsafe { libloading::Library::new(KRUNFW_NAME) }
-        .map_err(|e| format!("cannot load {KRUNFW_NAME} ({e}); {KRUNFW_HINT}"))?;
+    let load = |name: &std::ffi::OsStr| {
+        // SAFETY: loading libkrunfw runs no initialisers of consequence (it is a kernel image
+        // and two accessor functions); the library is only inspected for a symbol, then
+        // unloaded.
+        unsafe { libloading::Library::new(name) }
+    };
+    let (library, found) = match load(KRUNFW_NAME.as_ref()) {
+        Ok(library) => (library, KRUNFW_NAME.to_owned()),
+        Err(e) => EXTRA_LIBRARY_DIRS
+            .iter()
+            .map(|dir| std::path::Path::new(dir).join(KRUNFW_NAME))
+            .find_map(|path| load(path.as_os_str()).ok().map(|l| (l, path)))
+            .map(|(library, path)| (library, path.display().to_string()))
+            .ok_or_else(|| format!("cannot load {KRUNFW_NAME} ({e}); {KRUNFW_HINT}"))?,
+    };
     // SAFETY: only the symbol's presence is checked; it is never called.
     let symbol = unsafe { library.get::<unsafe extern "C" fn()>(b"krunfw_get_kernel\0") };
     match symbol {
-        Ok(_) => Ok(format!("{KRUNFW_NAME} (libkrun's kernel)")),
+        Ok(_) => Ok(format!("{found} (libkrun's kernel)")),
         Err(e) => Err(format!(
             "{KRUNFW_NAME} loads but has no krunfw_get_kernel ({e}); {KRUNFW_HINT}"
         )),

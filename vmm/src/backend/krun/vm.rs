@@ -67,6 +67,12 @@ impl KrunVm {
         if dry_run {
             command.arg("--no-enter");
         }
+        // libkrun dlopens libkrunfw by bare name: add Homebrew's directory to dyld's fallback.
+        #[cfg(target_os = "macos")]
+        command.env(
+            "DYLD_FALLBACK_LIBRARY_PATH",
+            super::probe::library_path_for_vmm(),
+        );
         die_with_parent(&mut command);
         let mut process = command.spawn().map_err(|e| BackendError::Helper {
             name: "the libkrun VMM".into(),
