@@ -99,3 +99,59 @@ fn ctrl_c_while_booting_stops_the_vmm() {
     );
     k.assert_nothing_left(CLEANUP);
 }
+
+#[test]
+fn our_own_kernel_vmlinux_is_taken_and_its_bzimage_refused_with_advice() {
+    let test = "krun: our_own_kernel_vmlinux_is_taken_and_its_bzimage_refused_with_advice";
+    let Some(k) = e2e(test) else {
+        return;
+    };
+    let Some(kernel) = krunbox_tests::built_kernel(test) else {
+        return;
+    };
+    let vmlinux = kernel.image.with_file_name("vmlinux");
+    // The ELF vmlinux gets through detection and `krun_set_kernel` (format 1): the dry run
+    // then waits for an agent that never comes.
+    let mut child = dry_run(
+        &k,
+        &[
+            "--kernel",
+            vmlinux.to_str().expect("UTF-8 path"),
+            "--boot-timeout",
+            "1",
+            "--",
+            "true",
+        ],
+    );
+    let stderr = Captured::start(child.stderr.take().expect("stderr"));
+    let status = wait_timeout(&mut child, Duration::from_secs(60));
+    assert_eq!(status.code(), Some(125), "{}", stderr.text());
+    assert!(
+        stderr.text().contains("did not come up within 1s"),
+        "{}",
+        stderr.text()
+    );
+    // libkrun has no bzImage loader: the payload must be one it decompresses, else a refusal
+    // that says what to give instead.
+    let mut child = dry_run(
+        &k,
+        &[
+            "--kernel",
+            kernel.image.to_str().expect("UTF-8 path"),
+            "--boot-timeout",
+            "1",
+            "--",
+            "true",
+        ],
+    );
+    let stderr = Captured::start(child.stderr.take().expect("stderr"));
+    let status = wait_timeout(&mut child, Duration::from_secs(60));
+    assert_eq!(status.code(), Some(125), "{}", stderr.text());
+    let text = stderr.text();
+    assert!(
+        text.contains("did not come up")
+            || (text.contains("cannot be booted by libkrun") && text.contains("vmlinux")),
+        "{text}"
+    );
+    k.assert_nothing_left(CLEANUP);
+}
