@@ -3,8 +3,12 @@
 //! - `agent`: the guest agent in host mode on a Unix socket — exec round trip of `true`
 //!   (p50/p99) next to spawning `true` directly on the host, and stdout / file throughput
 //!   next to the same bytes moved on the host.
+//! - `krun-vmm`: the libkrun VMM child configured through the real libkrun but never entered
+//!   (spawn + configure, and stop + cleanup), the part of a libkrun VM's start that a host
+//!   without a usable hypervisor can measure.
 
 mod agent;
+mod krun_vmm;
 mod table;
 
 #[derive(clap::Args)]
@@ -24,17 +28,20 @@ pub struct Args {
 enum Suite {
     /// The agent over a Unix socket, without a VM.
     Agent,
+    /// The libkrun VMM child, configured but never entered.
+    KrunVmm,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let suites = if args.suites.is_empty() {
-        vec![Suite::Agent]
+        vec![Suite::Agent, Suite::KrunVmm]
     } else {
         args.suites.clone()
     };
     for suite in suites {
         match suite {
             Suite::Agent => agent::run(args.iterations, args.megabytes)?,
+            Suite::KrunVmm => krun_vmm::run((args.iterations / 10).max(10))?,
         }
     }
     Ok(())
