@@ -12,6 +12,7 @@
 //! | `krunbox.mounts=TAG:/path[:ro],...` | further virtio-fs shares to mount | none |
 //! | `krunbox.log=LEVEL` | log level (error, warn, info, debug, trace) | info |
 //! | `krunbox.vmm=libkrun` | the VMM is libkrun: report the exit status to it before powering off | another VMM |
+//! | `krunbox.overlay=tmpfs` | the root share is read-only: mount it as the lower layer of an overlayfs whose writable layer is a guest tmpfs | the root share is mounted as it is |
 //!
 //! Unknown `krunbox.*` keys are logged and ignored, so an older agent boots with a newer host.
 
@@ -30,6 +31,13 @@ pub struct Share {
     pub read_only: bool,
 }
 
+/// Where the writable layer of an overlay root lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverlayUpper {
+    /// A tmpfs in guest memory: writes last as long as the VM and count against its memory.
+    Tmpfs,
+}
+
 /// What the command line asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -46,6 +54,8 @@ pub struct Config {
     /// The VMM is libkrun, which exits with the status the guest reports through an ioctl on
     /// the virtio-fs root.
     pub libkrun: bool,
+    /// Where the writable layer over a read-only root lives (`None`: the root is used as is).
+    pub overlay: Option<OverlayUpper>,
     /// Keys that were not understood (logged once logging is up).
     pub ignored: Vec<String>,
 }
@@ -59,6 +69,7 @@ impl Default for Config {
             shares: Vec::new(),
             log: "info".into(),
             libkrun: false,
+            overlay: None,
             ignored: Vec::new(),
         }
     }
@@ -151,6 +162,13 @@ impl Config {
                     config.libkrun = true;
                     true
                 }
+                "overlay" => match value {
+                    "tmpfs" => {
+                        config.overlay = Some(OverlayUpper::Tmpfs);
+                        true
+                    }
+                    _ => false,
+                },
                 _ => false,
             };
             if !understood {
@@ -169,7 +187,7 @@ mod tests {
     fn reads_every_key_and_ignores_the_rest() {
         let config = Config::from_cmdline(
             "console=ttyS0 quiet krunbox.port=2000 krunbox.hostname=box krunbox.root=virtiofs:rootfs \
-             krunbox.mounts=work:/work,data:/data:ro krunbox.log=debug",
+             krunbox.mounts=work:/work,data:/data:ro krunbox.log=debug krunbox.overlay=tmpfs",
         );
         assert_eq!(config.port, 2000);
         assert_eq!(config.hostname, "box");
@@ -190,6 +208,7 @@ mod tests {
             ]
         );
         assert_eq!(config.log, "debug");
+        assert_eq!(config.overlay, Some(OverlayUpper::Tmpfs));
         assert!(config.ignored.is_empty());
     }
 
@@ -211,7 +230,8 @@ mod tests {
     fn malformed_values_keep_defaults_and_are_reported() {
         let config = Config::from_cmdline(
             "krunbox.port=abc krunbox.mounts=tag:relative krunbox.root=9p:x krunbox.future=1 \
-             krunbox.vmm=firecracker",
+             krunbox.vmm=firecracker \
+             krunbox.overlay=disk",
         );
         assert_eq!(
             config,
@@ -220,6 +240,6 @@ mod tests {
                 ..Config::default()
             }
         );
-        assert_eq!(config.ignored.len(), 5);
+        assert_eq!(config.ignored.len(), 6);
     }
 }

@@ -33,7 +33,7 @@ const USAGE: &str = "usage: guest-init [--listen unix:PATH|vsock:PORT] [--log LE
 
 Without --listen, guest-init runs as PID 1 of a krunbox guest: it reads its configuration
 from the kernel command line (krunbox.port, krunbox.hostname, krunbox.root, krunbox.mounts,
-krunbox.log), mounts the guest's filesystems and serves the krunbox protocol on vsock.
+krunbox.overlay, krunbox.log), mounts the guest's filesystems and serves the krunbox protocol on vsock.
 With --listen it serves the protocol on the given socket and changes nothing else
 (host mode, for tests and benchmarks).";
 
@@ -179,7 +179,7 @@ fn guest_mode(options: &Options) {
         tracing::debug!(loaded, "kernel modules loaded");
     }
     if let Some(tag) = &config.root_tag {
-        if let Err(err) = rootfs::switch_to_virtiofs(tag) {
+        if let Err(err) = rootfs::switch_to_virtiofs(tag, config.overlay) {
             // Without its root the guest is useless: say why and stop the VM.
             tracing::error!(%err, "cannot switch to the root filesystem");
             system::power_off(AGENT_FAILURE_STATUS);

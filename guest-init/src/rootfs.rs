@@ -4,9 +4,17 @@
 //! mounts made in the initramfs (only `/proc`, needed to read the command line), move the new
 //! root onto `/`, `chroot(".")`, `chdir("/")`. The initramfs stays underneath, unreachable;
 //! its few megabytes (this binary and the modules) are not reclaimed.
+//!
+//! With an overlay root (`krunbox.overlay=tmpfs`, used for images from the store, which many
+//! sandboxes share and none may change) the share is mounted read-only at
+//! `/krunbox/overlay/lower`, a tmpfs at `/krunbox/overlay/rw` holds the writable `upper` and
+//! overlayfs's `work` directory, and the overlay of the two becomes the new root. Writes land
+//! in guest memory and vanish with the VM; the host's image directory is never written.
 
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
+
+use crate::config::OverlayUpper;
 
 /// Where the new root is mounted before the switch.
 const NEW_ROOT: &str = "/newroot";
@@ -45,27 +53,88 @@ fn carry_over(mount_point: &str) {
     }
 }
 
-/// Mounts virtio-fs `tag` and makes it `/` (the initramfs stays underneath, unreachable).
-pub fn switch_to_virtiofs(tag: &str) -> Result<(), SwitchRootError> {
+/// Where the layers of an overlay root are mounted (in the initramfs, unreachable later).
+const OVERLAY_LOWER: &str = "/krunbox/overlay/lower";
+const OVERLAY_RW: &str = "/krunbox/overlay/rw";
+
+fn io_errno(err: &std::io::Error) -> Errno {
+    Errno::from_raw(err.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// Mounts the read-only share `tag` under a writable overlay at [`NEW_ROOT`].
+fn mount_overlay_root(
+    tag: &str,
+    upper: OverlayUpper,
+    fail: impl Fn(&'static str, Errno) -> SwitchRootError,
+) -> Result<(), SwitchRootError> {
+    for dir in [OVERLAY_LOWER, OVERLAY_RW] {
+        std::fs::create_dir_all(dir).map_err(|e| fail("mkdir overlay layers", io_errno(&e)))?;
+    }
+    mount(
+        Some(tag),
+        OVERLAY_LOWER,
+        Some("virtiofs"),
+        MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .map_err(|e| fail("mount the read-only image", e))?;
+    match upper {
+        OverlayUpper::Tmpfs => mount(
+            Some("krunbox-rw"),
+            OVERLAY_RW,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("mode=0755"),
+        )
+        .map_err(|e| fail("mount the tmpfs for the writable layer", e))?,
+    }
+    let upper_dir = format!("{OVERLAY_RW}/upper");
+    let work_dir = format!("{OVERLAY_RW}/work");
+    for dir in [&upper_dir, &work_dir] {
+        std::fs::create_dir_all(dir).map_err(|e| fail("mkdir upper/work", io_errno(&e)))?;
+    }
+    // The root directory's own attributes come from the upper directory: copy the image's.
+    if let Ok(meta) = std::fs::metadata(OVERLAY_LOWER) {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let _ = std::fs::set_permissions(
+            &upper_dir,
+            std::fs::Permissions::from_mode(meta.mode() & 0o7777),
+        );
+        let _ = std::os::unix::fs::chown(&upper_dir, Some(meta.uid()), Some(meta.gid()));
+    }
+    let options = format!("lowerdir={OVERLAY_LOWER},upperdir={upper_dir},workdir={work_dir}");
+    mount(
+        Some("overlay"),
+        NEW_ROOT,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .map_err(|e| fail("mount the overlay", e))?;
+    tracing::debug!(tag, ?upper, "overlay root mounted");
+    Ok(())
+}
+
+/// Mounts virtio-fs `tag` (under a writable overlay when `overlay` is set) and makes it `/`
+/// (the initramfs stays underneath, unreachable).
+pub fn switch_to_virtiofs(tag: &str, overlay: Option<OverlayUpper>) -> Result<(), SwitchRootError> {
     let fail = |step, errno| SwitchRootError {
         tag: tag.into(),
         step,
         errno,
     };
-    std::fs::create_dir_all(NEW_ROOT).map_err(|e| {
-        fail(
-            "mkdir /newroot",
-            Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    std::fs::create_dir_all(NEW_ROOT).map_err(|e| fail("mkdir /newroot", io_errno(&e)))?;
+    match overlay {
+        Some(upper) => mount_overlay_root(tag, upper, fail)?,
+        None => mount(
+            Some(tag),
+            NEW_ROOT,
+            Some("virtiofs"),
+            MsFlags::empty(),
+            None::<&str>,
         )
-    })?;
-    mount(
-        Some(tag),
-        NEW_ROOT,
-        Some("virtiofs"),
-        MsFlags::empty(),
-        None::<&str>,
-    )
-    .map_err(|e| fail("mount", e))?;
+        .map_err(|e| fail("mount", e))?,
+    }
     for mount_point in CARRIED_MOUNTS {
         carry_over(mount_point);
     }

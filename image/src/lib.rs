@@ -15,3 +15,4 @@ pub mod reference;
 pub mod source;
 pub mod store;
 pub mod unpack;
+pub mod user;

@@ -1,8 +1,9 @@
 //! krunbox: run commands in micro-VMs.
 //!
 //! Layout: `cli/` parses and runs subcommands; `backend/` starts VMs (one module per
-//! backend, behind the `Backend` trait); `guest_kernel`, `initramfs`, `rootfs` and
-//! `guest_init` prepare what a guest boots; `rundir` and `lock` keep per-VM state safe
+//! backend, behind the `Backend` trait); `image` (IMAGE → root filesystem and run defaults,
+//! through the `krunbox-image` store), `guest_kernel`, `initramfs` and `guest_init` prepare
+//! what a guest boots; `rundir` and `lock` keep per-VM state safe
 //! between concurrent krunbox processes.
 
 mod backend;
@@ -10,10 +11,10 @@ mod cli;
 mod elf;
 mod guest_init;
 mod guest_kernel;
+mod image;
 mod initramfs;
 mod lock;
 mod paths;
-mod rootfs;
 mod rundir;
 
 use clap::Parser;
@@ -39,7 +40,11 @@ fn main() {
         )
         .init();
     let result: anyhow::Result<i32> = match cli.command {
-        cli::Command::Run(args) => cli::run::run(args).map_err(Into::into),
+        cli::Command::Run(args) => cli::run::run(*args).map_err(Into::into),
+        cli::Command::Pull(args) => cli::images::pull(&args).map_err(Into::into),
+        cli::Command::Images(args) => cli::images::images(&args).map_err(Into::into),
+        cli::Command::Rmi(args) => cli::images::rmi(&args).map_err(Into::into),
+        cli::Command::Prune(args) => cli::images::prune(&args).map_err(Into::into),
         cli::Command::Doctor => Ok(cli::doctor::run()),
         cli::Command::Kernel(command) => cli::kernel::run(&command).map_err(Into::into),
         cli::Command::QemuSupervisor { .. } | cli::Command::KrunVmm { .. } => Ok(0),

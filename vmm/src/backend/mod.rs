@@ -86,6 +86,10 @@ pub enum Network {
 pub struct VmSpec {
     /// The root filesystem directory.
     pub rootfs: PathBuf,
+    /// The root is an image shared by many sandboxes: share it read-only and let the guest
+    /// stack a writable overlay on it (guest-init's `krunbox.overlay=tmpfs`), so the
+    /// directory is never written. `false`: the directory is the guest's writable root.
+    pub root_overlay: bool,
     /// Further shared directories.
     pub shares: Vec<SharedDir>,
     /// vCPUs.
@@ -111,6 +115,7 @@ impl VmSpec {
     pub fn new(rootfs: PathBuf, guest_init: PathBuf) -> Self {
         Self {
             rootfs,
+            root_overlay: false,
             shares: Vec::new(),
             cpus: 1,
             memory_mib: 512,

@@ -1,6 +1,7 @@
 //! The command line: one module per subcommand.
 
 pub mod doctor;
+pub mod images;
 pub mod kernel;
 pub mod run;
 pub mod terminal;
@@ -18,7 +19,15 @@ pub struct Cli {
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Run a command in a new micro-VM.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
+    /// Download an image into the image store (or import a local layout or archive).
+    Pull(images::PullArgs),
+    /// List the images in the store.
+    Images(images::ImagesArgs),
+    /// Remove images from the store.
+    Rmi(images::RmiArgs),
+    /// Remove everything in the store that no image references.
+    Prune(images::PruneArgs),
     /// Show what this host can run, per backend, and why.
     Doctor,
     /// Manage the guest kernel of the QEMU backend.

@@ -13,8 +13,14 @@ use krunbox_protocol::messages::{ExitStatus, Outcome};
 use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+use krunbox_image::config::{merge_run_config, RunConfig, RunConfigError, RunOverrides};
+use krunbox_image::platform::Platform;
+use krunbox_image::source::PullPolicy;
+use krunbox_image::user::{resolve_user, UserError};
+
 use super::terminal;
 use crate::backend::{self, log_tail, Accel, BackendKind, VmHandle, VmSpec};
+use crate::image::{ImageError, ImageOptions};
 
 /// Console lines shown when the guest fails.
 const CONSOLE_TAIL_LINES: usize = 30;
@@ -33,6 +39,27 @@ pub enum BackendChoice {
     Qemu,
 }
 
+/// When `krunbox run` contacts the registry for IMAGE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PullChoice {
+    /// Pull only when the store has no image by that name.
+    Missing,
+    /// Pull before every run (blobs already in the store are not downloaded again).
+    Always,
+    /// Never pull: fail when the image is not in the store.
+    Never,
+}
+
+impl From<PullChoice> for PullPolicy {
+    fn from(choice: PullChoice) -> Self {
+        match choice {
+            PullChoice::Missing => Self::Missing,
+            PullChoice::Always => Self::Always,
+            PullChoice::Never => Self::Never,
+        }
+    }
+}
+
 /// QEMU's accelerator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AccelChoice {
@@ -46,6 +73,18 @@ pub enum AccelChoice {
 
 /// Run a command in a new micro-VM.
 ///
+/// IMAGE is a registry reference (`alpine`, `127.0.0.1:5000/app:v1`, `app@sha256:...`;
+/// short names resolve as Docker's do), an OCI image layout directory or archive, a
+/// `docker save` tarball, or a root filesystem directory; without IMAGE, the built-in
+/// default image (busybox). Registry images are pulled into the image store on first use
+/// (see --pull) and every image is unpacked there once: each VM sees it through a writable
+/// overlay kept in guest memory, so writes never reach the store and vanish with the VM. A
+/// root filesystem directory is used as it is, writable.
+///
+/// The command is the image's Entrypoint followed by COMMAND (or the image's Cmd when no
+/// COMMAND is given), with the image's Env, WorkingDir and User, overridden as `docker run`
+/// does by -e, -w, -u and --entrypoint.
+///
 /// The VM boots, runs COMMAND, streams its stdout and stderr to krunbox's, and powers off
 /// when it ends; krunbox exits with COMMAND's exit status (128+N if a signal N killed it, 127
 /// if it was not found, 126 if it could not be executed). krunbox's own failures (bad
@@ -56,18 +95,33 @@ pub enum AccelChoice {
 /// With -t, Ctrl-C is a key for the guest's terminal like any other.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  krunbox run -- uname -a\n  krunbox run ./rootfs -- sh -c 'echo $HOME'\n  echo hi | krunbox run -- cat\n  krunbox run -it -- sh"
+    after_help = "Examples:\n  krunbox run -- uname -a\n  krunbox run alpine -- cat /etc/os-release\n  krunbox run --platform linux/arm64 127.0.0.1:5000/app:v1\n  krunbox run ./image.tar -- sh -c 'echo $HOME'\n  krunbox run ./rootfs -- sh -c 'echo $HOME'\n  echo hi | krunbox run -- cat\n  krunbox run -it -- sh"
 )]
 pub struct RunArgs {
     /// Which backend runs the VM.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto, env = "KRUNBOX_BACKEND")]
     pub backend: BackendChoice,
-    /// Set an environment variable in the guest (KEY=VALUE; a bare KEY copies the host's value).
+    /// Set an environment variable in the guest (KEY=VALUE; a bare KEY copies the host's
+    /// value), on top of the image's Env.
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
-    /// Working directory of COMMAND in the guest.
+    /// Working directory of COMMAND in the guest (default: the image's WorkingDir, else /).
     #[arg(short = 'w', long = "workdir", value_name = "DIR")]
     pub workdir: Option<String>,
+    /// Run COMMAND as this user of the image (name or UID, optionally :GROUP or :GID;
+    /// default: the image's User, else root).
+    #[arg(short = 'u', long = "user", value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
+    /// Replace the image's Entrypoint (and drop its Cmd); an empty string clears it.
+    #[arg(long, value_name = "PROGRAM")]
+    pub entrypoint: Option<String>,
+    /// When to pull IMAGE from its registry.
+    #[arg(long, value_enum, default_value_t = PullChoice::Missing)]
+    pub pull: PullChoice,
+    /// The platform to pick from multi-platform images, as OS/ARCH[/VARIANT]
+    /// (default: linux and this host's architecture).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]", value_parser = parse_platform)]
+    pub platform: Option<Platform>,
     /// Number of virtual CPUs.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=64))]
     pub cpus: u8,
@@ -105,23 +159,31 @@ pub struct RunArgs {
     /// The guest's hostname.
     #[arg(long, default_value = "krunbox")]
     pub hostname: String,
-    /// Root filesystem directory to boot (default: the built-in image).
-    #[arg(value_name = "ROOTFS_DIR")]
+    /// The image: a registry reference, an OCI layout or archive, a `docker save` tarball or
+    /// a root filesystem directory (default: the built-in image).
+    #[arg(value_name = "IMAGE")]
     pub image: Option<String>,
-    /// The command and its arguments (after `--`).
-    #[arg(last = true, required = true, value_name = "COMMAND")]
+    /// The command and its arguments, after `--` (default: the image's Cmd).
+    #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+fn parse_platform(s: &str) -> Result<Platform, String> {
+    Platform::parse(s).map_err(|e| e.to_string())
 }
 
 /// Why a run failed (krunbox's failure, not the command's).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// Bad input.
-    #[error("{0}")]
-    Usage(String),
-    /// The root filesystem.
+    /// The image (boxed: large and rare).
     #[error(transparent)]
-    Rootfs(#[from] crate::rootfs::RootfsError),
+    Image(Box<ImageError>),
+    /// The image's run defaults and the command line do not make a command.
+    #[error(transparent)]
+    Config(#[from] RunConfigError),
+    /// The user to run as.
+    #[error(transparent)]
+    User(#[from] UserError),
     /// The guest agent binary.
     #[error(transparent)]
     GuestInit(#[from] crate::guest_init::GuestInitNotFound),
@@ -156,9 +218,14 @@ pub enum RunError {
     Io(String),
 }
 
+impl From<ImageError> for RunError {
+    fn from(err: ImageError) -> Self {
+        Self::Image(Box::new(err))
+    }
+}
+
 /// Runs the command; returns krunbox's exit code.
 pub fn run(args: RunArgs) -> Result<i32, RunError> {
-    let command_env = guest_env(&args.env)?;
     // The backend first: a host that cannot run it is the first thing to hear about.
     let backend = backend::select(
         match args.backend {
@@ -168,9 +235,18 @@ pub fn run(args: RunArgs) -> Result<i32, RunError> {
         },
         args.kernel.is_some(),
     )?;
-    let rootfs = crate::rootfs::resolve_rootfs(args.image.as_deref())?;
+    let options = ImageOptions {
+        pull: args.pull.into(),
+        platform: args.platform.clone(),
+        progress: std::io::stderr().is_terminal(),
+    };
+    // Held until the VM is gone: the lease keeps rmi/prune away from the image.
+    let root = crate::image::prepare(args.image.as_deref(), &options)?;
+    tracing::debug!(image = %root.name, rootfs = %root.rootfs.display(), overlay = root.overlay, "image ready");
+    let command = GuestCommand::for_image(&args, &root)?;
     let guest_init = crate::guest_init::locate()?;
-    let mut spec = VmSpec::new(rootfs, guest_init);
+    let mut spec = VmSpec::new(root.rootfs.clone(), guest_init);
+    spec.root_overlay = root.overlay;
     spec.cpus = args.cpus;
     spec.memory_mib = args.memory;
     spec.kernel = args.kernel.clone();
@@ -192,32 +268,42 @@ pub fn run(args: RunArgs) -> Result<i32, RunError> {
         .enable_all()
         .build()
         .map_err(|e| RunError::Io(format!("cannot start the async runtime: {e}")))?;
-    let result = runtime.block_on(Session::new(&args, command_env, vm.as_mut()).run());
+    let result = runtime.block_on(Session::new(&args, command, vm.as_mut()).run());
     // Output tasks may still hold stdout; the VM handle's drop waits for the cleanup.
     runtime.shutdown_timeout(Duration::from_millis(200));
     drop(vm);
+    drop(root);
     tracing::debug!(elapsed = ?started.elapsed(), "done");
     result
 }
 
-/// `-e` arguments as pairs; a bare KEY takes the host's value (skipped when unset).
-fn guest_env(args: &[String]) -> Result<Vec<(String, String)>, RunError> {
-    let mut env = Vec::new();
-    for arg in args {
-        match arg.split_once('=') {
-            Some(("", _)) => {
-                return Err(RunError::Usage(format!("-e {arg:?}: empty variable name")))
-            }
-            Some((key, value)) => env.push((key.to_owned(), value.to_owned())),
-            None if arg.is_empty() => return Err(RunError::Usage("-e needs KEY=VALUE".into())),
-            None => {
-                if let Ok(value) = std::env::var(arg) {
-                    env.push((arg.clone(), value));
-                }
-            }
+/// What runs in the guest: the image's defaults merged with the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct GuestCommand {
+    config: RunConfig,
+    /// uid and gid, when not root.
+    user: Option<(u32, u32)>,
+}
+
+impl GuestCommand {
+    fn for_image(args: &RunArgs, root: &crate::image::PreparedRoot) -> Result<Self, RunError> {
+        let overrides = RunOverrides {
+            entrypoint: args.entrypoint.clone(),
+            command: args.command.clone(),
+            env: args.env.clone(),
+            workdir: args.workdir.clone(),
+            user: args.user.clone(),
+        };
+        let mut config = merge_run_config(&root.config, &overrides, |key| std::env::var(key).ok())?;
+        let user = resolve_user(&root.rootfs, &config.user)?;
+        if !config.env.iter().any(|e| e.starts_with("HOME=")) {
+            config.env.push(format!("HOME={}", user.home));
         }
+        Ok(Self {
+            config,
+            user: (user.uid != 0 || user.gid != 0).then_some((user.uid, user.gid)),
+        })
     }
-    Ok(env)
 }
 
 /// The signals krunbox forwards.
@@ -253,9 +339,7 @@ impl Signals {
 }
 
 struct Session<'a> {
-    command: Vec<String>,
-    env: Vec<(String, String)>,
-    workdir: Option<String>,
+    command: GuestCommand,
     tty: bool,
     forward_stdin: bool,
     boot_timeout: u64,
@@ -263,11 +347,9 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn new(args: &RunArgs, env: Vec<(String, String)>, vm: &'a mut dyn VmHandle) -> Self {
+    fn new(args: &RunArgs, command: GuestCommand, vm: &'a mut dyn VmHandle) -> Self {
         Self {
-            command: args.command.clone(),
-            env,
-            workdir: args.workdir.clone(),
+            command,
             tty: args.tty,
             forward_stdin: args.interactive || !std::io::stdin().is_terminal(),
             boot_timeout: args.boot_timeout,
@@ -339,12 +421,16 @@ impl<'a> Session<'a> {
     }
 
     fn spec(&self) -> ExecSpec {
-        let mut spec = ExecSpec::new(self.command.clone()).power_off_on_exit(true);
-        for (key, value) in &self.env {
+        let config = &self.command.config;
+        let mut spec = ExecSpec::new(config.argv.clone())
+            .power_off_on_exit(true)
+            .cwd(config.workdir.clone());
+        for entry in &config.env {
+            let (key, value) = entry.split_once('=').unwrap_or((entry, ""));
             spec = spec.env(key, value);
         }
-        if let Some(dir) = &self.workdir {
-            spec = spec.cwd(dir);
+        if let Some((uid, gid)) = self.command.user {
+            spec = spec.user(uid, gid);
         }
         if self.tty {
             let (rows, cols) = terminal::window_size().unwrap_or((24, 80));
@@ -442,7 +528,7 @@ impl<'a> Session<'a> {
         }
         drop(raw_mode);
         match status {
-            Ok(status) => Ok(report(&status, &self.command)),
+            Ok(status) => Ok(report(&status, &self.command.config.argv)),
             Err(err) => Err(RunError::VmEnded {
                 when: "while the command ran",
                 exit: err.to_string(),
@@ -485,30 +571,4 @@ fn report(status: &ExitStatus, command: &[String]) -> i32 {
         eprintln!("krunbox: the command timed out");
     }
     status.shell_code()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn env_arguments_follow_docker() {
-        std::env::set_var("KRUNBOX_TEST_HOST_VAR", "from-host");
-        let env = guest_env(&[
-            "A=1".into(),
-            "B=x=y".into(),
-            "KRUNBOX_TEST_HOST_VAR".into(),
-            "KRUNBOX_TEST_UNSET_VAR".into(),
-        ])
-        .unwrap();
-        assert_eq!(
-            env,
-            [
-                ("A".to_owned(), "1".to_owned()),
-                ("B".into(), "x=y".into()),
-                ("KRUNBOX_TEST_HOST_VAR".into(), "from-host".into())
-            ]
-        );
-        assert!(guest_env(&["=1".into()]).is_err());
-    }
 }

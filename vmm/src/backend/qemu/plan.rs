@@ -227,6 +227,9 @@ pub fn kernel_cmdline(spec: &VmSpec) -> String {
         format!("krunbox.hostname={}", spec.hostname),
         format!("krunbox.port={}", krunbox_protocol::AGENT_VSOCK_PORT),
     ];
+    if spec.root_overlay {
+        words.push("krunbox.overlay=tmpfs".into());
+    }
     if !spec.shares.is_empty() {
         let mounts: Vec<String> = spec
             .shares
@@ -308,6 +311,8 @@ mod tests {
             "console=ttyS0 rdinit=/init panic=-1 quiet krunbox.root=virtiofs:rootfs \
              krunbox.hostname=box krunbox.port=1024 krunbox.mounts=share1:/work:ro"
         );
+        spec.root_overlay = true;
+        assert!(kernel_cmdline(&spec).contains(" krunbox.overlay=tmpfs"));
     }
 
     #[test]

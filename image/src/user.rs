@@ -1,0 +1,257 @@
+//! Resolving a Docker-style user spec (`-u`, the image's `User`) against the image's own
+//! `/etc/passwd` and `/etc/group`, as `docker run` does:
+//!
+//! - `name` or `uid`, optionally `:group` or `:gid`;
+//! - a name must exist in the image's passwd (a group name in its group file);
+//! - a numeric uid need not exist: it then runs with gid 0 and home `/`;
+//! - without `:group`, the passwd entry's primary group is used.
+//!
+//! The files are read from the host side of the image directory without following any
+//! symlink (`/etc` or `/etc/passwd` being a link into the host is treated as absent), so an
+//! image cannot make krunbox read host files.
+
+use std::ffi::OsStr;
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+
+use crate::confined;
+
+/// The largest passwd/group file read.
+const MAX_FILE: u64 = 4 * 1024 * 1024;
+
+/// A resolved user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedUser {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Home directory (for `HOME` when the image and CLI set none).
+    pub home: String,
+}
+
+/// Why a user spec names no user of the image.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    /// Empty spec or empty part.
+    #[error("invalid user {0:?}: expected USER, UID, USER:GROUP or UID:GID")]
+    Invalid(String),
+    /// A name not in the image's passwd.
+    #[error("unable to find user {name}: no matching entry in the image's /etc/passwd")]
+    NoSuchUser {
+        /// The name.
+        name: String,
+    },
+    /// A group name not in the image's group file.
+    #[error("unable to find group {name}: no matching entry in the image's /etc/group")]
+    NoSuchGroup {
+        /// The name.
+        name: String,
+    },
+    /// Reading the file failed (other than it being absent).
+    #[error("reading {path} of the image: {source}")]
+    Io {
+        /// The file, relative to the image root.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Resolves `spec` against the image rooted at `rootfs`.
+pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<ResolvedUser, UserError> {
+    let (user, group) = match spec.split_once(':') {
+        Some((user, group)) => (user, Some(group)),
+        None => (spec, None),
+    };
+    if user.is_empty() || group.is_some_and(str::is_empty) {
+        return Err(UserError::Invalid(spec.to_owned()));
+    }
+    let passwd = read_etc(rootfs, "passwd")?;
+    let entry = passwd.as_deref().and_then(|text| {
+        parse_passwd(text).find(|e| match user.parse::<u32>() {
+            Ok(uid) => e.uid == uid,
+            Err(_) => e.name == user,
+        })
+    });
+    let (uid, primary_gid, home) = match (entry, user.parse::<u32>()) {
+        (Some(e), _) => (e.uid, e.gid, e.home.to_owned()),
+        (None, Ok(uid)) => (uid, 0, "/".to_owned()),
+        (None, Err(_)) if user == "root" => (0, 0, "/root".to_owned()),
+        (None, Err(_)) => {
+            return Err(UserError::NoSuchUser {
+                name: user.to_owned(),
+            })
+        }
+    };
+    let gid = match group {
+        None => primary_gid,
+        Some(group) => match group.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => {
+                let groups = read_etc(rootfs, "group")?;
+                match groups.as_deref().and_then(|text| find_group(text, group)) {
+                    Some(gid) => gid,
+                    None if group == "root" => 0,
+                    None => {
+                        return Err(UserError::NoSuchGroup {
+                            name: group.to_owned(),
+                        })
+                    }
+                }
+            }
+        },
+    };
+    Ok(ResolvedUser {
+        uid,
+        gid,
+        home: if home.is_empty() { "/".into() } else { home },
+    })
+}
+
+struct PasswdEntry<'a> {
+    name: &'a str,
+    uid: u32,
+    gid: u32,
+    home: &'a str,
+}
+
+fn parse_passwd(text: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
+    text.lines().filter_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        if fields.len() < 7 || line.starts_with('#') {
+            return None;
+        }
+        Some(PasswdEntry {
+            name: fields[0],
+            uid: fields[2].parse().ok()?,
+            gid: fields[3].parse().ok()?,
+            home: fields[5],
+        })
+    })
+}
+
+fn find_group(text: &str, name: &str) -> Option<u32> {
+    text.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.len() >= 3 && fields[0] == name)
+            .then(|| fields[2].parse().ok())
+            .flatten()
+    })
+}
+
+/// `etc/NAME` of the image, `None` when absent or reached only through a symlink.
+fn read_etc(rootfs: &Path, name: &str) -> Result<Option<String>, UserError> {
+    let path = Path::new("etc").join(name);
+    let io_err = |source| UserError::Io {
+        path: Path::new("/").join(&path),
+        source,
+    };
+    let root = confined::open_root(rootfs).map_err(io_err)?;
+    let etc = match confined::walk(&root, &[OsStr::new("etc").to_owned()], false, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(confined::WalkError::Io(_, source)) => return Err(io_err(source)),
+        Err(_) => return Ok(None),
+    };
+    let file: OwnedFd = match nix::fcntl::openat(
+        &etc,
+        name,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ELOOP) => return Ok(None),
+        Err(errno) => return Err(io_err(errno.into())),
+    };
+    let mut file = std::fs::File::from(file);
+    if !file.metadata().map_err(io_err)?.is_file() {
+        return Ok(None);
+    }
+    let mut text = String::new();
+    (&mut file)
+        .take(MAX_FILE)
+        .read_to_string(&mut text)
+        .map_err(io_err)?;
+    Ok(Some(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::fs::write(
+            dir.path().join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001:app:/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("etc/group"),
+            "root:x:0:\nstaff:x:50:\napp:x:1001:\n",
+        )
+        .unwrap();
+        dir
+    }
+
+    fn user(uid: u32, gid: u32, home: &str) -> ResolvedUser {
+        ResolvedUser {
+            uid,
+            gid,
+            home: home.into(),
+        }
+    }
+
+    #[test]
+    fn names_and_ids_resolve_like_docker() {
+        let dir = image();
+        let r = |spec| resolve_user(dir.path(), spec);
+        assert_eq!(r("root").unwrap(), user(0, 0, "/root"));
+        assert_eq!(r("app").unwrap(), user(1000, 1001, "/home/app"));
+        assert_eq!(r("1000").unwrap(), user(1000, 1001, "/home/app"));
+        assert_eq!(r("app:staff").unwrap(), user(1000, 50, "/home/app"));
+        assert_eq!(r("app:7").unwrap(), user(1000, 7, "/home/app"));
+        assert_eq!(r("4242").unwrap(), user(4242, 0, "/"));
+        assert_eq!(r("4242:4242").unwrap(), user(4242, 4242, "/"));
+        assert!(matches!(r("nobody"), Err(UserError::NoSuchUser { .. })));
+        assert!(matches!(
+            r("app:nogroup"),
+            Err(UserError::NoSuchGroup { .. })
+        ));
+        assert!(matches!(r(""), Err(UserError::Invalid(_))));
+        assert!(matches!(r("app:"), Err(UserError::Invalid(_))));
+    }
+
+    #[test]
+    fn an_image_without_passwd_still_knows_root_and_numeric_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            resolve_user(dir.path(), "root").unwrap(),
+            user(0, 0, "/root")
+        );
+        assert_eq!(resolve_user(dir.path(), "5:6").unwrap(), user(5, 6, "/"));
+        assert!(resolve_user(dir.path(), "app").is_err());
+    }
+
+    #[test]
+    fn a_symlinked_passwd_is_never_followed_to_the_host() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("passwd"), "secret:x:77:77::/s:/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink(host.path().join("passwd"), dir.path().join("etc/passwd"))
+            .unwrap();
+        assert!(matches!(
+            resolve_user(dir.path(), "secret"),
+            Err(UserError::NoSuchUser { .. })
+        ));
+        let linked = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(host.path(), linked.path().join("etc")).unwrap();
+        assert!(resolve_user(linked.path(), "secret").is_err());
+    }
+}

@@ -1,0 +1,272 @@
+//! Managing the image store: `krunbox pull`, `krunbox images`, `krunbox rmi`, `krunbox prune`.
+//!
+//! The store (`$DATA/store`) is shared by every krunbox process of the user; its own file
+//! locks make these commands safe to run while sandboxes start and run (an image in use keeps
+//! its unpacked tree until its last sandbox ends).
+
+use std::io::IsTerminal;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use krunbox_image::platform::Platform;
+use krunbox_image::source::{self, PullPolicy, Source};
+use krunbox_image::store::{ImageRecord, PruneReport, StoreError};
+
+use crate::image::{open_store, pull_options, ImageOptions};
+
+/// Download an image from a registry (or import a local OCI layout, OCI archive or
+/// `docker save` tarball) into the image store.
+///
+/// Blobs already in the store are not downloaded again; every blob is checked against its
+/// digest before it counts as present, so an interrupted pull can simply be run again.
+/// Credentials come from KRUNBOX_REGISTRY_USERNAME/KRUNBOX_REGISTRY_PASSWORD (or
+/// KRUNBOX_REGISTRY_TOKEN), else ~/.config/krunbox/auth.json or ~/.docker/config.json.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  krunbox pull alpine\n  krunbox pull --platform linux/arm64 127.0.0.1:5000/app:v1\n  krunbox pull alpine@sha256:<digest>\n  krunbox pull ./saved-image.tar"
+)]
+pub struct PullArgs {
+    /// The platform to pick from multi-platform images, as OS/ARCH[/VARIANT]
+    /// (default: linux and this host's architecture).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]", value_parser = parse_platform)]
+    pub platform: Option<Platform>,
+    /// No progress bars, only the result.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// The image: a registry reference, an OCI layout or archive, or a `docker save` tarball.
+    #[arg(value_name = "IMAGE")]
+    pub image: String,
+}
+
+/// List the images in the store.
+#[derive(Debug, clap::Args)]
+pub struct ImagesArgs {
+    /// Print only image IDs.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Show full image IDs and manifest digests.
+    #[arg(long)]
+    pub no_trunc: bool,
+}
+
+/// Remove images from the store, with the blobs and unpacked trees no other image uses.
+///
+/// A tree a running sandbox still uses is kept until `krunbox prune` runs after it ends.
+#[derive(Debug, clap::Args)]
+pub struct RmiArgs {
+    /// Images to remove: names as `krunbox images` shows them, or (unique prefixes of) IDs.
+    #[arg(value_name = "IMAGE", required = true)]
+    pub images: Vec<String>,
+}
+
+/// Remove from the store everything no image references: blobs, unpacked trees no sandbox
+/// uses, and leftovers of interrupted pulls.
+#[derive(Debug, clap::Args)]
+pub struct PruneArgs {}
+
+/// Why a store command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ImagesError {
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// IMAGE names nothing usable.
+    #[error(transparent)]
+    Source(#[from] krunbox_image::source::SourceError),
+    /// Pulling or importing.
+    #[error(transparent)]
+    Prepare(#[from] krunbox_image::source::PrepareError),
+    /// A root filesystem directory is not an image.
+    #[error("{0}: a root filesystem directory is used in place by `krunbox run`; there is nothing to pull")]
+    NotAnImage(String),
+    /// Local failure.
+    #[error("{0}")]
+    Io(String),
+}
+
+fn parse_platform(s: &str) -> Result<Platform, String> {
+    Platform::parse(s).map_err(|e| e.to_string())
+}
+
+/// `krunbox pull`.
+pub fn pull(args: &PullArgs) -> Result<i32, ImagesError> {
+    let source = Source::parse(&args.image)?;
+    if matches!(source, Source::RootfsDir(_)) {
+        return Err(ImagesError::NotAnImage(args.image.clone()));
+    }
+    let store = open_store()?;
+    let options = pull_options(&ImageOptions {
+        pull: PullPolicy::Always,
+        platform: args.platform.clone(),
+        progress: !args.quiet && std::io::stderr().is_terminal(),
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ImagesError::Io(format!("cannot start the async runtime: {e}")))?;
+    let record = runtime.block_on(async {
+        match &source {
+            Source::Registry(reference) => {
+                Ok(krunbox_image::pull::pull(&store, reference, &options)
+                    .await
+                    .map_err(krunbox_image::source::PrepareError::from)?)
+            }
+            local => {
+                let (store, local, platform) =
+                    (store.clone(), local.clone(), args.platform.clone());
+                tokio::task::spawn_blocking(move || source::import_local(&store, &local, platform))
+                    .await
+                    .map_err(|e| ImagesError::Io(format!("import task failed: {e}")))?
+                    .map_err(|e| ImagesError::Prepare(e.into()))
+            }
+        }
+    })?;
+    println!("{}", record.display_name());
+    println!("ID: {}", record.id());
+    println!("Manifest: {}", record.manifest);
+    println!(
+        "Platform: {}, {} layer(s), {}",
+        record.platform,
+        record.layers.len(),
+        human_size(record.size)
+    );
+    Ok(0)
+}
+
+/// `krunbox images`.
+pub fn images(args: &ImagesArgs) -> Result<i32, ImagesError> {
+    let store = open_store()?;
+    let images = store.list_images()?;
+    if args.quiet {
+        for image in &images {
+            println!("{}", short_id(image, args.no_trunc));
+        }
+        return Ok(0);
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let rows: Vec<[String; 5]> = images
+        .iter()
+        .map(|image| {
+            [
+                image.display_name().to_owned(),
+                short_id(image, args.no_trunc),
+                image.platform.to_string(),
+                ago(now.saturating_sub(image.stored_at)),
+                human_size(image.size),
+            ]
+        })
+        .collect();
+    print_table(&["IMAGE", "ID", "PLATFORM", "STORED", "SIZE"], &rows);
+    Ok(0)
+}
+
+/// `krunbox rmi`.
+pub fn rmi(args: &RmiArgs) -> Result<i32, ImagesError> {
+    let store = open_store()?;
+    let mut failed = false;
+    for query in &args.images {
+        match store.remove_image(query) {
+            Ok((record, report)) => {
+                println!("Untagged: {}", record.display_name());
+                print_report(&report);
+            }
+            Err(err) => {
+                eprintln!("krunbox: {err}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { 1 } else { 0 })
+}
+
+/// `krunbox prune`.
+pub fn prune(_args: &PruneArgs) -> Result<i32, ImagesError> {
+    let report = open_store()?.prune()?;
+    print_report(&report);
+    Ok(0)
+}
+
+fn print_report(report: &PruneReport) {
+    for rootfs in &report.removed_rootfs {
+        println!("Deleted unpacked image: {rootfs}");
+    }
+    for rootfs in &report.rootfs_in_use {
+        println!("Kept (a sandbox uses it; run `krunbox prune` once it ends): {rootfs}");
+    }
+    println!(
+        "Removed {} blob(s), {} unpacked image(s); freed {}",
+        report.removed_blobs.len(),
+        report.removed_rootfs.len(),
+        human_size(report.freed_bytes)
+    );
+}
+
+fn short_id(image: &ImageRecord, full: bool) -> String {
+    if full {
+        image.id().to_string()
+    } else {
+        image.id().hex().chars().take(12).collect()
+    }
+}
+
+fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", padded.join("   ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// `1.5 MB` (decimal units, as `docker images`).
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn ago(seconds: u64) -> String {
+    match seconds {
+        0..=59 => "just now".into(),
+        60..=3599 => format!("{} minutes ago", seconds / 60),
+        3600..=86_399 => format!("{} hours ago", seconds / 3600),
+        _ => format!("{} days ago", seconds / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_ages_read_like_docker() {
+        assert_eq!(human_size(999), "999 B");
+        assert_eq!(human_size(1_500_000), "1.5 MB");
+        assert_eq!(human_size(2_000_000_000), "2.0 GB");
+        assert_eq!(ago(5), "just now");
+        assert_eq!(ago(7200), "2 hours ago");
+    }
+}
