@@ -36,7 +36,11 @@ fn run_help_explains_every_option() {
         "--kernel",
         "--accel",
         "--boot-timeout",
-        "ROOTFS_DIR",
+        "--user",
+        "--entrypoint",
+        "--pull",
+        "--platform",
+        "IMAGE",
         "COMMAND",
     ] {
         assert!(help.contains(option), "{option} missing from:\n{help}");
@@ -44,21 +48,96 @@ fn run_help_explains_every_option() {
 }
 
 #[test]
-fn a_rootfs_that_is_not_a_directory_is_refused_with_125() {
+fn a_path_that_does_not_exist_is_refused_with_125() {
     let out = krunbox(&["run", "/nonexistent/rootfs", "--", "true"]);
     assert_eq!(out.status.code(), Some(125));
     assert!(
-        stderr(&out).contains("/nonexistent/rootfs: not a directory"),
+        stderr(&out).contains("/nonexistent/rootfs: no such file or directory"),
         "{}",
         stderr(&out)
     );
 }
 
 #[test]
-fn a_missing_command_is_a_usage_error() {
-    let out = krunbox(&["run"]);
-    assert_eq!(out.status.code(), Some(2), "clap's usage error");
-    assert!(stderr(&out).contains("COMMAND"), "{}", stderr(&out));
+fn no_command_and_no_image_cmd_is_refused_before_booting() {
+    let out = krunbox(&["run", "/"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("no command: the image has no Entrypoint or Cmd"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn an_unknown_user_of_the_image_is_refused() {
+    let out = krunbox(&["run", "-u", "no-such-user-here", "/", "--", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("unable to find user no-such-user-here"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn pull_never_fails_for_an_image_not_in_the_store() {
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_krunbox"))
+        .args([
+            "run",
+            "--pull",
+            "never",
+            "127.0.0.1:9/none/such:tag",
+            "--",
+            "true",
+        ])
+        .env("KRUNBOX_DATA_DIR", data.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains(
+            "image 127.0.0.1:9/none/such:tag is not in the store and pulling is disabled"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn an_empty_store_lists_no_images_and_rmi_names_what_is_missing() {
+    let data = tempfile::tempdir().unwrap();
+    let store_cmd = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_krunbox"))
+            .args(args)
+            .env("KRUNBOX_DATA_DIR", data.path())
+            .output()
+            .unwrap()
+    };
+    let out = store_cmd(&["images"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "IMAGE   ID   PLATFORM   STORED   SIZE"
+    );
+    let out = store_cmd(&["rmi", "nothing:here"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no such image: nothing:here"),
+        "{}",
+        stderr(&out)
+    );
+    let out = store_cmd(&["pull", "/"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("nothing to pull"), "{}", stderr(&out));
+    let out = store_cmd(&["prune"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Removed 0 blob(s)"));
+    for command in ["pull", "images", "rmi", "prune"] {
+        let out = store_cmd(&[command, "--help"]);
+        assert!(out.status.success(), "{command} --help");
+    }
 }
 
 #[test]
@@ -66,7 +145,7 @@ fn an_empty_env_name_is_refused() {
     let out = krunbox(&["run", "-e", "=x", "/", "--", "true"]);
     assert_eq!(out.status.code(), Some(125));
     assert!(
-        stderr(&out).contains("empty variable name"),
+        stderr(&out).contains("invalid environment variable \"=x\""),
         "{}",
         stderr(&out)
     );
