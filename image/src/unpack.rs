@@ -147,8 +147,88 @@ pub fn decompress<'a, R: Read + 'a>(blob: R) -> io::Result<Box<dyn Read + 'a>> {
     Ok(match compression {
         Compression::None => Box::new(reader),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(reader)?),
+        Compression::Zstd => Box::new(ZstdFrames::new(reader)),
     })
+}
+
+/// `mkfifoat(2)` (nix does not offer it on macOS).
+fn mkfifo_at(dir: &OwnedFd, name: &OsStr, mode: u32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let name = std::ffi::CString::new(name.as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `dir` is an open directory descriptor for the duration of the call and `name`
+    // a NUL-terminated string that outlives it; mkfifoat only reads them.
+    let rc = unsafe {
+        libc::mkfifoat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            (mode & 0o7777) as libc::mode_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Decodes a zstd stream of any number of frames (skippable frames are skipped), as the
+/// `zstd` tool does; ruzstd's own streaming decoder stops after the first frame.
+struct ZstdFrames<R> {
+    source: R,
+    decoder: ruzstd::decoding::FrameDecoder,
+    in_frame: bool,
+}
+
+impl<R: BufRead> ZstdFrames<R> {
+    fn new(source: R) -> Self {
+        Self {
+            source,
+            decoder: ruzstd::decoding::FrameDecoder::new(),
+            in_frame: false,
+        }
+    }
+}
+
+impl<R: BufRead> Read for ZstdFrames<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use ruzstd::decoding::errors::{FrameDecoderError, ReadFrameHeaderError};
+        use ruzstd::decoding::BlockDecodingStrategy;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if self.in_frame {
+                while self.decoder.can_collect() < buf.len() && !self.decoder.is_finished() {
+                    let needed = buf.len() - self.decoder.can_collect();
+                    self.decoder
+                        .decode_blocks(&mut self.source, BlockDecodingStrategy::UptoBytes(needed))
+                        .map_err(io::Error::other)?;
+                }
+                let n = self.decoder.read(buf)?;
+                if n > 0 {
+                    return Ok(n);
+                }
+                self.in_frame = false;
+            }
+            if self.source.fill_buf()?.is_empty() {
+                return Ok(0);
+            }
+            match self.decoder.reset(&mut self.source) {
+                Ok(()) => self.in_frame = true,
+                Err(FrameDecoderError::ReadFrameHeaderError(ReadFrameHeaderError::SkipFrame {
+                    length,
+                    ..
+                })) => {
+                    io::copy(
+                        &mut (&mut self.source).take(u64::from(length)),
+                        &mut io::sink(),
+                    )?;
+                }
+                Err(err) => return Err(io::Error::other(err)),
+            }
+        }
+    }
 }
 
 /// Applies the layer blob at `blob` (any supported compression) onto `root`.
@@ -316,12 +396,7 @@ impl LayerApplier {
             }
             EntryType::Fifo => {
                 confined::remove_at(&parent_fd, leaf).map_err(io_err("replacing"))?;
-                nix::unistd::mkfifoat(
-                    &parent_fd,
-                    leaf.as_os_str(),
-                    Mode::from_bits_truncate(mode as _),
-                )
-                .map_err(|e| io_err("creating fifo")(e.into()))?;
+                mkfifo_at(&parent_fd, leaf, mode).map_err(io_err("creating fifo"))?;
                 self.chown(&parent_fd, leaf, uid, gid)
                     .map_err(io_err("changing owner"))?;
             }

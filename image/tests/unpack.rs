@@ -472,13 +472,30 @@ fn hardlinks_modes_mtimes_and_ownership_are_kept() {
 }
 
 #[test]
+fn a_large_zstd_layer_streams_through() {
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let plain = tarball(&[E::File("big", &big)]);
+    let zst = zstd::encode_all(&plain[..], 3).unwrap();
+    let s = sandbox();
+    unpack_layer(&zst[..], &s.root).unwrap();
+    assert_eq!(std::fs::read(s.root.join("big")).unwrap(), big);
+}
+
+#[test]
 fn gzip_zstd_and_plain_layers_are_detected() {
     let plain = tarball(&[E::File("f", b"content")]);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&plain).unwrap();
     let gz = gz.finish().unwrap();
     let zst = zstd::encode_all(&plain[..], 3).unwrap();
-    for layer in [plain, gz, zst] {
+    // Several frames with a skippable frame between them (as zstd:chunked layers have).
+    let (first, second) = plain.split_at(plain.len() / 3);
+    let mut frames = zstd::encode_all(first, 1).unwrap();
+    frames.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
+    frames.extend_from_slice(&4u32.to_le_bytes());
+    frames.extend_from_slice(b"skip");
+    frames.extend_from_slice(&zstd::encode_all(second, 19).unwrap());
+    for layer in [plain, gz, zst, frames] {
         let s = sandbox();
         unpack_layer(&layer[..], &s.root).unwrap();
         assert_eq!(std::fs::read(s.root.join("f")).unwrap(), b"content");
