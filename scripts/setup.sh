@@ -74,6 +74,10 @@ command -v cargo-fuzz >/dev/null || { log "building cargo-fuzz"; cargo install -
 log "building krunbox and guest-init (x86_64 and aarch64, static musl)"
 cargo build --release -p krunbox
 cargo xtask build-init
+if [ ! -f target/rootfs/default/index.json ]; then
+  log "building the default image (busybox-static, OCI layout in target/rootfs/default)"
+  cargo xtask build-rootfs
+fi
 
 if [ "$demo" = 1 ]; then
   log "preparing the guest kernel (Debian cloud kernel, cached)"

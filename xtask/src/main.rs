@@ -3,6 +3,7 @@
 mod bench;
 mod build_init;
 mod build_kernel;
+mod build_rootfs;
 mod demo;
 mod fuzz;
 mod host_agent;
@@ -25,6 +26,9 @@ enum Command {
     /// Build krunbox's guest kernel (all drivers built in, no modules) from Debian's
     /// linux-source package and kernel-config/; cached, so a second run is instant.
     BuildKernel(build_kernel::Args),
+    /// Build the built-in default image (busybox-static) as an OCI image layout in
+    /// target/rootfs/default, where `krunbox run` without IMAGE finds it.
+    BuildRootfs(build_rootfs::Args),
     /// Fuzz the protocol frame decoder for a bounded time (needs cargo-fuzz).
     Fuzz(fuzz::Args),
     /// Run a command through the guest agent in host mode (no VM) and exit with its status.
@@ -40,6 +44,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::BuildInit(args) => build_init::run(&args).map(drop),
         Command::BuildKernel(args) => build_kernel::run(&args).map(drop),
+        Command::BuildRootfs(args) => build_rootfs::run(&args).map(drop),
         Command::Fuzz(args) => fuzz::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Sign(args) => sign::run(&args),
