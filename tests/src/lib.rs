@@ -252,6 +252,18 @@ impl Harness {
         cmd
     }
 
+    /// A data directory of the test's own (so its image store starts empty and is removed
+    /// afterwards) that shares the prepared guest kernel with the user's data directory.
+    pub fn private_data_dir(&self) -> tempfile::TempDir {
+        let dir = tempfile::Builder::new()
+            .prefix("kbx-data-")
+            .tempdir()
+            .expect("data dir");
+        std::os::unix::fs::symlink(user_data_dir().join("kernels"), dir.path().join("kernels"))
+            .expect("link the kernels directory");
+        dir
+    }
+
     /// Runs `krunbox run ARGS` with `stdin` and waits.
     pub fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
         let mut child = self
@@ -294,6 +306,21 @@ impl Harness {
             .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect())
             .unwrap_or_default()
     }
+}
+
+/// The data directory krunbox uses without `KRUNBOX_DATA_DIR` overrides in the test (the
+/// same rule as `krunbox`'s paths: `$KRUNBOX_DATA_DIR`, `$XDG_DATA_HOME/krunbox`,
+/// `~/.local/share/krunbox`).
+pub fn user_data_dir() -> PathBuf {
+    let env = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    env("KRUNBOX_DATA_DIR")
+        .or_else(|| env("XDG_DATA_HOME").map(|d| d.join("krunbox")))
+        .or_else(|| env("HOME").map(|h| h.join(".local/share/krunbox")))
+        .unwrap_or_else(|| PathBuf::from("/nonexistent-krunbox-data"))
 }
 
 /// `pid: cmdline` of every process whose command line mentions `needle`.
