@@ -178,11 +178,29 @@ fn guest_mode(options: &Options) {
     if loaded > 0 {
         tracing::debug!(loaded, "kernel modules loaded");
     }
+    let ending = |virtiofs_root| {
+        if config.libkrun {
+            system::Ending::Libkrun { virtiofs_root }
+        } else {
+            system::Ending::PowerOff
+        }
+    };
+    let mut virtiofs_root = None;
     if let Some(tag) = &config.root_tag {
         if let Err(err) = rootfs::switch_to_virtiofs(tag, config.overlay) {
             // Without its root the guest is useless: say why and stop the VM.
             tracing::error!(%err, "cannot switch to the root filesystem");
-            system::power_off(AGENT_FAILURE_STATUS);
+            system::shut_down(AGENT_FAILURE_STATUS, ending(None));
+        }
+    } else if let Some(upper) = config.overlay {
+        // Booted straight from the shared root (libkrun): stack the overlay on it in place.
+        match rootfs::overlay_current_root(upper) {
+            Ok(root) => virtiofs_root = Some(std::os::fd::IntoRawFd::into_raw_fd(root)),
+            Err(err) => {
+                // Writing into a shared image is worse than not starting.
+                tracing::error!(%err, "cannot put a writable overlay on the root");
+                system::shut_down(AGENT_FAILURE_STATUS, ending(None));
+            }
         }
     }
     mounts::mount_essentials();
@@ -195,10 +213,5 @@ fn guest_mode(options: &Options) {
     system::loopback_up();
     system::raise_fd_limit();
     let status = serve_catching_panics(Listen::Vsock(config.port), true);
-    let ending = if config.libkrun {
-        system::Ending::Libkrun
-    } else {
-        system::Ending::PowerOff
-    };
-    system::shut_down(status, ending);
+    system::shut_down(status, ending(virtiofs_root));
 }

@@ -93,15 +93,7 @@ fn mount_overlay_root(
     for dir in [&upper_dir, &work_dir] {
         std::fs::create_dir_all(dir).map_err(|e| fail("mkdir upper/work", io_errno(&e)))?;
     }
-    // The root directory's own attributes come from the upper directory: copy the image's.
-    if let Ok(meta) = std::fs::metadata(OVERLAY_LOWER) {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        let _ = std::fs::set_permissions(
-            &upper_dir,
-            std::fs::Permissions::from_mode(meta.mode() & 0o7777),
-        );
-        let _ = std::os::unix::fs::chown(&upper_dir, Some(meta.uid()), Some(meta.gid()));
-    }
+    copy_root_attributes(OVERLAY_LOWER, &upper_dir);
     let options = format!("lowerdir={OVERLAY_LOWER},upperdir={upper_dir},workdir={work_dir}");
     mount(
         Some("overlay"),
@@ -113,6 +105,86 @@ fn mount_overlay_root(
     .map_err(|e| fail("mount the overlay", e))?;
     tracing::debug!(tag, ?upper, "overlay root mounted");
     Ok(())
+}
+
+/// Directories of an image the tmpfs for the writable layer may cover (the overlay's lower
+/// layer still shows their content: overlayfs does not look through mounts of the lower).
+const SCRATCH_CANDIDATES: [&str; 6] = ["/tmp", "/run", "/mnt", "/var/tmp", "/srv", "/opt"];
+
+/// Stacks a writable overlay (upper layer on `upper`) on the current root and pivots into
+/// it. Returns the old root (virtio-fs), opened before the switch, for libkrun's exit-status
+/// ioctl.
+pub fn overlay_current_root(upper: OverlayUpper) -> Result<std::fs::File, SwitchRootError> {
+    let fail = |step, errno| SwitchRootError {
+        tag: "/".into(),
+        step,
+        errno,
+    };
+    let lower = std::fs::File::open("/").map_err(|e| fail("open /", io_errno(&e)))?;
+    // The guest's own writes must not reach the shared image either.
+    if let Err(errno) = mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    ) {
+        tracing::warn!(%errno, "cannot remount the image read-only");
+    }
+    let scratch = SCRATCH_CANDIDATES
+        .iter()
+        .copied()
+        .find(|dir| {
+            std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir())
+                && !crate::mounts::is_mount_point(dir)
+        })
+        .ok_or_else(|| fail("find a directory for the writable layer", Errno::ENOENT))?;
+    match upper {
+        OverlayUpper::Tmpfs => mount(
+            Some("krunbox-rw"),
+            scratch,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("mode=0755"),
+        )
+        .map_err(|e| fail("mount the tmpfs for the writable layer", e))?,
+    }
+    let upper_dir = format!("{scratch}/upper");
+    let work_dir = format!("{scratch}/work");
+    let new_root = format!("{scratch}/root");
+    for dir in [&upper_dir, &work_dir, &new_root] {
+        std::fs::create_dir_all(dir).map_err(|e| fail("mkdir upper/work", io_errno(&e)))?;
+    }
+    copy_root_attributes("/", &upper_dir);
+    let options = format!("lowerdir=/,upperdir={upper_dir},workdir={work_dir}");
+    mount(
+        Some("overlay"),
+        new_root.as_str(),
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .map_err(|e| fail("mount the overlay", e))?;
+    nix::unistd::chdir(new_root.as_str()).map_err(|e| fail("chdir", e))?;
+    // pivot_root(".", "."): the old root ends up on top of the new one and is detached.
+    nix::unistd::pivot_root(".", ".").map_err(|e| fail("pivot_root", e))?;
+    nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH)
+        .map_err(|e| fail("detach the old root", e))?;
+    nix::unistd::chdir("/").map_err(|e| fail("chdir /", e))?;
+    tracing::debug!(scratch, ?upper, "overlay stacked on the root");
+    Ok(lower)
+}
+
+/// The overlay root's own mode and owner come from the upper directory: copy the image's.
+fn copy_root_attributes(from: &str, upper_dir: &str) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if let Ok(meta) = std::fs::metadata(from) {
+        let _ = std::fs::set_permissions(
+            upper_dir,
+            std::fs::Permissions::from_mode(meta.mode() & 0o7777),
+        );
+        let _ = std::os::unix::fs::chown(upper_dir, Some(meta.uid()), Some(meta.gid()));
+    }
 }
 
 /// Mounts virtio-fs `tag` (under a writable overlay when `overlay` is set) and makes it `/`

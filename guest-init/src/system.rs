@@ -91,8 +91,13 @@ const VIRTIOFS_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0x6573
 
 /// Tells libkrun the status its VMM process should exit with. Only when the root is virtio-fs
 /// (libkrun serves the ioctl there); failures are logged, the shutdown goes on.
-fn report_status_to_libkrun(status: i32) {
+fn report_status_to_libkrun(status: i32, virtiofs_root: Option<std::os::fd::RawFd>) {
     use std::os::fd::AsRawFd;
+    if let Some(fd) = virtiofs_root {
+        // The root is an overlay: the virtio-fs root was opened before the switch.
+        ioctl_exit_code(fd, status);
+        return;
+    }
     match nix::sys::statfs::statfs("/") {
         Ok(fs) if fs.filesystem_type() == VIRTIOFS_MAGIC => {}
         Ok(_) => {
@@ -111,11 +116,15 @@ fn report_status_to_libkrun(status: i32) {
             return;
         }
     };
+    ioctl_exit_code(root.as_raw_fd(), status);
+}
+
+fn ioctl_exit_code(fd: std::os::fd::RawFd, status: i32) {
     // SAFETY: ioctl(2) on a descriptor we own, with an integer argument (no pointer); libkrun's
     // virtio-fs server reads the argument as the status and writes nothing back.
     let rc = unsafe {
         libc::ioctl(
-            root.as_raw_fd(),
+            fd,
             KRUN_EXIT_CODE_IOCTL as _,
             libc::c_ulong::from(status.unsigned_abs()),
         )
@@ -135,12 +144,12 @@ pub enum Ending {
     PowerOff,
     /// libkrun: report the status through virtio-fs, then reset, as libkrun's own init does
     /// (`reboot=k`: the i8042 reset ends the VMM; an x86 power-off without ACPI only halts).
-    Libkrun,
-}
-
-/// Stops everything and powers the machine off, reporting `status` on the console first.
-pub fn power_off(status: i32) -> ! {
-    shut_down(status, Ending::PowerOff)
+    /// `virtiofs_root`: a descriptor of the virtio-fs root kept open when `/` became an
+    /// overlay over it (else `/` itself is used).
+    Libkrun {
+        /// The virtio-fs root, when it is no longer `/`.
+        virtiofs_root: Option<std::os::fd::RawFd>,
+    },
 }
 
 /// Stops everything and ends the machine as `ending` says, reporting `status` on the console
@@ -164,8 +173,8 @@ pub fn shut_down(status: i32, ending: Ending) -> ! {
     eprintln!("krunbox: exit-status {status}");
     let mode = match ending {
         Ending::PowerOff => RebootMode::RB_POWER_OFF,
-        Ending::Libkrun => {
-            report_status_to_libkrun(status);
+        Ending::Libkrun { virtiofs_root } => {
+            report_status_to_libkrun(status, virtiofs_root);
             RebootMode::RB_AUTOBOOT
         }
     };

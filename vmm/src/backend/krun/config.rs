@@ -144,6 +144,11 @@ impl KrunVmConfig {
             // End as libkrun expects: exit status through its virtio-fs ioctl, then a reset.
             "krunbox.vmm=libkrun".to_owned(),
         ];
+        if spec.root_overlay {
+            // A shared store image: guest-init stacks a tmpfs overlay on it before anything
+            // runs (libkrun's virtio-fs has no read-only mode of its own).
+            guest_config.push("krunbox.overlay=tmpfs".into());
+        }
         if !shares.is_empty() {
             let mounts: Vec<String> = spec
                 .shares
@@ -256,6 +261,11 @@ mod tests {
                 "krunbox.log=debug"
             ]
         );
+        spec.root_overlay = true;
+        let overlaid = KrunVmConfig::build(&spec, &layout, 2).unwrap();
+        assert!(overlaid
+            .guest_config
+            .contains(&"krunbox.overlay=tmpfs".to_owned()));
         assert_eq!(
             config.shares,
             [Share {
