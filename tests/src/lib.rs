@@ -323,6 +323,19 @@ pub fn user_data_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/nonexistent-krunbox-data"))
 }
 
+/// A private krunbox data directory (its own sandboxes and image store) that shares the
+/// prepared guest kernel of [`user_data_dir`] through a symlink, so a test sees only its own
+/// sandboxes without downloading the kernel again.
+pub fn private_data_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("kbx-data-")
+        .tempdir()
+        .expect("data dir");
+    std::os::unix::fs::symlink(user_data_dir().join("kernels"), dir.path().join("kernels"))
+        .expect("link the shared kernels");
+    dir
+}
+
 /// `pid: cmdline` of every process whose command line mentions `needle`.
 pub fn processes_mentioning(needle: &Path) -> Vec<String> {
     let needle = needle.to_string_lossy().into_owned();

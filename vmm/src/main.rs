@@ -16,6 +16,8 @@ mod initramfs;
 mod lock;
 mod paths;
 mod rundir;
+mod sandbox;
+mod shares;
 
 use clap::Parser;
 
@@ -32,6 +34,10 @@ fn main() {
         // Logs to its run directory; returns only if the VM never ran.
         std::process::exit(backend::krun::child::main(run_dir, *no_enter));
     }
+    if let cli::Command::SandboxMonitor { dir } = &cli.command {
+        // Detached; logs to the sandbox's monitor.log.
+        std::process::exit(sandbox::monitor::main(dir));
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -47,7 +53,17 @@ fn main() {
         cli::Command::Prune(args) => cli::images::prune(&args).map_err(Into::into),
         cli::Command::Doctor => Ok(cli::doctor::run()),
         cli::Command::Kernel(command) => cli::kernel::run(&command).map_err(Into::into),
-        cli::Command::QemuSupervisor { .. } | cli::Command::KrunVmm { .. } => Ok(0),
+        cli::Command::Create(args) => cli::sandbox::create(args).map_err(Into::into),
+        cli::Command::Start(args) => cli::sandbox::start(args).map_err(Into::into),
+        cli::Command::Exec(args) => cli::sandbox::exec(args).map_err(Into::into),
+        cli::Command::Stop(args) => cli::sandbox::stop(args).map_err(Into::into),
+        cli::Command::Rm(args) => cli::sandbox::rm(args).map_err(Into::into),
+        cli::Command::Ps(args) => cli::sandbox::ps(args).map_err(Into::into),
+        cli::Command::Inspect(args) => cli::sandbox::inspect(args).map_err(Into::into),
+        cli::Command::Logs(args) => cli::sandbox::logs(args).map_err(Into::into),
+        cli::Command::QemuSupervisor { .. }
+        | cli::Command::KrunVmm { .. }
+        | cli::Command::SandboxMonitor { .. } => Ok(0),
     };
     match result {
         Ok(code) => std::process::exit(code),

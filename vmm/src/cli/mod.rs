@@ -4,6 +4,9 @@ pub mod doctor;
 pub mod images;
 pub mod kernel;
 pub mod run;
+pub mod sandbox;
+pub mod session;
+pub mod share_args;
 pub mod terminal;
 
 /// krunbox runs commands in micro-VMs, each with its own kernel.
@@ -28,11 +31,33 @@ pub enum Command {
     Rmi(images::RmiArgs),
     /// Remove everything in the store that no image references.
     Prune(images::PruneArgs),
+    /// Create a named sandbox (a micro-VM that keeps running between commands).
+    Create(sandbox::CreateArgs),
+    /// Boot sandboxes.
+    Start(sandbox::StartArgs),
+    /// Run a command in a running sandbox.
+    Exec(sandbox::ExecArgs),
+    /// Stop sandboxes.
+    Stop(sandbox::StopArgs),
+    /// Remove sandboxes.
+    Rm(sandbox::RmArgs),
+    /// List sandboxes.
+    Ps(sandbox::PsArgs),
+    /// Print sandboxes' configuration and state as JSON.
+    Inspect(sandbox::InspectArgs),
+    /// Print a sandbox's console (kernel and guest agent messages).
+    Logs(sandbox::LogsArgs),
     /// Show what this host can run, per backend, and why.
     Doctor,
     /// Manage the guest kernel of the QEMU backend.
     #[command(subcommand)]
     Kernel(kernel::KernelCommand),
+    /// Internal: keeps one sandbox's VM running (started by `krunbox start`).
+    #[command(name = "__sandbox-monitor", hide = true)]
+    SandboxMonitor {
+        /// The sandbox's directory.
+        dir: std::path::PathBuf,
+    },
     /// Internal: supervises one QEMU VM (started by krunbox itself).
     #[command(name = "__qemu-supervisor", hide = true)]
     QemuSupervisor {

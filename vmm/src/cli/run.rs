@@ -8,24 +8,15 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use krunbox_protocol::client::{Client, ExecSpec, ExecStdin};
-use krunbox_protocol::messages::{ExitStatus, Outcome};
-use tokio::io::AsyncWriteExt;
-use tokio::signal::unix::{signal, Signal, SignalKind};
-
 use krunbox_image::config::{merge_run_config, RunConfig, RunConfigError, RunOverrides};
 use krunbox_image::platform::Platform;
 use krunbox_image::source::PullPolicy;
 use krunbox_image::user::{resolve_user, UserError};
 
-use super::terminal;
-use crate::backend::{self, log_tail, Accel, BackendKind, VmHandle, VmSpec};
+use super::session::{self, CommandOptions, SecondInterrupt, Session, SessionError};
+use super::share_args::ShareArgs;
+use crate::backend::{self, Accel, BackendKind, VmSpec};
 use crate::image::{ImageError, ImageOptions};
-
-/// Console lines shown when the guest fails.
-const CONSOLE_TAIL_LINES: usize = 30;
-/// How long the guest may take to power off after the command's exit status arrived.
-const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which backend runs the VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -129,6 +120,9 @@ pub struct RunArgs {
     #[arg(short = 'm', long = "memory", value_name = "MiB", default_value_t = 512,
           value_parser = clap::value_parser!(u32).range(128..=65536))]
     pub memory: u32,
+    /// Shared directories (-v, --workspace).
+    #[command(flatten)]
+    pub shares: ShareArgs,
     /// Keep stdin open and forward it to COMMAND even when it is a terminal. Without -i,
     /// stdin is forwarded only when it is not a terminal (a pipe or a file), as with ssh.
     #[arg(short = 'i', long)]
@@ -190,32 +184,12 @@ pub enum RunError {
     /// The backend.
     #[error(transparent)]
     Backend(#[from] backend::BackendError),
-    /// The agent did not answer in time.
-    #[error("the guest agent did not come up within {timeout}s ({detail}); last console lines:\n{console}")]
-    AgentTimeout {
-        /// The boot timeout.
-        timeout: u64,
-        /// The last connection error.
-        detail: String,
-        /// The console tail.
-        console: String,
-    },
-    /// The VM ended while booting or while the command ran.
-    #[error("the VM stopped {when} ({exit}); last console lines:\n{console}")]
-    VmEnded {
-        /// During what.
-        when: &'static str,
-        /// How it ended.
-        exit: String,
-        /// The console tail (and the VMM's own messages).
-        console: String,
-    },
-    /// The connection to the agent failed.
-    #[error("lost the guest agent: {0}")]
-    Agent(#[from] krunbox_protocol::client::ClientError),
-    /// Local I/O.
-    #[error("{0}")]
-    Io(String),
+    /// Shared directories.
+    #[error(transparent)]
+    Shares(#[from] crate::shares::ShareError),
+    /// Starting or running the command.
+    #[error(transparent)]
+    Session(#[from] SessionError),
 }
 
 impl From<ImageError> for RunError {
@@ -243,7 +217,8 @@ pub fn run(args: RunArgs) -> Result<i32, RunError> {
     // Held until the VM is gone: the lease keeps rmi/prune away from the image.
     let root = crate::image::prepare(args.image.as_deref(), &options)?;
     tracing::debug!(image = %root.name, rootfs = %root.rootfs.display(), overlay = root.overlay, "image ready");
-    let command = GuestCommand::for_image(&args, &root)?;
+    let shares = args.shares.resolve()?;
+    let command = GuestCommand::for_image(&args, &root, &shares)?;
     let guest_init = crate::guest_init::locate()?;
     let mut spec = VmSpec::new(root.rootfs.clone(), guest_init);
     spec.root_overlay = root.overlay;
@@ -251,6 +226,7 @@ pub fn run(args: RunArgs) -> Result<i32, RunError> {
     spec.memory_mib = args.memory;
     spec.kernel = args.kernel.clone();
     spec.hostname = args.hostname.clone();
+    spec.shares = shares.dirs;
     spec.accel = match args.accel {
         AccelChoice::Auto => Accel::Auto,
         AccelChoice::Tcg => Accel::Tcg,
@@ -263,18 +239,33 @@ pub fn run(args: RunArgs) -> Result<i32, RunError> {
     let mut vm = backend.start(&spec)?;
     tracing::debug!(backend = %backend.kind(), elapsed = ?started.elapsed(), "VM started");
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| RunError::Io(format!("cannot start the async runtime: {e}")))?;
-    let result = runtime.block_on(Session::new(&args, command, vm.as_mut()).run());
-    // Output tasks may still hold stdout; the VM handle's drop waits for the cleanup.
-    runtime.shutdown_timeout(Duration::from_millis(200));
+    let options = CommandOptions {
+        command: command.config.argv.clone(),
+        env: split_env(&command.config.env),
+        workdir: Some(command.config.workdir.clone()),
+        user: command.user,
+        tty: args.tty,
+        interactive: args.interactive,
+        power_off_on_exit: true,
+        second_interrupt: SecondInterrupt::StopVm,
+        agent_timeout: Duration::from_secs(args.boot_timeout),
+    };
+    let result = session::block_on(Session::new(options, vm.as_mut()).run());
+    // The VM handle's drop waits for the cleanup.
     drop(vm);
     drop(root);
     tracing::debug!(elapsed = ?started.elapsed(), "done");
-    result
+    Ok(result??)
+}
+
+/// `KEY=VALUE` strings as pairs.
+pub fn split_env(env: &[String]) -> Vec<(String, String)> {
+    env.iter()
+        .map(|entry| {
+            let (key, value) = entry.split_once('=').unwrap_or((entry, ""));
+            (key.to_owned(), value.to_owned())
+        })
+        .collect()
 }
 
 /// What runs in the guest: the image's defaults merged with the command line.
@@ -286,13 +277,21 @@ struct GuestCommand {
 }
 
 impl GuestCommand {
-    fn for_image(args: &RunArgs, root: &crate::image::PreparedRoot) -> Result<Self, RunError> {
+    /// `-w` and `-u` win over the workspace (its path, its owner), which wins over the image.
+    fn for_image(
+        args: &RunArgs,
+        root: &crate::image::PreparedRoot,
+        shares: &crate::shares::Shares,
+    ) -> Result<Self, RunError> {
         let overrides = RunOverrides {
             entrypoint: args.entrypoint.clone(),
             command: args.command.clone(),
             env: args.env.clone(),
-            workdir: args.workdir.clone(),
-            user: args.user.clone(),
+            workdir: args.workdir.clone().or_else(|| shares.workdir.clone()),
+            user: args
+                .user
+                .clone()
+                .or_else(|| shares.user.map(|(uid, gid)| format!("{uid}:{gid}"))),
         };
         let mut config = merge_run_config(&root.config, &overrides, |key| std::env::var(key).ok())?;
         let user = resolve_user(&root.rootfs, &config.user)?;
@@ -304,271 +303,4 @@ impl GuestCommand {
             user: (user.uid != 0 || user.gid != 0).then_some((user.uid, user.gid)),
         })
     }
-}
-
-/// The signals krunbox forwards.
-struct Signals {
-    int: Signal,
-    term: Signal,
-    hup: Signal,
-    quit: Signal,
-}
-
-impl Signals {
-    fn install() -> Result<Self, RunError> {
-        let on = |kind: SignalKind| {
-            signal(kind).map_err(|e| RunError::Io(format!("cannot handle signals: {e}")))
-        };
-        Ok(Self {
-            int: on(SignalKind::interrupt())?,
-            term: on(SignalKind::terminate())?,
-            hup: on(SignalKind::hangup())?,
-            quit: on(SignalKind::quit())?,
-        })
-    }
-
-    /// The next forwarded signal (Linux numbering).
-    async fn next(&mut self) -> i32 {
-        tokio::select! {
-            _ = self.int.recv() => libc::SIGINT,
-            _ = self.term.recv() => libc::SIGTERM,
-            _ = self.hup.recv() => libc::SIGHUP,
-            _ = self.quit.recv() => libc::SIGQUIT,
-        }
-    }
-}
-
-struct Session<'a> {
-    command: GuestCommand,
-    tty: bool,
-    forward_stdin: bool,
-    boot_timeout: u64,
-    vm: &'a mut dyn VmHandle,
-}
-
-impl<'a> Session<'a> {
-    fn new(args: &RunArgs, command: GuestCommand, vm: &'a mut dyn VmHandle) -> Self {
-        Self {
-            command,
-            tty: args.tty,
-            forward_stdin: args.interactive || !std::io::stdin().is_terminal(),
-            boot_timeout: args.boot_timeout,
-            vm,
-        }
-    }
-
-    fn console_tail(&self) -> String {
-        let mut text = log_tail(&self.vm.console_log(), CONSOLE_TAIL_LINES);
-        if text.trim().is_empty() {
-            text = "(the console is empty)".into();
-        }
-        let diagnostics = self.vm.diagnostics();
-        if !diagnostics.is_empty() {
-            text.push('\n');
-            text.push_str(&diagnostics);
-        }
-        text
-    }
-
-    /// Polls the VM until it ends.
-    async fn vm_ended(vm: &mut dyn VmHandle) -> String {
-        loop {
-            match vm.try_wait() {
-                Ok(Some(exit)) => return exit.to_string(),
-                Ok(None) => {}
-                Err(err) => return err.to_string(),
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn run(mut self) -> Result<i32, RunError> {
-        let mut signals = Signals::install()?;
-        let address = self.vm.agent_address();
-        let timeout = Duration::from_secs(self.boot_timeout);
-        let boot = tokio::select! {
-            client = Client::connect_with_retry(&address, timeout) => Boot::Client(client),
-            exit = Self::vm_ended(self.vm) => Boot::VmEnded(exit),
-            sig = signals.next() => Boot::Signal(sig),
-        };
-        let client = match boot {
-            Boot::Client(Ok(client)) => client,
-            Boot::Client(Err(err)) => {
-                return Err(RunError::AgentTimeout {
-                    timeout: self.boot_timeout,
-                    detail: err.to_string(),
-                    console: self.console_tail(),
-                })
-            }
-            Boot::VmEnded(exit) => {
-                return Err(RunError::VmEnded {
-                    when: "before its agent came up",
-                    exit,
-                    console: self.console_tail(),
-                })
-            }
-            Boot::Signal(sig) => {
-                eprintln!("krunbox: interrupted while the VM was booting; stopping it");
-                let _ = self.vm.kill();
-                return Ok(128 + sig);
-            }
-        };
-        tracing::debug!(agent = ?client.agent_info(), "agent up");
-        let status = self.exec(&client, &mut signals).await?;
-        // The guest powers off on its own now; give it a moment so writes are flushed.
-        let _ = tokio::time::timeout(POWER_OFF_TIMEOUT, Self::vm_ended(self.vm)).await;
-        Ok(status)
-    }
-
-    fn spec(&self) -> ExecSpec {
-        let config = &self.command.config;
-        let mut spec = ExecSpec::new(config.argv.clone())
-            .power_off_on_exit(true)
-            .cwd(config.workdir.clone());
-        for entry in &config.env {
-            let (key, value) = entry.split_once('=').unwrap_or((entry, ""));
-            spec = spec.env(key, value);
-        }
-        if let Some((uid, gid)) = self.command.user {
-            spec = spec.user(uid, gid);
-        }
-        if self.tty {
-            let (rows, cols) = terminal::window_size().unwrap_or((24, 80));
-            spec = spec.pty(rows, cols);
-            let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
-            spec = spec.term(term);
-        } else {
-            spec = spec.stdin(self.forward_stdin);
-        }
-        spec
-    }
-
-    async fn exec(&mut self, client: &Client, signals: &mut Signals) -> Result<i32, RunError> {
-        let mut execution = client.exec(self.spec()).await?;
-        let control = execution.control();
-        let stdin = execution.take_stdin();
-        let (_, mut stdout, mut stderr, exit) = execution.split();
-        let raw_mode = if self.tty && self.forward_stdin && std::io::stdin().is_terminal() {
-            terminal::RawMode::enable()
-                .map_err(|e| tracing::warn!(%e, "cannot put the terminal in raw mode"))
-                .ok()
-        } else {
-            None
-        };
-        let stdin_task = stdin.map(|stdin| {
-            let forward = self.forward_stdin;
-            tokio::spawn(forward_stdin(stdin, forward))
-        });
-        let stdout_task = tokio::spawn(async move {
-            let mut out = tokio::io::stdout();
-            while let Some(chunk) = stdout.recv().await {
-                if out.write_all(&chunk).await.is_err() || out.flush().await.is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr_task = tokio::spawn(async move {
-            let mut err = tokio::io::stderr();
-            while let Some(chunk) = stderr.recv().await {
-                if err.write_all(&chunk).await.is_err() || err.flush().await.is_err() {
-                    break;
-                }
-            }
-        });
-
-        let mut winch = signal(SignalKind::window_change())
-            .map_err(|e| RunError::Io(format!("cannot handle SIGWINCH: {e}")))?;
-        tokio::pin!(exit);
-        let mut interrupts = 0u32;
-        let outcome = loop {
-            tokio::select! {
-                biased;
-                status = &mut exit => break Ok(status),
-                sig = signals.next() => {
-                    if sig == libc::SIGINT && !self.tty {
-                        interrupts += 1;
-                        if interrupts >= 2 {
-                            eprintln!("krunbox: second interrupt; stopping the VM");
-                            let _ = self.vm.kill();
-                            break Err(128 + libc::SIGINT);
-                        }
-                    }
-                    tracing::debug!(sig, "forwarding a signal to the guest command");
-                    if let Err(err) = control.signal(sig).await {
-                        tracing::warn!(%err, "cannot forward the signal");
-                    }
-                }
-                _ = winch.recv(), if self.tty => {
-                    if let Some((rows, cols)) = terminal::window_size() {
-                        let _ = control.resize(rows, cols).await;
-                    }
-                }
-                exit = Self::vm_ended(self.vm) => {
-                    drop(raw_mode);
-                    return Err(RunError::VmEnded {
-                        when: "while the command ran",
-                        exit,
-                        console: self.console_tail(),
-                    });
-                }
-            }
-        };
-        let status = match outcome {
-            Ok(status) => status,
-            Err(code) => {
-                drop(raw_mode);
-                return Ok(code);
-            }
-        };
-        // All output precedes the exit status; let the writers finish.
-        let _ = stdout_task.await;
-        let _ = stderr_task.await;
-        if let Some(task) = stdin_task {
-            task.abort();
-        }
-        drop(raw_mode);
-        match status {
-            Ok(status) => Ok(report(&status, &self.command.config.argv)),
-            Err(err) => Err(RunError::VmEnded {
-                when: "while the command ran",
-                exit: err.to_string(),
-                console: self.console_tail(),
-            }),
-        }
-    }
-}
-
-enum Boot {
-    Client(Result<Client, krunbox_protocol::client::ClientError>),
-    VmEnded(String),
-    Signal(i32),
-}
-
-/// Copies krunbox's stdin to the command's; closes it at end of file. When stdin is not
-/// forwarded (a terminal without -i), keeps the command's stdin open but silent.
-async fn forward_stdin(mut stdin: ExecStdin, forward: bool) {
-    if !forward {
-        std::future::pending::<()>().await;
-    }
-    match stdin.send_from(tokio::io::stdin()).await {
-        Ok(_) => {
-            let _ = stdin.close().await;
-        }
-        Err(err) => tracing::debug!(%err, "stdin forwarding stopped"),
-    }
-}
-
-/// The exit code for `status`, explaining start failures on stderr.
-fn report(status: &ExitStatus, command: &[String]) -> i32 {
-    if let Some(Outcome::SpawnFailed(failure)) = &status.outcome {
-        eprintln!(
-            "krunbox: cannot run {:?} in the guest: {}",
-            command.first().map(String::as_str).unwrap_or_default(),
-            failure.message
-        );
-    }
-    if status.timed_out {
-        eprintln!("krunbox: the command timed out");
-    }
-    status.shell_code()
 }

@@ -1,0 +1,380 @@
+//! One command in a guest with the host's terminal attached: what `krunbox run` and
+//! `krunbox exec` share.
+//!
+//! A [`Session`] waits for the agent (racing the VM's end and the user's signals), starts the
+//! command, copies its stdout/stderr to ours and our stdin to its, forwards signals (without
+//! a PTY) or window resizes (with one), and returns the command's exit code. The VM is seen
+//! only through a [`VmHandle`]: a VM this process started (`run`) or a running sandbox it
+//! attached to (`exec`).
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use krunbox_protocol::client::{Client, ExecSpec, ExecStdin};
+use krunbox_protocol::messages::{ExitStatus, Outcome};
+use tokio::io::AsyncWriteExt;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use super::terminal;
+use crate::backend::{log_tail, VmHandle};
+
+/// Console lines shown when the guest fails.
+const CONSOLE_TAIL_LINES: usize = 30;
+/// How long the guest may take to power off after the command's exit status arrived.
+const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a session failed (krunbox's failure, not the command's).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The agent did not answer in time.
+    #[error("the guest agent did not come up within {timeout}s ({detail}); last console lines:\n{console}")]
+    AgentTimeout {
+        /// The timeout, in seconds.
+        timeout: u64,
+        /// The last connection error.
+        detail: String,
+        /// The console tail.
+        console: String,
+    },
+    /// The VM ended while booting or while the command ran.
+    #[error("the VM stopped {when} ({exit}); last console lines:\n{console}")]
+    VmEnded {
+        /// During what.
+        when: &'static str,
+        /// How it ended.
+        exit: String,
+        /// The console tail (and the VMM's own messages).
+        console: String,
+    },
+    /// The connection to the agent failed.
+    #[error("lost the guest agent: {0}")]
+    Agent(#[from] krunbox_protocol::client::ClientError),
+    /// Local I/O.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// What a second Ctrl-C (without `-t`) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecondInterrupt {
+    /// Stop the VM at once (`krunbox run`: the VM is ours).
+    StopVm,
+    /// Leave the command and the VM alone and return (`krunbox exec`: the sandbox goes on).
+    Detach,
+}
+
+/// The command and how to attach to it.
+#[derive(Debug, Clone)]
+pub struct CommandOptions {
+    /// argv.
+    pub command: Vec<String>,
+    /// Environment.
+    pub env: Vec<(String, String)>,
+    /// Working directory in the guest.
+    pub workdir: Option<String>,
+    /// Run as this uid and gid (default: the agent's, root).
+    pub user: Option<(u32, u32)>,
+    /// On a pseudo-terminal.
+    pub tty: bool,
+    /// Forward stdin even when it is a terminal (`-i`).
+    pub interactive: bool,
+    /// The guest powers off when the command ends.
+    pub power_off_on_exit: bool,
+    /// What a second Ctrl-C does.
+    pub second_interrupt: SecondInterrupt,
+    /// How long to wait for the agent.
+    pub agent_timeout: Duration,
+}
+
+/// The signals krunbox forwards.
+struct Signals {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+    quit: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, SessionError> {
+        let on = |kind: SignalKind| {
+            signal(kind).map_err(|e| SessionError::Io(format!("cannot handle signals: {e}")))
+        };
+        Ok(Self {
+            int: on(SignalKind::interrupt())?,
+            term: on(SignalKind::terminate())?,
+            hup: on(SignalKind::hangup())?,
+            quit: on(SignalKind::quit())?,
+        })
+    }
+
+    /// The next forwarded signal (Linux numbering).
+    async fn next(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.int.recv() => libc::SIGINT,
+            _ = self.term.recv() => libc::SIGTERM,
+            _ = self.hup.recv() => libc::SIGHUP,
+            _ = self.quit.recv() => libc::SIGQUIT,
+        }
+    }
+}
+
+/// One command in one VM.
+pub struct Session<'a> {
+    options: CommandOptions,
+    forward_stdin: bool,
+    vm: &'a mut dyn VmHandle,
+}
+
+impl<'a> Session<'a> {
+    /// A session for `options` in `vm`.
+    pub fn new(options: CommandOptions, vm: &'a mut dyn VmHandle) -> Self {
+        let forward_stdin = options.interactive || !std::io::stdin().is_terminal();
+        Self {
+            options,
+            forward_stdin,
+            vm,
+        }
+    }
+
+    fn console_tail(&self) -> String {
+        let mut text = log_tail(&self.vm.console_log(), CONSOLE_TAIL_LINES);
+        if text.trim().is_empty() {
+            text = "(the console is empty)".into();
+        }
+        let diagnostics = self.vm.diagnostics();
+        if !diagnostics.is_empty() {
+            text.push('\n');
+            text.push_str(&diagnostics);
+        }
+        text
+    }
+
+    /// Polls the VM until it ends.
+    async fn vm_ended(vm: &mut dyn VmHandle) -> String {
+        loop {
+            match vm.try_wait() {
+                Ok(Some(exit)) => return exit.to_string(),
+                Ok(None) => {}
+                Err(err) => return err.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits for the agent, runs the command; returns krunbox's exit code.
+    pub async fn run(mut self) -> Result<i32, SessionError> {
+        let mut signals = Signals::install()?;
+        let address = self.vm.agent_address();
+        let timeout = self.options.agent_timeout;
+        let boot = tokio::select! {
+            client = Client::connect_with_retry(&address, timeout) => Boot::Client(client),
+            exit = Self::vm_ended(self.vm) => Boot::VmEnded(exit),
+            sig = signals.next() => Boot::Signal(sig),
+        };
+        let client = match boot {
+            Boot::Client(Ok(client)) => client,
+            Boot::Client(Err(err)) => {
+                return Err(SessionError::AgentTimeout {
+                    timeout: timeout.as_secs(),
+                    detail: err.to_string(),
+                    console: self.console_tail(),
+                })
+            }
+            Boot::VmEnded(exit) => {
+                return Err(SessionError::VmEnded {
+                    when: "before its agent came up",
+                    exit,
+                    console: self.console_tail(),
+                })
+            }
+            Boot::Signal(sig) => {
+                if self.options.second_interrupt == SecondInterrupt::StopVm {
+                    eprintln!("krunbox: interrupted while the VM was booting; stopping it");
+                    let _ = self.vm.kill();
+                }
+                return Ok(128 + sig);
+            }
+        };
+        tracing::debug!(agent = ?client.agent_info(), "agent up");
+        let status = self.exec(&client, &mut signals).await?;
+        if self.options.power_off_on_exit {
+            // The guest powers off on its own now; give it a moment so writes are flushed.
+            let _ = tokio::time::timeout(POWER_OFF_TIMEOUT, Self::vm_ended(self.vm)).await;
+        }
+        Ok(status)
+    }
+
+    fn spec(&self) -> ExecSpec {
+        let options = &self.options;
+        let mut spec =
+            ExecSpec::new(options.command.clone()).power_off_on_exit(options.power_off_on_exit);
+        for (key, value) in &options.env {
+            spec = spec.env(key, value);
+        }
+        if let Some(dir) = &options.workdir {
+            spec = spec.cwd(dir);
+        }
+        if let Some((uid, gid)) = options.user {
+            spec = spec.user(uid, gid);
+        }
+        if options.tty {
+            let (rows, cols) = terminal::window_size().unwrap_or((24, 80));
+            spec = spec.pty(rows, cols);
+            let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
+            spec = spec.term(term);
+        } else {
+            spec = spec.stdin(self.forward_stdin);
+        }
+        spec
+    }
+
+    async fn exec(&mut self, client: &Client, signals: &mut Signals) -> Result<i32, SessionError> {
+        let tty = self.options.tty;
+        let mut execution = client.exec(self.spec()).await?;
+        let control = execution.control();
+        let stdin = execution.take_stdin();
+        let (_, mut stdout, mut stderr, exit) = execution.split();
+        let raw_mode = if tty && self.forward_stdin && std::io::stdin().is_terminal() {
+            terminal::RawMode::enable()
+                .map_err(|e| tracing::warn!(%e, "cannot put the terminal in raw mode"))
+                .ok()
+        } else {
+            None
+        };
+        let stdin_task = stdin.map(|stdin| {
+            let forward = self.forward_stdin;
+            tokio::spawn(forward_stdin(stdin, forward))
+        });
+        let stdout_task = tokio::spawn(async move {
+            let mut out = tokio::io::stdout();
+            while let Some(chunk) = stdout.recv().await {
+                if out.write_all(&chunk).await.is_err() || out.flush().await.is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr_task = tokio::spawn(async move {
+            let mut err = tokio::io::stderr();
+            while let Some(chunk) = stderr.recv().await {
+                if err.write_all(&chunk).await.is_err() || err.flush().await.is_err() {
+                    break;
+                }
+            }
+        });
+
+        let mut winch = signal(SignalKind::window_change())
+            .map_err(|e| SessionError::Io(format!("cannot handle SIGWINCH: {e}")))?;
+        tokio::pin!(exit);
+        let mut interrupts = 0u32;
+        let outcome = loop {
+            tokio::select! {
+                biased;
+                status = &mut exit => break Ok(status),
+                sig = signals.next() => {
+                    if sig == libc::SIGINT && !tty {
+                        interrupts += 1;
+                        if interrupts >= 2 {
+                            match self.options.second_interrupt {
+                                SecondInterrupt::StopVm => {
+                                    eprintln!("krunbox: second interrupt; stopping the VM");
+                                    let _ = self.vm.kill();
+                                }
+                                SecondInterrupt::Detach => {
+                                    eprintln!("krunbox: second interrupt; leaving the command");
+                                }
+                            }
+                            break Err(128 + libc::SIGINT);
+                        }
+                    }
+                    tracing::debug!(sig, "forwarding a signal to the guest command");
+                    if let Err(err) = control.signal(sig).await {
+                        tracing::warn!(%err, "cannot forward the signal");
+                    }
+                }
+                _ = winch.recv(), if tty => {
+                    if let Some((rows, cols)) = terminal::window_size() {
+                        let _ = control.resize(rows, cols).await;
+                    }
+                }
+                exit = Self::vm_ended(self.vm) => {
+                    drop(raw_mode);
+                    return Err(SessionError::VmEnded {
+                        when: "while the command ran",
+                        exit,
+                        console: self.console_tail(),
+                    });
+                }
+            }
+        };
+        let status = match outcome {
+            Ok(status) => status,
+            Err(code) => {
+                drop(raw_mode);
+                return Ok(code);
+            }
+        };
+        // All output precedes the exit status; let the writers finish.
+        let _ = stdout_task.await;
+        let _ = stderr_task.await;
+        if let Some(task) = stdin_task {
+            task.abort();
+        }
+        drop(raw_mode);
+        match status {
+            Ok(status) => Ok(report(&status, &self.options.command)),
+            Err(err) => Err(SessionError::VmEnded {
+                when: "while the command ran",
+                exit: err.to_string(),
+                console: self.console_tail(),
+            }),
+        }
+    }
+}
+
+enum Boot {
+    Client(Result<Client, krunbox_protocol::client::ClientError>),
+    VmEnded(String),
+    Signal(i32),
+}
+
+/// Copies krunbox's stdin to the command's; closes it at end of file. When stdin is not
+/// forwarded (a terminal without -i), keeps the command's stdin open but silent.
+async fn forward_stdin(mut stdin: ExecStdin, forward: bool) {
+    if !forward {
+        std::future::pending::<()>().await;
+    }
+    match stdin.send_from(tokio::io::stdin()).await {
+        Ok(_) => {
+            let _ = stdin.close().await;
+        }
+        Err(err) => tracing::debug!(%err, "stdin forwarding stopped"),
+    }
+}
+
+/// The exit code for `status`, explaining start failures on stderr.
+fn report(status: &ExitStatus, command: &[String]) -> i32 {
+    if let Some(Outcome::SpawnFailed(failure)) = &status.outcome {
+        eprintln!(
+            "krunbox: cannot run {:?} in the guest: {}",
+            command.first().map(String::as_str).unwrap_or_default(),
+            failure.message
+        );
+    }
+    if status.timed_out {
+        eprintln!("krunbox: the command timed out");
+    }
+    status.shell_code()
+}
+
+/// Runs `future` on a small multi-threaded runtime (stdin, stdout and the agent connection
+/// progress independently); output tasks still holding stdout are given a moment.
+pub fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, SessionError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| SessionError::Io(format!("cannot start the async runtime: {e}")))?;
+    let output = runtime.block_on(future);
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    Ok(output)
+}

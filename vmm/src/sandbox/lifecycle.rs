@@ -1,0 +1,203 @@
+//! Starting, stopping and removing a sandbox: what `krunbox start/stop/rm` do, under the
+//! sandbox's own lock so two of them never interleave on one sandbox (and never wait on
+//! another sandbox).
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use krunbox_protocol::transport::AgentAddress;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::monitor::{self, Event};
+use super::store::{Sandbox, MONITOR_LOG_FILE};
+use super::SandboxError;
+
+/// Extra time `start` gives the monitor beyond the boot timeout (starting the helpers).
+const START_MARGIN: Duration = Duration::from_secs(60);
+/// How long a monitor may take to stop its VM after SIGTERM.
+const KILL_GRACE: Duration = Duration::from_secs(15);
+/// How long `stop` waits for the agent to take the shutdown request.
+const SHUTDOWN_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Starts the sandbox's VM and waits until its agent answers; returns the boot time in ms.
+/// Starting a running sandbox does nothing.
+pub fn start(sandbox: &Sandbox) -> Result<Option<u64>, SandboxError> {
+    let _lock = sandbox.lock()?;
+    if sandbox.monitor_alive()? {
+        return Ok(None);
+    }
+    let spec = sandbox.spec()?;
+    let exe = std::env::current_exe().map_err(|source| SandboxError::Io {
+        action: "find",
+        path: "the krunbox executable".into(),
+        source,
+    })?;
+    let log_path = sandbox.file(MONITOR_LOG_FILE);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|source| SandboxError::Io {
+            action: "open",
+            path: log_path.clone(),
+            source,
+        })?;
+    let mut command = Command::new(&exe);
+    command
+        .arg(monitor::SUBCOMMAND)
+        .arg(sandbox.dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log);
+    // SAFETY: between fork and exec the closure only calls setsid(2), which is
+    // async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            // Its own session: no terminal signals, and it outlives this process.
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = command.spawn().map_err(|source| SandboxError::Io {
+        action: "run",
+        path: exe.clone(),
+        source,
+    })?;
+    let stdout = child.stdout.take();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let Some(stdout) = stdout else { return };
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            match serde_json::from_str::<Event>(&line) {
+                Ok(event) => {
+                    let _ = tx.send(event);
+                    return;
+                }
+                Err(err) => tracing::warn!(%err, %line, "unreadable monitor event"),
+            }
+        }
+    });
+    let limit = Duration::from_secs(spec.boot_timeout_secs) + START_MARGIN;
+    let answer = rx.recv_timeout(limit);
+    // The monitor is not our child for long: it runs on; reap it only if it already ended.
+    let _ = child.try_wait();
+    match answer {
+        Ok(Event::Ready { boot_ms }) => Ok(Some(boot_ms)),
+        Ok(Event::Failed { message }) => Err(SandboxError::StartFailed {
+            name: sandbox.name().to_owned(),
+            message,
+        }),
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            let _ = kill(pid_of(child.id()), Signal::SIGTERM);
+            Err(SandboxError::StartFailed {
+                name: sandbox.name().to_owned(),
+                message: format!(
+                    "no answer from its monitor within {limit:?}; see {}",
+                    log_path.display()
+                ),
+            })
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            Err(SandboxError::StartFailed {
+                name: sandbox.name().to_owned(),
+                message: format!(
+                    "its monitor exited without an answer ({status}); its log:\n{}",
+                    crate::backend::log_tail(&log_path, 10)
+                ),
+            })
+        }
+    }
+}
+
+/// Stops the sandbox: asks the guest to power off, waits up to `grace`, then stops the VM
+/// hard. Stopping a sandbox that does not run does nothing. Returns whether it ran.
+pub fn stop(sandbox: &Sandbox, grace: Duration) -> Result<bool, SandboxError> {
+    let _lock = sandbox.lock()?;
+    stop_locked(sandbox, grace)
+}
+
+fn stop_locked(sandbox: &Sandbox, grace: Duration) -> Result<bool, SandboxError> {
+    if !sandbox.monitor_alive()? {
+        return Ok(false);
+    }
+    sandbox.request_stop()?;
+    let state = sandbox.state()?;
+    if let Some(address) = state
+        .as_ref()
+        .and_then(|s| s.agent.as_deref())
+        .and_then(|a| a.parse::<AgentAddress>().ok())
+    {
+        if let Err(err) = request_power_off(&address) {
+            tracing::debug!(%err, "the agent did not take the shutdown request");
+        }
+    }
+    if !grace.is_zero() && sandbox.wait_for_monitor_exit(grace)? {
+        return Ok(true);
+    }
+    terminate_monitor(sandbox, state.map(|s| s.monitor_pid))?;
+    Ok(true)
+}
+
+/// SIGTERM to the monitor (it stops the VM), then SIGKILL (the backend stops the VM when its
+/// monitor dies).
+fn terminate_monitor(sandbox: &Sandbox, pid: Option<u32>) -> Result<(), SandboxError> {
+    let Some(pid) = pid else {
+        return Err(SandboxError::Unresponsive(sandbox.name().to_owned()));
+    };
+    tracing::debug!(pid, "stopping the monitor");
+    let _ = kill(pid_of(pid), Signal::SIGTERM);
+    if sandbox.wait_for_monitor_exit(KILL_GRACE)? {
+        return Ok(());
+    }
+    tracing::warn!(pid, "the monitor did not stop; killing it");
+    let _ = kill(pid_of(pid), Signal::SIGKILL);
+    if sandbox.wait_for_monitor_exit(KILL_GRACE)? {
+        Ok(())
+    } else {
+        Err(SandboxError::Unresponsive(sandbox.name().to_owned()))
+    }
+}
+
+fn request_power_off(address: &AgentAddress) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let attempt = async {
+            let client = krunbox_protocol::client::Client::connect(address)
+                .await
+                .map_err(|e| e.to_string())?;
+            client.shutdown(0).await.map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(SHUTDOWN_REQUEST_TIMEOUT, attempt)
+            .await
+            .map_err(|_| "timed out".to_owned())?
+    })
+}
+
+/// Removes a sandbox; a running one only with `force` (then stopped at once).
+pub fn remove(sandbox: Sandbox, force: bool) -> Result<(), SandboxError> {
+    let lock = sandbox.lock()?;
+    if sandbox.monitor_alive()? {
+        if !force {
+            return Err(SandboxError::Running(sandbox.name().to_owned()));
+        }
+        stop_locked(&sandbox, Duration::ZERO)?;
+    }
+    // Still holding the lock: a concurrent start waits and then finds no sandbox.
+    let result = sandbox.remove();
+    drop(lock);
+    result
+}
+
+fn pid_of(pid: u32) -> Pid {
+    Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX))
+}

@@ -1,0 +1,74 @@
+//! Named sandboxes that keep running between commands (`krunbox create/start/exec/cp/stop/
+//! rm/ps/logs/stats/inspect`).
+//!
+//! A sandbox is a directory under `$DATA/sandboxes/` ([`store`]) holding its spec, its last
+//! state and its locks — one lock per sandbox, none shared, so many sandboxes start and stop
+//! in parallel. Its VM is run by a detached [`monitor`] process that outlives the CLI; other
+//! commands find the VM's agent through `state.json` and reach it directly over its socket
+//! ([`attach`]). Everything below the monitor is the ordinary [`crate::backend`] lifecycle, so
+//! a sandbox works on any backend.
+
+pub mod attach;
+pub mod lifecycle;
+pub mod monitor;
+pub mod name;
+pub mod spec;
+pub mod state;
+pub mod store;
+
+use std::path::PathBuf;
+
+/// Why a sandbox operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// A bad name.
+    #[error(transparent)]
+    Name(#[from] name::InvalidName),
+    /// No such sandbox.
+    #[error("no sandbox named {0:?} (see `krunbox ps -a`)")]
+    NotFound(String),
+    /// The name is taken.
+    #[error("a sandbox named {0:?} already exists (remove it with `krunbox rm {0}`, or pick another --name)")]
+    Exists(String),
+    /// A second monitor for one sandbox.
+    #[error("sandbox {0:?} is already running")]
+    AlreadyRunning(String),
+    /// `rm` of a running sandbox without `-f`.
+    #[error("sandbox {0:?} is running: stop it first (`krunbox stop {0}`) or use `krunbox rm -f`")]
+    Running(String),
+    /// The sandbox must run for this.
+    #[error("sandbox {name:?} is not running ({status}); start it with `krunbox start {name}`")]
+    NotRunning {
+        /// Which.
+        name: String,
+        /// What it is instead.
+        status: String,
+    },
+    /// Starting failed.
+    #[error("sandbox {name:?} did not start: {message}")]
+    StartFailed {
+        /// Which.
+        name: String,
+        /// Why.
+        message: String,
+    },
+    /// A monitor that ignores SIGTERM and SIGKILL.
+    #[error("sandbox {0:?} did not stop (its monitor does not exit)")]
+    Unresponsive(String),
+    /// A file operation.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was done.
+        action: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A malformed sandbox file.
+    #[error("malformed sandbox file: {0}")]
+    Json(serde_json::Error),
+    /// A lock.
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
+}

@@ -1,0 +1,116 @@
+//! What a sandbox is made of, recorded by `krunbox create` in `sandbox.json` and read by every
+//! later command.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Accel, BackendKind, SharedDir, VmSpec};
+
+/// A shared directory (the serialisable form of [`SharedDir`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareSpec {
+    /// The host directory (absolute).
+    pub host: PathBuf,
+    /// Where it appears in the guest.
+    pub guest: String,
+    /// Read-only.
+    pub read_only: bool,
+}
+
+impl From<&SharedDir> for ShareSpec {
+    fn from(dir: &SharedDir) -> Self {
+        Self {
+            host: dir.host_path.clone(),
+            guest: dir.guest_path.clone(),
+            read_only: dir.read_only,
+        }
+    }
+}
+
+/// A sandbox's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    /// Its name.
+    pub name: String,
+    /// IMAGE as given (`None`: the built-in default image).
+    pub image: Option<String>,
+    /// The root filesystem directory IMAGE resolved to when the sandbox was created (its
+    /// `/etc/passwd` resolves `exec -u NAME`; `start` prepares IMAGE again and holds it).
+    pub rootfs: PathBuf,
+    /// The root is a read-only image with a writable overlay in guest memory (store images);
+    /// `false` for a root filesystem directory, shared writable.
+    #[serde(default)]
+    pub overlay: bool,
+    /// Shared directories.
+    pub shares: Vec<ShareSpec>,
+    /// vCPUs.
+    pub cpus: u8,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Environment of every `exec` (the image's Env and `create -e`).
+    pub env: Vec<(String, String)>,
+    /// Default working directory of `exec`.
+    pub workdir: Option<String>,
+    /// Default uid and gid of `exec` (`None`: root).
+    pub user: Option<(u32, u32)>,
+    /// The guest's hostname.
+    pub hostname: String,
+    /// A kernel instead of the backend's default.
+    pub kernel: Option<PathBuf>,
+    /// `krun`, `qemu`, or `None` for the automatic choice.
+    pub backend: Option<String>,
+    /// `auto`, `tcg` or `kvm` (QEMU).
+    pub accel: String,
+    /// Seconds `start` waits for the guest agent.
+    pub boot_timeout_secs: u64,
+    /// Creation time, seconds since the epoch.
+    pub created_at: u64,
+}
+
+impl SandboxSpec {
+    /// The backend kind asked for (`None`: automatic).
+    pub fn backend_kind(&self) -> Option<BackendKind> {
+        match self.backend.as_deref() {
+            Some("krun") => Some(BackendKind::Krun),
+            Some("qemu") => Some(BackendKind::Qemu),
+            _ => None,
+        }
+    }
+
+    /// The VM to start for this sandbox.
+    pub fn vm_spec(&self, guest_init: PathBuf) -> VmSpec {
+        let mut spec = VmSpec::new(self.rootfs.clone(), guest_init);
+        spec.root_overlay = self.overlay;
+        spec.cpus = self.cpus;
+        spec.memory_mib = self.memory_mib;
+        spec.kernel = self.kernel.clone();
+        spec.hostname = self.hostname.clone();
+        spec.shares = self
+            .shares
+            .iter()
+            .map(|s| SharedDir {
+                host_path: s.host.clone(),
+                guest_path: s.guest.clone(),
+                read_only: s.read_only,
+            })
+            .collect();
+        spec.accel = match self.accel.as_str() {
+            "tcg" => Accel::Tcg,
+            "kvm" => Accel::Kvm,
+            _ => Accel::Auto,
+        };
+        spec.guest_log_level = std::env::var("KRUNBOX_GUEST_LOG")
+            .ok()
+            .filter(|l| !l.is_empty());
+        spec
+    }
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
