@@ -87,8 +87,8 @@ pub struct CreateArgs {
     /// Shared directories (-v, --workspace).
     #[command(flatten)]
     pub shares: ShareArgs,
-    /// Boot this kernel instead of the backend's default.
-    #[arg(long, value_name = "PATH")]
+    /// Boot this kernel instead of the backend's default (see `krunbox run --help`).
+    #[arg(long, value_name = "PATH", env = "KRUNBOX_KERNEL")]
     pub kernel: Option<std::path::PathBuf>,
     /// Hardware acceleration for the QEMU backend.
     #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
