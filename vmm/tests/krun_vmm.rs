@@ -42,6 +42,7 @@ impl RunDir {
             "cpus": 2,
             "memory_mib": 256,
             "root": self.root.path(),
+            "root_read_only": false,
             "shares": [{"tag": "share1", "host_path": self.share.path(), "read_only": true}],
             "guest_init": guest_init,
             "kernel": {"path": kernel, "format": "Elf"},
@@ -108,7 +109,8 @@ fn stderr_of(child: &mut Child) -> String {
 #[test]
 fn libkrun_accepts_the_configuration_and_the_lifeline_removes_the_run_directory() {
     let run = RunDir::new();
-    run.write_config(|_| {});
+    // The read-only root of a shared image.
+    run.write_config(|config| config["root_read_only"] = true.into());
     let (mut child, mut stdout) = run.spawn();
     let event = first_event(&mut stdout);
     assert_eq!(

@@ -93,6 +93,7 @@ fn write_config(dir: &Path, root: &Path, guest_init: &Path) -> anyhow::Result<()
         "cpus": 1,
         "memory_mib": 512,
         "root": root,
+        "root_read_only": false,
         "shares": [],
         "guest_init": guest_init,
         "kernel": null,

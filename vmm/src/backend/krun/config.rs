@@ -79,6 +79,9 @@ pub struct KrunVmConfig {
     pub memory_mib: u32,
     /// The root filesystem directory (virtio-fs `/dev/root`, mounted by the kernel).
     pub root: PathBuf,
+    /// The root is an image shared by many sandboxes: libkrun serves it read-only (and
+    /// guest-init stacks a tmpfs overlay on it, `krunbox.overlay=tmpfs`).
+    pub root_read_only: bool,
     /// Further shares.
     pub shares: Vec<Share>,
     /// guest-init, served as `/init.krun` from memory.
@@ -145,8 +148,8 @@ impl KrunVmConfig {
             "krunbox.vmm=libkrun".to_owned(),
         ];
         if spec.root_overlay {
-            // A shared store image: guest-init stacks a tmpfs overlay on it before anything
-            // runs (libkrun's virtio-fs has no read-only mode of its own).
+            // A shared store image: read-only at the device, and guest-init stacks a tmpfs
+            // overlay on it before anything runs.
             guest_config.push("krunbox.overlay=tmpfs".into());
         }
         if !shares.is_empty() {
@@ -169,6 +172,7 @@ impl KrunVmConfig {
             cpus: spec.cpus,
             memory_mib: spec.memory_mib,
             root: spec.rootfs.clone(),
+            root_read_only: spec.root_overlay,
             shares,
             guest_init: spec.guest_init.clone(),
             kernel,

@@ -2,7 +2,8 @@
 //!
 //! 1. `krun_init_log`, `krun_create_ctx`, `krun_set_vm_config`;
 //! 2. the root: `krun_disable_implicit_init` (before `krun_set_root`, which is where libkrun
-//!    would add its own `/init.krun`), `krun_set_root`, then guest-init as the virtual file
+//!    would add its own `/init.krun`), `krun_set_root` (for an image shared by many
+//!    sandboxes: `krun_add_virtiofs3("/dev/root", .., read_only)`), then guest-init as the virtual file
 //!    `/init.krun` of the root share (`krun_fs_add_overlay_file`, served from memory: the image
 //!    directory is never written). Not one-shot: guest-init re-executes `/proc/self/exe` to
 //!    start commands, and a one-shot entry disappears after its first open;
@@ -26,6 +27,8 @@ use crate::backend::Network;
 pub const ROOT_TAG: &str = "/dev/root";
 /// Where the kernel looks for init (libkrun's command line says `init=/init.krun`).
 pub const INIT_NAME: &str = "init.krun";
+/// The DAX window `krun_set_root` gives the root; a read-only root gets the same.
+pub const ROOT_SHM_SIZE: u64 = 1 << 29;
 
 /// Applies `config` through `api`; returns the context to start. `guest_init` is the agent
 /// binary's content.
@@ -38,7 +41,12 @@ pub fn configure(
     let ctx = api.create_ctx()?;
     api.set_vm_config(ctx, config.cpus, config.memory_mib)?;
     api.disable_implicit_init(ctx)?;
-    api.set_root(ctx, &config.root)?;
+    if config.root_read_only {
+        // `krun_set_root` has no read-only mode; this is the same share, served read-only.
+        api.add_virtiofs3(ctx, ROOT_TAG, &config.root, ROOT_SHM_SIZE, true)?;
+    } else {
+        api.set_root(ctx, &config.root)?;
+    }
     api.fs_add_overlay_file(ctx, ROOT_TAG, INIT_NAME, guest_init, 0o755, false)?;
     for share in &config.shares {
         api.add_virtiofs3(ctx, &share.tag, &share.host_path, 0, share.read_only)?;
@@ -287,6 +295,31 @@ mod tests {
         assert!(position("krun_set_root") < position("krun_fs_add_overlay_file"));
         assert!(position("krun_disable_implicit_vsock") < position("krun_add_vsock("));
         assert!(position("krun_add_vsock(") < position("krun_add_vsock_port2"));
+    }
+
+    #[test]
+    fn a_shared_image_is_a_read_only_root() {
+        let root = tempfile::tempdir().unwrap();
+        let mut spec = VmSpec::new(root.path().to_owned(), "/gi".into());
+        spec.root_overlay = true;
+        let mut api = RecordingKrun::default();
+        configure(&mut api, &config(&spec), INIT).unwrap();
+        let root = root.path().display();
+        assert_eq!(
+            api.calls[3..6],
+            [
+                "krun_disable_implicit_init(7)".to_owned(),
+                format!("krun_add_virtiofs3(7, /dev/root, {root}, 536870912, ro=true)"),
+                "krun_fs_add_overlay_file(7, /dev/root, init.krun, 755, one_shot=false)".into(),
+            ]
+        );
+        assert!(!api.calls.iter().any(|c| c.starts_with("krun_set_root")));
+        let env = api
+            .calls
+            .iter()
+            .find(|c| c.starts_with("krun_set_env"))
+            .unwrap();
+        assert!(env.contains("krunbox.overlay=tmpfs"), "{env}");
     }
 
     #[test]
