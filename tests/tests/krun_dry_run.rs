@@ -4,10 +4,11 @@
 //! (nested `kvm_pvm`), so no agent ever answers. What is checked is everything around the guest:
 //! the boot timeout's error, Ctrl-C while booting, kill -9 of krunbox.
 
-use std::process::Stdio;
+use std::io::Read;
+use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use krunbox_tests::{e2e, processes_mentioning, wait_timeout, Captured, Harness, Running};
+use krunbox_tests::{e2e, processes_mentioning, wait_timeout, Harness, Running};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -23,6 +24,19 @@ fn dry_run(k: &Harness, args: &[&str]) -> Running {
         .spawn()
         .map(Running)
         .expect("spawn krunbox")
+}
+
+/// Waits for krunbox to exit; returns its status and its whole stderr (read to the end, so
+/// nothing is still in flight when the test looks).
+fn finish(mut child: Running, limit: Duration) -> (ExitStatus, String) {
+    let mut pipe = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        text
+    });
+    let status = wait_timeout(&mut child, limit);
+    (status, reader.join().unwrap_or_default())
 }
 
 /// Waits until the VMM child runs and has its run directory; returns its `pid: cmdline`.
@@ -50,10 +64,8 @@ fn an_agent_that_never_answers_times_out_with_the_console_tail() {
     let Some(k) = e2e("krun: an_agent_that_never_answers_times_out_with_the_console_tail") else {
         return;
     };
-    let mut child = dry_run(&k, &["--boot-timeout", "2", "--", "true"]);
-    let stderr = Captured::start(child.stderr.take().expect("stderr"));
-    let status = wait_timeout(&mut child, Duration::from_secs(60));
-    let text = stderr.text();
+    let child = dry_run(&k, &["--boot-timeout", "2", "--", "true"]);
+    let (status, text) = finish(child, Duration::from_secs(60));
     assert_eq!(status.code(), Some(125), "{text}");
     assert!(
         text.contains("the guest agent did not come up within 2s") && text.contains("agent.sock"),
@@ -83,19 +95,15 @@ fn ctrl_c_while_booting_stops_the_vmm() {
     let Some(k) = e2e("krun: ctrl_c_while_booting_stops_the_vmm") else {
         return;
     };
-    let mut child = dry_run(&k, &["--boot-timeout", "300", "--", "true"]);
-    let stderr = Captured::start(child.stderr.take().expect("stderr"));
+    let child = dry_run(&k, &["--boot-timeout", "300", "--", "true"]);
     wait_for_vmm(&k);
     let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
     kill(pid, Signal::SIGINT).expect("SIGINT krunbox");
-    let status = wait_timeout(&mut child, Duration::from_secs(30));
-    assert_eq!(status.code(), Some(130), "{}", stderr.text());
+    let (status, text) = finish(child, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(130), "{text}");
     assert!(
-        stderr
-            .text()
-            .contains("interrupted while the VM was booting"),
-        "{}",
-        stderr.text()
+        text.contains("interrupted while the VM was booting"),
+        "{text}"
     );
     k.assert_nothing_left(CLEANUP);
 }
@@ -112,7 +120,7 @@ fn our_own_kernel_vmlinux_is_taken_and_its_bzimage_refused_with_advice() {
     let vmlinux = kernel.image.with_file_name("vmlinux");
     // The ELF vmlinux gets through detection and `krun_set_kernel` (format 1): the dry run
     // then waits for an agent that never comes.
-    let mut child = dry_run(
+    let child = dry_run(
         &k,
         &[
             "--kernel",
@@ -123,17 +131,12 @@ fn our_own_kernel_vmlinux_is_taken_and_its_bzimage_refused_with_advice() {
             "true",
         ],
     );
-    let stderr = Captured::start(child.stderr.take().expect("stderr"));
-    let status = wait_timeout(&mut child, Duration::from_secs(60));
-    assert_eq!(status.code(), Some(125), "{}", stderr.text());
-    assert!(
-        stderr.text().contains("did not come up within 1s"),
-        "{}",
-        stderr.text()
-    );
+    let (status, text) = finish(child, Duration::from_secs(60));
+    assert_eq!(status.code(), Some(125), "{text}");
+    assert!(text.contains("did not come up within 1s"), "{text}");
     // libkrun has no bzImage loader: the payload must be one it decompresses, else a refusal
     // that says what to give instead.
-    let mut child = dry_run(
+    let child = dry_run(
         &k,
         &[
             "--kernel",
@@ -144,10 +147,8 @@ fn our_own_kernel_vmlinux_is_taken_and_its_bzimage_refused_with_advice() {
             "true",
         ],
     );
-    let stderr = Captured::start(child.stderr.take().expect("stderr"));
-    let status = wait_timeout(&mut child, Duration::from_secs(60));
-    assert_eq!(status.code(), Some(125), "{}", stderr.text());
-    let text = stderr.text();
+    let (status, text) = finish(child, Duration::from_secs(60));
+    assert_eq!(status.code(), Some(125), "{text}");
     assert!(
         text.contains("did not come up")
             || (text.contains("cannot be booted by libkrun") && text.contains("vmlinux")),

@@ -44,65 +44,15 @@ impl KrunVm {
         dry_run: bool,
     ) -> Result<Self, BackendError> {
         let layout = Layout::new(run_dir.path().to_owned());
-        config.write(&layout.config())?;
-        let io = |action, path: PathBuf| {
-            move |source| BackendError::Io {
-                action,
-                path,
-                source,
+        let (mut process, events) = match spawn_child(config, &layout, dry_run) {
+            Ok(started) => started,
+            Err(err) => {
+                if let Err(cleanup) = run_dir.remove() {
+                    tracing::warn!(%cleanup, "cannot remove the run directory");
+                }
+                return Err(err);
             }
         };
-        let vmm_log =
-            std::fs::File::create(layout.vmm_log()).map_err(io("create", layout.vmm_log()))?;
-        let exe = std::env::current_exe().map_err(io("find", "the krunbox executable".into()))?;
-        let mut command = Command::new(&exe);
-        command
-            .arg(child::SUBCOMMAND)
-            .arg(layout.dir())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(vmm_log)
-            // Its own process group: terminal signals (Ctrl-C) go to krunbox run, not the VMM.
-            .process_group(0);
-        if dry_run {
-            command.arg("--no-enter");
-        }
-        // libkrun dlopens libkrunfw by bare name: add Homebrew's directory to dyld's fallback.
-        #[cfg(target_os = "macos")]
-        command.env(
-            "DYLD_FALLBACK_LIBRARY_PATH",
-            super::probe::library_path_for_vmm(),
-        );
-        die_with_parent(&mut command);
-        let mut process = command.spawn().map_err(|e| BackendError::Helper {
-            name: "the libkrun VMM".into(),
-            detail: format!("cannot run {}: {e}", exe.display()),
-        })?;
-        let (tx, events) = mpsc::channel();
-        if let Some(stdout) = process.stdout.take() {
-            let reader = std::thread::Builder::new()
-                .name("krun-vmm-events".into())
-                .spawn(move || {
-                    for line in BufReader::new(stdout).lines() {
-                        let Ok(line) = line else { break };
-                        match serde_json::from_str::<Event>(&line) {
-                            Ok(event) => {
-                                if tx.send(event).is_err() {
-                                    break;
-                                }
-                            }
-                            Err(err) => tracing::warn!(%err, %line, "unreadable VMM event"),
-                        }
-                    }
-                });
-            if let Err(err) = reader {
-                let _ = process.kill();
-                let _ = process.wait();
-                return Err(BackendError::Supervisor(format!(
-                    "cannot start a thread: {err}"
-                )));
-            }
-        }
         // From here on, dropping `vm` stops the child and removes the run directory.
         let mut vm = Self {
             lifeline: process.stdin.take(),
@@ -253,6 +203,76 @@ impl Drop for KrunVm {
             }
         }
     }
+}
+
+/// Writes the configuration, starts `krunbox __krun-vmm` on it and a thread that reads its
+/// events.
+fn spawn_child(
+    config: &KrunVmConfig,
+    layout: &Layout,
+    dry_run: bool,
+) -> Result<(Child, mpsc::Receiver<Event>), BackendError> {
+    config.write(&layout.config())?;
+    let io = |action, path: PathBuf| {
+        move |source| BackendError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    let vmm_log =
+        std::fs::File::create(layout.vmm_log()).map_err(io("create", layout.vmm_log()))?;
+    let exe = std::env::current_exe().map_err(io("find", "the krunbox executable".into()))?;
+    let mut command = Command::new(&exe);
+    command
+        .arg(child::SUBCOMMAND)
+        .arg(layout.dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(vmm_log)
+        // Its own process group: terminal signals (Ctrl-C) go to krunbox run, not the VMM.
+        .process_group(0);
+    if dry_run {
+        command.arg("--no-enter");
+    }
+    // libkrun dlopens libkrunfw by bare name: add Homebrew's directory to dyld's fallback.
+    #[cfg(target_os = "macos")]
+    command.env(
+        "DYLD_FALLBACK_LIBRARY_PATH",
+        super::probe::library_path_for_vmm(),
+    );
+    die_with_parent(&mut command);
+    let mut process = command.spawn().map_err(|e| BackendError::Helper {
+        name: "the libkrun VMM".into(),
+        detail: format!("cannot run {}: {e}", exe.display()),
+    })?;
+    let (tx, events) = mpsc::channel();
+    let Some(stdout) = process.stdout.take() else {
+        return Ok((process, events));
+    };
+    let reader = std::thread::Builder::new()
+        .name("krun-vmm-events".into())
+        .spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                match serde_json::from_str::<Event>(&line) {
+                    Ok(event) => {
+                        if tx.send(event).is_err() {
+                            break;
+                        }
+                    }
+                    Err(err) => tracing::warn!(%err, %line, "unreadable VMM event"),
+                }
+            }
+        });
+    if let Err(err) = reader {
+        let _ = process.kill();
+        let _ = process.wait();
+        return Err(BackendError::Supervisor(format!(
+            "cannot start a thread: {err}"
+        )));
+    }
+    Ok((process, events))
 }
 
 fn pid_of(child: &Child) -> Pid {
