@@ -135,6 +135,8 @@ pub fn e2e(test: &str) -> Option<Harness> {
 pub struct BuiltKernel {
     /// The bzImage to pass to `krunbox run --kernel`.
     pub image: PathBuf,
+    /// The ELF vmlinux (PVH entry; libkrun's ELF format).
+    pub vmlinux: PathBuf,
     /// Its `uname -r`.
     pub release: String,
 }
@@ -154,8 +156,9 @@ pub fn built_kernel(test: &str) -> Option<BuiltKernel> {
     let dir = cache.join("kernel/x86_64");
     let image = dir.join("bzImage");
     match std::fs::read_to_string(dir.join("release")) {
-        Ok(release) if image.is_file() => Some(BuiltKernel {
+        Ok(release) if image.is_file() && dir.join("vmlinux").is_file() => Some(BuiltKernel {
             image,
+            vmlinux: dir.join("vmlinux"),
             release: release.trim().to_owned(),
         }),
         _ => {

@@ -88,3 +88,33 @@ fn the_built_kernel_runs_commands_over_vsock_with_a_writable_virtiofs_root_and_n
     );
     k.assert_nothing_left(CLEANUP);
 }
+
+#[test]
+fn the_built_vmlinux_boots_through_its_pvh_entry() {
+    let test = "the_built_vmlinux_boots_through_its_pvh_entry";
+    let Some(k) = e2e(test) else {
+        return;
+    };
+    let Some(kernel) = built_kernel(test) else {
+        return;
+    };
+    // QEMU starts an ELF kernel at its PVH note (there is no bzImage setup code in vmlinux);
+    // the same file is what libkrun loads as format 1 (ELF).
+    let out = k.run(
+        &[
+            "--kernel",
+            kernel.vmlinux.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "uname -r; test -e /proc/modules || echo no-modules",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        format!("{}\nno-modules\n", kernel.release)
+    );
+    k.assert_nothing_left(CLEANUP);
+}
