@@ -268,3 +268,356 @@ fn a_killed_vmm_or_monitor_shows_as_exited_with_the_reason() {
     b.ok(&["rm", "crash"]);
     b.assert_nothing_left();
 }
+
+fn sha256_file(path: &std::path::Path) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(std::fs::read(path).expect("read")))
+}
+
+#[test]
+fn cp_copies_files_and_trees_both_ways_intact() {
+    let Some(b) = Boxes::new("cp_copies_files_and_trees_both_ways_intact") else {
+        return;
+    };
+    let host = tempfile::tempdir().unwrap();
+    let tree = host.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub/deeper")).unwrap();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 31 % 253) as u8).collect();
+    std::fs::write(tree.join("sub/big.bin"), &big).unwrap();
+    std::fs::write(tree.join("sub/deeper/small.txt"), "small\n").unwrap();
+    std::fs::write(tree.join("script.sh"), "#!/bin/sh\necho ran\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        tree.join("script.sh"),
+        std::fs::Permissions::from_mode(0o750),
+    )
+    .unwrap();
+    b.ok(&["create", "--name", "cpbox", "--memory", "256"]);
+    b.ok(&["start", "cpbox"]);
+
+    // Host -> guest: a tree into an existing directory lands inside it, under its name.
+    b.ok(&["cp", tree.to_str().unwrap(), "cpbox:/tmp"]);
+    let listing = b.ok(&[
+        "exec", "cpbox", "--", "sh", "-c",
+        "cd /tmp/tree && sha256sum sub/big.bin && cat sub/deeper/small.txt && ./script.sh && stat -c %a script.sh",
+    ]);
+    let big_sum = sha256_file(&tree.join("sub/big.bin"));
+    assert_eq!(
+        listing,
+        format!("{big_sum}  sub/big.bin\nsmall\nran\n750\n")
+    );
+    // A single file to a new name.
+    b.ok(&[
+        "cp",
+        tree.join("sub/big.bin").to_str().unwrap(),
+        "cpbox:/tmp/renamed.bin",
+    ]);
+    assert!(b
+        .ok(&["exec", "cpbox", "--", "sha256sum", "/tmp/renamed.bin"])
+        .starts_with(&big_sum));
+
+    // Guest -> host: something made in the guest, and the tree back.
+    b.ok(&[
+        "exec", "cpbox", "--", "sh", "-c",
+        "mkdir -p /tmp/made/in && head -c 2000000 /dev/urandom > /tmp/made/in/guest.bin && sha256sum /tmp/made/in/guest.bin > /tmp/made/sum",
+    ]);
+    let back = host.path().join("back");
+    std::fs::create_dir(&back).unwrap();
+    b.ok(&["cp", "cpbox:/tmp/made", back.to_str().unwrap()]);
+    let guest_sum = std::fs::read_to_string(back.join("made/sum")).unwrap();
+    assert_eq!(
+        guest_sum.split_whitespace().next().unwrap(),
+        sha256_file(&back.join("made/in/guest.bin"))
+    );
+    b.ok(&[
+        "cp",
+        "cpbox:/tmp/tree",
+        back.join("tree-again").to_str().unwrap(),
+    ]);
+    assert_eq!(sha256_file(&back.join("tree-again/sub/big.bin")), big_sum);
+    let mode = std::fs::metadata(back.join("tree-again/script.sh"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o750);
+
+    let missing = b.out(&["cp", "cpbox:/nonexistent", back.to_str().unwrap()]);
+    assert_eq!(missing.status.code(), Some(125));
+    assert!(
+        text(&missing.stderr).contains("/nonexistent"),
+        "{}",
+        text(&missing.stderr)
+    );
+    let both_host = b.out(&["cp", "/etc/hostname", "/tmp/x"]);
+    assert!(text(&both_host.stderr).contains("exactly one of SRC and DST"));
+    b.ok(&["rm", "-f", "cpbox"]);
+    b.assert_nothing_left();
+}
+
+#[test]
+fn read_only_volumes_refuse_writes_and_the_workspace_keeps_its_path_and_owner() {
+    let Some(b) =
+        Boxes::new("read_only_volumes_refuse_writes_and_the_workspace_keeps_its_path_and_owner")
+    else {
+        return;
+    };
+    let ro = tempfile::tempdir().unwrap();
+    std::fs::write(ro.path().join("keep.txt"), "kept\n").unwrap();
+    let rw = tempfile::tempdir().unwrap();
+    let workspace = tempfile::Builder::new()
+        .prefix("kbx-ws-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let workspace_path = std::fs::canonicalize(workspace.path()).unwrap();
+    // A non-root owner, as a developer's checkout would have.
+    let owner = if nix::unistd::geteuid().is_root() {
+        nix::unistd::chown(&workspace_path, Some(1000.into()), Some(1000.into())).unwrap();
+        (1000, 1000)
+    } else {
+        (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        )
+    };
+    let ro_arg = format!("{}:/data:ro", ro.path().display());
+    let rw_arg = format!("{}:/out", rw.path().display());
+    let out = b
+        .cmd(&[
+            "create",
+            "--name",
+            "vols",
+            "--memory",
+            "256",
+            "--workspace",
+            "-v",
+            &ro_arg,
+            "-v",
+            &rw_arg,
+        ])
+        .current_dir(&workspace_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    b.ok(&["start", "vols"]);
+
+    // Read-only: readable, and a write fails with EROFS.
+    assert_eq!(
+        b.ok(&["exec", "vols", "-u", "0", "--", "cat", "/data/keep.txt"]),
+        "kept\n"
+    );
+    let write = b.out(&[
+        "exec",
+        "vols",
+        "-u",
+        "0",
+        "--",
+        "sh",
+        "-c",
+        "echo x > /data/new",
+    ]);
+    assert_ne!(write.status.code(), Some(0));
+    assert!(
+        text(&write.stderr).contains("Read-only file system"),
+        "{}",
+        text(&write.stderr)
+    );
+    if nix::unistd::geteuid().is_root() {
+        // Even a guest root that remounts it read-write cannot write: virtiofsd serves it
+        // from a read-only bind mount.
+        let remount = b.out(&[
+            "exec",
+            "vols",
+            "-u",
+            "0",
+            "--",
+            "sh",
+            "-c",
+            "mount -o remount,rw /data && echo x > /data/new",
+        ]);
+        assert!(
+            text(&remount.stderr).contains("Read-only file system"),
+            "{}",
+            text(&remount.stderr)
+        );
+    }
+    assert!(!ro.path().join("new").exists());
+    assert_eq!(std::fs::read_dir(ro.path()).unwrap().count(), 1);
+    // Read-write: the host sees what the guest wrote.
+    b.ok(&[
+        "exec",
+        "vols",
+        "-u",
+        "0",
+        "--",
+        "sh",
+        "-c",
+        "echo from-guest > /out/written",
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(rw.path().join("written")).unwrap(),
+        "from-guest\n"
+    );
+
+    // The workspace: same absolute path, commands start there as its owner, and what they
+    // write belongs to that owner on the host.
+    let ws = workspace_path.to_str().unwrap();
+    let seen = b.ok(&[
+        "exec",
+        "vols",
+        "--",
+        "sh",
+        "-c",
+        "pwd; id -u; id -g; echo hi > made-in-guest",
+    ]);
+    assert_eq!(seen, format!("{ws}\n{}\n{}\n", owner.0, owner.1));
+    let made = std::fs::metadata(workspace_path.join("made-in-guest")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((made.uid(), made.gid()), owner);
+    // -u overrides the workspace's owner.
+    assert_eq!(b.ok(&["exec", "vols", "-u", "0", "--", "id", "-u"]), "0\n");
+    b.ok(&["rm", "-f", "vols"]);
+    b.assert_nothing_left();
+}
+
+/// `stats --json`'s host PSS for `name`, bytes.
+fn host_pss(b: &Boxes, name: &str) -> u64 {
+    let out = b.ok(&["stats", "--json", "--interval", "100", name]);
+    let value: serde_json::Value = serde_json::from_str(&out).expect("stats JSON");
+    value[0]["host_pss_bytes"].as_u64().expect("host_pss_bytes")
+}
+
+#[test]
+fn stats_show_memory_that_the_guest_frees_going_back_to_the_host() {
+    let Some(b) = Boxes::new("stats_show_memory_that_the_guest_frees_going_back_to_the_host")
+    else {
+        return;
+    };
+    b.ok(&["create", "--name", "mem", "--memory", "512"]);
+    b.ok(&["start", "mem"]);
+    let table = b.ok(&["stats", "mem"]);
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(table.contains("mem "), "{table}");
+    let json = b.ok(&["stats", "--json", "mem"]);
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let names: Vec<&str> = value[0]["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.starts_with("qemu-system")),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n.starts_with("virtiofsd")),
+        "{names:?}"
+    );
+    assert!(
+        value[0]["guest_total_bytes"].as_u64().unwrap() > 256 << 20,
+        "{json}"
+    );
+
+    let idle = host_pss(&b, "mem");
+    // 160 MB of guest memory in use (tmpfs), then freed.
+    b.ok(&[
+        "exec",
+        "mem",
+        "--",
+        "sh",
+        "-c",
+        "head -c 160000000 /dev/urandom > /dev/shm/fill",
+    ]);
+    let full = host_pss(&b, "mem");
+    assert!(full > idle + (100 << 20), "idle {idle}, full {full}");
+    b.ok(&["exec", "mem", "--", "rm", "/dev/shm/fill"]);
+    // Free page reporting hands the pages back within seconds; generous under load.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let now = host_pss(&b, "mem");
+        if now + (100 << 20) < full {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "freed guest memory did not return to the host: idle {idle}, full {full}, now {now}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    b.ok(&["rm", "-f", "mem"]);
+    b.assert_nothing_left();
+}
+
+#[test]
+fn twenty_sandboxes_start_in_parallel_and_leave_nothing_when_removed() {
+    const COUNT: usize = 20;
+    let Some(b) = Boxes::new("twenty_sandboxes_start_in_parallel_and_leave_nothing_when_removed")
+    else {
+        return;
+    };
+    let names: Vec<String> = (0..COUNT).map(|i| format!("par{i:02}")).collect();
+    for name in &names {
+        // TCG on a loaded 2-core machine: 20 guests boot at once, give them time.
+        b.ok(&[
+            "create",
+            "--name",
+            name,
+            "--memory",
+            "192",
+            "--boot-timeout",
+            "900",
+        ]);
+    }
+    let started = Instant::now();
+    let results: Vec<(String, Output)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = names
+            .iter()
+            .map(|name| scope.spawn(|| (name.clone(), b.out(&["start", name]))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("start thread"))
+            .collect()
+    });
+    let failures: Vec<String> = results
+        .iter()
+        .filter(|(_, out)| !out.status.success())
+        .map(|(name, out)| format!("{name}: {}", text(&out.stderr)))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "some starts failed: {failures:#?}{}",
+        b.console_hint(&[])
+    );
+    eprintln!(
+        "{COUNT} sandboxes started in parallel in {:?}",
+        started.elapsed()
+    );
+    let running = b.ok(&["ps", "-q"]);
+    assert_eq!(running.lines().count(), COUNT, "{running}");
+    // Each is its own VM.
+    let boxes = &b;
+    std::thread::scope(|scope| {
+        for name in &names {
+            scope.spawn(move || {
+                assert_eq!(
+                    boxes.ok(&["exec", name, "--", "hostname"]),
+                    format!("{name}\n")
+                );
+            });
+        }
+    });
+    assert_eq!(b.pids_of("qemu-system").len(), COUNT);
+
+    std::thread::scope(|scope| {
+        for name in &names {
+            scope.spawn(move || assert_eq!(boxes.ok(&["rm", "-f", name]), format!("{name}\n")));
+        }
+    });
+    assert_eq!(
+        b.ok(&["ps", "-a"]).lines().count(),
+        1,
+        "only the header is left"
+    );
+    b.assert_nothing_left();
+}

@@ -56,11 +56,13 @@ fn main() {
         cli::Command::Create(args) => cli::sandbox::create(args).map_err(Into::into),
         cli::Command::Start(args) => cli::sandbox::start(args).map_err(Into::into),
         cli::Command::Exec(args) => cli::sandbox::exec(args).map_err(Into::into),
+        cli::Command::Cp(args) => cli::sandbox::cp(args).map_err(Into::into),
         cli::Command::Stop(args) => cli::sandbox::stop(args).map_err(Into::into),
         cli::Command::Rm(args) => cli::sandbox::rm(args).map_err(Into::into),
         cli::Command::Ps(args) => cli::sandbox::ps(args).map_err(Into::into),
         cli::Command::Inspect(args) => cli::sandbox::inspect(args).map_err(Into::into),
         cli::Command::Logs(args) => cli::sandbox::logs(args).map_err(Into::into),
+        cli::Command::Stats(args) => cli::sandbox::stats(args).map_err(Into::into),
         cli::Command::QemuSupervisor { .. }
         | cli::Command::KrunVmm { .. }
         | cli::Command::SandboxMonitor { .. } => Ok(0),

@@ -37,6 +37,8 @@ pub enum Command {
     Start(sandbox::StartArgs),
     /// Run a command in a running sandbox.
     Exec(sandbox::ExecArgs),
+    /// Copy files between the host and a running sandbox.
+    Cp(sandbox::CpArgs),
     /// Stop sandboxes.
     Stop(sandbox::StopArgs),
     /// Remove sandboxes.
@@ -47,6 +49,8 @@ pub enum Command {
     Inspect(sandbox::InspectArgs),
     /// Print a sandbox's console (kernel and guest agent messages).
     Logs(sandbox::LogsArgs),
+    /// Show the CPU and memory use of running sandboxes.
+    Stats(sandbox::StatsArgs),
     /// Show what this host can run, per backend, and why.
     Doctor,
     /// Manage the guest kernel of the QEMU backend.

@@ -10,7 +10,11 @@ use krunbox_image::user::resolve_user;
 use super::run::{split_env, AccelChoice, BackendChoice};
 use super::session::{self, CommandOptions, SecondInterrupt, Session, SessionError};
 use super::share_args::ShareArgs;
+use krunbox_protocol::client::Client;
+
+use crate::backend::VmHandle;
 use crate::sandbox::attach::AttachedVm;
+use crate::sandbox::copy;
 use crate::sandbox::spec::{now, SandboxSpec, ShareSpec};
 use crate::sandbox::store::{Sandbox, Store, CONSOLE_FILE};
 use crate::sandbox::{lifecycle, name, SandboxError};
@@ -39,6 +43,17 @@ pub enum SandboxCliError {
     /// `exec`.
     #[error(transparent)]
     Session(#[from] SessionError),
+    /// `cp`.
+    #[error(transparent)]
+    Copy(#[from] crate::sandbox::copy::CopyError),
+    /// The sandbox's agent.
+    #[error("sandbox {name:?}: {error}")]
+    Agent {
+        /// Which.
+        name: String,
+        /// What failed (not a `source`: the message already has it).
+        error: krunbox_protocol::client::ClientError,
+    },
     /// Some of several sandboxes failed (each was reported).
     #[error("{0} of the sandboxes failed")]
     Some(usize),
@@ -203,6 +218,208 @@ pub struct ExecArgs {
     /// The command and its arguments (after `--`).
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+/// Copy files or directories between the host and a running sandbox.
+///
+/// One of SRC and DST is NAME:PATH (PATH in the sandbox, relative to its working directory
+/// when not absolute), the other a host path (write `./file:x` for a host file whose name
+/// has a colon). Copying onto an existing directory puts the source inside it; permission
+/// bits are kept; symlinks and special files are skipped.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  krunbox cp ./src agent:/work/src\n  krunbox cp agent:/tmp/report.txt ."
+)]
+pub struct CpArgs {
+    /// What to copy: a host path or NAME:PATH.
+    #[arg(value_name = "SRC")]
+    pub src: String,
+    /// Where to: NAME:PATH or a host path.
+    #[arg(value_name = "DST")]
+    pub dst: String,
+}
+
+/// One side of `cp`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Endpoint {
+    Host(std::path::PathBuf),
+    Guest { name: String, path: String },
+}
+
+impl Endpoint {
+    /// `NAME:PATH` when NAME is a valid sandbox name (so no `/` before the colon).
+    fn parse(arg: &str) -> Self {
+        match arg.split_once(':') {
+            Some((name, path)) if name::validate(name).is_ok() => Self::Guest {
+                name: name.to_owned(),
+                path: path.to_owned(),
+            },
+            _ => Self::Host(arg.into()),
+        }
+    }
+}
+
+/// `krunbox cp`.
+pub fn cp(args: CpArgs) -> Result<i32, SandboxCliError> {
+    let (name, guest_path, to_guest, host) =
+        match (Endpoint::parse(&args.src), Endpoint::parse(&args.dst)) {
+            (Endpoint::Host(host), Endpoint::Guest { name, path }) => (name, path, true, host),
+            (Endpoint::Guest { name, path }, Endpoint::Host(host)) => (name, path, false, host),
+            _ => {
+                return Err(SandboxCliError::Usage(
+                    "cp: exactly one of SRC and DST must be NAME:PATH (a sandbox path)".into(),
+                ))
+            }
+        };
+    let sandbox = Store::new().open(&name)?;
+    let spec = sandbox.spec()?;
+    let guest_path = if guest_path.starts_with('/') {
+        guest_path
+    } else {
+        let base = spec.workdir.clone().unwrap_or_else(|| "/".into());
+        format!("{}/{guest_path}", base.trim_end_matches('/'))
+    };
+    let address = AttachedVm::new(sandbox)?.agent_address();
+    let agent_error = |error| SandboxCliError::Agent {
+        name: name.clone(),
+        error,
+    };
+    let copied = session::block_on(async {
+        let client = Client::connect_with_retry(&address, Duration::from_secs(30))
+            .await
+            .map_err(agent_error)?;
+        let copied = if to_guest {
+            copy::to_guest(&client, &host, &guest_path).await?
+        } else {
+            copy::from_guest(&client, &guest_path, &host).await?
+        };
+        Ok::<_, SandboxCliError>(copied)
+    })??;
+    tracing::info!(files = copied.files, bytes = copied.bytes, "copied");
+    if copied.skipped > 0 {
+        eprintln!(
+            "krunbox: skipped {} symlinks or special files",
+            copied.skipped
+        );
+    }
+    Ok(0)
+}
+
+/// Show what running sandboxes cost: CPU, host memory (PSS and RSS of the VM's host
+/// processes) and the guest's own view of its memory.
+///
+/// Host memory: guest RAM is shared between QEMU and its vhost-user helpers, so RSS summed
+/// over them counts shared pages once per process; PSS splits them and is what the host
+/// spends. CPU is measured over --interval.
+#[derive(Debug, clap::Args)]
+pub struct StatsArgs {
+    /// Print JSON (one object per sandbox, with every process) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Milliseconds over which CPU use is measured.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub interval: u64,
+    /// The sandboxes (default: every running one).
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+}
+
+/// `krunbox stats`.
+pub fn stats(args: StatsArgs) -> Result<i32, SandboxCliError> {
+    use crate::sandbox::stats;
+    let store = Store::new();
+    let sandboxes: Vec<Sandbox> = if args.names.is_empty() {
+        store
+            .list()?
+            .into_iter()
+            .filter(|s| s.monitor_alive().unwrap_or(false))
+            .collect()
+    } else {
+        args.names
+            .iter()
+            .map(|n| store.open(n))
+            .collect::<Result<_, _>>()?
+    };
+    let proc = std::path::Path::new("/proc");
+    let mut rows = Vec::new();
+    for sandbox in sandboxes {
+        let vm = AttachedVm::new(sandbox.clone())?;
+        let pid = sandbox.state()?.map(|s| s.monitor_pid).unwrap_or_default();
+        rows.push((sandbox, vm, pid, stats::tree(proc, pid)));
+    }
+    let interval = Duration::from_millis(args.interval.max(1));
+    std::thread::sleep(interval);
+    let ticks = stats::ticks_per_second() as f64;
+    let mut table = vec![[
+        "NAME",
+        "CPU %",
+        "HOST MEM (PSS)",
+        "RSS SUM",
+        "PROCS",
+        "GUEST MEM USED",
+    ]
+    .map(String::from)
+    .to_vec()];
+    let mut json = Vec::new();
+    for (sandbox, vm, pid, before) in rows {
+        let after = stats::tree(proc, pid);
+        let cpu = after.cpu_ticks().saturating_sub(before.cpu_ticks()) as f64
+            / ticks
+            / interval.as_secs_f64()
+            * 100.0;
+        let meminfo = guest_file(&vm.agent_address(), "/proc/meminfo");
+        let guest = meminfo.as_deref().and_then(stats::guest_memory);
+        table.push(vec![
+            sandbox.name().to_owned(),
+            format!("{cpu:.1}"),
+            mib(after.pss_bytes()),
+            mib(after.rss_bytes()),
+            after.processes.len().to_string(),
+            guest
+                .map(|(total, available)| {
+                    format!("{} / {}", mib(total.saturating_sub(available)), mib(total))
+                })
+                .unwrap_or_else(|| "-".into()),
+        ]);
+        json.push(serde_json::json!({
+            "name": sandbox.name(),
+            "cpu_percent": cpu,
+            "host_pss_bytes": after.pss_bytes(),
+            "host_rss_bytes": after.rss_bytes(),
+            "guest_total_bytes": guest.map(|g| g.0),
+            "guest_available_bytes": guest.map(|g| g.1),
+            "processes": after.processes,
+        }));
+    }
+    if args.json {
+        let text = serde_json::to_string_pretty(&json).map_err(SandboxError::Json)?;
+        println!("{text}");
+    } else {
+        print_table(&mut std::io::stdout().lock(), &table);
+    }
+    Ok(0)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// A small guest file (e.g. /proc/meminfo) through the agent; `None` if unreachable.
+fn guest_file(address: &krunbox_protocol::transport::AgentAddress, path: &str) -> Option<String> {
+    session::block_on(async {
+        let read = async {
+            let client = Client::connect(address).await.ok()?;
+            let mut content = Vec::new();
+            client.get(path, &mut content).await.ok()?;
+            String::from_utf8(content).ok()
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .ok()
+            .flatten()
+    })
+    .ok()
+    .flatten()
 }
 
 /// `krunbox create`.
@@ -508,6 +725,23 @@ pub fn exec(args: ExecArgs) -> Result<i32, SandboxCliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cp_endpoints_are_sandbox_paths_only_with_a_valid_name() {
+        assert_eq!(
+            Endpoint::parse("box:/tmp/a"),
+            Endpoint::Guest {
+                name: "box".into(),
+                path: "/tmp/a".into()
+            }
+        );
+        assert_eq!(Endpoint::parse("./a:b"), Endpoint::Host("./a:b".into()));
+        assert_eq!(
+            Endpoint::parse("/abs/path"),
+            Endpoint::Host("/abs/path".into())
+        );
+        assert_eq!(Endpoint::parse("plain"), Endpoint::Host("plain".into()));
+    }
 
     #[test]
     fn exec_env_follows_docker() {

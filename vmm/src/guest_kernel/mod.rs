@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The modules a guest of the QEMU backend needs (their dependencies are added):
-/// virtio-pci, vsock over virtio, virtio-fs, and overlayfs for copy-on-write roots.
+/// virtio-pci, vsock over virtio, virtio-fs, overlayfs for copy-on-write roots, and
+/// virtio-balloon (free page reporting gives memory the guest frees back to the host). A
+/// kernel prepared before a module was added here is prepared again.
 pub const GUEST_MODULES: &[&str] = &[
     "virtio_ring",
     "virtio_pci_modern_dev",
@@ -35,6 +37,7 @@ pub const GUEST_MODULES: &[&str] = &[
     "fuse",
     "virtiofs",
     "overlay",
+    "virtio_balloon",
 ];
 
 /// The Debian metapackage that depends on the current cloud kernel.
@@ -125,6 +128,18 @@ fn load(dir: &Path, abi: &str) -> Option<PreparedKernel> {
         .filter(|p| p.extension().is_some_and(|e| e == "ko"))
         .collect();
     modules.sort();
+    let has = |wanted: &str| {
+        modules.iter().any(|m| {
+            m.file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.split_once('-'))
+                .is_some_and(|(_, name)| name == wanted)
+        })
+    };
+    if !GUEST_MODULES.iter().all(|wanted| has(wanted)) {
+        tracing::info!(dir = %dir.display(), "the prepared kernel lacks a module krunbox now needs");
+        return None;
+    }
     Some(PreparedKernel {
         abi: abi.to_owned(),
         dir: dir.to_owned(),
@@ -224,6 +239,15 @@ pub fn fetch(data: &Path) -> Result<PreparedKernel, KernelError> {
         })?;
         let dest = staged_modules.join(format!("{index:02}-{name}.ko"));
         std::fs::write(&dest, bytes).map_err(io("write", &dest))?;
+    }
+    if dir.exists() {
+        // Prepared before GUEST_MODULES grew: moved aside first (a VM booting from it keeps
+        // its open files), then removed.
+        let old = kernels.join(format!(".old-{abi}-{}", std::process::id()));
+        std::fs::rename(&dir, &old).map_err(io("move aside", &dir))?;
+        if let Err(err) = std::fs::remove_dir_all(&old) {
+            tracing::warn!(%err, dir = %old.display(), "cannot remove the previous kernel");
+        }
     }
     std::fs::rename(&staged, &dir).map_err(io("move the kernel into", &dir))?;
     set_current(&kernels, &abi)?;
@@ -390,8 +414,15 @@ mod tests {
         let dir = kernels_dir(data.path()).join("6.1.0-1-cloud-amd64");
         std::fs::create_dir_all(dir.join("modules")).unwrap();
         std::fs::write(dir.join("vmlinuz"), b"k").unwrap();
-        std::fs::write(dir.join("modules/01-virtio.ko"), b"m").unwrap();
-        std::fs::write(dir.join("modules/00-virtio_ring.ko"), b"m").unwrap();
+        let files: Vec<String> = GUEST_MODULES
+            .iter()
+            .enumerate()
+            .map(|(i, name)| format!("{i:02}-{name}.ko"))
+            .collect();
+        // Written in reverse: the order comes from the names.
+        for file in files.iter().rev() {
+            std::fs::write(dir.join("modules").join(file), b"m").unwrap();
+        }
         assert_eq!(prepared(data.path()), None, "no `current` yet");
         set_current(&kernels_dir(data.path()), "6.1.0-1-cloud-amd64").unwrap();
         let kernel = prepared(data.path()).unwrap();
@@ -401,6 +432,9 @@ mod tests {
             .iter()
             .map(|m| m.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names, ["00-virtio_ring.ko", "01-virtio.ko"]);
+        assert_eq!(names, files);
+        // A kernel prepared before a module was added is not good enough.
+        std::fs::remove_file(dir.join("modules").join(files.last().unwrap())).unwrap();
+        assert_eq!(prepared(data.path()), None);
     }
 }

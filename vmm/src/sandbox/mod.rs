@@ -9,11 +9,13 @@
 //! a sandbox works on any backend.
 
 pub mod attach;
+pub mod copy;
 pub mod lifecycle;
 pub mod monitor;
 pub mod name;
 pub mod spec;
 pub mod state;
+pub mod stats;
 pub mod store;
 
 use std::path::PathBuf;

@@ -24,6 +24,10 @@ pub struct ProcessPlan {
     pub log: PathBuf,
     /// A socket it creates when ready; the next process starts only once it exists.
     pub ready_socket: Option<PathBuf>,
+    /// Start it in a private mount namespace where this directory is a read-only bind mount
+    /// of itself (a `:ro` share: virtiofsd then cannot write it, whatever the guest asks).
+    #[serde(default)]
+    pub read_only_source: Option<PathBuf>,
 }
 
 /// Everything the supervisor does for one VM.
@@ -118,9 +122,11 @@ pub fn build(spec: &VmSpec, layout: &Layout, inputs: &Inputs) -> Result<LaunchPl
         ],
         log: layout.log("vhost-device-vsock"),
         ready_socket: Some(layout.vsock_backend()),
+        read_only_source: None,
     }];
-    let sources = std::iter::once(&spec.rootfs).chain(spec.shares.iter().map(|s| &s.host_path));
-    for (index, source) in sources.enumerate() {
+    let sources = std::iter::once((&spec.rootfs, false))
+        .chain(spec.shares.iter().map(|s| (&s.host_path, s.read_only)));
+    for (index, (source, read_only)) in sources.enumerate() {
         let tag = share_tag(index);
         helpers.push(ProcessPlan {
             name: format!("virtiofsd ({tag})"),
@@ -136,6 +142,10 @@ pub fn build(spec: &VmSpec, layout: &Layout, inputs: &Inputs) -> Result<LaunchPl
             ],
             log: layout.log(&format!("virtiofsd-{tag}")),
             ready_socket: Some(layout.fs_socket(index)),
+            // Mount namespaces need root (the `chroot` sandbox says we are); otherwise the
+            // guest's read-only mount is the only guard.
+            read_only_source: (read_only && inputs.virtiofsd_sandbox == "chroot")
+                .then(|| source.clone()),
         });
     }
 
@@ -177,6 +187,10 @@ pub fn build(spec: &VmSpec, layout: &Layout, inputs: &Inputs) -> Result<LaunchPl
         format!("socket,id=vsock,path={}", layout.vsock_backend().display()),
         "-device".into(),
         "vhost-user-vsock-pci,chardev=vsock".into(),
+        // Pages the guest frees are reported and dropped from the memfd: an idle guest
+        // gives memory back to the host (needs the guest's virtio_balloon driver).
+        "-device".into(),
+        "virtio-balloon-pci,free-page-reporting=on".into(),
     ];
     for index in 0..=spec.shares.len() {
         args.push("-chardev".into());
@@ -199,6 +213,7 @@ pub fn build(spec: &VmSpec, layout: &Layout, inputs: &Inputs) -> Result<LaunchPl
             args,
             log: layout.log("qemu"),
             ready_socket: None,
+            read_only_source: None,
         },
     })
 }
@@ -288,6 +303,12 @@ mod tests {
             joined(&plan.helpers[0]),
             "--guest-cid 3 --socket /run/krunbox/abc/vhost-vsock.sock --uds-path /run/krunbox/abc/vm.vsock"
         );
+        assert_eq!(plan.helpers[1].read_only_source, None, "the root share");
+        assert_eq!(
+            plan.helpers[2].read_only_source.as_deref(),
+            Some(share_dir.path()),
+            "a :ro share is served from a read-only bind mount"
+        );
         assert_eq!(
             joined(&plan.helpers[1]),
             "--socket-path=/run/krunbox/abc/fs0.sock -o source=/images/root -o cache=none -o sandbox=chroot"
@@ -300,6 +321,7 @@ mod tests {
             "-accel tcg -cpu max",
             "-serial file:/run/krunbox/abc/console.log",
             "-device vhost-user-vsock-pci,chardev=vsock",
+            "-device virtio-balloon-pci,free-page-reporting=on",
             "-device vhost-user-fs-pci,chardev=fs0,tag=rootfs",
             "-device vhost-user-fs-pci,chardev=fs1,tag=share1",
         ] {

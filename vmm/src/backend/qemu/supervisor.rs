@@ -381,9 +381,67 @@ fn spawn(plan: &ProcessPlan) -> Result<Child, String> {
         .stdout(log)
         .stderr(log_err);
     die_with_supervisor(&mut cmd);
+    if let Some(source) = &plan.read_only_source {
+        read_only_view(&mut cmd, source)?;
+    }
     tracing::info!(name = %plan.name, command = ?cmd, "starting");
     cmd.spawn()
         .map_err(|e| format!("cannot run {}: {e}", plan.program.display()))
+}
+
+/// The child runs in its own mount namespace in which `source` is a read-only bind mount of
+/// itself, so nothing it does can write there (needs CAP_SYS_ADMIN: root).
+#[cfg(target_os = "linux")]
+fn read_only_view(cmd: &mut Command, source: &Path) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(source.as_os_str().as_bytes())
+        .map_err(|_| format!("{} contains a NUL byte", source.display()))?;
+    // SAFETY: between fork and exec the closure only makes unshare(2) and mount(2) system
+    // calls with pointers to C strings that live as long as the closure (the path was made
+    // before the fork) or are static; these calls are async-signal-safe and allocate nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fail = || Err(std::io::Error::last_os_error());
+            let none: *const libc::c_char = std::ptr::null();
+            let no_data: *const libc::c_void = std::ptr::null();
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return fail();
+            }
+            // Our mounts must not propagate back to the host's namespace.
+            if libc::mount(
+                none,
+                c"/".as_ptr(),
+                none,
+                libc::MS_REC | libc::MS_PRIVATE,
+                no_data,
+            ) != 0
+            {
+                return fail();
+            }
+            if libc::mount(
+                path.as_ptr(),
+                path.as_ptr(),
+                none,
+                libc::MS_BIND | libc::MS_REC,
+                no_data,
+            ) != 0
+            {
+                return fail();
+            }
+            let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+            if libc::mount(none, path.as_ptr(), none, flags, no_data) != 0 {
+                return fail();
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+/// Mount namespaces are Linux's: elsewhere the guest's read-only mount is the only guard.
+#[cfg(not(target_os = "linux"))]
+fn read_only_view(_cmd: &mut Command, _source: &Path) -> Result<(), String> {
+    Ok(())
 }
 
 /// The child gets SIGKILL when the supervisor dies, even by SIGKILL.
