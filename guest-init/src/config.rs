@@ -13,9 +13,11 @@
 //! | `krunbox.log=LEVEL` | log level (error, warn, info, debug, trace) | info |
 //! | `krunbox.vmm=libkrun` | the VMM is libkrun: report the exit status to it before powering off | another VMM |
 //! | `krunbox.overlay=tmpfs` | the root share is read-only: mount it as the lower layer of an overlayfs whose writable layer is a guest tmpfs | the root share is mounted as it is |
+//! | `krunbox.net=ADDR/PREFIX,GATEWAY,DNS` | configure the first network interface statically (IPv4): address, default route, resolver (see network.rs) | no network but loopback |
 //!
 //! Unknown `krunbox.*` keys are logged and ignored, so an older agent boots with a newer host.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use krunbox_protocol::AGENT_VSOCK_PORT;
@@ -38,6 +40,69 @@ pub enum OverlayUpper {
     Tmpfs,
 }
 
+/// The static IPv4 configuration of the guest's network interface (`krunbox.net`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    /// The interface's address.
+    pub address: Ipv4Addr,
+    /// Its prefix length (24 for a /24); the gateway lies inside this subnet.
+    pub prefix_len: u8,
+    /// Where the default route goes.
+    pub gateway: Ipv4Addr,
+    /// The DNS server written to the guest's resolv.conf.
+    pub dns: Ipv4Addr,
+}
+
+impl Network {
+    /// The netmask of `prefix_len`.
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(prefix_mask(self.prefix_len))
+    }
+}
+
+fn prefix_mask(prefix_len: u8) -> u32 {
+    u32::MAX
+        .checked_shl(32 - u32::from(prefix_len))
+        .unwrap_or(0)
+}
+
+/// A decimal number without sign or leading zeros (`u8::from_str` takes `+24` and `024`).
+fn parse_prefix_len(text: &str) -> Option<u8> {
+    let canonical = !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'));
+    canonical
+        .then(|| text.parse().ok())
+        .flatten()
+        .filter(|len| *len <= 32)
+}
+
+/// Parses `ADDR/PREFIX,GATEWAY,DNS` strictly: three fields, dotted-quad addresses, a prefix
+/// of 1 to 30 bits, and a gateway inside the subnet; neither address may be the subnet's
+/// network or broadcast address, nor may they be equal. A configuration the kernel would
+/// refuse later (a default route through a gateway off the link) is refused here, where the
+/// log names the key.
+fn parse_network(spec: &str) -> Option<Network> {
+    let mut fields = spec.split(',');
+    let (cidr, gateway, dns) = (fields.next()?, fields.next()?, fields.next()?);
+    if fields.next().is_some() {
+        return None;
+    }
+    let (address, prefix_len) = cidr.split_once('/')?;
+    let network = Network {
+        address: address.parse().ok()?,
+        prefix_len: parse_prefix_len(prefix_len).filter(|len| (1..=30).contains(len))?,
+        gateway: gateway.parse().ok()?,
+        dns: dns.parse().ok()?,
+    };
+    let mask = prefix_mask(network.prefix_len);
+    let subnet = u32::from(network.address) & mask;
+    let gateway = u32::from(network.gateway);
+    let usable = |ip: u32| ip & mask == subnet && ip != subnet && ip != subnet | !mask;
+    (usable(u32::from(network.address)) && usable(gateway) && network.gateway != network.address)
+        .then_some(network)
+}
+
 /// What the command line asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -56,6 +121,8 @@ pub struct Config {
     pub libkrun: bool,
     /// Where the writable layer over a read-only root lives (`None`: the root is used as is).
     pub overlay: Option<OverlayUpper>,
+    /// The static network configuration (`None`: only loopback is brought up).
+    pub network: Option<Network>,
     /// Keys that were not understood (logged once logging is up).
     pub ignored: Vec<String>,
 }
@@ -70,6 +137,7 @@ impl Default for Config {
             log: "info".into(),
             libkrun: false,
             overlay: None,
+            network: None,
             ignored: Vec::new(),
         }
     }
@@ -169,6 +237,9 @@ impl Config {
                     }
                     _ => false,
                 },
+                "net" => parse_network(value)
+                    .map(|network| config.network = Some(network))
+                    .is_some(),
                 _ => false,
             };
             if !understood {
@@ -187,7 +258,8 @@ mod tests {
     fn reads_every_key_and_ignores_the_rest() {
         let config = Config::from_cmdline(
             "console=ttyS0 quiet krunbox.port=2000 krunbox.hostname=box krunbox.root=virtiofs:rootfs \
-             krunbox.mounts=work:/work,data:/data:ro krunbox.log=debug krunbox.overlay=tmpfs",
+             krunbox.mounts=work:/work,data:/data:ro krunbox.log=debug krunbox.overlay=tmpfs \
+             krunbox.net=10.0.2.15/24,10.0.2.2,10.0.2.3",
         );
         assert_eq!(config.port, 2000);
         assert_eq!(config.hostname, "box");
@@ -209,6 +281,15 @@ mod tests {
         );
         assert_eq!(config.log, "debug");
         assert_eq!(config.overlay, Some(OverlayUpper::Tmpfs));
+        assert_eq!(
+            config.network,
+            Some(Network {
+                address: Ipv4Addr::new(10, 0, 2, 15),
+                prefix_len: 24,
+                gateway: Ipv4Addr::new(10, 0, 2, 2),
+                dns: Ipv4Addr::new(10, 0, 2, 3),
+            })
+        );
         assert!(config.ignored.is_empty());
     }
 
@@ -241,5 +322,69 @@ mod tests {
             }
         );
         assert_eq!(config.ignored.len(), 6);
+    }
+
+    #[test]
+    fn network_netmask_follows_the_prefix() {
+        let net = |prefix_len| Network {
+            address: Ipv4Addr::new(10, 0, 2, 15),
+            prefix_len,
+            gateway: Ipv4Addr::new(10, 0, 2, 2),
+            dns: Ipv4Addr::new(10, 0, 2, 2),
+        };
+        assert_eq!(net(24).netmask(), Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(net(1).netmask(), Ipv4Addr::new(128, 0, 0, 0));
+        assert_eq!(net(30).netmask(), Ipv4Addr::new(255, 255, 255, 252));
+        assert_eq!(net(0).netmask(), Ipv4Addr::new(0, 0, 0, 0));
+        assert_eq!(net(32).netmask(), Ipv4Addr::new(255, 255, 255, 255));
+    }
+
+    #[test]
+    fn network_accepts_other_subnets_and_quoted_words() {
+        let config = Config::from_cmdline(r#""krunbox.net=192.168.7.9/16,192.168.0.1,1.1.1.1""#);
+        assert_eq!(
+            config.network,
+            Some(Network {
+                address: Ipv4Addr::new(192, 168, 7, 9),
+                prefix_len: 16,
+                gateway: Ipv4Addr::new(192, 168, 0, 1),
+                dns: Ipv4Addr::new(1, 1, 1, 1),
+            })
+        );
+        assert!(config.ignored.is_empty());
+    }
+
+    #[test]
+    fn malformed_network_settings_are_ignored_and_reported() {
+        let malformed = [
+            "",
+            "10.0.2.15/24",
+            "10.0.2.15/24,10.0.2.2",
+            "10.0.2.15/24,10.0.2.2,10.0.2.2,10.0.2.3",
+            "10.0.2.15,10.0.2.2,10.0.2.2",
+            "10.0.2.15/,10.0.2.2,10.0.2.2",
+            "10.0.2.15/+24,10.0.2.2,10.0.2.2",
+            "10.0.2.15/024,10.0.2.2,10.0.2.2",
+            "10.0.2.15/33,10.0.2.2,10.0.2.2",
+            "10.0.2.15/0,10.0.2.2,10.0.2.2",
+            "10.0.2.15/32,10.0.2.2,10.0.2.2",
+            "10.0.2.15/24,10.0.3.2,10.0.2.2",
+            "10.0.2.15/24,10.0.2.15,10.0.2.2",
+            "10.0.2.0/24,10.0.2.2,10.0.2.2",
+            "10.0.2.15/24,10.0.2.255,10.0.2.2",
+            "10.0.2.15/24, 10.0.2.2,10.0.2.2",
+            "10.0.2.15/24,10.0.2.2,",
+            "10.0.2.15/24,10.0.2.2,dns.example",
+            "10.0.2.256/24,10.0.2.2,10.0.2.2",
+            "fd00::15/64,fd00::2,fd00::2",
+        ];
+        for spec in malformed {
+            let word = format!("krunbox.net={spec}");
+            let config = Config::from_cmdline(&format!("\"{word}\""));
+            assert_eq!(config.network, None, "{spec:?} was accepted");
+            assert_eq!(config.ignored, [word], "{spec:?} was not reported");
+        }
+        let config = Config::from_cmdline("krunbox.net");
+        assert_eq!((config.network, config.ignored.len()), (None, 1));
     }
 }
