@@ -1,8 +1,9 @@
 //! guest-init: the krunbox agent.
 //!
 //! - As PID 1 of a krunbox guest (no arguments): mount what the guest needs, load the
-//!   initramfs's kernel modules, switch to the virtio-fs root if asked, then serve the krunbox
-//!   protocol on vsock until told to shut down, and power off.
+//!   initramfs's kernel modules, switch to the virtio-fs root if asked, configure the network
+//!   interface if asked, then serve the krunbox protocol on vsock until told to shut down,
+//!   and power off.
 //! - `guest-init --listen unix:PATH` (or `vsock:PORT`): host mode, serving the same protocol
 //!   without touching the system — how tests and benchmarks drive the agent without a VM.
 //! - `guest-init exec-helper ...`: internal trampoline used to start commands (see helper.rs).
@@ -15,6 +16,7 @@ mod helper;
 mod listener;
 mod modules;
 mod mounts;
+mod network;
 mod outgoing;
 mod pty;
 mod reaper;
@@ -33,7 +35,7 @@ const USAGE: &str = "usage: guest-init [--listen unix:PATH|vsock:PORT] [--log LE
 
 Without --listen, guest-init runs as PID 1 of a krunbox guest: it reads its configuration
 from the kernel command line (krunbox.port, krunbox.hostname, krunbox.root, krunbox.mounts,
-krunbox.overlay, krunbox.log), mounts the guest's filesystems and serves the krunbox protocol on vsock.
+krunbox.overlay, krunbox.net, krunbox.log), mounts the guest's filesystems and serves the krunbox protocol on vsock.
 With --listen it serves the protocol on the given socket and changes nothing else
 (host mode, for tests and benchmarks).";
 
@@ -211,6 +213,9 @@ fn guest_mode(options: &Options) {
     }
     system::set_hostname(&config.hostname);
     system::loopback_up();
+    if let Some(network) = &config.network {
+        network::configure(network);
+    }
     system::raise_fd_limit();
     let status = serve_catching_panics(Listen::Vsock(config.port), true);
     system::shut_down(status, ending(virtiofs_root));
