@@ -21,9 +21,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The modules a guest of the QEMU backend needs (their dependencies are added):
-/// virtio-pci, vsock over virtio, virtio-fs, overlayfs for copy-on-write roots, and
-/// virtio-balloon (free page reporting gives memory the guest frees back to the host). A
-/// kernel prepared before a module was added here is prepared again.
+/// virtio-pci, vsock over virtio, virtio-fs, overlayfs for copy-on-write roots,
+/// virtio-balloon (free page reporting gives memory the guest frees back to the host), and
+/// virtio-net (the guest's interface to the host's user-mode network stack; it brings
+/// `net_failover` and `failover` by its `depends=`). A kernel prepared before a module was
+/// added here is prepared again.
 pub const GUEST_MODULES: &[&str] = &[
     "virtio_ring",
     "virtio_pci_modern_dev",
@@ -38,6 +40,7 @@ pub const GUEST_MODULES: &[&str] = &[
     "virtiofs",
     "overlay",
     "virtio_balloon",
+    "virtio_net",
 ];
 
 /// The Debian metapackage that depends on the current cloud kernel.
