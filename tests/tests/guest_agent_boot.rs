@@ -1,7 +1,9 @@
 //! Boots a real guest under QEMU TCG with guest-init as PID 1 — without the krunbox backends,
 //! which are not written yet — to prove the agent's guest mode against a real kernel: module
 //! loading from the initramfs, the switch to a virtio-fs root, the mounts, hostname, the vsock
-//! listener, exec over hybrid vsock, and the one-shot power-off.
+//! listener, exec over hybrid vsock, and the one-shot power-off; and, in a second guest with
+//! QEMU's user-mode network (slirp) standing in for krunbox's host network stack, the static
+//! network configuration of `krunbox.net`.
 //!
 //! Prerequisites (installed by scripts/setup.sh): qemu-system-x86_64, /usr/lib/qemu/virtiofsd,
 //! vhost-device-vsock, busybox-static, cpio, apt-get (to download Debian's cloud kernel once,
@@ -12,12 +14,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+
 use krunbox_protocol::client::{Client, ExecSpec};
 use krunbox_protocol::messages::Outcome;
 use krunbox_protocol::transport::AgentAddress;
 
 /// Modules the cloud kernel needs, in dependency order (checked against modinfo below).
-const MODULES: [&str; 10] = [
+const MODULES: [&str; 13] = [
     "virtio_ring",
     "virtio",
     "virtio_pci_modern_dev",
@@ -28,6 +33,9 @@ const MODULES: [&str; 10] = [
     "vmw_vsock_virtio_transport",
     "fuse",
     "virtiofs",
+    "failover",
+    "net_failover",
+    "virtio_net",
 ];
 
 fn workspace() -> PathBuf {
@@ -233,21 +241,75 @@ fn wait_for(path: &Path, what: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn guest_init_runs_as_pid1_of_a_real_guest() {
+/// A guest booted by [`boot`]; QEMU and its daemons are killed when it is dropped.
+struct Guest {
+    client: Client,
+    qemu: Child,
+    console: PathBuf,
+    _daemons: Processes,
+    _work: tempfile::TempDir,
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.qemu.kill();
+        let _ = self.qemu.wait();
+    }
+}
+
+impl Guest {
+    fn console(&self) -> String {
+        std::fs::read_to_string(&self.console).unwrap_or_default()
+    }
+
+    /// Runs `script` with the guest's `sh`; returns its stdout, asserting it succeeded.
+    async fn sh(&self, script: &str) -> String {
+        let out = self
+            .client
+            .exec(ExecSpec::new(["sh", "-c", script]))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(
+            out.status.outcome,
+            Some(Outcome::Code(0)),
+            "`{script}` failed: stdout {:?}, stderr {:?}\nconsole:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.console()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// guest-init, or `None` (after a loud SKIPPED line) when a prerequisite is missing and
+/// KRUNBOX_REQUIRE_E2E is not set.
+fn guest_init_or_skip(test: &str) -> Option<PathBuf> {
     let guest_init = target_dir().join("guest-init/x86_64/guest-init");
     let missing = missing_prerequisites(&guest_init);
-    if !missing.is_empty() {
-        assert!(
-            std::env::var("KRUNBOX_REQUIRE_E2E").is_err(),
-            "KRUNBOX_REQUIRE_E2E=1 but missing: {missing:?}"
-        );
-        eprintln!("SKIPPED guest boot test: missing {missing:?}");
-        return;
+    if missing.is_empty() {
+        return Some(guest_init);
     }
+    assert!(
+        std::env::var("KRUNBOX_REQUIRE_E2E").is_err(),
+        "KRUNBOX_REQUIRE_E2E=1 but missing: {missing:?}"
+    );
+    eprintln!("SKIPPED {test}: missing {missing:?}");
+    None
+}
+
+/// One TCG guest at a time from this file: the tests run in parallel threads, and two
+/// emulated guests on a 2-core machine only slow each other down.
+static ONE_GUEST_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Boots the busybox root with guest-init as PID 1, `append` added to the kernel command
+/// line and `qemu_args` to QEMU's; returns once the agent answers.
+async fn boot(guest_init: &Path, append: &str, qemu_args: &[&str]) -> Guest {
     let (vmlinuz, modules) = cloud_kernel(&target_dir().join("krunbox-test-kernel"));
     let work = tempfile::tempdir().unwrap();
-    let initramfs = build_initramfs(work.path(), &guest_init, &modules);
+    let initramfs = build_initramfs(work.path(), guest_init, &modules);
     let rootfs = work.path().join("rootfs");
     busybox_rootfs(&rootfs);
     let (vsock_socket, fs_socket, uds, console) = (
@@ -257,8 +319,8 @@ async fn guest_init_runs_as_pid1_of_a_real_guest() {
         work.path().join("console.log"),
     );
 
-    let mut processes = Processes(Vec::new());
-    processes.0.push(
+    let mut daemons = Processes(Vec::new());
+    daemons.0.push(
         Command::new(which("vhost-device-vsock").unwrap())
             .args(["--guest-cid", "3", "--socket"])
             .arg(&vsock_socket)
@@ -268,7 +330,7 @@ async fn guest_init_runs_as_pid1_of_a_real_guest() {
             .spawn()
             .expect("vhost-device-vsock"),
     );
-    processes.0.push(
+    daemons.0.push(
         Command::new("/usr/lib/qemu/virtiofsd")
             .arg(format!("--socket-path={}", fs_socket.display()))
             .args([
@@ -287,19 +349,28 @@ async fn guest_init_runs_as_pid1_of_a_real_guest() {
     wait_for(&fs_socket, "virtiofsd");
     let mut qemu = Command::new("qemu-system-x86_64")
         .args(["-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "512M"])
-        .args(["-machine", "q35,memory-backend=mem", "-object", "memory-backend-memfd,id=mem,size=512M,share=on"])
+        .args([
+            "-machine",
+            "q35,memory-backend=mem",
+            "-object",
+            "memory-backend-memfd,id=mem,size=512M,share=on",
+        ])
         .args(["-nographic", "-no-reboot", "-nodefaults", "-serial"])
         .arg(format!("file:{}", console.display()))
         .arg("-kernel")
         .arg(&vmlinuz)
         .arg("-initrd")
         .arg(&initramfs)
-        .args(["-append", "console=ttyS0 rdinit=/init panic=-1 quiet krunbox.root=virtiofs:rootfs krunbox.hostname=e2e-guest"])
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 rdinit=/init panic=-1 quiet krunbox.root=virtiofs:rootfs {append}"
+        ))
         .arg("-chardev")
         .arg(format!("socket,id=vsk,path={}", vsock_socket.display()))
         .args(["-device", "vhost-user-vsock-pci,chardev=vsk", "-chardev"])
         .arg(format!("socket,id=vfs,path={}", fs_socket.display()))
         .args(["-device", "vhost-user-fs-pci,chardev=vfs,tag=rootfs"])
+        .args(qemu_args)
         .stdout(Stdio::null())
         .spawn()
         .expect("qemu");
@@ -313,10 +384,28 @@ async fn guest_init_runs_as_pid1_of_a_real_guest() {
         Err(err) => {
             let log = std::fs::read_to_string(&console).unwrap_or_default();
             let _ = qemu.kill();
+            let _ = qemu.wait();
             panic!("agent did not come up: {err}\nconsole:\n{log}");
         }
     };
-    let out = client
+    Guest {
+        client,
+        qemu,
+        console,
+        _daemons: daemons,
+        _work: work,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_init_runs_as_pid1_of_a_real_guest() {
+    let Some(guest_init) = guest_init_or_skip("guest boot test") else {
+        return;
+    };
+    let _turn = ONE_GUEST_AT_A_TIME.lock().await;
+    let mut guest = boot(&guest_init, "krunbox.hostname=e2e-guest", &[]).await;
+    let out = guest
+        .client
         .exec(ExecSpec::new(["sh", "-c", "cat /proc/1/comm; hostname; . /etc/os-release; echo $ID; mount | grep -c -E ' on /(proc|sys|dev|dev/pts|tmp|run|sys/fs/cgroup) '; echo oops >&2; exit 3"]))
         .await
         .unwrap()
@@ -334,7 +423,8 @@ async fn guest_init_runs_as_pid1_of_a_real_guest() {
     assert_eq!(out.status.outcome, Some(Outcome::Code(3)));
 
     // One-shot: the guest powers off once the exit status is delivered.
-    let out = client
+    let out = guest
+        .client
         .exec(ExecSpec::new(["true"]).power_off_on_exit(true))
         .await
         .unwrap()
@@ -344,16 +434,114 @@ async fn guest_init_runs_as_pid1_of_a_real_guest() {
     assert_eq!(out.status.shell_code(), 0);
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
-        if let Some(status) = qemu.try_wait().unwrap() {
+        if let Some(status) = guest.qemu.try_wait().unwrap() {
             break status;
         }
         assert!(Instant::now() < deadline, "guest did not power off");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "qemu exit {status}");
-    let log = std::fs::read_to_string(&console).unwrap_or_default();
+    let log = guest.console();
     assert!(
         log.contains("krunbox: exit-status 0"),
         "console reports the status:\n{log}"
+    );
+}
+
+/// Answers one HTTP request on `listener` with `body`; returns the request line.
+fn serve_one_request(listener: TcpListener, body: &'static str) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let (stream, peer) = listener.accept().expect("the guest connects");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut reader = BufReader::new(&stream);
+        let mut request_line = String::new();
+        reader.read_line(&mut request_line).unwrap();
+        // The rest of the request header, up to the empty line.
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap() > 0 && line != "\r\n" {
+            line.clear();
+        }
+        write!(
+            &stream,
+            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        // slirp makes the guest's connection come from the host's loopback.
+        assert!(peer.ip().is_loopback(), "connection from {peer}");
+        request_line
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn krunbox_net_configures_the_guest_network() {
+    let Some(guest_init) = guest_init_or_skip("guest network test") else {
+        return;
+    };
+    // slirp maps the gateway, 10.0.2.2, to the host's loopback.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = serve_one_request(listener, "hello from the host\n");
+
+    let _turn = ONE_GUEST_AT_A_TIME.lock().await;
+    let guest = boot(
+        &guest_init,
+        "krunbox.net=10.0.2.15/24,10.0.2.2,10.0.2.2",
+        &[
+            "-netdev",
+            "user,id=n0",
+            "-device",
+            "virtio-net-pci,netdev=n0",
+        ],
+    )
+    .await;
+
+    let addresses = guest.sh("ip -4 -o addr show dev eth0").await;
+    assert!(
+        addresses.contains("inet 10.0.2.15/24 "),
+        "eth0 addresses: {addresses}"
+    );
+    let flags = guest
+        .sh("cat /sys/class/net/eth0/flags /sys/class/net/eth0/mtu")
+        .await;
+    let flags: Vec<&str> = flags.lines().collect();
+    let up = flags
+        .first()
+        .and_then(|f| u32::from_str_radix(f.trim_start_matches("0x"), 16).ok())
+        .is_some_and(|f| f & 1 != 0);
+    assert!(up, "eth0 is not up: {flags:?}");
+    assert_eq!(flags.get(1), Some(&"1500"), "eth0 mtu");
+    let routes = guest.sh("ip -4 route show default").await;
+    assert_eq!(
+        routes.trim(),
+        "default via 10.0.2.2 dev eth0",
+        "routes: {routes}"
+    );
+    let resolv = guest
+        .sh("cat /etc/resolv.conf; grep -c ' /etc/resolv.conf ' /proc/self/mountinfo")
+        .await;
+    assert_eq!(
+        resolv, "nameserver 10.0.2.2\n1\n",
+        "resolv.conf, then its mount count"
+    );
+
+    // `timeout`, not wget's -T: Debian's static busybox 1.35 wget crashes (SIGSEGV) with -T.
+    let body = guest
+        .sh(&format!(
+            "timeout 60 wget -q -O - http://10.0.2.2:{port}/from-the-guest"
+        ))
+        .await;
+    assert_eq!(body, "hello from the host\n");
+    let request_line = server.join().expect("the host server");
+    assert!(
+        request_line.starts_with("GET /from-the-guest HTTP/1."),
+        "request: {request_line:?}"
+    );
+    let console = guest.console();
+    assert!(
+        console.contains("network configured"),
+        "guest-init logs the configuration:\n{console}"
     );
 }
