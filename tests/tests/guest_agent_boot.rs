@@ -403,7 +403,18 @@ async fn guest_init_runs_as_pid1_of_a_real_guest() {
         return;
     };
     let _turn = ONE_GUEST_AT_A_TIME.lock().await;
-    let mut guest = boot(&guest_init, "krunbox.hostname=e2e-guest", &[]).await;
+    // A network device but no krunbox.net: the interface must stay unconfigured.
+    let mut guest = boot(
+        &guest_init,
+        "krunbox.hostname=e2e-guest",
+        &[
+            "-netdev",
+            "user,id=n0",
+            "-device",
+            "virtio-net-pci,netdev=n0",
+        ],
+    )
+    .await;
     let out = guest
         .client
         .exec(ExecSpec::new(["sh", "-c", "cat /proc/1/comm; hostname; . /etc/os-release; echo $ID; mount | grep -c -E ' on /(proc|sys|dev|dev/pts|tmp|run|sys/fs/cgroup) '; echo oops >&2; exit 3"]))
@@ -421,6 +432,17 @@ async fn guest_init_runs_as_pid1_of_a_real_guest() {
     );
     assert_eq!(out.stderr, b"oops\n");
     assert_eq!(out.status.outcome, Some(Outcome::Code(3)));
+    let unconfigured = guest
+        .sh("cat /sys/class/net/eth0/flags; ip -4 -o addr show dev eth0; ip -4 route; test -e /etc/resolv.conf || echo no-resolv-conf")
+        .await;
+    let flags = unconfigured.lines().next().unwrap_or_default();
+    let down = u32::from_str_radix(flags.trim_start_matches("0x"), 16).is_ok_and(|f| f & 1 == 0);
+    assert!(down, "eth0 without krunbox.net: {unconfigured}");
+    assert_eq!(
+        unconfigured.lines().skip(1).collect::<Vec<_>>(),
+        ["no-resolv-conf"],
+        "no address, no route, no resolv.conf without krunbox.net"
+    );
 
     // One-shot: the guest powers off once the exit status is delivered.
     let out = guest
