@@ -36,3 +36,9 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Builds krunbox in release (what users run: benchmarks time it) and returns its path.
+pub fn release_krunbox() -> anyhow::Result<PathBuf> {
+    run(cargo().args(["build", "--quiet", "--release", "-p", "krunbox"]))?;
+    Ok(target_dir().join("release/krunbox"))
+}

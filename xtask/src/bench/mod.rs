@@ -6,8 +6,11 @@
 //! - `krun-vmm`: the libkrun VMM child configured through the real libkrun but never entered
 //!   (spawn + configure, and stop + cleanup), the part of a libkrun VM's start that a host
 //!   without a usable hypervisor can measure.
+//! - `images`: krunbox-image's layer unpack against GNU `tar -xzf` of the same blobs, and its
+//!   pull against `skopeo copy` from the same local docker-registry.
 
 mod agent;
+mod images;
 mod krun_vmm;
 mod table;
 
@@ -16,7 +19,8 @@ pub struct Args {
     /// Which suites (default: all).
     #[arg(long = "suite", value_enum)]
     suites: Vec<Suite>,
-    /// Exec round trips to time.
+    /// Exec round trips to time; the other suites scale from it (krun-vmm: /10, images: /100
+    /// runs each).
     #[arg(long, default_value_t = 300)]
     iterations: usize,
     /// Megabytes moved in each throughput measurement.
@@ -30,11 +34,13 @@ enum Suite {
     Agent,
     /// The libkrun VMM child, configured but never entered.
     KrunVmm,
+    /// Layer unpack vs GNU tar, pull vs skopeo (a local docker-registry).
+    Images,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let suites = if args.suites.is_empty() {
-        vec![Suite::Agent, Suite::KrunVmm]
+        vec![Suite::Agent, Suite::KrunVmm, Suite::Images]
     } else {
         args.suites.clone()
     };
@@ -42,6 +48,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         match suite {
             Suite::Agent => agent::run(args.iterations, args.megabytes)?,
             Suite::KrunVmm => krun_vmm::run((args.iterations / 10).max(10))?,
+            Suite::Images => images::run((args.iterations / 100).max(1))?,
         }
     }
     Ok(())
