@@ -11,17 +11,23 @@ use crate::reaper::ProcessTable;
 pub struct Agent {
     pub table: Arc<ProcessTable>,
     pub started: Instant,
+    /// Variables every exec gets unless its request sets them (e.g. `SSH_AUTH_SOCK`).
+    pub default_env: Vec<(String, String)>,
     shutdown: mpsc::UnboundedSender<i32>,
 }
 
 impl Agent {
     /// The agent, and the receiver of shutdown requests (with the exit status to report).
-    pub fn new(table: Arc<ProcessTable>) -> (Arc<Self>, mpsc::UnboundedReceiver<i32>) {
+    pub fn new(
+        table: Arc<ProcessTable>,
+        default_env: Vec<(String, String)>,
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<i32>) {
         let (shutdown, requests) = mpsc::unbounded_channel();
         (
             Arc::new(Self {
                 table,
                 started: Instant::now(),
+                default_env,
                 shutdown,
             }),
             requests,

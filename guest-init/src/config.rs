@@ -14,6 +14,7 @@
 //! | `krunbox.vmm=libkrun` | the VMM is libkrun: report the exit status to it before powering off | another VMM |
 //! | `krunbox.overlay=tmpfs` | the root share is read-only: mount it as the lower layer of an overlayfs whose writable layer is a guest tmpfs | the root share is mounted as it is |
 //! | `krunbox.net=ADDR/PREFIX,GATEWAY,DNS` | configure the first network interface statically (IPv4): address, default route, resolver (see network.rs) | no network but loopback |
+//! | `krunbox.ssh_agent=PORT` | forward the host's SSH agent: listen on `/run/krunbox/ssh-agent.sock`, relay each connection to vsock PORT of the host, set `SSH_AUTH_SOCK` for every exec | no agent |
 //!
 //! Unknown `krunbox.*` keys are logged and ignored, so an older agent boots with a newer host.
 
@@ -123,6 +124,8 @@ pub struct Config {
     pub overlay: Option<OverlayUpper>,
     /// The static network configuration (`None`: only loopback is brought up).
     pub network: Option<Network>,
+    /// The host vsock port of the host's SSH agent, to relay guest clients to.
+    pub ssh_agent_port: Option<u32>,
     /// Keys that were not understood (logged once logging is up).
     pub ignored: Vec<String>,
 }
@@ -138,6 +141,7 @@ impl Default for Config {
             libkrun: false,
             overlay: None,
             network: None,
+            ssh_agent_port: None,
             ignored: Vec::new(),
         }
     }
@@ -240,6 +244,10 @@ impl Config {
                 "net" => parse_network(value)
                     .map(|network| config.network = Some(network))
                     .is_some(),
+                "ssh_agent" => value
+                    .parse()
+                    .map(|port| config.ssh_agent_port = Some(port))
+                    .is_ok(),
                 _ => false,
             };
             if !understood {
@@ -259,7 +267,7 @@ mod tests {
         let config = Config::from_cmdline(
             "console=ttyS0 quiet krunbox.port=2000 krunbox.hostname=box krunbox.root=virtiofs:rootfs \
              krunbox.mounts=work:/work,data:/data:ro krunbox.log=debug krunbox.overlay=tmpfs \
-             krunbox.net=10.0.2.15/24,10.0.2.2,10.0.2.3",
+             krunbox.net=10.0.2.15/24,10.0.2.2,10.0.2.3 krunbox.ssh_agent=1025",
         );
         assert_eq!(config.port, 2000);
         assert_eq!(config.hostname, "box");
@@ -290,6 +298,7 @@ mod tests {
                 dns: Ipv4Addr::new(10, 0, 2, 3),
             })
         );
+        assert_eq!(config.ssh_agent_port, Some(1025));
         assert!(config.ignored.is_empty());
     }
 
@@ -312,7 +321,7 @@ mod tests {
         let config = Config::from_cmdline(
             "krunbox.port=abc krunbox.mounts=tag:relative krunbox.root=9p:x krunbox.future=1 \
              krunbox.vmm=firecracker \
-             krunbox.overlay=disk",
+             krunbox.overlay=disk krunbox.ssh_agent=yes",
         );
         assert_eq!(
             config,
@@ -321,7 +330,7 @@ mod tests {
                 ..Config::default()
             }
         );
-        assert_eq!(config.ignored.len(), 6);
+        assert_eq!(config.ignored.len(), 7);
     }
 
     #[test]

@@ -98,13 +98,20 @@ fn spawn_failure_message(err: &SpawnError, program: &str, cwd: &str) -> String {
     }
 }
 
-fn environment(request: &ExecRequest) -> Vec<(String, String)> {
+/// The request's variables, then `defaults` (the agent's), `PATH`, `HOME` and `TERM` where the
+/// request does not set them.
+fn environment(request: &ExecRequest, defaults: &[(String, String)]) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = request
         .env
         .iter()
         .map(|v| (v.key.clone(), v.value.clone()))
         .collect();
     let has = |env: &[(String, String)], key: &str| env.iter().any(|(k, _)| k == key);
+    for (key, value) in defaults {
+        if !has(&env, key) {
+            env.push((key.clone(), value.clone()));
+        }
+    }
     if !has(&env, "PATH") {
         env.push(("PATH".into(), DEFAULT_PATH.into()));
     }
@@ -295,7 +302,7 @@ async fn execute(
     let (stdio, streams) = setup_io(&request).map_err(|e| SpawnError::new(SpawnStage::Setup, e))?;
     let command = Command {
         argv: request.argv.clone(),
-        env: environment(&request),
+        env: environment(&request, &agent.default_env),
         cwd: Some(working_directory(&request).to_owned()),
         uid: request.uid,
         gid: request.gid,
@@ -417,4 +424,39 @@ async fn execute(
         outcome: Some(outcome),
         timed_out,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use krunbox_protocol::messages::EnvVar;
+
+    use super::*;
+
+    fn value<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
+        env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn the_agents_defaults_fill_in_what_the_request_does_not_set() {
+        let defaults = [("SSH_AUTH_SOCK".to_owned(), "/run/agent.sock".to_owned())];
+        let request = ExecRequest::default();
+        let env = environment(&request, &defaults);
+        assert_eq!(value(&env, "SSH_AUTH_SOCK"), Some("/run/agent.sock"));
+        assert_eq!(value(&env, "PATH"), Some(DEFAULT_PATH));
+
+        let request = ExecRequest {
+            env: vec![EnvVar {
+                key: "SSH_AUTH_SOCK".into(),
+                value: "/mine".into(),
+            }],
+            ..Default::default()
+        };
+        let env = environment(&request, &defaults);
+        assert_eq!(value(&env, "SSH_AUTH_SOCK"), Some("/mine"));
+        assert_eq!(env.iter().filter(|(k, _)| k == "SSH_AUTH_SOCK").count(), 1);
+        assert_eq!(
+            value(&environment(&request, &[]), "SSH_AUTH_SOCK"),
+            Some("/mine")
+        );
+    }
 }

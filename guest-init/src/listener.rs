@@ -12,7 +12,7 @@ use nix::sys::signal::Signal;
 
 use crate::agent::Agent;
 use crate::reaper::{self, ProcessTable};
-use crate::{server, signals};
+use crate::{server, signals, ssh_agent};
 
 /// Pause after a failed accept, so that a persistent error (out of descriptors) does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -41,10 +41,23 @@ pub enum ServeError {
 
 /// Serves until a shutdown is requested; returns the status to report. As `pid1`, termination
 /// signals are only forwarded; in host mode a SIGTERM/SIGINT with nothing running stops it.
-pub async fn serve(listen: Listen, pid1: bool) -> Result<i32, ServeError> {
+/// `ssh_agent_port`: forward the host's SSH agent from that vsock port (a failure to set it
+/// up is logged; the agent serves without it).
+pub async fn serve(
+    listen: Listen,
+    pid1: bool,
+    ssh_agent_port: Option<u32>,
+) -> Result<i32, ServeError> {
     let table = Arc::new(ProcessTable::default());
     reaper::start(table.clone()).map_err(ServeError::Reaper)?;
-    let (agent, mut shutdown) = Agent::new(table.clone());
+    let mut default_env = Vec::new();
+    if let Some(port) = ssh_agent_port {
+        match ssh_agent::start(port) {
+            Ok(()) => default_env.push((ssh_agent::ENV.into(), ssh_agent::SOCKET.into())),
+            Err(err) => tracing::error!(%err, "SSH agent forwarding is off"),
+        }
+    }
+    let (agent, mut shutdown) = Agent::new(table.clone(), default_env);
     signals::forward(&agent, pid1);
     match listen.clone() {
         Listen::Unix(path) => {

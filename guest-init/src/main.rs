@@ -24,6 +24,7 @@ mod rootfs;
 mod server;
 mod signals;
 mod spawn;
+mod ssh_agent;
 mod system;
 
 use std::path::Path;
@@ -35,7 +36,7 @@ const USAGE: &str = "usage: guest-init [--listen unix:PATH|vsock:PORT] [--log LE
 
 Without --listen, guest-init runs as PID 1 of a krunbox guest: it reads its configuration
 from the kernel command line (krunbox.port, krunbox.hostname, krunbox.root, krunbox.mounts,
-krunbox.overlay, krunbox.net, krunbox.log), mounts the guest's filesystems and serves the krunbox protocol on vsock.
+krunbox.overlay, krunbox.net, krunbox.ssh_agent, krunbox.log), mounts the guest's filesystems and serves the krunbox protocol on vsock.
 With --listen it serves the protocol on the given socket and changes nothing else
 (host mode, for tests and benchmarks).";
 
@@ -136,10 +137,10 @@ fn log_panics() {
 
 /// Runs the agent until shutdown; returns the status to report. Never unwinds: for PID 1 an
 /// exit without powering off is a kernel panic, which would hide the reason from the host.
-fn serve_catching_panics(listen: Listen, pid1: bool) -> i32 {
+fn serve_catching_panics(listen: Listen, pid1: bool, ssh_agent_port: Option<u32>) -> i32 {
     let served = std::panic::catch_unwind(move || {
         let runtime = runtime()?;
-        let served = runtime.block_on(listener::serve(listen, pid1));
+        let served = runtime.block_on(listener::serve(listen, pid1, ssh_agent_port));
         // Dropping a runtime waits for blocking tasks without limit; power-off must not.
         runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
         Some(served)
@@ -163,7 +164,7 @@ fn host_mode(listen: Listen, options: &Options) {
         tracing::warn!(%err, "cannot become a subreaper");
     }
     // The status a Shutdown request or a one-shot exec asked to report.
-    std::process::exit(serve_catching_panics(listen, false));
+    std::process::exit(serve_catching_panics(listen, false, None));
 }
 
 fn guest_mode(options: &Options) {
@@ -217,6 +218,6 @@ fn guest_mode(options: &Options) {
         network::configure(network);
     }
     system::raise_fd_limit();
-    let status = serve_catching_panics(Listen::Vsock(config.port), true);
+    let status = serve_catching_panics(Listen::Vsock(config.port), true, config.ssh_agent_port);
     system::shut_down(status, ending(virtiofs_root));
 }

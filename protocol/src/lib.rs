@@ -43,3 +43,12 @@ pub use flow::INITIAL_WINDOW;
 
 /// The vsock port the agent listens on inside the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// The host vsock port a guest connects to for the host's SSH agent (`krunbox run --ssh`):
+/// guest-init relays each connection to its `/run/krunbox/ssh-agent.sock` there, and the
+/// host maps the port onto its `SSH_AUTH_SOCK`.
+///
+/// ```
+/// assert_ne!(krunbox_protocol::SSH_AGENT_VSOCK_PORT, krunbox_protocol::AGENT_VSOCK_PORT);
+/// ```
+pub const SSH_AGENT_VSOCK_PORT: u32 = 1025;
