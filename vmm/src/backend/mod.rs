@@ -108,6 +108,10 @@ pub struct VmSpec {
     pub guest_log_level: Option<String>,
     /// The guest's network.
     pub network: Network,
+    /// The host's SSH agent socket (`SSH_AUTH_SOCK`) to forward into the guest: guest
+    /// connections to vsock port [`krunbox_protocol::SSH_AGENT_VSOCK_PORT`] of the host reach
+    /// it, and guest-init offers them as `SSH_AUTH_SOCK` (the keys never leave the agent).
+    pub ssh_agent: Option<PathBuf>,
 }
 
 impl VmSpec {
@@ -125,6 +129,7 @@ impl VmSpec {
             accel: Accel::Auto,
             guest_log_level: None,
             network: Network::default(),
+            ssh_agent: None,
         }
     }
 
@@ -175,7 +180,23 @@ impl VmSpec {
                 )));
             }
         }
+        if let Some(socket) = &spec.ssh_agent {
+            check_ssh_agent(socket).map_err(|reason| {
+                BackendError::InvalidSpec(format!("SSH agent {}: {reason}", socket.display()))
+            })?;
+        }
         Ok(())
+    }
+}
+
+/// Checks that `socket` is a Unix socket (after symlinks), as an SSH agent's is; the error
+/// says why not.
+pub fn check_ssh_agent(socket: &Path) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::metadata(socket) {
+        Ok(meta) if meta.file_type().is_socket() => Ok(()),
+        Ok(_) => Err("not a socket".into()),
+        Err(err) => Err(err.to_string()),
     }
 }
 
@@ -376,6 +397,28 @@ pub fn select(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ssh_agent_must_be_a_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&socket, &link).unwrap();
+        let mut spec = VmSpec::new(dir.path().to_owned(), "/gi".into());
+        for agent in [&socket, &link] {
+            spec.ssh_agent = Some(agent.clone());
+            spec.validate().unwrap();
+        }
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        spec.ssh_agent = Some(file);
+        let err = spec.validate().unwrap_err().to_string();
+        assert!(err.ends_with("file: not a socket"), "{err}");
+        spec.ssh_agent = Some(dir.path().join("missing"));
+        let err = spec.validate().unwrap_err().to_string();
+        assert!(err.contains("No such file"), "{err}");
+    }
 
     #[test]
     fn the_log_tail_keeps_the_last_lines() {

@@ -7,6 +7,7 @@ pub mod run;
 pub mod sandbox;
 pub mod session;
 pub mod share_args;
+pub mod ssh_args;
 pub mod terminal;
 
 /// krunbox runs commands in micro-VMs, each with its own kernel.

@@ -15,6 +15,7 @@ use krunbox_image::user::{resolve_user, UserError};
 
 use super::session::{self, CommandOptions, SecondInterrupt, Session, SessionError};
 use super::share_args::ShareArgs;
+use super::ssh_args::{SshAgentError, SshArgs};
 use crate::backend::{self, Accel, BackendKind, VmSpec};
 use crate::image::{ImageError, ImageOptions};
 
@@ -123,6 +124,9 @@ pub struct RunArgs {
     /// Shared directories (-v, --workspace).
     #[command(flatten)]
     pub shares: ShareArgs,
+    /// The host's SSH agent (--ssh).
+    #[command(flatten)]
+    pub ssh: SshArgs,
     /// Keep stdin open and forward it to COMMAND even when it is a terminal. Without -i,
     /// stdin is forwarded only when it is not a terminal (a pipe or a file), as with ssh.
     #[arg(short = 'i', long)]
@@ -187,6 +191,9 @@ pub enum RunError {
     /// Shared directories.
     #[error(transparent)]
     Shares(#[from] crate::shares::ShareError),
+    /// `--ssh`.
+    #[error(transparent)]
+    SshAgent(#[from] SshAgentError),
     /// Starting or running the command.
     #[error(transparent)]
     Session(#[from] SessionError),
@@ -209,6 +216,7 @@ pub fn run(args: RunArgs) -> Result<i32, RunError> {
         },
         args.kernel.is_some(),
     )?;
+    let ssh_agent = args.ssh.resolve()?;
     let options = ImageOptions {
         pull: args.pull.into(),
         platform: args.platform.clone(),
@@ -227,6 +235,7 @@ pub fn run(args: RunArgs) -> Result<i32, RunError> {
     spec.kernel = args.kernel.clone();
     spec.hostname = args.hostname.clone();
     spec.shares = shares.dirs;
+    spec.ssh_agent = ssh_agent;
     spec.accel = match args.accel {
         AccelChoice::Auto => Accel::Auto,
         AccelChoice::Tcg => Accel::Tcg,

@@ -10,6 +10,7 @@ use krunbox_image::user::resolve_user;
 use super::run::{split_env, AccelChoice, BackendChoice};
 use super::session::{self, CommandOptions, SecondInterrupt, Session, SessionError};
 use super::share_args::ShareArgs;
+use super::ssh_args::{SshAgentError, SshArgs};
 use krunbox_protocol::client::Client;
 
 use crate::backend::VmHandle;
@@ -37,6 +38,9 @@ pub enum SandboxCliError {
     /// Shared directories.
     #[error(transparent)]
     Shares(#[from] crate::shares::ShareError),
+    /// `--ssh`.
+    #[error(transparent)]
+    SshAgent(#[from] SshAgentError),
     /// `--user`.
     #[error(transparent)]
     User(#[from] krunbox_image::user::UserError),
@@ -102,6 +106,10 @@ pub struct CreateArgs {
     /// Shared directories (-v, --workspace).
     #[command(flatten)]
     pub shares: ShareArgs,
+    /// The host's SSH agent (--ssh: the socket $SSH_AUTH_SOCK names now, checked again at
+    /// every start).
+    #[command(flatten)]
+    pub ssh: SshArgs,
     /// Boot this kernel instead of the backend's default (see `krunbox run --help`).
     #[arg(long, value_name = "PATH", env = "KRUNBOX_KERNEL")]
     pub kernel: Option<std::path::PathBuf>,
@@ -426,6 +434,7 @@ fn guest_file(address: &krunbox_protocol::transport::AgentAddress, path: &str) -
 pub fn create(args: CreateArgs) -> Result<i32, SandboxCliError> {
     let name = args.name.clone().unwrap_or_else(name::generate);
     name::validate(&name).map_err(SandboxError::from)?;
+    let ssh_agent = args.ssh.resolve()?;
     let options = crate::image::ImageOptions {
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         ..Default::default()
@@ -475,6 +484,7 @@ pub fn create(args: CreateArgs) -> Result<i32, SandboxCliError> {
         .into(),
         boot_timeout_secs: args.boot_timeout,
         created_at: now(),
+        ssh_agent,
     };
     let sandbox = Store::new().create(&spec)?;
     println!("{}", sandbox.name());

@@ -66,6 +66,9 @@ pub struct SandboxSpec {
     pub boot_timeout_secs: u64,
     /// Creation time, seconds since the epoch.
     pub created_at: u64,
+    /// The host's SSH agent socket to forward into the guest (`create --ssh`).
+    #[serde(default)]
+    pub ssh_agent: Option<PathBuf>,
 }
 
 impl SandboxSpec {
@@ -95,6 +98,7 @@ impl SandboxSpec {
                 read_only: s.read_only,
             })
             .collect();
+        spec.ssh_agent = self.ssh_agent.clone();
         spec.accel = match self.accel.as_str() {
             "tcg" => Accel::Tcg,
             "kvm" => Accel::Kvm,

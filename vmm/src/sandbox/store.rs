@@ -284,7 +284,21 @@ mod tests {
             accel: "auto".into(),
             boot_timeout_secs: 60,
             created_at: 1,
+            ssh_agent: None,
         }
+    }
+
+    #[test]
+    fn a_spec_saved_before_ssh_agent_forwarding_still_loads() {
+        let mut json = serde_json::to_value(spec("old")).unwrap();
+        json.as_object_mut().unwrap().remove("ssh_agent").unwrap();
+        let old: SandboxSpec = serde_json::from_value(json).unwrap();
+        assert_eq!(old, spec("old"));
+        let mut with_agent = spec("new");
+        with_agent.ssh_agent = Some("/tmp/agent.sock".into());
+        let json = serde_json::to_string(&with_agent).unwrap();
+        let read: SandboxSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(read.vm_spec("/gi".into()).ssh_agent, with_agent.ssh_agent);
     }
 
     #[test]

@@ -96,6 +96,8 @@ pub trait KrunApi {
     fn add_vsock(&mut self, ctx: u32, tsi_features: u32) -> Result<(), KrunError>;
     /// `krun_add_vsock_port2(ctx, port, path, listen)`: with `listen`, libkrun creates a Unix
     /// socket at `path`; each connection to it is a vsock connection to the guest's `port`.
+    /// Without, the guest connects to host vsock `port` and libkrun connects each such
+    /// connection to the existing Unix socket `path`.
     fn add_vsock_port2(
         &mut self,
         ctx: u32,

@@ -94,6 +94,10 @@ pub struct KrunVmConfig {
     pub agent_port: u32,
     /// The host Unix socket libkrun maps to that port.
     pub agent_socket: PathBuf,
+    /// The host's SSH agent socket, which libkrun connects guest connections to host vsock
+    /// port [`krunbox_protocol::SSH_AGENT_VSOCK_PORT`] to.
+    #[serde(default)]
+    pub ssh_agent: Option<PathBuf>,
     /// Where the guest console goes.
     pub console_log: PathBuf,
     /// guest-init's settings (`krunbox.*` words), which libkrun puts on the kernel command line.
@@ -167,6 +171,12 @@ impl KrunVmConfig {
         if let Some(level) = &spec.guest_log_level {
             guest_config.push(format!("krunbox.log={level}"));
         }
+        if spec.ssh_agent.is_some() {
+            guest_config.push(format!(
+                "krunbox.ssh_agent={}",
+                krunbox_protocol::SSH_AGENT_VSOCK_PORT
+            ));
+        }
         Ok(Self {
             run_dir: layout.dir().to_owned(),
             cpus: spec.cpus,
@@ -179,6 +189,7 @@ impl KrunVmConfig {
             network: spec.network,
             agent_port,
             agent_socket: layout.agent_socket(),
+            ssh_agent: spec.ssh_agent.clone(),
             console_log: layout.console(),
             guest_config,
             log_level,

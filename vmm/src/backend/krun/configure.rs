@@ -10,7 +10,9 @@
 //! 3. further shares (`krun_add_virtiofs3`, read-only where asked);
 //! 4. vsock, explicitly: `krun_disable_implicit_vsock`, then `krun_add_vsock` with TSI's
 //!    `HIJACK_INET` or with no TSI at all, then the agent's port mapped to a host Unix socket
-//!    (`krun_add_vsock_port2(.., listen = true)`);
+//!    (`krun_add_vsock_port2(.., listen = true)`); with `--ssh`, the guest's connections to
+//!    host port [`krunbox_protocol::SSH_AGENT_VSOCK_PORT`] go to the host's SSH agent socket
+//!    (`listen = false`: libkrun connects to it for each guest connection);
 //! 5. `krun_set_kernel` for a `--kernel` (no initramfs; a null command line keeps libkrun's,
 //!    which boots `/init.krun` from the virtio-fs root);
 //! 6. guest-init's `krunbox.*` settings (`krun_set_env`: libkrun appends them, double-quoted,
@@ -58,6 +60,14 @@ pub fn configure(
     };
     api.add_vsock(ctx, tsi)?;
     api.add_vsock_port2(ctx, config.agent_port, &config.agent_socket, true)?;
+    if let Some(ssh_agent) = &config.ssh_agent {
+        api.add_vsock_port2(
+            ctx,
+            krunbox_protocol::SSH_AGENT_VSOCK_PORT,
+            ssh_agent,
+            false,
+        )?;
+    }
     if let Some(kernel) = &config.kernel {
         api.set_kernel(ctx, &kernel.path, kernel.format, None, None)?;
     }
@@ -294,6 +304,40 @@ mod tests {
         assert!(position("krun_disable_implicit_init") < position("krun_set_root"));
         assert!(position("krun_set_root") < position("krun_fs_add_overlay_file"));
         assert!(position("krun_disable_implicit_vsock") < position("krun_add_vsock("));
+        assert!(position("krun_add_vsock(") < position("krun_add_vsock_port2"));
+    }
+
+    #[test]
+    fn the_ssh_agent_is_a_vsock_port_libkrun_connects_to_the_host_socket() {
+        let root = tempfile::tempdir().unwrap();
+        let agent = root.path().join("agent.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&agent).unwrap();
+        let mut spec = VmSpec::new(root.path().to_owned(), "/gi".into());
+        spec.ssh_agent = Some(agent.clone());
+        let mut api = RecordingKrun::default();
+        configure(&mut api, &config(&spec), INIT).unwrap();
+        let ports: Vec<&String> = api
+            .calls
+            .iter()
+            .filter(|c| c.starts_with("krun_add_vsock_port2"))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                "krun_add_vsock_port2(7, 1024, /run/k/vm1/agent.sock, listen=true)",
+                &format!(
+                    "krun_add_vsock_port2(7, 1025, {}, listen=false)",
+                    agent.display()
+                ),
+            ]
+        );
+        let env = api
+            .calls
+            .iter()
+            .find(|c| c.starts_with("krun_set_env"))
+            .unwrap();
+        assert!(env.contains(" krunbox.ssh_agent=1025"), "{env}");
+        let position = |prefix: &str| api.calls.iter().position(|c| c.starts_with(prefix));
         assert!(position("krun_add_vsock(") < position("krun_add_vsock_port2"));
     }
 

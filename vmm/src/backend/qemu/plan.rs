@@ -39,6 +39,19 @@ pub struct LaunchPlan {
     pub helpers: Vec<ProcessPlan>,
     /// QEMU itself.
     pub vmm: ProcessPlan,
+    /// Symbolic links the supervisor makes in the run directory before starting anything:
+    /// host sockets that guest connections reach (see [`Layout::host_port_socket`]).
+    #[serde(default)]
+    pub links: Vec<SocketLink>,
+}
+
+/// A symbolic link to a host socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketLink {
+    /// The link (in the run directory).
+    pub link: PathBuf,
+    /// The socket it points to.
+    pub target: PathBuf,
 }
 
 /// The files of a run directory.
@@ -66,6 +79,14 @@ impl Layout {
     /// The host side of the guest's vsock (hybrid vsock: `CONNECT <port>`).
     pub fn agent_uds(&self) -> PathBuf {
         self.dir.join("vm.vsock")
+    }
+
+    /// Where vhost-device-vsock connects a guest's connection to host vsock `port`: the agent
+    /// socket's path with `_PORT` appended (its `--uds-path` convention).
+    pub fn host_port_socket(&self, port: u32) -> PathBuf {
+        let mut path = self.agent_uds().into_os_string();
+        path.push(format!("_{port}"));
+        PathBuf::from(path)
     }
 
     /// vhost-user socket of virtio-fs share `index` (0 is the root).
@@ -204,8 +225,19 @@ pub fn build(spec: &VmSpec, layout: &Layout, inputs: &Inputs) -> Result<LaunchPl
             share_tag(index)
         ));
     }
+    // connect() follows symbolic links, so the host's agent socket is reached in place,
+    // whatever the length of its path.
+    let links = spec
+        .ssh_agent
+        .iter()
+        .map(|agent| SocketLink {
+            link: layout.host_port_socket(krunbox_protocol::SSH_AGENT_VSOCK_PORT),
+            target: agent.clone(),
+        })
+        .collect();
     Ok(LaunchPlan {
         run_dir: layout.dir().to_owned(),
+        links,
         helpers,
         vmm: ProcessPlan {
             name: "qemu".into(),
@@ -259,6 +291,12 @@ pub fn kernel_cmdline(spec: &VmSpec) -> String {
     }
     if let Some(level) = &spec.guest_log_level {
         words.push(format!("krunbox.log={level}"));
+    }
+    if spec.ssh_agent.is_some() {
+        words.push(format!(
+            "krunbox.ssh_agent={}",
+            krunbox_protocol::SSH_AGENT_VSOCK_PORT
+        ));
     }
     words.join(" ")
 }
@@ -335,6 +373,29 @@ mod tests {
         );
         spec.root_overlay = true;
         assert!(kernel_cmdline(&spec).contains(" krunbox.overlay=tmpfs"));
+    }
+
+    #[test]
+    fn the_ssh_agent_is_linked_where_vhost_device_vsock_connects() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("agent.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&agent).unwrap();
+        let mut spec = VmSpec::new("/r".into(), "/gi".into());
+        let layout = Layout::new("/run/krunbox/abc".into());
+        let plan = build(&spec, &layout, &inputs()).unwrap();
+        assert!(plan.links.is_empty());
+        assert!(!kernel_cmdline(&spec).contains("ssh_agent"));
+
+        spec.ssh_agent = Some(agent.clone());
+        let plan = build(&spec, &layout, &inputs()).unwrap();
+        assert_eq!(
+            plan.links,
+            [SocketLink {
+                link: "/run/krunbox/abc/vm.vsock_1025".into(),
+                target: agent,
+            }]
+        );
+        assert!(kernel_cmdline(&spec).ends_with(" krunbox.ssh_agent=1025"));
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //!   the pipe open: that pipe is the lifeline. `kill` lines stop the VM at once. End of file —
 //!   the parent finished, or died, even by SIGKILL — makes the supervisor stop the VM, stop the
 //!   helpers, remove the run directory and exit.
+//! - Before starting anything it makes the plan's symbolic links in the run directory (the
+//!   host's SSH agent socket where vhost-device-vsock looks for host port 1025).
 //! - The supervisor reports [`Event`]s as JSON lines on stdout: `ready`, `failed`, `exited`.
 //!   After `exited` the run directory stays until the lifeline closes, so the parent can still
 //!   read the console log.
@@ -38,7 +40,7 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use super::plan::{LaunchPlan, ProcessPlan};
+use super::plan::{LaunchPlan, ProcessPlan, SocketLink};
 use crate::backend::{log_tail, VmExit};
 use crate::rundir::RunDir;
 
@@ -222,6 +224,18 @@ impl Supervisor {
     }
 
     fn start(&mut self, plan: &LaunchPlan) -> Result<u32, (String, String)> {
+        for SocketLink { link, target } in &plan.links {
+            std::os::unix::fs::symlink(target, link).map_err(|e| {
+                (
+                    "supervisor".to_owned(),
+                    format!(
+                        "cannot link {} to {}: {e}",
+                        link.display(),
+                        target.display()
+                    ),
+                )
+            })?;
+        }
         for helper in &plan.helpers {
             let child = spawn(helper).map_err(|e| (helper.name.clone(), e))?;
             self.helpers.push((helper.name.clone(), child));
