@@ -17,6 +17,8 @@ sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 # --- Debian/Ubuntu packages -------------------------------------------------------------
 packages=(qemu-system-x86 qemu-system-common busybox-static cpio docker-registry skopeo
           iproute2 kmod xz-utils zstd ca-certificates curl gcc libc6-dev pkg-config
+          # the --ssh end-to-end test (ssh-agent, ssh-add, ssh-keygen)
+          openssh-client
           # `cargo xtask build-kernel` (krunbox's own guest kernel from linux-source-*)
           make flex bison bc libelf-dev perl)
 missing=()
