@@ -156,3 +156,57 @@ fn our_own_kernel_vmlinux_is_taken_and_its_bzimage_refused_with_advice() {
     );
     k.assert_nothing_left(CLEANUP);
 }
+
+#[test]
+fn ssh_maps_a_host_vsock_port_to_the_agent_socket_through_the_real_libkrun() {
+    let Some(k) =
+        e2e("krun: ssh_maps_a_host_vsock_port_to_the_agent_socket_through_the_real_libkrun")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let agent = dir.path().join("agent.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&agent).unwrap();
+    let child = k
+        .krunbox([
+            "run",
+            "--backend",
+            "krun",
+            "--ssh",
+            "--boot-timeout",
+            "5",
+            "--",
+            "true",
+        ])
+        .env("KRUNBOX_KRUN_DRY_RUN", "1")
+        .env("SSH_AUTH_SOCK", &agent)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map(Running)
+        .expect("spawn krunbox");
+    wait_for_vmm(&k);
+    let config = std::fs::read_dir(k.runtime_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .find_map(|d| std::fs::read_to_string(d.path().join("krun-vm.json")).ok())
+        .expect("the VM's configuration");
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(config["ssh_agent"].as_str(), agent.to_str(), "{config}");
+    assert!(
+        config["guest_config"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|word| word == "krunbox.ssh_agent=1025"),
+        "{config}"
+    );
+    // Every krun_* call, krun_add_vsock_port2(1025, agent, listen = false) included, was
+    // accepted: the dry run only fails waiting for the agent.
+    let (status, text) = finish(child, Duration::from_secs(60));
+    assert_eq!(status.code(), Some(125), "{text}");
+    assert!(text.contains("did not come up within 5s"), "{text}");
+    assert!(!text.contains("krun_add_vsock_port2"), "{text}");
+    k.assert_nothing_left(CLEANUP);
+}
