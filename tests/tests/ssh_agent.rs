@@ -118,20 +118,17 @@ fn rootfs_with_ssh_add(public_key: &Path) -> tempfile::TempDir {
     rootfs
 }
 
-#[test]
-fn the_guest_uses_the_host_agents_key_only_with_ssh() {
-    let Some(k) = e2e("the_guest_uses_the_host_agents_key_only_with_ssh") else {
-        return;
-    };
+/// A host agent holding a fresh ed25519 key; returns it, the key's path and the agent's
+/// `ssh-add -l` line for it.
+fn agent_with_a_key(dir: &Path) -> (HostAgent, PathBuf, String) {
     for tool in ["ssh-agent", "ssh-add", "ssh-keygen"] {
         assert!(
             on_path(tool).is_some(),
             "{tool} is missing: install openssh-client (scripts/setup.sh does)"
         );
     }
-    let dir = tempfile::tempdir().unwrap();
-    let agent = HostAgent::start(dir.path());
-    let key = dir.path().join("id_ed25519");
+    let agent = HostAgent::start(dir);
+    let key = dir.join("id_ed25519");
     let keygen = Command::new("ssh-keygen")
         .args([
             "-q",
@@ -153,6 +150,16 @@ fn the_guest_uses_the_host_agents_key_only_with_ssh() {
     assert!(host_list.status.success(), "{}", text(&host_list.stderr));
     let fingerprint = text(&host_list.stdout).trim().to_owned();
     assert!(fingerprint.contains("krunbox-e2e-key"), "{fingerprint}");
+    (agent, key, fingerprint)
+}
+
+#[test]
+fn the_guest_uses_the_host_agents_key_only_with_ssh() {
+    let Some(k) = e2e("the_guest_uses_the_host_agents_key_only_with_ssh") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (agent, key, fingerprint) = agent_with_a_key(dir.path());
 
     let rootfs = rootfs_with_ssh_add(&key.with_extension("pub"));
     let rootfs = rootfs.path().to_str().unwrap();
@@ -233,5 +240,47 @@ fn ssh_without_a_usable_agent_is_refused_before_booting() {
         "{}",
         text(&out.stderr)
     );
+    k.assert_nothing_left(CLEANUP);
+}
+
+#[test]
+fn a_sandbox_created_with_ssh_forwards_the_agent_to_every_exec() {
+    let Some(k) = e2e("a_sandbox_created_with_ssh_forwards_the_agent_to_every_exec") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (agent, key, fingerprint) = agent_with_a_key(dir.path());
+    let rootfs = rootfs_with_ssh_add(&key.with_extension("pub"));
+    let data = krunbox_tests::private_data_dir();
+    let krunbox = |args: &[&str]| {
+        k.krunbox(args)
+            .env("KRUNBOX_DATA_DIR", data.path())
+            .env("SSH_AUTH_SOCK", &agent.socket)
+            .output()
+            .expect("run krunbox")
+    };
+    let rootfs = rootfs.path().to_str().unwrap();
+    let ok = |out: &Output| {
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "stdout: {}\nstderr: {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout).trim().to_owned()
+    };
+    ok(&krunbox(&[
+        "create", "--name", "sshbox", "--ssh", "--memory", "256", rootfs,
+    ]));
+    let started = krunbox(&["start", "sshbox"]);
+    let listed = krunbox(&["exec", "sshbox", "--", "ssh-add", "-l"]);
+    let as_user = krunbox(&["exec", "-u", "1000:1000", "sshbox", "--", "ssh-add", "-l"]);
+    // Removed before asserting, so a failure leaves no VM running.
+    let removed = krunbox(&["rm", "-f", "sshbox"]);
+    ok(&started);
+    assert_eq!(ok(&listed), fingerprint);
+    assert_eq!(ok(&as_user), fingerprint);
+    ok(&removed);
     k.assert_nothing_left(CLEANUP);
 }
