@@ -8,10 +8,17 @@
 //!   without a usable hypervisor can measure.
 //! - `images`: krunbox-image's layer unpack against GNU `tar -xzf` of the same blobs, and its
 //!   pull against `skopeo copy` from the same local docker-registry.
+//! - `boot`: `krunbox run --backend qemu -- true` under TCG, boot to exit, with Debian's cloud
+//!   kernel and (when built) krunbox's own kernel side by side.
+//! - `sandboxes`: named sandboxes started in parallel (per minute) and the host memory (RSS,
+//!   PSS) of each once idle.
 
 mod agent;
+mod boot;
 mod images;
 mod krun_vmm;
+mod private;
+mod sandboxes;
 mod table;
 
 #[derive(clap::Args)]
@@ -19,10 +26,13 @@ pub struct Args {
     /// Which suites (default: all).
     #[arg(long = "suite", value_enum)]
     suites: Vec<Suite>,
-    /// Exec round trips to time; the other suites scale from it (krun-vmm: /10, images: /100
-    /// runs each).
+    /// Exec round trips to time; the other suites scale from it (runs: krun-vmm /10,
+    /// images /100, boot /60).
     #[arg(long, default_value_t = 300)]
     iterations: usize,
+    /// Sandboxes started at once by the `sandboxes` suite.
+    #[arg(long = "sandboxes", default_value_t = 4)]
+    sandboxes: usize,
     /// Megabytes moved in each throughput measurement.
     #[arg(long, default_value_t = 256)]
     megabytes: u64,
@@ -36,11 +46,21 @@ enum Suite {
     KrunVmm,
     /// Layer unpack vs GNU tar, pull vs skopeo (a local docker-registry).
     Images,
+    /// `krunbox run -- true` under QEMU TCG, Debian's kernel and ours.
+    Boot,
+    /// Named sandboxes started per minute, host memory per idle sandbox.
+    Sandboxes,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let suites = if args.suites.is_empty() {
-        vec![Suite::Agent, Suite::KrunVmm, Suite::Images]
+        vec![
+            Suite::Agent,
+            Suite::KrunVmm,
+            Suite::Images,
+            Suite::Boot,
+            Suite::Sandboxes,
+        ]
     } else {
         args.suites.clone()
     };
@@ -49,6 +69,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             Suite::Agent => agent::run(args.iterations, args.megabytes)?,
             Suite::KrunVmm => krun_vmm::run((args.iterations / 10).max(10))?,
             Suite::Images => images::run((args.iterations / 100).max(1))?,
+            Suite::Boot => boot::run((args.iterations / 60).max(1))?,
+            Suite::Sandboxes => sandboxes::run(args.sandboxes.max(1))?,
         }
     }
     Ok(())

@@ -1,0 +1,99 @@
+//! A krunbox of the benchmarks' own: a private data directory (its own image store, initramfs
+//! cache and sandboxes) and runtime directory, so a benchmark never sees or touches the
+//! user's sandboxes and images. The user's prepared guest kernels are shared through a
+//! symlink, as the end-to-end tests do, so nothing is downloaded again.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Context;
+
+use crate::workspace;
+
+pub struct PrivateKrunbox {
+    binary: PathBuf,
+    data: tempfile::TempDir,
+    runtime: tempfile::TempDir,
+}
+
+impl PrivateKrunbox {
+    /// Builds krunbox (release), makes sure the Debian kernel is prepared in the user's data
+    /// directory (`krunbox kernel fetch`: instant when it is) and creates the directories.
+    pub fn new() -> anyhow::Result<Self> {
+        let binary = workspace::release_krunbox()?;
+        workspace::run(
+            Command::new(&binary)
+                .args(["kernel", "fetch"])
+                .stdout(std::process::Stdio::null()),
+        )
+        .context("prepare the guest kernel (krunbox kernel fetch)")?;
+        let default_image = workspace::target_dir().join("rootfs/default");
+        anyhow::ensure!(
+            default_image.is_dir(),
+            "no default image in {}: run `cargo xtask build-init` and `cargo xtask build-rootfs`",
+            default_image.display()
+        );
+        let data = tempfile::Builder::new()
+            .prefix("krunbox-bench-data-")
+            .tempdir()
+            .context("create a private data directory")?;
+        let kernels = user_data_dir().join("kernels");
+        std::os::unix::fs::symlink(&kernels, data.path().join("kernels"))
+            .with_context(|| format!("link {}", kernels.display()))?;
+        // Short: Unix socket paths in it must stay under 108 bytes.
+        let runtime = tempfile::Builder::new()
+            .prefix("kbx-bench-")
+            .tempdir_in("/tmp")
+            .context("create a private runtime directory")?;
+        Ok(Self {
+            binary,
+            data,
+            runtime,
+        })
+    }
+
+    /// `krunbox ARGS` with the private directories and nothing of the caller's krunbox
+    /// environment (backend, kernel, log level).
+    pub fn command<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(args)
+            .env("KRUNBOX_DATA_DIR", self.data.path())
+            .env("KRUNBOX_RUNTIME_DIR", self.runtime.path());
+        for name in [
+            "KRUNBOX_BACKEND",
+            "KRUNBOX_KERNEL",
+            "KRUNBOX_ACCEL",
+            "KRUNBOX_LOG",
+            "KRUNBOX_DEFAULT_IMAGE",
+        ] {
+            cmd.env_remove(name);
+        }
+        cmd
+    }
+
+    /// The private runtime directory.
+    pub fn runtime_dir(&self) -> &Path {
+        self.runtime.path()
+    }
+}
+
+/// The user's data directory, by krunbox's rule: `$KRUNBOX_DATA_DIR`,
+/// `$XDG_DATA_HOME/krunbox`, `~/.local/share/krunbox`.
+fn user_data_dir() -> PathBuf {
+    krunbox_image::store::default_data_dir()
+}
+
+/// The x86_64 kernel `cargo xtask build-kernel` leaves in `$KRUNBOX_CACHE_DIR` (else the
+/// workspace's `.krunbox-cache/`), if it was built.
+pub fn built_kernel() -> Option<PathBuf> {
+    let cache = std::env::var_os("KRUNBOX_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace::root().join(".krunbox-cache"));
+    let vmlinux = cache.join("kernel/x86_64/vmlinux");
+    vmlinux.is_file().then_some(vmlinux)
+}

@@ -1,0 +1,188 @@
+//! Named sandboxes: how many start per minute, and what an idle one costs the host.
+//!
+//! K sandboxes are created (untimed: the first imports the default image), then started in
+//! parallel, each `krunbox start NAME` followed by `krunbox exec NAME -- true`; the wall time
+//! until the last answers gives sandboxes per minute. After they sit idle for a few seconds,
+//! `krunbox stats --json` sums RSS and PSS over every host process of each sandbox (monitor,
+//! supervisor, QEMU, virtiofsd, vhost-device-vsock): the mean per idle sandbox. RSS counts
+//! guest RAM once per process that maps it; PSS splits shared pages and is what the host
+//! really spends.
+//!
+//! Everything runs against a private data and runtime directory ([`PrivateKrunbox`]), and
+//! every sandbox is removed on the way out, error or not.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use super::private::PrivateKrunbox;
+use super::table::{millis, percentile, Table};
+
+/// How long the sandboxes sit idle before their memory is read.
+const IDLE: Duration = Duration::from_secs(5);
+
+pub fn run(count: usize) -> anyhow::Result<()> {
+    let krunbox = PrivateKrunbox::new()?;
+    let mut sandboxes = Sandboxes {
+        krunbox: &krunbox,
+        names: Vec::new(),
+    };
+    for i in 0..count {
+        let name = format!("bench-{i}");
+        sandboxes.krunbox_ok(
+            &[
+                "create",
+                "--name",
+                &name,
+                "--backend",
+                "qemu",
+                "--accel",
+                "tcg",
+                "--boot-timeout",
+                "600",
+            ],
+            "create",
+        )?;
+        sandboxes.names.push(name);
+    }
+
+    let started = Instant::now();
+    let answered: Vec<anyhow::Result<Duration>> = std::thread::scope(|scope| {
+        let sandboxes = &sandboxes;
+        let handles: Vec<_> = sandboxes
+            .names
+            .iter()
+            .map(|name| {
+                scope.spawn(move || {
+                    sandboxes.krunbox_ok(&["start", name], "start")?;
+                    sandboxes.krunbox_ok(&["exec", name, "--", "true"], "exec")?;
+                    Ok(started.elapsed())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a start thread panicked")))
+            })
+            .collect()
+    });
+    let wall = started.elapsed();
+    let mut answered = answered.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    answered.sort();
+
+    std::thread::sleep(IDLE);
+    let (rss, pss, processes) = sandboxes.idle_memory()?;
+
+    let mut table = Table::new(&["sandboxes", "value"]);
+    table.row(vec![
+        format!("{count} started in parallel, all answering `exec true`"),
+        millis(wall),
+    ]);
+    table.row(vec![
+        "sandboxes started per minute".into(),
+        format!("{:.1}", count as f64 * 60.0 / wall.as_secs_f64().max(1e-9)),
+    ]);
+    table.row(vec![
+        "start + exec of one (median of the parallel ones)".into(),
+        millis(percentile(&answered, 50.0)),
+    ]);
+    table.row(vec![
+        format!("host RSS per idle sandbox (mean, summed over {processes:.0} processes)"),
+        mib(rss),
+    ]);
+    table.row(vec!["host PSS per idle sandbox (mean)".into(), mib(pss)]);
+    table.print(&format!(
+        "Named sandboxes under QEMU TCG ({count} at once, default image, 512 MiB guests, idle {}s before stats)",
+        IDLE.as_secs()
+    ));
+    Ok(())
+}
+
+/// The sandboxes created so far; removed (stopped hard first) on drop.
+struct Sandboxes<'a> {
+    krunbox: &'a PrivateKrunbox,
+    names: Vec<String>,
+}
+
+impl Sandboxes<'_> {
+    /// `krunbox ARGS`, failing with its stderr.
+    fn krunbox_ok(&self, args: &[&str], what: &str) -> anyhow::Result<String> {
+        let output = self
+            .krunbox
+            .command(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("run krunbox {what}"))?;
+        if !output.status.success() {
+            bail!(
+                "krunbox {} failed with {}: {}",
+                args.join(" "),
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        String::from_utf8(output.stdout).with_context(|| format!("krunbox {what}'s output"))
+    }
+
+    /// Mean summed RSS, mean summed PSS and mean process count per sandbox, from
+    /// `krunbox stats --json`.
+    fn idle_memory(&self) -> anyhow::Result<(f64, f64, f64)> {
+        let mut args = vec!["stats", "--json", "--interval", "200"];
+        args.extend(self.names.iter().map(String::as_str));
+        let text = self.krunbox_ok(&args, "stats")?;
+        let stats: Vec<serde_json::Value> =
+            serde_json::from_str(&text).context("parse krunbox stats --json")?;
+        if stats.len() != self.names.len() {
+            bail!(
+                "krunbox stats reported {} of {} sandboxes",
+                stats.len(),
+                self.names.len()
+            );
+        }
+        let mut sums = (0.0, 0.0, 0.0);
+        for sandbox in &stats {
+            let bytes = |key: &str| {
+                sandbox[key]
+                    .as_u64()
+                    .with_context(|| format!("no {key} in krunbox stats --json"))
+            };
+            let processes = sandbox["processes"].as_array().map_or(0, Vec::len);
+            if processes == 0 {
+                bail!("krunbox stats found no processes for {}", sandbox["name"]);
+            }
+            sums.0 += bytes("host_rss_bytes")? as f64;
+            sums.1 += bytes("host_pss_bytes")? as f64;
+            sums.2 += processes as f64;
+        }
+        let n = stats.len() as f64;
+        Ok((sums.0 / n, sums.1 / n, sums.2 / n))
+    }
+}
+
+impl Drop for Sandboxes<'_> {
+    fn drop(&mut self) {
+        if self.names.is_empty() {
+            return;
+        }
+        let removed = self
+            .krunbox
+            .command(["rm", "-f"])
+            .args(&self.names)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status();
+        if !removed.is_ok_and(|s| s.success()) {
+            eprintln!(
+                "bench: removing the sandboxes failed; look for processes naming {}",
+                self.krunbox.runtime_dir().display()
+            );
+        }
+    }
+}
+
+fn mib(bytes: f64) -> String {
+    format!("{:.1} MiB", bytes / (1024.0 * 1024.0))
+}
