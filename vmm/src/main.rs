@@ -34,6 +34,10 @@ fn main() {
         // Logs to its run directory; returns only if the VM never ran.
         std::process::exit(backend::krun::child::main(run_dir, *no_enter));
     }
+    if let cli::Command::Net(args) = &cli.command {
+        // Logs to stderr (the run directory's net.log).
+        std::process::exit(backend::net::main(args));
+    }
     if let cli::Command::SandboxMonitor { dir } = &cli.command {
         // Detached; logs to the sandbox's monitor.log.
         std::process::exit(sandbox::monitor::main(dir));
@@ -53,7 +57,7 @@ fn main() {
         cli::Command::Prune(args) => cli::images::prune(&args).map_err(Into::into),
         cli::Command::Doctor => Ok(cli::doctor::run()),
         cli::Command::Kernel(command) => cli::kernel::run(&command).map_err(Into::into),
-        cli::Command::Create(args) => cli::sandbox::create(args).map_err(Into::into),
+        cli::Command::Create(args) => cli::sandbox::create(*args).map_err(Into::into),
         cli::Command::Start(args) => cli::sandbox::start(args).map_err(Into::into),
         cli::Command::Exec(args) => cli::sandbox::exec(args).map_err(Into::into),
         cli::Command::Cp(args) => cli::sandbox::cp(args).map_err(Into::into),
@@ -65,6 +69,7 @@ fn main() {
         cli::Command::Stats(args) => cli::sandbox::stats(args).map_err(Into::into),
         cli::Command::QemuSupervisor { .. }
         | cli::Command::KrunVmm { .. }
+        | cli::Command::Net(_)
         | cli::Command::SandboxMonitor { .. } => Ok(0),
     };
     match result {

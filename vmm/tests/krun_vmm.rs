@@ -49,6 +49,7 @@ impl RunDir {
             "network": "Tsi",
             "agent_port": 1024,
             "agent_socket": self.dir.join("agent.sock"),
+            "net_socket": self.dir.join("net.sock"),
             "console_log": self.dir.join("console.log"),
             "guest_config": ["krunbox.port=1024", "krunbox.vmm=libkrun"],
             "log_level": 2
@@ -123,6 +124,47 @@ fn libkrun_accepts_the_configuration_and_the_lifeline_removes_the_run_directory(
     drop(child.stdin.take());
     assert_eq!(exit_code(&mut child), Some(128 + 15));
     assert!(!run.dir.exists(), "the run directory outlived the lifeline");
+}
+
+#[test]
+fn the_user_network_helper_runs_beside_libkrun_and_ends_with_it() {
+    let run = RunDir::new();
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    run.write_config(|config| {
+        config["network"] = serde_json::json!({"User": {
+            "config": {
+                "policy": {"allow_hosts": [], "allow_nets": []},
+                "publish": [{"host": format!("127.0.0.1:{port}"), "guest_port": 80}],
+                "hosts": []
+            },
+            "log": null
+        }});
+    });
+    let (mut child, mut stdout) = run.spawn();
+    let event = first_event(&mut stdout);
+    assert_eq!(
+        event,
+        serde_json::json!({"event": "configured"}),
+        "{}",
+        stderr_of(&mut child)
+    );
+    // libkrun took the card (krun_add_net_unixstream); the helper listens for it and has
+    // bound the published port.
+    assert!(run.dir.join("net.sock").exists());
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    drop(child.stdin.take());
+    assert_eq!(exit_code(&mut child), Some(128 + 15));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the network helper outlived the VMM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

@@ -12,6 +12,7 @@
 
 pub mod host;
 pub mod krun;
+pub mod net;
 pub mod qemu;
 
 use std::fmt;
@@ -68,17 +69,35 @@ pub struct SharedDir {
 }
 
 /// The guest's network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Network {
-    /// libkrun: TSI (transparent socket impersonation) — the guest's TCP/UDP sockets are opened
-    /// by the VMM process on the host, so the guest reaches what the host reaches (including
-    /// its loopback). Needs libkrunfw's patched kernel. The QEMU backend has no guest network
-    /// yet and treats this as [`Network::Disabled`].
-    #[default]
+    /// A virtio-net card whose other end is krunbox's own user-mode gateway (`krunbox __net`,
+    /// crate `krunbox-net`): egress under an [`EgressPolicy`](krunbox_net::policy::EgressPolicy)
+    /// with every decision logged, DNS, published ports. Both backends; any kernel with
+    /// virtio-net.
+    User(UserNetwork),
+    /// libkrun only: TSI (transparent socket impersonation) — the guest's TCP/UDP sockets are
+    /// opened by the VMM process on the host, so the guest reaches whatever the host reaches,
+    /// its loopback included: no egress policy. Needs libkrunfw's patched kernel.
     Tsi,
-    /// No network device at all: the guest talks to the host only through the agent's vsock
-    /// (e.g. egress through a host-side proxy the agent relays to).
+    /// No network device at all: the guest talks to the host only through the agent's vsock.
     Disabled,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Self::User(UserNetwork::default())
+    }
+}
+
+/// The user-mode network of one VM.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UserNetwork {
+    /// Policy, published ports, static names.
+    pub config: krunbox_net::NetConfig,
+    /// Where the gateway logs its decisions (egress, DNS, published connections) besides the
+    /// run directory's `net.log`, which goes with the VM.
+    pub log: Option<PathBuf>,
 }
 
 /// What VM to start.

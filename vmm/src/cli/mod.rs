@@ -3,6 +3,7 @@
 pub mod doctor;
 pub mod images;
 pub mod kernel;
+pub mod net_args;
 pub mod run;
 pub mod sandbox;
 pub mod session;
@@ -33,7 +34,7 @@ pub enum Command {
     /// Remove everything in the store that no image references.
     Prune(images::PruneArgs),
     /// Create a named sandbox (a micro-VM that keeps running between commands).
-    Create(sandbox::CreateArgs),
+    Create(Box<sandbox::CreateArgs>),
     /// Boot sandboxes.
     Start(sandbox::StartArgs),
     /// Run a command in a running sandbox.
@@ -69,6 +70,9 @@ pub enum Command {
         /// The VM's run directory (also in the plan read from stdin; they must agree).
         run_dir: std::path::PathBuf,
     },
+    /// Internal: the user-mode network of one VM (started by krunbox itself).
+    #[command(name = "__net", hide = true)]
+    Net(crate::backend::net::HelperArgs),
     /// Internal: the libkrun VMM of one VM (started by krunbox itself; never returns while the
     /// VM runs).
     #[command(name = "__krun-vmm", hide = true)]

@@ -13,6 +13,7 @@ use krunbox_image::platform::Platform;
 use krunbox_image::source::PullPolicy;
 use krunbox_image::user::{resolve_user, UserError};
 
+use super::net_args::{NetArgs, NetArgsError};
 use super::session::{self, CommandOptions, SecondInterrupt, Session, SessionError};
 use super::share_args::ShareArgs;
 use super::ssh_args::{SshAgentError, SshArgs};
@@ -127,6 +128,9 @@ pub struct RunArgs {
     /// The host's SSH agent (--ssh).
     #[command(flatten)]
     pub ssh: SshArgs,
+    /// The guest's network (--network, -p, --allow-host, --allow-net, ...).
+    #[command(flatten)]
+    pub net: NetArgs,
     /// Keep stdin open and forward it to COMMAND even when it is a terminal. Without -i,
     /// stdin is forwarded only when it is not a terminal (a pipe or a file), as with ssh.
     #[arg(short = 'i', long)]
@@ -144,8 +148,9 @@ pub struct RunArgs {
     /// in: no module is loaded. `cargo xtask build-kernel` builds one: its `vmlinux` boots on
     /// both backends (QEMU through PVH, libkrun as ELF), its `bzImage` on QEMU. libkrun takes
     /// an ELF vmlinux, a gzip/bzip2/zstd-compressed one or a bzImage with such a payload
-    /// (x86_64), an arm64 Image or gzip EFI zboot (aarch64); its guest network (TSI) needs
-    /// libkrunfw's kernel patches, so a stock kernel boots without network there.
+    /// (x86_64), an arm64 Image or gzip EFI zboot (aarch64). The default network
+    /// (a virtio-net card) works with any kernel that has virtio-net; --network tsi needs
+    /// libkrunfw's kernel patches.
     #[arg(long, value_name = "PATH", env = "KRUNBOX_KERNEL")]
     pub kernel: Option<PathBuf>,
     /// Hardware acceleration for the QEMU backend.
@@ -194,6 +199,9 @@ pub enum RunError {
     /// `--ssh`.
     #[error(transparent)]
     SshAgent(#[from] SshAgentError),
+    /// Network options.
+    #[error(transparent)]
+    Network(#[from] NetArgsError),
     /// Starting or running the command.
     #[error(transparent)]
     Session(#[from] SessionError),
@@ -207,6 +215,7 @@ impl From<ImageError> for RunError {
 
 /// Runs the command; returns krunbox's exit code.
 pub fn run(args: RunArgs) -> Result<i32, RunError> {
+    let network = args.net.network()?;
     // The backend first: a host that cannot run it is the first thing to hear about.
     let backend = backend::select(
         match args.backend {
@@ -236,6 +245,7 @@ pub fn run(args: RunArgs) -> Result<i32, RunError> {
     spec.hostname = args.hostname.clone();
     spec.shares = shares.dirs;
     spec.ssh_agent = ssh_agent;
+    spec.network = network;
     spec.accel = match args.accel {
         AccelChoice::Auto => Accel::Auto,
         AccelChoice::Tcg => Accel::Tcg,

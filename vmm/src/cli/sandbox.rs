@@ -41,6 +41,9 @@ pub enum SandboxCliError {
     /// `--ssh`.
     #[error(transparent)]
     SshAgent(#[from] SshAgentError),
+    /// Network options.
+    #[error(transparent)]
+    Network(#[from] super::net_args::NetArgsError),
     /// `--user`.
     #[error(transparent)]
     User(#[from] krunbox_image::user::UserError),
@@ -110,6 +113,10 @@ pub struct CreateArgs {
     /// every start).
     #[command(flatten)]
     pub ssh: SshArgs,
+    /// The guest's network (--network, -p, --allow-host, --allow-net, ...). Every decision
+    /// is also logged in the sandbox (`krunbox logs --network NAME`).
+    #[command(flatten)]
+    pub net: super::net_args::NetArgs,
     /// Boot this kernel instead of the backend's default (see `krunbox run --help`).
     #[arg(long, value_name = "PATH", env = "KRUNBOX_KERNEL")]
     pub kernel: Option<std::path::PathBuf>,
@@ -190,6 +197,10 @@ pub struct LogsArgs {
     /// Print the monitor's log (starting, stopping, exit reasons) instead.
     #[arg(long)]
     pub monitor: bool,
+    /// Print the network's log instead: every connection the guest tried, allowed or
+    /// denied with the rule or reason, DNS answers, published connections.
+    #[arg(long, conflicts_with = "monitor")]
+    pub network: bool,
     /// The sandbox.
     #[arg(value_name = "NAME")]
     pub name: String,
@@ -435,6 +446,7 @@ pub fn create(args: CreateArgs) -> Result<i32, SandboxCliError> {
     let name = args.name.clone().unwrap_or_else(name::generate);
     name::validate(&name).map_err(SandboxError::from)?;
     let ssh_agent = args.ssh.resolve()?;
+    let network = args.net.network()?;
     let options = crate::image::ImageOptions {
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         ..Default::default()
@@ -465,6 +477,7 @@ pub fn create(args: CreateArgs) -> Result<i32, SandboxCliError> {
         rootfs: root.rootfs.clone(),
         overlay: root.overlay,
         shares: shares.dirs.iter().map(ShareSpec::from).collect(),
+        network,
         cpus: args.cpus,
         memory_mib: args.memory,
         env: split_env(&config.env),
@@ -640,6 +653,8 @@ pub fn logs(args: LogsArgs) -> Result<i32, SandboxCliError> {
     let sandbox = Store::new().open(&args.name)?;
     let path = if args.monitor {
         sandbox.file(crate::sandbox::store::MONITOR_LOG_FILE)
+    } else if args.network {
+        sandbox.file(crate::sandbox::store::NETWORK_LOG_FILE)
     } else {
         match sandbox.state()?.and_then(|s| s.console) {
             Some(live) if sandbox.monitor_alive()? => live,

@@ -167,6 +167,10 @@ fn start_vm(
     let mut vm_spec = spec.vm_spec(guest_init);
     vm_spec.rootfs = root.rootfs.clone();
     vm_spec.root_overlay = root.overlay;
+    if let crate::backend::Network::User(network) = &mut vm_spec.network {
+        // The sandbox keeps its network's decisions across restarts.
+        network.log = Some(sandbox.file(crate::sandbox::store::NETWORK_LOG_FILE));
+    }
     let vm = backend.start(&vm_spec).map_err(|e| e.to_string())?;
     let mut vm: Box<dyn VmHandle> = Box::new(Leased { vm, _root: root });
     state.agent = Some(vm.agent_address().to_string());

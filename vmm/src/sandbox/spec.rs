@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Accel, BackendKind, SharedDir, VmSpec};
+use crate::backend::{Accel, BackendKind, Network, SharedDir, VmSpec};
 
 /// A shared directory (the serialisable form of [`SharedDir`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +44,9 @@ pub struct SandboxSpec {
     pub overlay: bool,
     /// Shared directories.
     pub shares: Vec<ShareSpec>,
+    /// The guest's network (older sandboxes: the default).
+    #[serde(default)]
+    pub network: Network,
     /// vCPUs.
     pub cpus: u8,
     /// Guest memory in MiB.
@@ -89,6 +92,7 @@ impl SandboxSpec {
         spec.memory_mib = self.memory_mib;
         spec.kernel = self.kernel.clone();
         spec.hostname = self.hostname.clone();
+        spec.network = self.network.clone();
         spec.shares = self
             .shares
             .iter()

@@ -31,6 +31,8 @@ const MONITOR_LOCK_FILE: &str = "monitor.lock";
 pub const CONSOLE_FILE: &str = "console.log";
 /// The monitor's log.
 pub const MONITOR_LOG_FILE: &str = "monitor.log";
+/// The sandbox's network log (`krunbox logs --network`).
+pub const NETWORK_LOG_FILE: &str = "network.log";
 const STOP_REQUESTED_FILE: &str = "stop-requested";
 
 /// All sandboxes of this user.
@@ -273,6 +275,7 @@ mod tests {
             rootfs: "/r".into(),
             overlay: false,
             shares: Vec::new(),
+            network: Default::default(),
             cpus: 1,
             memory_mib: 256,
             env: Vec::new(),

@@ -94,6 +94,10 @@ pub trait KrunApi {
     fn disable_implicit_vsock(&mut self, ctx: u32) -> Result<(), KrunError>;
     /// `krun_add_vsock(ctx, tsi_features)`.
     fn add_vsock(&mut self, ctx: u32, tsi_features: u32) -> Result<(), KrunError>;
+    /// `krun_add_net_unixstream(ctx, path, -1, mac, features = 0, flags = 0)`: a virtio-net
+    /// card whose frames libkrun exchanges with the stream socket at `path` (4-byte length
+    /// prefix, passt's framing), no offloads.
+    fn add_net_unixstream(&mut self, ctx: u32, path: &Path, mac: [u8; 6]) -> Result<(), KrunError>;
     /// `krun_add_vsock_port2(ctx, port, path, listen)`: with `listen`, libkrun creates a Unix
     /// socket at `path`; each connection to it is a vsock connection to the guest's `port`.
     /// Without, the guest connects to host vsock `port` and libkrun connects each such
@@ -251,6 +255,22 @@ mod real {
         fn disable_implicit_vsock(&mut self, ctx: u32) -> Result<(), KrunError> {
             let rc = krun::krun_disable_implicit_vsock(ctx);
             check(|| call_name("krun_disable_implicit_vsock", ctx), rc).map(drop)
+        }
+
+        fn add_net_unixstream(
+            &mut self,
+            ctx: u32,
+            path: &Path,
+            mac: [u8; 6],
+        ) -> Result<(), KrunError> {
+            let call = call_name("krun_add_net_unixstream", path.display());
+            let c_socket = c_path(&call, path)?;
+            // SAFETY: a valid NUL-terminated path and a 6-byte MAC, both alive for the call;
+            // libkrun copies them. fd -1: libkrun connects to the path itself.
+            let rc = unsafe {
+                krun::krun_add_net_unixstream(ctx, c_socket.as_ptr(), -1, mac.as_ptr(), 0, 0)
+            };
+            check(|| call, rc).map(drop)
         }
 
         fn add_vsock(&mut self, ctx: u32, tsi_features: u32) -> Result<(), KrunError> {

@@ -82,6 +82,9 @@ pub fn main(run_dir: &Path, no_enter: bool) -> i32 {
             ))
         }
     };
+    if let Err(message) = start_network(&config) {
+        return fail(message);
+    }
     #[cfg(krunbox_libkrun)]
     {
         let mut api = super::api::LibKrun;
@@ -115,6 +118,53 @@ pub fn run(api: &mut dyn KrunApi, config: &KrunVmConfig, guest_init: &'static [u
     emit(&Event::Entering);
     let err: KrunError = api.start_enter(ctx);
     fail(format!("{err} (libkrun's own messages are in the VMM log)"))
+}
+
+/// Starts the user network's helper (`krunbox __net`) and waits for its socket, which libkrun
+/// connects the guest's card to. The helper's stdin is a pipe this process never closes: it
+/// ends when this process does, however that happens.
+fn start_network(config: &KrunVmConfig) -> Result<(), String> {
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+
+    use super::super::net;
+    use super::super::Network;
+
+    let Network::User(network) = &config.network else {
+        return Ok(());
+    };
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find krunbox itself: {e}"))?;
+    let args = net::helper_args(&config.net_socket, network, true).map_err(|e| e.to_string())?;
+    let log_path = config.run_dir.join("net.log");
+    let log = std::fs::File::create(&log_path)
+        .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start the network helper: {e}"))?;
+    let deadline = Instant::now() + net::READY_TIMEOUT;
+    while !config.net_socket.exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "the network helper ended ({status}); see {}",
+                log_path.display()
+            ));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err(format!(
+                "the network helper did not listen within {:?}",
+                net::READY_TIMEOUT
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // The lifeline: open until this process exits.
+    std::mem::forget(child.stdin.take());
+    Ok(())
 }
 
 fn fail(message: String) -> i32 {

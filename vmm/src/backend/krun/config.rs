@@ -32,6 +32,11 @@ impl Layout {
         self.dir.join("krun-vm.json")
     }
 
+    /// The socket of the user network's helper, which libkrun connects the guest's card to.
+    pub fn net_socket(&self) -> PathBuf {
+        self.dir.join("net.sock")
+    }
+
     /// The Unix socket libkrun creates for the agent's vsock port.
     pub fn agent_socket(&self) -> PathBuf {
         self.dir.join("agent.sock")
@@ -90,6 +95,8 @@ pub struct KrunVmConfig {
     pub kernel: Option<Kernel>,
     /// The guest's network.
     pub network: Network,
+    /// Where the user network's helper listens (libkrun connects the guest's card to it).
+    pub net_socket: PathBuf,
     /// The guest vsock port the agent listens on.
     pub agent_port: u32,
     /// The host Unix socket libkrun maps to that port.
@@ -177,6 +184,9 @@ impl KrunVmConfig {
                 krunbox_protocol::SSH_AGENT_VSOCK_PORT
             ));
         }
+        if matches!(spec.network, Network::User(_)) {
+            guest_config.push(super::super::net::guest_setting());
+        }
         Ok(Self {
             run_dir: layout.dir().to_owned(),
             cpus: spec.cpus,
@@ -186,7 +196,8 @@ impl KrunVmConfig {
             shares,
             guest_init: spec.guest_init.clone(),
             kernel,
-            network: spec.network,
+            network: spec.network.clone(),
+            net_socket: layout.net_socket(),
             agent_port,
             agent_socket: layout.agent_socket(),
             ssh_agent: spec.ssh_agent.clone(),
@@ -265,7 +276,7 @@ mod tests {
             config.console_log,
             Path::new("/run/krunbox/abc/console.log")
         );
-        assert_eq!(config.network, Network::Tsi);
+        assert_eq!(config.network, Network::default());
         assert_eq!(
             config.guest_config,
             [
@@ -273,7 +284,8 @@ mod tests {
                 "krunbox.hostname=box",
                 "krunbox.vmm=libkrun",
                 "krunbox.mounts=share1:/work:ro",
-                "krunbox.log=debug"
+                "krunbox.log=debug",
+                "krunbox.net=10.0.2.15/24,10.0.2.2,10.0.2.2",
             ]
         );
         spec.root_overlay = true;

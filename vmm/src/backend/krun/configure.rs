@@ -56,9 +56,13 @@ pub fn configure(
     api.disable_implicit_vsock(ctx)?;
     let tsi = match config.network {
         Network::Tsi => TSI_HIJACK_INET,
-        Network::Disabled => 0,
+        Network::User(_) | Network::Disabled => 0,
     };
     api.add_vsock(ctx, tsi)?;
+    if let Network::User(_) = config.network {
+        // No offloads: the gateway takes plain, checksummed frames of at most the MTU.
+        api.add_net_unixstream(ctx, &config.net_socket, super::super::net::GUEST_MAC)?;
+    }
     api.add_vsock_port2(ctx, config.agent_port, &config.agent_socket, true)?;
     if let Some(ssh_agent) = &config.ssh_agent {
         api.add_vsock_port2(
@@ -158,6 +162,18 @@ pub mod fake {
         fn disable_implicit_vsock(&mut self, ctx: u32) -> Result<(), KrunError> {
             self.record("krun_disable_implicit_vsock", ctx.to_string())
         }
+        fn add_net_unixstream(
+            &mut self,
+            ctx: u32,
+            path: &Path,
+            mac: [u8; 6],
+        ) -> Result<(), KrunError> {
+            let mac = mac.map(|b| format!("{b:02x}")).join(":");
+            self.record(
+                "krun_add_net_unixstream",
+                format!("{ctx}, {}, {mac}", path.display()),
+            )
+        }
         fn add_vsock(&mut self, ctx: u32, tsi_features: u32) -> Result<(), KrunError> {
             self.record("krun_add_vsock", format!("{ctx}, {tsi_features:#x}"))
         }
@@ -227,7 +243,7 @@ mod tests {
     }
 
     #[test]
-    fn the_default_vm_uses_libkrunfw_tsi_and_our_init() {
+    fn the_default_vm_uses_libkrunfw_our_gateway_and_our_init() {
         let root = tempfile::tempdir().unwrap();
         let spec = VmSpec::new(root.path().to_owned(), "/gi".into());
         let mut api = RecordingKrun::default();
@@ -244,14 +260,30 @@ mod tests {
                 format!("krun_set_root(7, {root})"),
                 "krun_fs_add_overlay_file(7, /dev/root, init.krun, 755, one_shot=false)".into(),
                 "krun_disable_implicit_vsock(7)".into(),
-                "krun_add_vsock(7, 0x1)".into(),
+                "krun_add_vsock(7, 0x0)".into(),
+                "krun_add_net_unixstream(7, /run/k/vm1/net.sock, 52:54:00:12:34:56)".into(),
                 "krun_add_vsock_port2(7, 1024, /run/k/vm1/agent.sock, listen=true)".into(),
-                "krun_set_env(7, [krunbox.port=1024 krunbox.hostname=krunbox krunbox.vmm=libkrun])"
+                "krun_set_env(7, [krunbox.port=1024 krunbox.hostname=krunbox krunbox.vmm=libkrun \
+                 krunbox.net=10.0.2.15/24,10.0.2.2,10.0.2.2])"
                     .into(),
                 "krun_set_console_output(7, /run/k/vm1/console.log)".into(),
             ]
         );
         assert_eq!(api.overlay_bytes, [INIT.len()]);
+    }
+
+    #[test]
+    fn tsi_hijacks_inet_sockets_and_adds_no_card() {
+        let root = tempfile::tempdir().unwrap();
+        let mut spec = VmSpec::new(root.path().to_owned(), "/gi".into());
+        spec.network = Network::Tsi;
+        let mut api = RecordingKrun::default();
+        configure(&mut api, &config(&spec), INIT).unwrap();
+        assert!(api.calls.contains(&"krun_add_vsock(7, 0x1)".to_owned()));
+        assert!(!api
+            .calls
+            .iter()
+            .any(|c| c.starts_with("krun_add_net") || c.contains("krunbox.net=")));
     }
 
     #[test]

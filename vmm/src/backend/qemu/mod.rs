@@ -196,6 +196,11 @@ impl Backend for QemuBackend {
             initramfs,
             kvm: decision.kvm,
             virtiofsd_sandbox: virtiofsd_sandbox(),
+            krunbox: std::env::current_exe().map_err(|source| BackendError::Io {
+                action: "find",
+                path: "/proc/self/exe".into(),
+                source,
+            })?,
         };
         let plan = plan::build(spec, &layout, &inputs)?;
         Ok(Box::new(vm::QemuVm::launch(&plan, layout)?))

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::super::{BackendError, VmSpec};
+use super::super::{net, BackendError, Network, VmSpec};
 
 /// The virtio-fs tag of the root filesystem.
 pub const ROOT_TAG: &str = "rootfs";
@@ -94,6 +94,11 @@ impl Layout {
         self.dir.join(format!("fs{index}.sock"))
     }
 
+    /// The VMM's end of the guest's network card (the `krunbox __net` helper listens).
+    pub fn net_socket(&self) -> PathBuf {
+        self.dir.join("net.sock")
+    }
+
     /// The guest's serial console.
     pub fn console(&self) -> PathBuf {
         self.dir.join("console.log")
@@ -122,6 +127,8 @@ pub struct Inputs {
     pub kvm: bool,
     /// virtiofsd's sandbox: `chroot` needs root, `namespace` needs user namespaces.
     pub virtiofsd_sandbox: &'static str,
+    /// The krunbox binary (for its `__net` helper).
+    pub krunbox: PathBuf,
 }
 
 /// The guest CID (any value ≥ 3; each VM has its own vsock device, so it need not be unique).
@@ -170,6 +177,28 @@ pub fn build(spec: &VmSpec, layout: &Layout, inputs: &Inputs) -> Result<LaunchPl
         });
     }
 
+    let user_network = match &spec.network {
+        Network::User(network) => Some(network),
+        Network::Disabled => None,
+        Network::Tsi => {
+            return Err(BackendError::InvalidSpec(
+                "TSI networking needs the libkrun backend (use --backend krun, or the default \
+                 network)"
+                    .into(),
+            ))
+        }
+    };
+    if let Some(network) = user_network {
+        helpers.push(ProcessPlan {
+            name: "network".into(),
+            program: inputs.krunbox.clone(),
+            args: net::helper_args(&layout.net_socket(), network, false)?,
+            log: layout.log("net"),
+            ready_socket: Some(layout.net_socket()),
+            read_only_source: None,
+        });
+    }
+
     let memory = format!("{}M", spec.memory_mib);
     let mut args: Vec<String> = vec![
         "-name".into(),
@@ -213,6 +242,16 @@ pub fn build(spec: &VmSpec, layout: &Layout, inputs: &Inputs) -> Result<LaunchPl
         "-device".into(),
         "virtio-balloon-pci,free-page-reporting=on".into(),
     ];
+    if user_network.is_some() {
+        let mac = net::GUEST_MAC.map(|b| format!("{b:02x}")).join(":");
+        args.push("-netdev".into());
+        args.push(format!(
+            "stream,id=net0,server=off,addr.type=unix,addr.path={}",
+            layout.net_socket().display()
+        ));
+        args.push("-device".into());
+        args.push(format!("virtio-net-pci,netdev=net0,mac={mac}"));
+    }
     for index in 0..=spec.shares.len() {
         args.push("-chardev".into());
         args.push(format!(
@@ -298,6 +337,9 @@ pub fn kernel_cmdline(spec: &VmSpec) -> String {
             krunbox_protocol::SSH_AGENT_VSOCK_PORT
         ));
     }
+    if matches!(spec.network, Network::User(_)) {
+        words.push(net::guest_setting());
+    }
     words.join(" ")
 }
 
@@ -315,11 +357,40 @@ mod tests {
             initramfs: "/k/initramfs.cpio".into(),
             kvm: false,
             virtiofsd_sandbox: "chroot",
+            krunbox: "/bin/krunbox".into(),
         }
     }
 
     fn joined(plan: &ProcessPlan) -> String {
         plan.args.join(" ")
+    }
+
+    #[test]
+    fn the_user_network_is_a_helper_and_a_card_and_none_is_neither() {
+        let mut spec = VmSpec::new("/images/root".into(), "/gi".into());
+        let layout = Layout::new("/run/krunbox/abc".into());
+        let plan = build(&spec, &layout, &inputs()).unwrap();
+        let helper = plan.helpers.last().unwrap();
+        assert_eq!(helper.program, Path::new("/bin/krunbox"));
+        assert_eq!(
+            helper.args[..3],
+            ["__net", "--socket", "/run/krunbox/abc/net.sock"]
+        );
+        assert_eq!(
+            helper.ready_socket.as_deref(),
+            Some(layout.net_socket().as_path())
+        );
+        assert!(kernel_cmdline(&spec).contains("krunbox.net=10.0.2.15/24,10.0.2.2,10.0.2.2"));
+        spec.network = Network::Disabled;
+        let plan = build(&spec, &layout, &inputs()).unwrap();
+        assert!(plan.helpers.iter().all(|h| h.name != "network"));
+        assert!(!joined(&plan.vmm).contains("virtio-net"));
+        assert!(!kernel_cmdline(&spec).contains("krunbox.net"));
+        spec.network = Network::Tsi;
+        assert!(matches!(
+            build(&spec, &layout, &inputs()),
+            Err(BackendError::InvalidSpec(_))
+        ));
     }
 
     #[test]
@@ -336,7 +407,7 @@ mod tests {
         });
         let layout = Layout::new("/run/krunbox/abc".into());
         let plan = build(&spec, &layout, &inputs()).unwrap();
-        assert_eq!(plan.helpers.len(), 3);
+        assert_eq!(plan.helpers.len(), 4);
         assert_eq!(
             joined(&plan.helpers[0]),
             "--guest-cid 3 --socket /run/krunbox/abc/vhost-vsock.sock --uds-path /run/krunbox/abc/vm.vsock"
@@ -362,6 +433,8 @@ mod tests {
             "-device virtio-balloon-pci,free-page-reporting=on",
             "-device vhost-user-fs-pci,chardev=fs0,tag=rootfs",
             "-device vhost-user-fs-pci,chardev=fs1,tag=share1",
+            "-netdev stream,id=net0,server=off,addr.type=unix,addr.path=/run/krunbox/abc/net.sock",
+            "-device virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56",
         ] {
             assert!(qemu.contains(expected), "{expected:?} missing from {qemu}");
         }
@@ -369,7 +442,8 @@ mod tests {
         assert_eq!(
             cmdline,
             "console=ttyS0 rdinit=/init panic=-1 quiet krunbox.root=virtiofs:rootfs \
-             krunbox.hostname=box krunbox.port=1024 krunbox.mounts=share1:/work:ro"
+             krunbox.hostname=box krunbox.port=1024 krunbox.mounts=share1:/work:ro \
+             krunbox.net=10.0.2.15/24,10.0.2.2,10.0.2.2"
         );
         spec.root_overlay = true;
         assert!(kernel_cmdline(&spec).contains(" krunbox.overlay=tmpfs"));

@@ -1,0 +1,202 @@
+//! The guest network's helper process, `krunbox __net`, which both backends start for a
+//! [`Network::User`](super::Network::User) guest: it binds the published ports, listens on a
+//! Unix socket for the VMM's end of the guest's virtio-net card (QEMU `-netdev stream`,
+//! libkrun `krun_add_net_unixstream`), and runs the [`krunbox_net::Gateway`] on the one
+//! connection it accepts until the VMM closes it.
+//!
+//! It ends with the VMM (the socket closes), with its parent (the QEMU supervisor's
+//! `PR_SET_PDEATHSIG`, or with `--lifeline-stdin` the end of its stdin, which the libkrun VMM
+//! child holds open until it exits), or on SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::UnixListener;
+
+use super::{BackendError, UserNetwork};
+
+/// The hidden subcommand.
+pub const SUBCOMMAND: &str = "__net";
+
+/// The MAC address of the guest's card.
+pub const GUEST_MAC: [u8; 6] = krunbox_net::config::GUEST_MAC;
+
+/// guest-init's setting for a user-network guest.
+pub fn guest_setting() -> String {
+    format!("krunbox.net={}", krunbox_net::config::guest_cmdline_value())
+}
+
+/// The helper's arguments (after the program): listen on `socket`.
+pub fn helper_args(
+    socket: &Path,
+    network: &UserNetwork,
+    lifeline_stdin: bool,
+) -> Result<Vec<String>, BackendError> {
+    let config = serde_json::to_string(&network.config)
+        .map_err(|e| BackendError::InvalidSpec(format!("network configuration: {e}")))?;
+    let mut args = vec![
+        SUBCOMMAND.to_owned(),
+        "--socket".into(),
+        socket.to_string_lossy().into_owned(),
+        "--config".into(),
+        config,
+    ];
+    if let Some(log) = &network.log {
+        args.push("--log".into());
+        args.push(log.to_string_lossy().into_owned());
+    }
+    if lifeline_stdin {
+        args.push("--lifeline-stdin".into());
+    }
+    Ok(args)
+}
+
+/// `krunbox __net`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct HelperArgs {
+    /// The Unix socket the VMM connects to.
+    #[arg(long)]
+    pub socket: PathBuf,
+    /// The network's configuration (JSON of `krunbox_net::NetConfig`).
+    #[arg(long)]
+    pub config: String,
+    /// Also append the gateway's decisions to this file.
+    #[arg(long)]
+    pub log: Option<PathBuf>,
+    /// Exit when stdin reaches its end (the parent is gone).
+    #[arg(long)]
+    pub lifeline_stdin: bool,
+}
+
+/// Runs the helper; returns its exit status.
+pub fn main(args: &HelperArgs) -> i32 {
+    init_logging(args.log.as_deref());
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!("cannot start the network's runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => 0,
+        Err(message) => {
+            tracing::error!("{message}");
+            1
+        }
+    }
+}
+
+async fn serve(args: &HelperArgs) -> Result<(), String> {
+    let config: krunbox_net::NetConfig = serde_json::from_str(&args.config)
+        .map_err(|e| format!("bad network configuration: {e}"))?;
+    let published = krunbox_net::bind_published(&config)
+        .await
+        .map_err(|e| e.to_string())?;
+    for (listener, port) in &published {
+        if let Ok(address) = listener.local_addr() {
+            tracing::info!("publishing {address} -> guest port {}", port.guest_port);
+        }
+    }
+    let _ = std::fs::remove_file(&args.socket);
+    let listener = UnixListener::bind(&args.socket)
+        .map_err(|e| format!("listening on {}: {e}", args.socket.display()))?;
+    let lifeline = async {
+        if args.lifeline_stdin {
+            let mut stdin = tokio::io::stdin();
+            let mut buffer = [0u8; 64];
+            while matches!(stdin.read(&mut buffer).await, Ok(n) if n > 0) {}
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::pin!(lifeline, terminate);
+    let stream = tokio::select! {
+        accepted = listener.accept() => accepted
+            .map_err(|e| format!("accepting on {}: {e}", args.socket.display()))?
+            .0,
+        _ = &mut lifeline => return Ok(()),
+        _ = &mut terminate => return Ok(()),
+    };
+    drop(listener);
+    tracing::info!("the VMM connected the guest's network card");
+    let gateway = krunbox_net::Gateway::new(config);
+    tokio::select! {
+        result = gateway.run(stream, published) => result.map_err(|e| e.to_string()),
+        _ = &mut lifeline => Ok(()),
+        _ = &mut terminate => Ok(()),
+    }
+}
+
+/// Logs to stderr (the run directory's `net.log`), and to `--log` too.
+fn init_logging(log: Option<&Path>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("KRUNBOX_NET_LOG")
+            .unwrap_or_else(|_| "info".into())
+    };
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_filter(filter());
+    let file = log
+        .and_then(|path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .ok()
+        })
+        .map(|file| {
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::sync::Mutex::new(file))
+                .with_ansi(false)
+                .with_filter(filter())
+        });
+    let _ = tracing_subscriber::registry()
+        .with(stderr)
+        .with(file)
+        .try_init();
+}
+
+/// How long a started helper may take to create its socket.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helper_arguments_carry_the_configuration() {
+        let mut network = UserNetwork::default();
+        network
+            .config
+            .publish
+            .push("8080:80".parse().expect("port"));
+        network.log = Some("/tmp/n.log".into());
+        let args = helper_args(Path::new("/run/x/net.sock"), &network, true).expect("args");
+        assert_eq!(args[0], SUBCOMMAND);
+        assert_eq!(args[2], "/run/x/net.sock");
+        let config: krunbox_net::NetConfig = serde_json::from_str(&args[4]).expect("json");
+        assert_eq!(config, network.config);
+        assert_eq!(&args[5..], ["--log", "/tmp/n.log", "--lifeline-stdin"]);
+        assert_eq!(
+            guest_setting(),
+            "krunbox.net=10.0.2.15/24,10.0.2.2,10.0.2.2"
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! The network options, shared by `krunbox run` and `krunbox create`.
+
+use std::path::PathBuf;
+
+use krunbox_net::config::{PublishedPort, SpecError, StaticHost};
+use krunbox_net::policy::{HostRule, NetRule, RuleError};
+use krunbox_net::NetConfig;
+
+use crate::backend::{Network, UserNetwork};
+
+/// The guest's network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum NetworkMode {
+    /// A virtio-net card behind krunbox's gateway: egress under the policy (--allow-host,
+    /// --allow-net; by default the public internet but not the host's loopback, private
+    /// networks, link-local or cloud metadata addresses), DNS, published ports (-p).
+    #[default]
+    User,
+    /// No network card: the guest reaches nothing (the agent's vsock only).
+    None,
+    /// libkrun's TSI: the VMM process opens the guest's sockets, reaching all the host
+    /// reaches, its loopback included; no policy, no -p. libkrun with libkrunfw only.
+    Tsi,
+}
+
+/// Bad network options.
+#[derive(Debug, thiserror::Error)]
+pub enum NetArgsError {
+    /// A rule did not parse.
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    /// A -p or --add-host did not parse.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// Options that need the user network with another mode.
+    #[error("{option} needs the default network (--network user), not --network {mode}")]
+    NeedsUserNetwork {
+        /// The option.
+        option: &'static str,
+        /// The mode given.
+        mode: &'static str,
+    },
+}
+
+/// Network options.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct NetArgs {
+    /// The guest's network: `user` (default), `none` or `tsi`.
+    #[arg(long, value_enum, default_value_t = NetworkMode::User)]
+    pub network: NetworkMode,
+    /// Publish a guest TCP port on the host: [HOSTIP:]HOSTPORT:GUESTPORT[/tcp]. HOSTIP
+    /// defaults to 127.0.0.1 (give 0.0.0.0 to listen on every interface). Repeatable.
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "[HOSTIP:]HOSTPORT:GUESTPORT"
+    )]
+    pub publish: Vec<String>,
+    /// Allow connections to this host name (and `*.NAME` for every name below it), on
+    /// PORT only if given. The guest must resolve the name through krunbox's DNS server (its
+    /// default): the addresses of that answer become reachable. Any --allow-host or
+    /// --allow-net turns the default policy into an allowlist: nothing else is reachable.
+    #[arg(long = "allow-host", value_name = "NAME[:PORT]")]
+    pub allow_hosts: Vec<String>,
+    /// Allow connections to this IPv4 network (CIDR or address), on PORT only if given.
+    /// The guest reaches the host's loopback at 10.0.2.2 (host.krunbox.internal): allow it
+    /// with e.g. --allow-net 127.0.0.1:8080.
+    #[arg(long = "allow-net", value_name = "CIDR[:PORT]")]
+    pub allow_nets: Vec<String>,
+    /// Make krunbox's DNS server answer NAME with IP (a host-side address; 127.0.0.1 is the
+    /// host's loopback). Connections still need the policy's consent.
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    pub add_hosts: Vec<String>,
+    /// Also append every network decision (each connection allowed or denied, with the rule
+    /// or reason; DNS answers; published connections) to this file.
+    #[arg(long = "network-log", value_name = "FILE")]
+    pub network_log: Option<PathBuf>,
+}
+
+impl NetArgs {
+    /// The network these options describe.
+    pub fn network(&self) -> Result<Network, NetArgsError> {
+        let mode = match self.network {
+            NetworkMode::User => None,
+            NetworkMode::None => Some((Network::Disabled, "none")),
+            NetworkMode::Tsi => Some((Network::Tsi, "tsi")),
+        };
+        if let Some((network, mode)) = mode {
+            let used = [
+                ("-p", !self.publish.is_empty()),
+                ("--allow-host", !self.allow_hosts.is_empty()),
+                ("--allow-net", !self.allow_nets.is_empty()),
+                ("--add-host", !self.add_hosts.is_empty()),
+                ("--network-log", self.network_log.is_some()),
+            ];
+            if let Some((option, _)) = used.iter().find(|(_, used)| *used) {
+                return Err(NetArgsError::NeedsUserNetwork { option, mode });
+            }
+            return Ok(network);
+        }
+        let mut config = NetConfig::default();
+        for rule in &self.allow_hosts {
+            config.policy.allow_hosts.push(rule.parse::<HostRule>()?);
+        }
+        for rule in &self.allow_nets {
+            config.policy.allow_nets.push(rule.parse::<NetRule>()?);
+        }
+        for port in &self.publish {
+            config.publish.push(port.parse::<PublishedPort>()?);
+        }
+        for host in &self.add_hosts {
+            config.hosts.push(host.parse::<StaticHost>()?);
+        }
+        let log = match &self.network_log {
+            Some(path) if path.is_relative() => std::env::current_dir().ok().map(|d| d.join(path)),
+            other => other.clone(),
+        };
+        Ok(Network::User(UserNetwork { config, log }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_become_a_network() {
+        let args = NetArgs {
+            publish: vec!["8080:80".into()],
+            allow_hosts: vec!["example.com:443".into()],
+            allow_nets: vec!["127.0.0.1:9000".into()],
+            add_hosts: vec!["db.test:127.0.0.1".into()],
+            ..NetArgs::default()
+        };
+        let Network::User(network) = args.network().expect("network") else {
+            panic!("a user network")
+        };
+        assert_eq!(network.config.publish.len(), 1);
+        assert!(network.config.policy.is_allowlist());
+        assert_eq!(network.config.hosts[0].name, "db.test");
+    }
+
+    #[test]
+    fn bad_or_contradictory_options_are_refused() {
+        let bad = NetArgs {
+            allow_nets: vec!["10.0.0.0/99".into()],
+            ..NetArgs::default()
+        };
+        assert!(bad.network().is_err());
+        let contradictory = NetArgs {
+            network: NetworkMode::None,
+            publish: vec!["8080:80".into()],
+            ..NetArgs::default()
+        };
+        let message = contradictory.network().expect_err("refused").to_string();
+        assert!(message.contains("-p"), "{message}");
+        let none = NetArgs {
+            network: NetworkMode::None,
+            ..NetArgs::default()
+        };
+        assert_eq!(none.network().expect("none"), Network::Disabled);
+    }
+}
