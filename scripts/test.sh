@@ -16,7 +16,7 @@ step "cargo check for macOS (aarch64-apple-darwin)"
 # rustls, zstd-sys) need a C compiler and SDK for macOS, which a Debian machine does not have.
 # vmm does not depend on it yet; when it does, those dependencies must become pure Rust or
 # per-target (e.g. native-tls on macOS) for this check to keep passing.
-cargo check --target aarch64-apple-darwin -p krunbox -p krunbox-protocol
+cargo check --target aarch64-apple-darwin -p krunbox -p krunbox-protocol -p krunbox-net
 step "guest-init builds as static musl for x86_64 and aarch64"
 cargo xtask build-init
 step "krunbox's guest kernel (cargo xtask build-kernel: a few minutes once, then cached)"

@@ -277,7 +277,8 @@ impl Gateway {
             }
             if !self.flows.contains_key(&flow) {
                 let dest = host_side(flow.dest);
-                let decision = self.config.policy.decide(dest, &self.names);
+                let host_own = crate::policy::is_host_address(*dest.ip());
+                let decision = self.config.policy.decide(dest, &self.names, host_own);
                 let names: Vec<&str> = self.names.names_of(*dest.ip()).collect();
                 let names = if names.is_empty() {
                     String::new()

@@ -211,10 +211,18 @@ impl EgressPolicy {
     }
 
     /// Whether the guest may connect to `dest` (the host-side address), given the names the
-    /// guest resolved to it.
-    pub fn decide(&self, dest: SocketAddrV4, names: &ResolvedNames) -> Decision {
+    /// guest resolved to it and whether `dest` is one of the host's own addresses (which the
+    /// open policy denies whatever network it is on: the host's services listen there).
+    pub fn decide(&self, dest: SocketAddrV4, names: &ResolvedNames, host_own: bool) -> Decision {
         let (ip, port) = (*dest.ip(), dest.port());
         if !self.is_allowlist() {
+            if host_own && internal_reason(ip).is_none() {
+                return Decision::Deny(
+                    "one of the host's own addresses; the open policy denies them (use \
+                     --allow-net)"
+                        .into(),
+                );
+            }
             return match internal_reason(ip) {
                 Some(what) => Decision::Deny(format!(
                     "{what}; the open policy allows only public addresses (use --allow-net)"
@@ -240,6 +248,11 @@ impl EgressPolicy {
         }
         Decision::Deny("not in the allowlist".into())
     }
+}
+
+/// Whether `ip` is an address of this host (binding to it succeeds only then).
+pub fn is_host_address(ip: Ipv4Addr) -> bool {
+    !ip.is_unspecified() && std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
 /// The names the gateway's DNS server answered with each address (host side), so host
@@ -301,6 +314,13 @@ mod tests {
     }
 
     #[test]
+    fn host_addresses_are_recognised() {
+        assert!(is_host_address(Ipv4Addr::LOCALHOST));
+        assert!(!is_host_address(Ipv4Addr::new(192, 0, 2, 1)));
+        assert!(!is_host_address(Ipv4Addr::UNSPECIFIED));
+    }
+
+    #[test]
     fn wildcards_match_names_below_only() {
         let rule: HostRule = "*.example.com".parse().expect("rule");
         assert!(rule.matches_name("api.example.com"));
@@ -325,12 +345,12 @@ mod tests {
             "255.255.255.255:80",
         ] {
             assert!(
-                !policy.decide(dest(denied), &names).is_allowed(),
+                !policy.decide(dest(denied), &names, false).is_allowed(),
                 "{denied} must be denied"
             );
         }
         assert!(policy
-            .decide(dest("93.184.216.34:443"), &names)
+            .decide(dest("93.184.216.34:443"), &names, false)
             .is_allowed());
         assert!(policy.decide_name("anything.example").is_allowed());
     }
@@ -342,19 +362,25 @@ mod tests {
             allow_nets: vec!["127.0.0.1/32:8080".parse().expect("rule")],
         };
         let mut names = ResolvedNames::default();
-        assert!(policy.decide(dest("127.0.0.1:8080"), &names).is_allowed());
-        assert!(!policy.decide(dest("127.0.0.1:8081"), &names).is_allowed());
+        assert!(policy
+            .decide(dest("127.0.0.1:8080"), &names, false)
+            .is_allowed());
         assert!(!policy
-            .decide(dest("93.184.216.34:443"), &names)
+            .decide(dest("127.0.0.1:8081"), &names, false)
+            .is_allowed());
+        assert!(!policy
+            .decide(dest("93.184.216.34:443"), &names, false)
             .is_allowed());
         names.record("api.example.com", "93.184.216.34".parse().expect("ip"));
         assert!(policy
-            .decide(dest("93.184.216.34:443"), &names)
+            .decide(dest("93.184.216.34:443"), &names, false)
             .is_allowed());
-        assert!(!policy.decide(dest("93.184.216.34:80"), &names).is_allowed());
+        assert!(!policy
+            .decide(dest("93.184.216.34:80"), &names, false)
+            .is_allowed());
         names.record("other.example.com", "93.184.216.35".parse().expect("ip"));
         assert!(!policy
-            .decide(dest("93.184.216.35:443"), &names)
+            .decide(dest("93.184.216.35:443"), &names, false)
             .is_allowed());
         assert!(policy.decide_name("api.example.com").is_allowed());
         assert!(!policy.decide_name("evil.example.com").is_allowed());
