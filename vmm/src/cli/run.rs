@@ -255,8 +255,30 @@ pub fn run(args: RunArgs) -> Result<i32, RunError> {
         .ok()
         .filter(|l| !l.is_empty());
     let started = Instant::now();
+    // A signal while the backend starts the VM must not kill krunbox before it can stop the
+    // VM it is starting: note it, and act once `start` returns.
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        let interrupted = std::sync::Arc::clone(&interrupted);
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        let registered = unsafe {
+            signal_hook::low_level::register(sig, move || {
+                interrupted.store(sig as usize, std::sync::atomic::Ordering::SeqCst)
+            })
+        };
+        if let Err(err) = registered {
+            tracing::warn!("cannot watch signal {sig} while starting the VM: {err}");
+        }
+    }
     let mut vm = backend.start(&spec)?;
     tracing::debug!(backend = %backend.kind(), elapsed = ?started.elapsed(), "VM started");
+    let sig = interrupted.load(std::sync::atomic::Ordering::SeqCst);
+    if sig != 0 {
+        eprintln!("krunbox: interrupted while the VM was booting; stopping it");
+        let _ = vm.kill();
+        drop(vm);
+        return Ok(128 + sig as i32);
+    }
 
     let options = CommandOptions {
         command: command.config.argv.clone(),
