@@ -296,6 +296,7 @@ fn measure_unpack(
     let mut tar = Vec::with_capacity(runs);
     for i in 0..runs {
         let dir = fresh_dir(scratch, &format!("unpack-ours-{i}"))?;
+        settle()?;
         let started = Instant::now();
         let mut unpack = Command::new(unpacker);
         unpack
@@ -304,9 +305,9 @@ fn measure_unpack(
             .stdout(Stdio::null());
         workspace::run(&mut unpack)?;
         ours.push(started.elapsed());
-        remove(&dir)?;
 
         let dir = fresh_dir(scratch, &format!("unpack-tar-{i}"))?;
+        settle()?;
         let started = Instant::now();
         for layer in layers {
             workspace::run(
@@ -318,7 +319,6 @@ fn measure_unpack(
             )?;
         }
         tar.push(started.elapsed());
-        remove(&dir)?;
     }
     Ok((median(ours), median(tar)))
 }
@@ -335,6 +335,7 @@ fn measure_pull(
     let mut skopeo = Vec::with_capacity(runs);
     for i in 0..runs {
         let dir = fresh_dir(scratch, &format!("data-{i}"))?;
+        settle()?;
         let started = Instant::now();
         workspace::run(
             Command::new(krunbox)
@@ -344,9 +345,9 @@ fn measure_pull(
                 .stdout(Stdio::null()),
         )?;
         ours.push(started.elapsed());
-        remove(&dir)?;
 
         let dir = scratch.join(format!("skopeo-{i}"));
+        settle()?;
         let started = Instant::now();
         workspace::run(
             Command::new("skopeo")
@@ -357,9 +358,16 @@ fn measure_pull(
         )
         .context("skopeo copy (apt-get install skopeo)")?;
         skopeo.push(started.elapsed());
-        remove(&dir)?;
     }
     Ok((median(ours), median(skopeo)))
+}
+
+/// Writes back what earlier steps left dirty (the layers, the registry's copy, the last
+/// run's tree), so a timed step does not pay for the one before it. Trees are kept until the
+/// end for the same reason: removing thousands of files between runs makes the next one pay
+/// for it (on ext4 mounted with `discard`, several times over).
+fn settle() -> anyhow::Result<()> {
+    workspace::run(&mut Command::new("sync"))
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -371,8 +379,4 @@ fn fresh_dir(scratch: &Path, name: &str) -> anyhow::Result<PathBuf> {
     let dir = scratch.join(name);
     std::fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
     Ok(dir)
-}
-
-fn remove(dir: &Path) -> anyhow::Result<()> {
-    std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))
 }
