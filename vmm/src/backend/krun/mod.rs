@@ -13,11 +13,11 @@
 //!   written;
 //! - the agent's vsock port is a Unix socket in the run directory that libkrun listens on
 //!   (`krun_add_vsock_port2(.., listen = true)`): the agent's address is a plain Unix socket;
-//! - networking is TSI by default (`krun_add_vsock(.., HIJACK_INET)`): the guest's inet sockets
-//!   are opened by the VMM process on the host. TSI needs libkrunfw's patched kernel; a
-//!   `--kernel` of one's own gets no network unless it has the TSI patches (libkrun's
-//!   virtio-net, with passt or gvproxy, is not wired up). [`crate::backend::Network::Disabled`]
-//!   turns it off;
+//! - the network is by default a virtio-net card (`krun_add_net_unixstream`) to krunbox's
+//!   gateway (`krunbox __net`, started by the VMM child), so the egress policy applies and any
+//!   kernel with virtio-net works; `--network tsi` is TSI (`krun_add_vsock(.., HIJACK_INET)`:
+//!   the VMM process opens the guest's inet sockets, no policy; libkrunfw's kernel only);
+//!   [`crate::backend::Network::Disabled`] turns it off;
 //! - the kernel is libkrunfw's (`dlopen`ed by libkrun) or a `--kernel` (`krun_set_kernel`,
 //!   format detected by [`kernel_format`]); the console (`hvc0`) goes to `console.log`.
 //!
@@ -137,8 +137,8 @@ impl Backend for KrunBackend {
         checks.push(Check {
             what: "network".into(),
             ok: true,
-            detail: "TSI (the guest's sockets opened by the VMM process; needs libkrunfw's \
-                     kernel)"
+            detail: "virtio-net to krunbox's gateway (egress policy, DNS, -p); --network tsi \
+                     for TSI (libkrunfw's kernel, no policy)"
                 .into(),
         });
         checks
