@@ -38,6 +38,16 @@ pub struct Args {
     debug: bool,
 }
 
+impl Args {
+    /// A release build for x86_64 guests only (what the QEMU backend boots).
+    pub fn x86_64() -> Self {
+        Self {
+            arches: vec![Arch::X86_64],
+            debug: false,
+        }
+    }
+}
+
 /// Builds guest-init and returns the installed binaries.
 pub fn run(args: &Args) -> anyhow::Result<Vec<PathBuf>> {
     let arches = if args.arches.is_empty() {

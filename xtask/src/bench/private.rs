@@ -18,10 +18,12 @@ pub struct PrivateKrunbox {
 }
 
 impl PrivateKrunbox {
-    /// Builds krunbox (release), makes sure the Debian kernel is prepared in the user's data
-    /// directory (`krunbox kernel fetch`: instant when it is) and creates the directories.
+    /// Builds krunbox (release) and guest-init (a stale agent would be timed otherwise),
+    /// makes sure the Debian kernel is prepared in the user's data directory
+    /// (`krunbox kernel fetch`: instant when it is) and creates the directories.
     pub fn new() -> anyhow::Result<Self> {
         let binary = workspace::release_krunbox()?;
+        crate::build_init::run(&crate::build_init::Args::x86_64())?;
         workspace::run(
             Command::new(&binary)
                 .args(["kernel", "fetch"])
@@ -31,7 +33,7 @@ impl PrivateKrunbox {
         let default_image = workspace::target_dir().join("rootfs/default");
         anyhow::ensure!(
             default_image.is_dir(),
-            "no default image in {}: run `cargo xtask build-init` and `cargo xtask build-rootfs`",
+            "no default image in {}: run `cargo xtask build-rootfs`",
             default_image.display()
         );
         let data = tempfile::Builder::new()

@@ -30,6 +30,8 @@ pub fn run(count: usize) -> anyhow::Result<()> {
     };
     for i in 0..count {
         let name = format!("bench-{i}");
+        // Listed first: a create that fails halfway is removed too.
+        sandboxes.names.push(name.clone());
         sandboxes.krunbox_ok(
             &[
                 "create",
@@ -44,7 +46,6 @@ pub fn run(count: usize) -> anyhow::Result<()> {
             ],
             "create",
         )?;
-        sandboxes.names.push(name);
     }
 
     let started = Instant::now();
