@@ -75,7 +75,7 @@ pub fn run(count: usize) -> anyhow::Result<()> {
     answered.sort();
 
     std::thread::sleep(IDLE);
-    let (rss, pss, processes) = sandboxes.idle_memory()?;
+    let memory = sandboxes.idle_memory()?;
 
     let mut table = Table::new(&["sandboxes", "value"]);
     table.row(vec![
@@ -91,14 +91,30 @@ pub fn run(count: usize) -> anyhow::Result<()> {
         millis(percentile(&answered, 50.0)),
     ]);
     table.row(vec![
-        format!("host RSS per idle sandbox (mean, summed over {processes:.0} processes)"),
-        mib(rss),
+        format!(
+            "host RSS per idle sandbox (mean, summed over {:.0} processes)",
+            memory.processes
+        ),
+        mib(memory.rss),
     ]);
-    table.row(vec!["host PSS per idle sandbox (mean)".into(), mib(pss)]);
+    table.row(vec![
+        "host PSS per idle sandbox (mean)".into(),
+        mib(memory.pss),
+    ]);
     table.print(&format!(
         "Named sandboxes under QEMU TCG ({count} at once, default image, 512 MiB guests, idle {}s before stats)",
         IDLE.as_secs()
     ));
+    let mut table = Table::new(&["process", "count", "RSS", "PSS"]);
+    for (name, (processes, rss, pss)) in &memory.by_process {
+        table.row(vec![
+            name.clone(),
+            format!("{processes:.0}"),
+            mib(*rss),
+            mib(*pss),
+        ]);
+    }
+    table.print("Host memory of one idle sandbox by process (mean over the sandboxes)");
     Ok(())
 }
 
@@ -128,9 +144,9 @@ impl Sandboxes<'_> {
         String::from_utf8(output.stdout).with_context(|| format!("krunbox {what}'s output"))
     }
 
-    /// Mean summed RSS, mean summed PSS and mean process count per sandbox, from
+    /// Per-sandbox means of summed RSS and PSS, overall and by process name, from
     /// `krunbox stats --json`.
-    fn idle_memory(&self) -> anyhow::Result<(f64, f64, f64)> {
+    fn idle_memory(&self) -> anyhow::Result<IdleMemory> {
         let mut args = vec!["stats", "--json", "--interval", "200"];
         args.extend(self.names.iter().map(String::as_str));
         let text = self.krunbox_ok(&args, "stats")?;
@@ -143,24 +159,52 @@ impl Sandboxes<'_> {
                 self.names.len()
             );
         }
-        let mut sums = (0.0, 0.0, 0.0);
+        let mut total = IdleMemory::default();
         for sandbox in &stats {
-            let bytes = |key: &str| {
-                sandbox[key]
-                    .as_u64()
-                    .with_context(|| format!("no {key} in krunbox stats --json"))
-            };
-            let processes = sandbox["processes"].as_array().map_or(0, Vec::len);
-            if processes == 0 {
+            let processes = sandbox["processes"]
+                .as_array()
+                .map_or(&[][..], Vec::as_slice);
+            if processes.is_empty() {
                 bail!("krunbox stats found no processes for {}", sandbox["name"]);
             }
-            sums.0 += bytes("host_rss_bytes")? as f64;
-            sums.1 += bytes("host_pss_bytes")? as f64;
-            sums.2 += processes as f64;
+            for process in processes {
+                let name = process["name"].as_str().unwrap_or("?").to_owned();
+                let bytes = |key: &str| {
+                    process[key]
+                        .as_u64()
+                        .with_context(|| format!("no {key} of a process in krunbox stats --json"))
+                };
+                let (rss, pss) = (bytes("rss_bytes")? as f64, bytes("pss_bytes")? as f64);
+                let entry = total.by_process.entry(name).or_default();
+                entry.0 += 1.0;
+                entry.1 += rss;
+                entry.2 += pss;
+                total.rss += rss;
+                total.pss += pss;
+                total.processes += 1.0;
+            }
         }
         let n = stats.len() as f64;
-        Ok((sums.0 / n, sums.1 / n, sums.2 / n))
+        total.rss /= n;
+        total.pss /= n;
+        total.processes /= n;
+        for entry in total.by_process.values_mut() {
+            entry.0 /= n;
+            entry.1 /= n;
+            entry.2 /= n;
+        }
+        Ok(total)
     }
+}
+
+/// Host memory of one idle sandbox, averaged over the sandboxes (bytes).
+#[derive(Default)]
+struct IdleMemory {
+    rss: f64,
+    pss: f64,
+    processes: f64,
+    /// Process name → (processes, RSS, PSS).
+    by_process: std::collections::BTreeMap<String, (f64, f64, f64)>,
 }
 
 impl Drop for Sandboxes<'_> {
