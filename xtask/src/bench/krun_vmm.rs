@@ -98,6 +98,7 @@ fn write_config(dir: &Path, root: &Path, guest_init: &Path) -> anyhow::Result<()
         "guest_init": guest_init,
         "kernel": null,
         "network": "Tsi",
+        "net_socket": dir.join("net.sock"),
         "agent_port": krunbox_protocol::AGENT_VSOCK_PORT,
         "agent_socket": dir.join("agent.sock"),
         "console_log": dir.join("console.log"),
