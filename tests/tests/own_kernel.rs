@@ -41,24 +41,45 @@ fn the_built_kernel_runs_commands_over_vsock_with_a_writable_virtiofs_root_and_n
     busybox_rootfs(rootfs.path());
     std::fs::write(rootfs.path().join("from-host"), "written on the host\n").unwrap();
 
+    // The guest network's card (virtio-net, built in) reaches a host server through
+    // krunbox's gateway.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut stream in server.incoming().flatten() {
+            let mut request = [0u8; 1024];
+            let _ = std::io::Read::read(&mut stream, &mut request);
+            let _ = std::io::Write::write_all(
+                &mut stream,
+                b"HTTP/1.0 200 OK\r\nContent-Length: 14\r\n\r\nvirtio-net ok\n",
+            );
+        }
+    });
+    let allow = format!("127.0.0.1:{port}");
+
     // The command itself arrives over vsock (the agent's only channel) and its output
     // returns over it; the root filesystem is the virtio-fs share of `rootfs`.
-    let script = "uname -r; \
+    let script = format!(
+        "uname -r; \
                   cat /from-host; \
                   echo written in the guest > /from-guest; \
-                  awk '$2 == \"/\" { print \"root:\", $3 }' /proc/mounts; \
+                  awk '$2 == \"/\" {{ print \"root:\", $3 }}' /proc/mounts; \
                   if test -e /proc/modules; then echo modules: $(wc -l < /proc/modules); else echo modules: absent; fi; \
-                  awk '$2 == \"/sys/fs/cgroup\" { print \"cgroup:\", $3 }' /proc/mounts; \
-                  test -e /proc/config.gz && echo config.gz: present";
+                  awk '$2 == \"/sys/fs/cgroup\" {{ print \"cgroup:\", $3 }}' /proc/mounts; \
+                  test -e /proc/config.gz && echo config.gz: present; \
+                  timeout 30 wget -q -O- http://10.0.2.2:{port}/"
+    );
     let out = k.run(
         &[
             "--kernel",
             kernel.image.to_str().unwrap(),
+            "--allow-net",
+            &allow,
             rootfs.path().to_str().unwrap(),
             "--",
             "sh",
             "-c",
-            script,
+            &script,
         ],
         b"",
     );
@@ -81,6 +102,7 @@ fn the_built_kernel_runs_commands_over_vsock_with_a_writable_virtiofs_root_and_n
     );
     assert!(lines.contains(&"config.gz: present"), "{stdout}");
     assert!(lines.contains(&"cgroup: cgroup2"), "{stdout}");
+    assert!(lines.contains(&"virtio-net ok"), "no network: {stdout}");
     assert_eq!(
         std::fs::read_to_string(rootfs.path().join("from-guest")).unwrap(),
         "written in the guest\n",
