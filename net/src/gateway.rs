@@ -124,6 +124,7 @@ pub struct Gateway {
     conns: HashMap<SocketHandle, Conn>,
     flows: HashMap<Flow, SocketHandle>,
     connecting: HashSet<Flow>,
+    unforwarded_logged: HashSet<(&'static str, SocketAddrV4)>,
     names: ResolvedNames,
     events_tx: mpsc::Sender<Event>,
     events_rx: mpsc::Receiver<Event>,
@@ -168,6 +169,7 @@ impl Gateway {
             conns: HashMap::new(),
             flows: HashMap::new(),
             connecting: HashSet::new(),
+            unforwarded_logged: HashSet::new(),
             names: ResolvedNames::default(),
             events_tx,
             events_rx,
@@ -271,6 +273,17 @@ impl Gateway {
 
     /// Takes a frame from the guest: a new TCP connection is decided first.
     fn incoming(&mut self, frame: Vec<u8>) {
+        if let Some((protocol, dest)) = unforwarded(&frame) {
+            // Logged once per destination (bounded), then dropped silently.
+            if self.unforwarded_logged.len() < 1024
+                && self.unforwarded_logged.insert((protocol, dest))
+            {
+                info!(
+                    target: "egress",
+                    "{protocol} {GUEST_IP} -> {dest}: deny (only TCP and DNS are forwarded)"
+                );
+            }
+        }
         if let Some(flow) = tcp_syn(&frame) {
             if self.connecting.contains(&flow) {
                 return; // the guest retransmitted its SYN while the host side connects
@@ -632,6 +645,29 @@ fn tcp_syn(frame: &[u8]) -> Option<Flow> {
     })
 }
 
+/// A guest packet the gateway does not forward (UDP other than to its DNS server, ICMP):
+/// protocol name and destination (port 0 for ICMP).
+fn unforwarded(frame: &[u8]) -> Option<(&'static str, SocketAddrV4)> {
+    let ethernet = EthernetFrame::new_checked(frame).ok()?;
+    if ethernet.ethertype() != EthernetProtocol::Ipv4 {
+        return None;
+    }
+    let ip = Ipv4Packet::new_checked(ethernet.payload()).ok()?;
+    let dest = ip.dst_addr();
+    if dest.is_broadcast() || dest.is_multicast() {
+        return None;
+    }
+    match ip.next_header() {
+        IpProtocol::Udp => {
+            let udp = smoltcp::wire::UdpPacket::new_checked(ip.payload()).ok()?;
+            let to_dns = dest == GATEWAY_IP && udp.dst_port() == 53;
+            (!to_dns).then(|| ("udp", SocketAddrV4::new(dest, udp.dst_port())))
+        }
+        IpProtocol::Icmp if dest != GATEWAY_IP => Some(("icmp", SocketAddrV4::new(dest, 0))),
+        _ => None,
+    }
+}
+
 /// IPv4 addresses of `name` from the host's resolver.
 async fn resolve(name: &str) -> Result<Vec<Ipv4Addr>, String> {
     let lookup = tokio::net::lookup_host((name, 0));
@@ -697,6 +733,54 @@ async fn copy_host_side(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn udp_frame(dest: Ipv4Addr, port: u16) -> Vec<u8> {
+        use smoltcp::phy::ChecksumCapabilities;
+        use smoltcp::wire::{EthernetRepr, Ipv4Repr, UdpPacket, UdpRepr};
+        let payload = b"x";
+        let udp = UdpRepr {
+            src_port: 40000,
+            dst_port: port,
+        };
+        let ip = Ipv4Repr {
+            src_addr: GUEST_IP,
+            dst_addr: dest,
+            next_header: IpProtocol::Udp,
+            payload_len: udp.header_len() + payload.len(),
+            hop_limit: 64,
+        };
+        let ethernet = EthernetRepr {
+            src_addr: EthernetAddress(crate::config::GUEST_MAC),
+            dst_addr: EthernetAddress(GATEWAY_MAC),
+            ethertype: EthernetProtocol::Ipv4,
+        };
+        let mut frame = vec![0; ethernet.buffer_len() + ip.buffer_len() + ip.payload_len];
+        let mut eth = EthernetFrame::new_unchecked(&mut frame);
+        ethernet.emit(&mut eth);
+        let mut packet = Ipv4Packet::new_unchecked(eth.payload_mut());
+        ip.emit(&mut packet, &ChecksumCapabilities::default());
+        let mut datagram = UdpPacket::new_unchecked(packet.payload_mut());
+        udp.emit(
+            &mut datagram,
+            &IpAddress::Ipv4(GUEST_IP),
+            &IpAddress::Ipv4(dest),
+            payload.len(),
+            |buf| buf.copy_from_slice(payload),
+            &ChecksumCapabilities::default(),
+        );
+        frame
+    }
+
+    #[test]
+    fn udp_other_than_dns_is_reported_as_not_forwarded() {
+        let ntp = Ipv4Addr::new(192, 0, 2, 7);
+        assert_eq!(
+            unforwarded(&udp_frame(ntp, 123)),
+            Some(("udp", SocketAddrV4::new(ntp, 123)))
+        );
+        assert_eq!(unforwarded(&udp_frame(GATEWAY_IP, 53)), None);
+        assert_eq!(unforwarded(&[0u8; 10]), None);
+    }
 
     #[test]
     fn the_gateway_is_the_hosts_loopback() {
