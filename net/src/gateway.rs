@@ -375,6 +375,8 @@ impl Gateway {
                     }
                     Err(e) => {
                         info!(target: "egress", "dns {name}: {e}");
+                        // getaddrinfo's EAI_NONAME / EAI_NODATA texts: the name has no address
+                        // (NXDOMAIN to the guest); anything else is the resolver's failure.
                         if e.contains("not known") || e.contains("No address") {
                             Answer::NoSuchName
                         } else {
@@ -625,13 +627,18 @@ fn new_tcp_socket() -> tcp::Socket<'static> {
     )
 }
 
-/// The flow of a TCP SYN (not SYN-ACK) in an Ethernet frame.
-fn tcp_syn(frame: &[u8]) -> Option<Flow> {
+/// The IPv4 packet in an Ethernet frame, if it carries one.
+fn ipv4_packet(frame: &[u8]) -> Option<Ipv4Packet<&[u8]>> {
     let ethernet = EthernetFrame::new_checked(frame).ok()?;
     if ethernet.ethertype() != EthernetProtocol::Ipv4 {
         return None;
     }
-    let ip = Ipv4Packet::new_checked(ethernet.payload()).ok()?;
+    Ipv4Packet::new_checked(ethernet.payload()).ok()
+}
+
+/// The flow of a TCP SYN (not SYN-ACK) in an Ethernet frame.
+fn tcp_syn(frame: &[u8]) -> Option<Flow> {
+    let ip = ipv4_packet(frame)?;
     if ip.next_header() != IpProtocol::Tcp {
         return None;
     }
@@ -648,11 +655,7 @@ fn tcp_syn(frame: &[u8]) -> Option<Flow> {
 /// A guest packet the gateway does not forward (UDP other than to its DNS server, ICMP):
 /// protocol name and destination (port 0 for ICMP).
 fn unforwarded(frame: &[u8]) -> Option<(&'static str, SocketAddrV4)> {
-    let ethernet = EthernetFrame::new_checked(frame).ok()?;
-    if ethernet.ethertype() != EthernetProtocol::Ipv4 {
-        return None;
-    }
-    let ip = Ipv4Packet::new_checked(ethernet.payload()).ok()?;
+    let ip = ipv4_packet(frame)?;
     let dest = ip.dst_addr();
     if dest.is_broadcast() || dest.is_multicast() {
         return None;
@@ -681,7 +684,9 @@ async fn resolve(name: &str) -> Result<Vec<Ipv4Addr>, String> {
                     SocketAddr::V6(_) => None,
                 })
                 .collect();
-            v4.dedup();
+            // getaddrinfo repeats each address per socket type; keep the first of each, in order.
+            let mut seen = HashSet::new();
+            v4.retain(|ip| seen.insert(*ip));
             Ok(v4)
         }
     }
