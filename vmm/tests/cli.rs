@@ -205,7 +205,11 @@ fn the_krun_backend_on_a_host_that_cannot_run_it_says_why_with_125() {
 fn doctor_explains_the_krun_backend() {
     let out = krunbox(&["doctor"]);
     let report = String::from_utf8_lossy(&out.stdout);
-    for needle in ["libkrun:", "libkrunfw (guest kernel)", "network: TSI"] {
+    for needle in [
+        "libkrun:",
+        "libkrunfw (guest kernel)",
+        "network: virtio-net to krunbox's gateway",
+    ] {
         assert!(report.contains(needle), "{needle} missing from:\n{report}");
     }
     if std::path::Path::new("/sys/module/kvm_pvm").exists() {
