@@ -216,18 +216,16 @@ impl EgressPolicy {
     pub fn decide(&self, dest: SocketAddrV4, names: &ResolvedNames, host_own: bool) -> Decision {
         let (ip, port) = (*dest.ip(), dest.port());
         if !self.is_allowlist() {
-            if host_own && internal_reason(ip).is_none() {
-                return Decision::Deny(
+            return match (internal_reason(ip), host_own) {
+                (Some(what), _) => Decision::Deny(format!(
+                    "{what}; the open policy allows only public addresses (use --allow-net)"
+                )),
+                (None, true) => Decision::Deny(
                     "one of the host's own addresses; the open policy denies them (use \
                      --allow-net)"
                         .into(),
-                );
-            }
-            return match internal_reason(ip) {
-                Some(what) => Decision::Deny(format!(
-                    "{what}; the open policy allows only public addresses (use --allow-net)"
-                )),
-                None => Decision::Allow("open policy, public address".into()),
+                ),
+                (None, false) => Decision::Allow("open policy, public address".into()),
             };
         }
         if let Some(rule) = self

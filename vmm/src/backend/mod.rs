@@ -350,6 +350,36 @@ pub enum BackendError {
     RunDir(#[from] crate::rundir::RunDirError),
 }
 
+/// Why a helper process never created the socket it was started to create.
+#[derive(Debug)]
+pub enum SocketNotReady {
+    /// It exited first.
+    Exited(std::process::ExitStatus),
+    /// It was still running when the time ran out.
+    TimedOut,
+}
+
+/// Waits until `child` creates `socket`, it exits, or `timeout` passes.
+pub fn wait_for_socket(
+    child: &mut std::process::Child,
+    socket: &Path,
+    timeout: std::time::Duration,
+) -> Result<(), SocketNotReady> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if socket.exists() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(SocketNotReady::Exited(status));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(SocketNotReady::TimedOut);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// The last `lines` lines of a (console) log, lossily decoded; empty if unreadable.
 pub fn log_tail(path: &Path, lines: usize) -> String {
     let Ok(bytes) = std::fs::read(path) else {

@@ -22,6 +22,11 @@ pub const SUBCOMMAND: &str = "__net";
 /// The MAC address of the guest's card.
 pub const GUEST_MAC: [u8; 6] = krunbox_net::config::GUEST_MAC;
 
+/// A MAC address as VMMs and logs write it (`52:54:00:12:34:56`).
+pub fn mac_text(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
 /// guest-init's setting for a user-network guest.
 pub fn guest_setting() -> String {
     format!("krunbox.net={}", krunbox_net::config::guest_cmdline_value())

@@ -125,10 +125,9 @@ pub fn run(api: &mut dyn KrunApi, config: &KrunVmConfig, guest_init: &'static [u
 /// ends when this process does, however that happens.
 fn start_network(config: &KrunVmConfig) -> Result<(), String> {
     use std::process::{Command, Stdio};
-    use std::time::Instant;
 
     use super::super::net;
-    use super::super::Network;
+    use super::super::{Network, SocketNotReady};
 
     let Network::User(network) = &config.network else {
         return Ok(());
@@ -145,22 +144,21 @@ fn start_network(config: &KrunVmConfig) -> Result<(), String> {
         .stderr(log)
         .spawn()
         .map_err(|e| format!("cannot start the network helper: {e}"))?;
-    let deadline = Instant::now() + net::READY_TIMEOUT;
-    while !config.net_socket.exists() {
-        if let Ok(Some(status)) = child.try_wait() {
+    match super::super::wait_for_socket(&mut child, &config.net_socket, net::READY_TIMEOUT) {
+        Ok(()) => {}
+        Err(SocketNotReady::Exited(status)) => {
             return Err(format!(
                 "the network helper ended ({status}); see {}",
                 log_path.display()
-            ));
+            ))
         }
-        if Instant::now() > deadline {
+        Err(SocketNotReady::TimedOut) => {
             let _ = child.kill();
             return Err(format!(
                 "the network helper did not listen within {:?}",
                 net::READY_TIMEOUT
             ));
         }
-        std::thread::sleep(std::time::Duration::from_millis(10));
     }
     // The lifeline: open until this process exits.
     std::mem::forget(child.stdin.take());

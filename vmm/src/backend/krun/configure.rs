@@ -168,7 +168,7 @@ pub mod fake {
             path: &Path,
             mac: [u8; 6],
         ) -> Result<(), KrunError> {
-            let mac = mac.map(|b| format!("{b:02x}")).join(":");
+            let mac = crate::backend::net::mac_text(mac);
             self.record(
                 "krun_add_net_unixstream",
                 format!("{ctx}, {}, {mac}", path.display()),

@@ -243,7 +243,7 @@ pub fn build(spec: &VmSpec, layout: &Layout, inputs: &Inputs) -> Result<LaunchPl
         "virtio-balloon-pci,free-page-reporting=on".into(),
     ];
     if user_network.is_some() {
-        let mac = net::GUEST_MAC.map(|b| format!("{b:02x}")).join(":");
+        let mac = net::mac_text(net::GUEST_MAC);
         args.push("-netdev".into());
         args.push(format!(
             "stream,id=net0,server=off,addr.type=unix,addr.path={}",

@@ -41,7 +41,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use super::plan::{LaunchPlan, ProcessPlan, SocketLink};
-use crate::backend::{log_tail, VmExit};
+use crate::backend::{self, log_tail, SocketNotReady, VmExit};
 use crate::rundir::RunDir;
 
 /// The hidden subcommand that runs the supervisor.
@@ -480,33 +480,20 @@ fn wait_for_socket(
     plan: &ProcessPlan,
     socket: &Path,
 ) -> Result<(), (String, String)> {
-    let deadline = Instant::now() + HELPER_READY_TIMEOUT;
-    loop {
-        if socket.exists() {
-            return Ok(());
+    let problem = match backend::wait_for_socket(child, socket, HELPER_READY_TIMEOUT) {
+        Ok(()) => return Ok(()),
+        Err(SocketNotReady::Exited(status)) => {
+            format!("exited with {status} before creating {}", socket.display())
         }
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err((
-                plan.name.clone(),
-                format!(
-                    "exited with {status} before creating {}; its log:\n{}",
-                    socket.display(),
-                    log_tail(&plan.log, 20)
-                ),
-            ));
-        }
-        if Instant::now() >= deadline {
-            return Err((
-                plan.name.clone(),
-                format!(
-                    "did not create {} within {HELPER_READY_TIMEOUT:?}; its log:\n{}",
-                    socket.display(),
-                    log_tail(&plan.log, 20)
-                ),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+        Err(SocketNotReady::TimedOut) => format!(
+            "did not create {} within {HELPER_READY_TIMEOUT:?}",
+            socket.display()
+        ),
+    };
+    Err((
+        plan.name.clone(),
+        format!("{problem}; its log:\n{}", log_tail(&plan.log, 20)),
+    ))
 }
 
 #[cfg(test)]
