@@ -25,8 +25,8 @@ step "tests (end-to-end tests must run: KRUNBOX_REQUIRE_E2E=1)"
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 KRUNBOX_REQUIRE_E2E=1 cargo test --workspace 2>&1 | tee "$results"
-step "fuzz the frame decoder (30 s)"
-cargo xtask fuzz --seconds 30
+step "fuzz every parser of untrusted bytes (20 s each)"
+cargo xtask fuzz --seconds 20
 # One closing line for the whole suite (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$results"

@@ -1,42 +1,124 @@
-//! `cargo xtask fuzz`: runs the libFuzzer target on the frame decoder for a bounded time.
+//! `cargo xtask fuzz`: runs every libFuzzer target in `fuzz/` for a bounded time each.
 //!
 //! cargo-fuzz normally wants a nightly toolchain for its sanitizer flags; this machine has one
 //! stable toolchain, so the run uses `--sanitizer none` (coverage-guided fuzzing still works,
 //! the decoder is safe Rust) and `RUSTC_BOOTSTRAP=1` for the `-Z` flags cargo-fuzz passes.
 
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 
 use crate::workspace;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// How long to fuzz.
+    /// How long to fuzz each target.
     #[arg(long, default_value_t = 60)]
     seconds: u64,
+    /// Fuzz only these targets (default: every target `cargo fuzz list` names).
+    #[arg(long = "target", value_name = "NAME")]
+    targets: Vec<String>,
 }
 
+/// Runs each fuzz target for `--seconds` and prints how many inputs each one tried.
+///
+/// A target's corpus lives in `fuzz/corpus/<target>/` (not committed) and starts from the
+/// committed seeds in `fuzz/seeds/<target>/`; the frame decoder's seeds are encoded here.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let fuzz_dir = workspace::root().join("fuzz");
-    let corpus = fuzz_dir.join("corpus").join("frame_decoder");
-    std::fs::create_dir_all(&corpus).with_context(|| format!("create {}", corpus.display()))?;
-    seed_corpus(&corpus)?;
-    let max_time = Duration::from_secs(args.seconds).as_secs().to_string();
-    let mut cmd = workspace::cargo();
-    cmd.current_dir(&fuzz_dir)
-        .env("RUSTC_BOOTSTRAP", "1")
-        .args(["fuzz", "run", "--sanitizer", "none", "frame_decoder"])
-        .arg(&corpus)
-        .arg("--")
-        .arg(format!("-max_total_time={max_time}"))
-        .arg("-max_len=2097152");
-    workspace::run(&mut cmd)
-        .context("fuzzing found a failure or could not run (is cargo-fuzz installed?)")
+    let targets = if args.targets.is_empty() {
+        list_targets(&fuzz_dir)?
+    } else {
+        args.targets.clone()
+    };
+    let mut report = Vec::new();
+    for target in &targets {
+        let corpus = fuzz_dir.join("corpus").join(target);
+        std::fs::create_dir_all(&corpus).with_context(|| format!("create {}", corpus.display()))?;
+        copy_seeds(&fuzz_dir.join("seeds").join(target), &corpus)?;
+        if target == "frame_decoder" {
+            seed_frames(&corpus)?;
+        }
+        let runs = fuzz_one(&fuzz_dir, target, &corpus, args.seconds)?;
+        report.push((target.clone(), runs));
+    }
+    println!("fuzz: inputs tried per target in {} s each", args.seconds);
+    for (target, runs) in report {
+        println!("  {target:<24} {runs:>12}  0 crashes");
+    }
+    Ok(())
 }
 
-/// Seeds the corpus with a few valid frames so the fuzzer starts from real structure.
-fn seed_corpus(dir: &std::path::Path) -> anyhow::Result<()> {
+fn list_targets(fuzz_dir: &Path) -> anyhow::Result<Vec<String>> {
+    let output = workspace::cargo()
+        .current_dir(fuzz_dir)
+        .args(["fuzz", "list"])
+        .output()
+        .context("cannot run `cargo fuzz list` (is cargo-fuzz installed?)")?;
+    if !output.status.success() {
+        bail!(
+            "`cargo fuzz list` failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect())
+}
+
+/// Fuzzes one target; returns the number of inputs libFuzzer ran. A crash fails the run.
+fn fuzz_one(fuzz_dir: &Path, target: &str, corpus: &Path, seconds: u64) -> anyhow::Result<u64> {
+    let max_time = Duration::from_secs(seconds).as_secs().to_string();
+    let mut cmd: Command = workspace::cargo();
+    cmd.current_dir(fuzz_dir)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .args(["fuzz", "run", "--sanitizer", "none", target])
+        .arg(corpus)
+        .arg("--")
+        .arg(format!("-max_total_time={max_time}"))
+        .arg("-max_len=2097152")
+        .arg("-print_final_stats=1");
+    let rendered = format!("{cmd:?}");
+    let output = cmd
+        .stdout(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot start {rendered}"))?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        eprintln!("{stderr}");
+        bail!("fuzz target {target} found a failure or could not run ({rendered})");
+    }
+    // libFuzzer's final stats: `stat::number_of_executed_units: N`.
+    let runs = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    Ok(runs)
+}
+
+/// Copies committed seed files into the corpus (a missing seed folder means no seeds).
+fn copy_seeds(seeds: &Path, corpus: &Path) -> anyhow::Result<()> {
+    let Ok(entries) = std::fs::read_dir(seeds) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let entry = entry.with_context(|| format!("read {}", seeds.display()))?;
+        if entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
+            let to = corpus.join(entry.file_name());
+            std::fs::copy(entry.path(), &to).with_context(|| format!("copy seed to {}", to.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Seeds the frame decoder's corpus with a few valid frames so the fuzzer starts from real structure.
+fn seed_frames(dir: &std::path::Path) -> anyhow::Result<()> {
     use krunbox_protocol::frame::{BytesMut, Encoder, FrameCodec};
     use krunbox_protocol::messages::*;
     let seeds = [

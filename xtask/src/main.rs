@@ -29,7 +29,7 @@ enum Command {
     /// Build the built-in default image (busybox-static) as an OCI image layout in
     /// target/rootfs/default, where `krunbox run` without IMAGE finds it.
     BuildRootfs(build_rootfs::Args),
-    /// Fuzz the protocol frame decoder for a bounded time (needs cargo-fuzz).
+    /// Fuzz every parser of untrusted bytes for a bounded time each (needs cargo-fuzz).
     Fuzz(fuzz::Args),
     /// Run a command through the guest agent in host mode (no VM) and exit with its status.
     Demo(demo::Args),
