@@ -17,6 +17,8 @@ sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 # --- Debian/Ubuntu packages -------------------------------------------------------------
 packages=(qemu-system-x86 qemu-system-common busybox-static cpio docker-registry skopeo
           iproute2 kmod xz-utils zstd ca-certificates curl gcc libc6-dev pkg-config
+          # the Rust virtiofsd (built below with cargo)
+          libseccomp-dev libcap-ng-dev
           # the --ssh end-to-end test (ssh-agent, ssh-add, ssh-keygen)
           openssh-client
           # `cargo xtask build-kernel` (krunbox's own guest kernel from linux-source-*)
@@ -70,6 +72,9 @@ for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl aarch64-apple-darw
 done
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
 command -v vhost-device-vsock >/dev/null || { log "building vhost-device-vsock (about 2 minutes)"; cargo install --locked vhost-device-vsock --version 0.3.0; }
+# The Rust virtiofsd: read-only shares and id mapping enforced at the host (QEMU's C one in
+# qemu-system-common has neither); Debian's own package needs a newer libc than bookworm's.
+command -v virtiofsd >/dev/null || { log "building virtiofsd (about 3 minutes)"; cargo install --locked virtiofsd --version 1.14.0; }
 command -v cargo-fuzz >/dev/null || { log "building cargo-fuzz"; cargo install --locked cargo-fuzz --version 0.13.2; }
 
 # --- krunbox, its guest agent, kernel and default image ---------------------------------

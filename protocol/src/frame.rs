@@ -85,7 +85,12 @@ impl Decoder for FrameCodec {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Envelope>, FrameError> {
         let announced = announced_len(src);
         match self.length.decode(src) {
-            Ok(Some(bytes)) => Ok(Some(Envelope::decode(bytes)?)),
+            Ok(Some(bytes)) => {
+                let frame_len = bytes.len();
+                let mut envelope = Envelope::decode(bytes)?;
+                own_small_payload(&mut envelope, frame_len);
+                Ok(Some(envelope))
+            }
             Ok(None) => Ok(None),
             Err(err) => Err(classify_length_error(err, announced)),
         }
@@ -107,6 +112,23 @@ impl Encoder<Envelope> for FrameCodec {
         self.length
             .encode(body, dst)
             .map_err(|err| classify_length_error(err, Some(len)))
+    }
+}
+
+/// Payloads at least this large keep sharing the read buffer (no copy for bulk data).
+const SHARED_PAYLOAD_MIN: usize = 64 * 1024;
+
+/// A payload decoded without copying shares the read buffer's whole allocation, so one byte
+/// of payload (say in a 1 MiB frame whose rest is unknown fields, which the decoder skips)
+/// would keep megabytes alive while flow control counts one byte. Payloads under
+/// [`SHARED_PAYLOAD_MIN`], or under half their frame, are copied out: what a peer makes this
+/// side hold stays within a small multiple (≤ 32×, a 2 MiB buffer for 64 KiB) of what flow
+/// control charges it.
+fn own_small_payload(envelope: &mut Envelope, frame_len: usize) {
+    if let Some(data) = envelope.body.as_mut().and_then(|b| b.payload_mut()) {
+        if data.len() < SHARED_PAYLOAD_MIN || data.len().saturating_mul(2) < frame_len {
+            *data = Bytes::copy_from_slice(data);
+        }
     }
 }
 
@@ -147,5 +169,62 @@ pub fn decode_all(bytes: &[u8]) -> (Vec<Envelope>, Option<FrameError>) {
             Ok(None) => return (frames, None),
             Err(err) => return (frames, Some(err)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::{Body, OutputChunk};
+    use tokio_util::codec::Decoder;
+
+    /// One frame: an output chunk of `payload` bytes followed by `padding` bytes of an
+    /// unknown field (field 999, length-delimited), as a hostile peer could send.
+    fn frame(payload: usize, padding: usize) -> BytesMut {
+        let envelope = Envelope::new(
+            1,
+            Body::Output(OutputChunk {
+                stream: 1,
+                data: vec![7u8; payload].into(),
+                eof: false,
+            }),
+        );
+        let mut body = envelope.encode_to_vec();
+        if padding > 0 {
+            prost::encoding::bytes::encode(999, &vec![0u8; padding], &mut body);
+        }
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+        buf.extend_from_slice(&body);
+        buf
+    }
+
+    fn decoded_payload(mut buf: BytesMut) -> (Bytes, std::ops::Range<usize>) {
+        let range = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.len();
+        let envelope = FrameCodec::new().decode(&mut buf).unwrap().unwrap();
+        match envelope.body {
+            Some(Body::Output(chunk)) => (chunk.data, range),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_tiny_payload_in_a_padded_frame_does_not_keep_the_frame_alive() {
+        let (data, buffer) = decoded_payload(frame(1, 900 * 1024));
+        assert_eq!(&data[..], [7]);
+        assert!(
+            !buffer.contains(&(data.as_ptr() as usize)),
+            "the byte was copied out"
+        );
+    }
+
+    #[test]
+    fn bulk_payloads_are_not_copied() {
+        let (data, buffer) = decoded_payload(frame(256 * 1024, 0));
+        assert_eq!(data.len(), 256 * 1024);
+        assert!(
+            buffer.contains(&(data.as_ptr() as usize)),
+            "zero-copy for bulk data"
+        );
     }
 }

@@ -81,12 +81,9 @@ fn missing_prerequisites() -> Vec<String> {
             missing.push(program.into());
         }
     }
-    if !["/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd"]
-        .iter()
-        .any(|p| Path::new(p).exists())
-        && !on_path("virtiofsd")
-    {
-        missing.push("virtiofsd".into());
+    // The Rust virtiofsd (QEMU's C one at /usr/lib/qemu/virtiofsd is not enough).
+    if !Path::new("/usr/libexec/virtiofsd").exists() && !on_path("virtiofsd") {
+        missing.push("virtiofsd (cargo install --locked virtiofsd)".into());
     }
     missing
 }

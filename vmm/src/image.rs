@@ -166,6 +166,37 @@ pub fn prepare(image: Option<&str>, options: &ImageOptions) -> Result<PreparedRo
     })
 }
 
+/// The root filesystem `create` resolved, again, for `start`: a store image by the unpacked
+/// tree `create` recorded (never the image name again: a tag may have moved, and a relative
+/// path would be resolved against wherever `start` runs), or the directory itself.
+pub fn reopen(rootfs: &Path, overlay: bool) -> Result<PreparedRoot, ImageError> {
+    if !overlay {
+        return Ok(PreparedRoot {
+            name: rootfs.display().to_string(),
+            rootfs: rootfs.to_owned(),
+            overlay: false,
+            config: ImageConfig::default(),
+            _lease: None,
+        });
+    }
+    let store = open_store()?;
+    let record = store
+        .list_images()?
+        .into_iter()
+        .find(|record| store.rootfs_path(record) == rootfs)
+        .ok_or_else(|| {
+            StoreError::ImageNotFound(format!("the image unpacked at {}", rootfs.display()))
+        })?;
+    let lease = store.lease_rootfs(&record)?;
+    Ok(PreparedRoot {
+        rootfs: lease.path().to_owned(),
+        overlay: true,
+        config: store.image_config(&record)?,
+        name: record.name,
+        _lease: Some(lease),
+    })
+}
+
 /// Where the default image's OCI layout may be, in order: `$KRUNBOX_DEFAULT_IMAGE`,
 /// `default-image/` next to the krunbox executable, `target/rootfs/default` of the workspace
 /// krunbox was built in (`cargo xtask build-rootfs`).

@@ -111,7 +111,8 @@ fn copy_seeds(seeds: &Path, corpus: &Path) -> anyhow::Result<()> {
         let entry = entry.with_context(|| format!("read {}", seeds.display()))?;
         if entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
             let to = corpus.join(entry.file_name());
-            std::fs::copy(entry.path(), &to).with_context(|| format!("copy seed to {}", to.display()))?;
+            std::fs::copy(entry.path(), &to)
+                .with_context(|| format!("copy seed to {}", to.display()))?;
         }
     }
     Ok(())

@@ -104,6 +104,16 @@ pub enum Body {
 }
 
 impl Body {
+    /// The data payload a stream frame carries (stdin, output, file content), if any.
+    pub fn payload_mut(&mut self) -> Option<&mut ::bytes::Bytes> {
+        match self {
+            Body::StdinData(d) => Some(&mut d.data),
+            Body::Output(o) => Some(&mut o.data),
+            Body::FileChunk(c) => Some(&mut c.data),
+            _ => None,
+        }
+    }
+
     /// A short name of the variant, for logs and error messages.
     pub fn kind(&self) -> &'static str {
         match self {

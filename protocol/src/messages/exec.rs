@@ -220,6 +220,8 @@ pub struct SpawnFailure {
 /// assert_eq!(s.shell_code(), 3);
 /// let k = ExitStatus { outcome: Some(Outcome::Signal(9)), timed_out: true };
 /// assert_eq!(k.shell_code(), 137);
+/// let hostile = ExitStatus { outcome: Some(Outcome::Signal(i32::MAX)), timed_out: false };
+/// assert_eq!(hostile.shell_code(), 255);
 /// ```
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ExitStatus {
@@ -247,11 +249,13 @@ pub enum Outcome {
 
 impl ExitStatus {
     /// The status a shell would report: the code, 128 + signal, 127 when the program was not
-    /// found, 126 when it could not be executed, 125 for other start failures.
+    /// found, 126 when it could not be executed, 125 for other start failures. The values
+    /// come from the guest: a signal number no kernel has (outside 1..=127) reads as 255.
     pub fn shell_code(&self) -> i32 {
         match &self.outcome {
             Some(Outcome::Code(code)) => *code,
-            Some(Outcome::Signal(sig)) => 128 + *sig,
+            Some(Outcome::Signal(sig @ 1..=127)) => 128 + *sig,
+            Some(Outcome::Signal(_)) => 255,
             Some(Outcome::SpawnFailed(f)) if f.stage() == SpawnStage::Exec => {
                 if f.errno == libc_enoent() {
                     127

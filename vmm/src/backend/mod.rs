@@ -254,6 +254,8 @@ pub enum VmExit {
     Exited(i32),
     /// The VMM was killed by this signal.
     Killed(i32),
+    /// A process the VM cannot work without died, so the VM was stopped.
+    HelperDied(Helper),
 }
 
 impl fmt::Display for VmExit {
@@ -261,7 +263,29 @@ impl fmt::Display for VmExit {
         match self {
             Self::Exited(code) => write!(f, "the VMM exited with status {code}"),
             Self::Killed(signal) => write!(f, "the VMM was killed by signal {signal}"),
+            Self::HelperDied(helper) => write!(f, "{helper} died, so the VM was stopped"),
         }
+    }
+}
+
+/// A host process that serves a VM's devices (its death leaves the guest without them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Helper {
+    /// The vsock device (QEMU: vhost-device-vsock): the guest agent's connection.
+    Vsock,
+    /// A virtio-fs server (QEMU: virtiofsd): the root filesystem or a share.
+    FileServer,
+    /// The guest network's gateway (`krunbox __net`).
+    Network,
+}
+
+impl fmt::Display for Helper {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Vsock => "the vsock device (vhost-device-vsock)",
+            Self::FileServer => "a shared-directory server (virtiofsd)",
+            Self::Network => "the network gateway",
+        })
     }
 }
 
@@ -380,11 +404,25 @@ pub fn wait_for_socket(
     }
 }
 
-/// The last `lines` lines of a (console) log, lossily decoded; empty if unreadable.
+/// How much of the end of a log [`log_tail`] reads: the guest writes the console, so its
+/// size is the guest's to choose.
+const LOG_TAIL_BYTES: u64 = 64 * 1024;
+
+/// The last `lines` lines of a (console) log, lossily decoded; empty if unreadable. Reads at
+/// most the last [`LOG_TAIL_BYTES`], whatever the file's size.
 pub fn log_tail(path: &Path, lines: usize) -> String {
-    let Ok(bytes) = std::fs::read(path) else {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else {
         return String::new();
     };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(LOG_TAIL_BYTES);
+    let mut bytes = Vec::new();
+    if file.seek(SeekFrom::Start(start)).is_err()
+        || file.take(LOG_TAIL_BYTES).read_to_end(&mut bytes).is_err()
+    {
+        return String::new();
+    }
     let text = String::from_utf8_lossy(&bytes);
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -477,5 +515,13 @@ mod tests {
         assert_eq!(log_tail(&log, 2), "c\nd");
         assert_eq!(log_tail(&log, 10), "a\nb\nc\nd");
         assert_eq!(log_tail(&dir.path().join("missing"), 3), "");
+        // A console the guest filled: only its end is read.
+        let big = dir.path().join("big.log");
+        let mut text = "x".repeat(10 * 1024 * 1024);
+        text.push_str("\nlast line");
+        std::fs::write(&big, text).unwrap();
+        let tail = log_tail(&big, 3);
+        assert!(tail.ends_with("\nlast line"));
+        assert!(tail.len() <= LOG_TAIL_BYTES as usize);
     }
 }

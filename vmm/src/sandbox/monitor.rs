@@ -161,9 +161,9 @@ fn start_vm(
         backend::select(spec.backend_kind(), spec.kernel.is_some()).map_err(|e| e.to_string())?;
     state.backend = Some(backend.kind().to_string());
     sandbox.write_state(state).map_err(|e| e.to_string())?;
-    // The image again (`create` pulled it): its lease keeps rmi/prune away while the VM runs.
-    let options = crate::image::ImageOptions::default();
-    let root = crate::image::prepare(spec.image.as_deref(), &options).map_err(|e| e.to_string())?;
+    // The image `create` resolved (not its name again); its lease keeps rmi/prune away while
+    // the VM runs.
+    let root = crate::image::reopen(&spec.rootfs, spec.overlay).map_err(|e| e.to_string())?;
     let mut vm_spec = spec.vm_spec(guest_init);
     vm_spec.rootfs = root.rootfs.clone();
     vm_spec.root_overlay = root.overlay;
@@ -315,6 +315,7 @@ fn describe(exit: Result<VmExit, String>, stopped: bool, vm: &dyn VmHandle) -> S
                 "the guest powered off".into()
             }
         }
+        VmExit::HelperDied(_) => exit.to_string(),
         VmExit::Killed(signal) => format!(
             "the VMM crashed: it was killed by signal {signal} ({})",
             signal_name(signal)

@@ -66,13 +66,14 @@ fn parse_stat(line: &str) -> Option<(u32, String, u64)> {
     Some((ppid, name, utime + stime))
 }
 
-/// A `kB` field (`VmRSS:`, `Pss:`) of a `/proc` status-like file, in bytes.
+/// A `kB` field (`VmRSS:`, `Pss:`) of a `/proc` status-like file, in bytes (`None` where a
+/// guest's `/proc/meminfo` gives a value that does not fit).
 fn kb_field(text: &str, key: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(key))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse::<u64>().ok())
-        .map(|kb| kb * 1024)
+        .and_then(|kb| kb.checked_mul(1024))
 }
 
 /// The tree rooted at `root` (the root included), from `proc` (normally `/proc`).
@@ -183,5 +184,11 @@ mod tests {
     fn guest_meminfo() {
         let text = "MemTotal:         496012 kB\nMemFree:  1 kB\nMemAvailable:     400000 kB\n";
         assert_eq!(guest_memory(text), Some((496012 * 1024, 400000 * 1024)));
+        let hostile = format!("MemTotal: {} kB\nMemAvailable: 1 kB\n", u64::MAX);
+        assert_eq!(
+            guest_memory(&hostile),
+            None,
+            "an overflowing value is refused"
+        );
     }
 }

@@ -16,6 +16,7 @@ pub mod accel;
 pub mod plan;
 pub mod supervisor;
 pub mod tools;
+pub mod virtiofs;
 pub mod vm;
 
 use std::path::{Path, PathBuf};
@@ -84,14 +85,6 @@ impl QemuBackend {
                 Ok((kernel.vmlinuz, image))
             }
         }
-    }
-}
-
-fn virtiofsd_sandbox() -> &'static str {
-    if nix::unistd::geteuid().is_root() {
-        "chroot"
-    } else {
-        "namespace"
     }
 }
 
@@ -195,7 +188,7 @@ impl Backend for QemuBackend {
             kernel,
             initramfs,
             kvm: decision.kvm,
-            virtiofsd_sandbox: virtiofsd_sandbox(),
+            privilege: virtiofs::Privilege::current(),
             krunbox: std::env::current_exe().map_err(|source| BackendError::Io {
                 action: "find",
                 path: "/proc/self/exe".into(),

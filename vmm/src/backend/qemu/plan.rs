@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::super::{net, BackendError, Network, VmSpec};
+use super::super::{net, BackendError, Helper, Network, VmSpec};
+use super::virtiofs;
 
 /// The virtio-fs tag of the root filesystem.
 pub const ROOT_TAG: &str = "rootfs";
@@ -24,10 +25,8 @@ pub struct ProcessPlan {
     pub log: PathBuf,
     /// A socket it creates when ready; the next process starts only once it exists.
     pub ready_socket: Option<PathBuf>,
-    /// Start it in a private mount namespace where this directory is a read-only bind mount
-    /// of itself (a `:ro` share: virtiofsd then cannot write it, whatever the guest asks).
-    #[serde(default)]
-    pub read_only_source: Option<PathBuf>,
+    /// What it serves, for a helper (`None` for QEMU): its death stops the VM.
+    pub role: Option<Helper>,
 }
 
 /// Everything the supervisor does for one VM.
@@ -125,8 +124,8 @@ pub struct Inputs {
     pub initramfs: PathBuf,
     /// KVM (else TCG).
     pub kvm: bool,
-    /// virtiofsd's sandbox: `chroot` needs root, `namespace` needs user namespaces.
-    pub virtiofsd_sandbox: &'static str,
+    /// Who krunbox runs as (virtiofsd's sandbox and id mapping follow from it).
+    pub privilege: virtiofs::Privilege,
     /// The krunbox binary (for its `__net` helper).
     pub krunbox: PathBuf,
 }
@@ -150,30 +149,27 @@ pub fn build(spec: &VmSpec, layout: &Layout, inputs: &Inputs) -> Result<LaunchPl
         ],
         log: layout.log("vhost-device-vsock"),
         ready_socket: Some(layout.vsock_backend()),
-        read_only_source: None,
+        role: Some(Helper::Vsock),
     }];
-    let sources = std::iter::once((&spec.rootfs, false))
+    // A store image is shared by every sandbox of it: read-only at the host, so no guest can
+    // change what the next one boots (the guest's writes go to its tmpfs overlay).
+    let sources = std::iter::once((&spec.rootfs, spec.root_overlay))
         .chain(spec.shares.iter().map(|s| (&s.host_path, s.read_only)));
     for (index, (source, read_only)) in sources.enumerate() {
         let tag = share_tag(index);
+        let served = virtiofs::Served {
+            source,
+            read_only,
+            is_root: index == 0,
+            owner: owner_of(source)?,
+        };
         helpers.push(ProcessPlan {
             name: format!("virtiofsd ({tag})"),
             program: inputs.virtiofsd.clone(),
-            args: vec![
-                format!("--socket-path={}", layout.fs_socket(index).display()),
-                "-o".into(),
-                format!("source={}", source.display()),
-                "-o".into(),
-                "cache=none".into(),
-                "-o".into(),
-                format!("sandbox={}", inputs.virtiofsd_sandbox),
-            ],
+            args: virtiofs::args(&served, &layout.fs_socket(index), inputs.privilege),
             log: layout.log(&format!("virtiofsd-{tag}")),
             ready_socket: Some(layout.fs_socket(index)),
-            // Mount namespaces need root (the `chroot` sandbox says we are); otherwise the
-            // guest's read-only mount is the only guard.
-            read_only_source: (read_only && inputs.virtiofsd_sandbox == "chroot")
-                .then(|| source.clone()),
+            role: Some(Helper::FileServer),
         });
     }
 
@@ -195,7 +191,7 @@ pub fn build(spec: &VmSpec, layout: &Layout, inputs: &Inputs) -> Result<LaunchPl
             args: net::helper_args(&layout.net_socket(), network, false)?,
             log: layout.log("net"),
             ready_socket: Some(layout.net_socket()),
-            read_only_source: None,
+            role: Some(Helper::Network),
         });
     }
 
@@ -284,9 +280,17 @@ pub fn build(spec: &VmSpec, layout: &Layout, inputs: &Inputs) -> Result<LaunchPl
             args,
             log: layout.log("qemu"),
             ready_socket: None,
-            read_only_source: None,
+            role: None,
         },
     })
+}
+
+/// The owner (uid, gid) of a directory to serve.
+fn owner_of(dir: &Path) -> Result<(u32, u32), BackendError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir)
+        .map_err(|e| BackendError::InvalidSpec(format!("cannot share {}: {e}", dir.display())))?;
+    Ok((meta.uid(), meta.gid()))
 }
 
 fn share_tag(index: usize) -> String {
@@ -351,12 +355,12 @@ mod tests {
     fn inputs() -> Inputs {
         Inputs {
             qemu: "/usr/bin/qemu-system-x86_64".into(),
-            virtiofsd: "/usr/lib/qemu/virtiofsd".into(),
+            virtiofsd: "/usr/libexec/virtiofsd".into(),
             vhost_device_vsock: "/bin/vhost-device-vsock".into(),
             kernel: "/k/vmlinuz".into(),
             initramfs: "/k/initramfs.cpio".into(),
             kvm: false,
-            virtiofsd_sandbox: "chroot",
+            privilege: virtiofs::Privilege::Root,
             krunbox: "/bin/krunbox".into(),
         }
     }
@@ -367,7 +371,8 @@ mod tests {
 
     #[test]
     fn the_user_network_is_a_helper_and_a_card_and_none_is_neither() {
-        let mut spec = VmSpec::new("/images/root".into(), "/gi".into());
+        let root = tempfile::tempdir().unwrap();
+        let mut spec = VmSpec::new(root.path().to_owned(), "/gi".into());
         let layout = Layout::new("/run/krunbox/abc".into());
         let plan = build(&spec, &layout, &inputs()).unwrap();
         let helper = plan.helpers.last().unwrap();
@@ -396,7 +401,8 @@ mod tests {
     #[test]
     fn a_tcg_vm_with_one_share() {
         let share_dir = tempfile::tempdir().unwrap();
-        let mut spec = VmSpec::new("/images/root".into(), "/gi".into());
+        let root = tempfile::tempdir().unwrap();
+        let mut spec = VmSpec::new(root.path().to_owned(), "/gi".into());
         spec.cpus = 2;
         spec.memory_mib = 1024;
         spec.hostname = "box".into();
@@ -412,16 +418,27 @@ mod tests {
             joined(&plan.helpers[0]),
             "--guest-cid 3 --socket /run/krunbox/abc/vhost-vsock.sock --uds-path /run/krunbox/abc/vm.vsock"
         );
-        assert_eq!(plan.helpers[1].read_only_source, None, "the root share");
-        assert_eq!(
-            plan.helpers[2].read_only_source.as_deref(),
-            Some(share_dir.path()),
-            "a :ro share is served from a read-only bind mount"
-        );
         assert_eq!(
             joined(&plan.helpers[1]),
-            "--socket-path=/run/krunbox/abc/fs0.sock -o source=/images/root -o cache=none -o sandbox=chroot"
+            format!(
+                "--socket-path=/run/krunbox/abc/fs0.sock --shared-dir={} --cache=never \
+                 --sandbox=chroot --modcaps=-mknod:-setfcap",
+                root.path().display()
+            ),
+            "a writable root keeps the guest's ids"
         );
+        assert!(
+            joined(&plan.helpers[2]).ends_with("--readonly"),
+            "a :ro share is read-only at the host"
+        );
+        let mut image_spec = spec.clone();
+        image_spec.root_overlay = true;
+        let plan = build(&image_spec, &layout, &inputs()).unwrap();
+        assert!(
+            joined(&plan.helpers[1]).ends_with("--readonly"),
+            "a store image is read-only at the host"
+        );
+        let plan = build(&spec, &layout, &inputs()).unwrap();
         let qemu = joined(&plan.vmm);
         for expected in [
             "-machine q35,memory-backend=mem",
@@ -454,7 +471,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let agent = dir.path().join("agent.sock");
         let _listener = std::os::unix::net::UnixListener::bind(&agent).unwrap();
-        let mut spec = VmSpec::new("/r".into(), "/gi".into());
+        let mut spec = VmSpec::new("/".into(), "/gi".into());
         let layout = Layout::new("/run/krunbox/abc".into());
         let plan = build(&spec, &layout, &inputs()).unwrap();
         assert!(plan.links.is_empty());
@@ -474,7 +491,7 @@ mod tests {
 
     #[test]
     fn kvm_uses_the_host_cpu() {
-        let spec = VmSpec::new("/r".into(), "/gi".into());
+        let spec = VmSpec::new("/".into(), "/gi".into());
         let mut inputs = inputs();
         inputs.kvm = true;
         let plan = build(&spec, &Layout::new("/d".into()), &inputs).unwrap();

@@ -41,7 +41,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use super::plan::{LaunchPlan, ProcessPlan, SocketLink};
-use crate::backend::{self, log_tail, SocketNotReady, VmExit};
+use crate::backend::{self, log_tail, Helper, SocketNotReady, VmExit};
 use crate::rundir::RunDir;
 
 /// The hidden subcommand that runs the supervisor.
@@ -183,7 +183,7 @@ fn emit(event: &Event) {
 struct Supervisor {
     wake: UnixStream,
     terminate: Arc<AtomicBool>,
-    helpers: Vec<(String, Child)>,
+    helpers: Vec<(String, Option<Helper>, Child)>,
     vmm: Option<Child>,
 }
 
@@ -238,9 +238,9 @@ impl Supervisor {
         }
         for helper in &plan.helpers {
             let child = spawn(helper).map_err(|e| (helper.name.clone(), e))?;
-            self.helpers.push((helper.name.clone(), child));
+            self.helpers.push((helper.name.clone(), helper.role, child));
             if let Some(socket) = &helper.ready_socket {
-                let Some((_, child)) = self.helpers.last_mut() else {
+                let Some((_, _, child)) = self.helpers.last_mut() else {
                     continue;
                 };
                 wait_for_socket(child, helper, socket)?;
@@ -258,9 +258,9 @@ impl Supervisor {
         let mut reported = false;
         loop {
             if !reported {
-                if let Some(exit) = self.vmm_exit() {
+                if let Some(exit) = self.vmm_exit().or_else(|| self.helper_death()) {
                     tracing::info!(%exit, "the VM ended");
-                    self.stop_helpers();
+                    self.stop_all();
                     emit(&Event::Exited { exit });
                     reported = true;
                 }
@@ -323,6 +323,19 @@ impl Supervisor {
         }
     }
 
+    /// A helper that died while QEMU runs: the guest lost its files, its agent or its
+    /// network, so the VM is stopped and reported ended for that reason.
+    fn helper_death(&mut self) -> Option<VmExit> {
+        self.vmm.as_ref()?;
+        for (name, role, child) in &mut self.helpers {
+            if let (Some(role), Ok(Some(status))) = (*role, child.try_wait()) {
+                tracing::error!(helper = %name, %status, "a helper died; stopping the VM");
+                return Some(VmExit::HelperDied(role));
+            }
+        }
+        None
+    }
+
     fn signal_vmm(&mut self, sig: Signal) {
         if let Some(vmm) = &mut self.vmm {
             if matches!(vmm.try_wait(), Ok(None)) {
@@ -333,7 +346,7 @@ impl Supervisor {
     }
 
     fn stop_helpers(&mut self) {
-        for (name, child) in &mut self.helpers {
+        for (name, _, child) in &mut self.helpers {
             stop(name, child);
         }
     }
@@ -395,67 +408,9 @@ fn spawn(plan: &ProcessPlan) -> Result<Child, String> {
         .stdout(log)
         .stderr(log_err);
     die_with_supervisor(&mut cmd);
-    if let Some(source) = &plan.read_only_source {
-        read_only_view(&mut cmd, source)?;
-    }
     tracing::info!(name = %plan.name, command = ?cmd, "starting");
     cmd.spawn()
         .map_err(|e| format!("cannot run {}: {e}", plan.program.display()))
-}
-
-/// The child runs in its own mount namespace in which `source` is a read-only bind mount of
-/// itself, so nothing it does can write there (needs CAP_SYS_ADMIN: root).
-#[cfg(target_os = "linux")]
-fn read_only_view(cmd: &mut Command, source: &Path) -> Result<(), String> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(source.as_os_str().as_bytes())
-        .map_err(|_| format!("{} contains a NUL byte", source.display()))?;
-    // SAFETY: between fork and exec the closure only makes unshare(2) and mount(2) system
-    // calls with pointers to C strings that live as long as the closure (the path was made
-    // before the fork) or are static; these calls are async-signal-safe and allocate nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fail = || Err(std::io::Error::last_os_error());
-            let none: *const libc::c_char = std::ptr::null();
-            let no_data: *const libc::c_void = std::ptr::null();
-            if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                return fail();
-            }
-            // Our mounts must not propagate back to the host's namespace.
-            if libc::mount(
-                none,
-                c"/".as_ptr(),
-                none,
-                libc::MS_REC | libc::MS_PRIVATE,
-                no_data,
-            ) != 0
-            {
-                return fail();
-            }
-            if libc::mount(
-                path.as_ptr(),
-                path.as_ptr(),
-                none,
-                libc::MS_BIND | libc::MS_REC,
-                no_data,
-            ) != 0
-            {
-                return fail();
-            }
-            let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
-            if libc::mount(none, path.as_ptr(), none, flags, no_data) != 0 {
-                return fail();
-            }
-            Ok(())
-        });
-    }
-    Ok(())
-}
-
-/// Mount namespaces are Linux's: elsewhere the guest's read-only mount is the only guard.
-#[cfg(not(target_os = "linux"))]
-fn read_only_view(_cmd: &mut Command, _source: &Path) -> Result<(), String> {
-    Ok(())
 }
 
 /// The child gets SIGKILL when the supervisor dies, even by SIGKILL.

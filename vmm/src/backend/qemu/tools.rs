@@ -9,7 +9,8 @@ use crate::paths::find_program;
 pub enum Tool {
     /// qemu-system-x86_64.
     Qemu,
-    /// virtiofsd (the C one from qemu-system-common, or the Rust one).
+    /// virtiofsd, the Rust one (1.x: read-only shares and id mapping at the host; QEMU's C
+    /// virtiofsd has neither, see `virtiofs.rs`).
     Virtiofsd,
     /// vhost-device-vsock (crates.io, `cargo install vhost-device-vsock`).
     VhostDeviceVsock,
@@ -41,7 +42,9 @@ impl Tool {
     pub fn install_hint(self) -> &'static str {
         match self {
             Self::Qemu => "apt-get install qemu-system-x86",
-            Self::Virtiofsd => "apt-get install qemu-system-common (or the virtiofsd package)",
+            Self::Virtiofsd => {
+                "apt-get install libseccomp-dev libcap-ng-dev && cargo install --locked virtiofsd --version 1.14.0 (or the virtiofsd package, 1.10 or newer)"
+            }
             Self::VhostDeviceVsock => "cargo install --locked vhost-device-vsock --version 0.3.0",
         }
     }
@@ -49,11 +52,8 @@ impl Tool {
     fn candidates(self) -> &'static [&'static str] {
         match self {
             Self::Qemu => &["qemu-system-x86_64"],
-            Self::Virtiofsd => &[
-                "/usr/libexec/virtiofsd",
-                "/usr/lib/qemu/virtiofsd",
-                "virtiofsd",
-            ],
+            // Not /usr/lib/qemu/virtiofsd: that is QEMU's C one.
+            Self::Virtiofsd => &["virtiofsd", "/usr/libexec/virtiofsd"],
             Self::VhostDeviceVsock => &["vhost-device-vsock"],
         }
     }
