@@ -71,10 +71,25 @@ for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl aarch64-apple-darw
   grep -qx "$t" <<<"$installed_targets" || rustup target add "$t"
 done
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
-command -v vhost-device-vsock >/dev/null || { log "building vhost-device-vsock (about 2 minutes)"; cargo install --locked vhost-device-vsock --version 0.3.0; }
+# Host helpers krunbox runs (crates.io). Installed as root into /usr/local, so krunbox works
+# the same for every local user; as a normal user into ~/.cargo/bin.
+helper_tool() { # NAME VERSION WHY
+  local name=$1 version=$2
+  if [ "$(id -u)" -eq 0 ]; then
+    [ -x "/usr/local/bin/$name" ] && return
+    if [ -x "$HOME/.cargo/bin/$name" ] && "$HOME/.cargo/bin/$name" --version 2>/dev/null | grep -q "$version"; then
+      install -m 0755 "$HOME/.cargo/bin/$name" "/usr/local/bin/$name"; return
+    fi
+    log "building $name $version ($3)"; cargo install --locked --root /usr/local "$name" --version "$version"
+  else
+    command -v "$name" >/dev/null && return
+    log "building $name $version ($3)"; cargo install --locked "$name" --version "$version"
+  fi
+}
+helper_tool vhost-device-vsock 0.3.0 "the QEMU backend's vsock; about 2 minutes"
 # The Rust virtiofsd: read-only shares and id mapping enforced at the host (QEMU's C one in
 # qemu-system-common has neither); Debian's own package needs a newer libc than bookworm's.
-command -v virtiofsd >/dev/null || { log "building virtiofsd (about 3 minutes)"; cargo install --locked virtiofsd --version 1.14.0; }
+helper_tool virtiofsd 1.14.0 "the QEMU backend's shared directories; about 3 minutes"
 command -v cargo-fuzz >/dev/null || { log "building cargo-fuzz"; cargo install --locked cargo-fuzz --version 0.13.2; }
 
 # --- krunbox, its guest agent, kernel and default image ---------------------------------

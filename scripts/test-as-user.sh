@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Runs a representative part of the end-to-end suite as a normal user (not root), because
+# krunbox must boot guests, with the same isolation, without privileges. scripts/test.sh calls
+# it as root after the main suite; it needs the test binaries built (`cargo test --no-run`).
+#
+#   scripts/test-as-user.sh RESULTS_FILE
+#
+# The user `krunbox-ci` is created if missing. What it runs is staged in a world-readable
+# temporary directory (the checkout itself may be private to root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+results=${1:-/dev/null}
+user=krunbox-ci
+[ "$(id -u)" -eq 0 ] || { echo "test-as-user: run as root (it switches to $user)" >&2; exit 2; }
+id "$user" >/dev/null 2>&1 || useradd --create-home --shell /bin/sh "$user"
+home=$(getent passwd "$user" | cut -d: -f6)
+
+stage=$(mktemp -d /tmp/kbx-user-XXXXXX)
+trap 'rm -rf "$stage"' EXIT
+chmod 0755 "$stage"
+mkdir -p "$stage/debug/deps"
+install -m 0755 target/debug/krunbox "$stage/debug/krunbox"
+install -m 0755 target/guest-init/x86_64/guest-init "$stage/guest-init"
+cp -r target/rootfs/default "$stage/default-image"
+chmod -R a+rX "$stage"
+
+# Test binary NAME's path, from cargo's build messages.
+test_binary() {
+  cargo test -p krunbox-tests --test "$1" --no-run --message-format=json 2>/dev/null \
+    | python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and "test" in m["target"]["kind"]:
+        print(m["executable"])'
+}
+
+# TEST_BINARY [FILTER...]
+run_as_user() {
+  local bin=$1; shift
+  local exe; exe=$(test_binary "$bin")
+  [ -n "$exe" ] || { echo "test-as-user: no test binary $bin" >&2; exit 1; }
+  install -m 0755 "$exe" "$stage/debug/deps/"
+  printf '\n== as %s (uid %s): %s %s\n' "$user" "$(id -u "$user")" "$bin" "$*" >&2
+  runuser -u "$user" -- env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$home" \
+    KRUNBOX_REQUIRE_E2E=1 KRUNBOX_GUEST_INIT="$stage/guest-init" \
+    KRUNBOX_DEFAULT_IMAGE="$stage/default-image" \
+    "$stage/debug/deps/$(basename "$exe")" "$@" 2>&1 | tee -a "$results"
+  return "${PIPESTATUS[0]}"
+}
+
+run_as_user run
+run_as_user adversarial virtiofs::
+run_as_user sandbox read_only_volumes_refuse_writes
