@@ -50,7 +50,7 @@ impl RunDir {
             "agent_port": 1024,
             "agent_socket": self.dir.join("agent.sock"),
             "net_socket": self.dir.join("net.sock"),
-            "console_log": self.dir.join("console.log"),
+            "console_pipe": self.dir.join("console.pipe"),
             "guest_config": ["krunbox.port=1024", "krunbox.vmm=libkrun"],
             "log_level": 2
         });

@@ -10,6 +10,7 @@
 //!   without usable KVM (and is what the end-to-end tests boot);
 //! - [`krun`]: libkrun in a VMM child process (KVM on Linux, Hypervisor.framework on macOS).
 
+pub mod console;
 pub mod host;
 pub mod krun;
 pub mod net;

@@ -101,7 +101,7 @@ fn write_config(dir: &Path, root: &Path, guest_init: &Path) -> anyhow::Result<()
         "net_socket": dir.join("net.sock"),
         "agent_port": krunbox_protocol::AGENT_VSOCK_PORT,
         "agent_socket": dir.join("agent.sock"),
-        "console_log": dir.join("console.log"),
+        "console_pipe": dir.join("console.pipe"),
         "guest_config": ["krunbox.vmm=libkrun"],
         "log_level": 0
     });

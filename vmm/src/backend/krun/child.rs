@@ -82,6 +82,9 @@ pub fn main(run_dir: &Path, no_enter: bool) -> i32 {
             ))
         }
     };
+    if let Err(err) = super::super::console::relay(&config.console_pipe, &layout.console()) {
+        return fail(err.to_string());
+    }
     if let Err(message) = start_network(&config) {
         return fail(message);
     }

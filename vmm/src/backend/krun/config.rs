@@ -42,9 +42,14 @@ impl Layout {
         self.dir.join("agent.sock")
     }
 
-    /// The guest console (virtio console `hvc0`).
+    /// The guest console (virtio console `hvc0`), a capped copy of [`Layout::console_pipe`].
     pub fn console(&self) -> PathBuf {
         self.dir.join("console.log")
+    }
+
+    /// The FIFO libkrun writes the console into (see `backend::console`).
+    pub fn console_pipe(&self) -> PathBuf {
+        self.dir.join("console.pipe")
     }
 
     /// The VMM child's own log: libkrun's messages and ours.
@@ -105,8 +110,9 @@ pub struct KrunVmConfig {
     /// port [`krunbox_protocol::SSH_AGENT_VSOCK_PORT`] to.
     #[serde(default)]
     pub ssh_agent: Option<PathBuf>,
-    /// Where the guest console goes.
-    pub console_log: PathBuf,
+    /// The FIFO libkrun writes the guest console into; the VMM child relays it, capped, into
+    /// the run directory's `console.log`.
+    pub console_pipe: PathBuf,
     /// guest-init's settings (`krunbox.*` words), which libkrun puts on the kernel command line.
     pub guest_config: Vec<String>,
     /// libkrun's log level (0 off … 5 trace), to the VMM log.
@@ -201,7 +207,7 @@ impl KrunVmConfig {
             agent_port,
             agent_socket: layout.agent_socket(),
             ssh_agent: spec.ssh_agent.clone(),
-            console_log: layout.console(),
+            console_pipe: layout.console_pipe(),
             guest_config,
             log_level,
         })
@@ -273,8 +279,8 @@ mod tests {
             Path::new("/run/krunbox/abc/agent.sock")
         );
         assert_eq!(
-            config.console_log,
-            Path::new("/run/krunbox/abc/console.log")
+            config.console_pipe,
+            Path::new("/run/krunbox/abc/console.pipe")
         );
         assert_eq!(config.network, Network::default());
         assert_eq!(

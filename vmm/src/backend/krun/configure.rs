@@ -17,7 +17,7 @@
 //!    which boots `/init.krun` from the virtio-fs root);
 //! 6. guest-init's `krunbox.*` settings (`krun_set_env`: libkrun appends them, double-quoted,
 //!    to the kernel command line, where guest-init reads them from `/proc/cmdline`);
-//! 7. the console to a file (`krun_set_console_output`).
+//! 7. the console into the FIFO the VMM child relays, capped (`krun_set_console_output`).
 //!
 //! `krun_start_enter` is the caller's (it never returns on success).
 
@@ -76,7 +76,7 @@ pub fn configure(
         api.set_kernel(ctx, &kernel.path, kernel.format, None, None)?;
     }
     api.set_env(ctx, &config.guest_config)?;
-    api.set_console_output(ctx, &config.console_log)?;
+    api.set_console_output(ctx, &config.console_pipe)?;
     Ok(ctx)
 }
 
@@ -266,7 +266,7 @@ mod tests {
                 "krun_set_env(7, [krunbox.port=1024 krunbox.hostname=krunbox krunbox.vmm=libkrun \
                  krunbox.net=10.0.2.15/24,10.0.2.2,10.0.2.2])"
                     .into(),
-                "krun_set_console_output(7, /run/k/vm1/console.log)".into(),
+                "krun_set_console_output(7, /run/k/vm1/console.pipe)".into(),
             ]
         );
         assert_eq!(api.overlay_bytes, [INIT.len()]);

@@ -98,9 +98,14 @@ impl Layout {
         self.dir.join("net.sock")
     }
 
-    /// The guest's serial console.
+    /// The guest's serial console (capped copy of [`Layout::console_pipe`]).
     pub fn console(&self) -> PathBuf {
         self.dir.join("console.log")
+    }
+
+    /// The FIFO QEMU writes the serial console into (see `backend::console`).
+    pub fn console_pipe(&self) -> PathBuf {
+        self.dir.join("console.pipe")
     }
 
     /// A helper's log.
@@ -222,7 +227,7 @@ pub fn build(spec: &VmSpec, layout: &Layout, inputs: &Inputs) -> Result<LaunchPl
         "-nodefaults".into(),
         "-no-reboot".into(),
         "-serial".into(),
-        format!("file:{}", layout.console().display()),
+        format!("file:{}", layout.console_pipe().display()),
         "-kernel".into(),
         path_arg(&inputs.kernel),
         "-initrd".into(),
@@ -445,7 +450,7 @@ mod tests {
             "-object memory-backend-memfd,id=mem,size=1024M,share=on",
             "-smp 2",
             "-accel tcg -cpu max",
-            "-serial file:/run/krunbox/abc/console.log",
+            "-serial file:/run/krunbox/abc/console.pipe",
             "-device vhost-user-vsock-pci,chardev=vsock",
             "-device virtio-balloon-pci,free-page-reporting=on",
             "-device vhost-user-fs-pci,chardev=fs0,tag=rootfs",

@@ -40,8 +40,8 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use super::plan::{LaunchPlan, ProcessPlan, SocketLink};
-use crate::backend::{self, log_tail, Helper, SocketNotReady, VmExit};
+use super::plan::{LaunchPlan, Layout, ProcessPlan, SocketLink};
+use crate::backend::{self, console, log_tail, Helper, SocketNotReady, VmExit};
 use crate::rundir::RunDir;
 
 /// The hidden subcommand that runs the supervisor.
@@ -246,6 +246,9 @@ impl Supervisor {
                 wait_for_socket(child, helper, socket)?;
             }
         }
+        let layout = Layout::new(plan.run_dir.clone());
+        console::relay(&layout.console_pipe(), &layout.console())
+            .map_err(|e| ("supervisor".to_owned(), e.to_string()))?;
         let vmm = spawn(&plan.vmm).map_err(|e| (plan.vmm.name.clone(), e))?;
         let pid = vmm.id();
         tracing::info!(pid, "qemu started");
