@@ -265,6 +265,19 @@ fn a_killed_vmm_or_monitor_shows_as_exited_with_the_reason() {
     let line = b.wait_for_status("crash", "exited", CLEANUP);
     assert!(line.contains("the sandbox monitor died"), "{line}");
     b.k.assert_nothing_left(CLEANUP);
+
+    // A helper the VM cannot work without (its files' server) killed: the VM is stopped and
+    // ps names the helper, instead of a guest hanging on its root filesystem.
+    b.ok(&["start", "crash"]);
+    let virtiofsd = b.pids_of("virtiofsd");
+    assert!(!virtiofsd.is_empty(), "a virtiofsd runs");
+    kill(Pid::from_raw(virtiofsd[0]), Signal::SIGKILL).unwrap();
+    let line = b.wait_for_status("crash", "exited", CLEANUP);
+    assert!(
+        line.contains("a shared-directory server (virtiofsd) died, so the VM was stopped"),
+        "{line}"
+    );
+    b.k.assert_nothing_left(CLEANUP);
     b.ok(&["rm", "crash"]);
     b.assert_nothing_left();
 }

@@ -49,6 +49,8 @@ pub const SUBCOMMAND: &str = "__qemu-supervisor";
 
 /// How long a helper may take to create its socket.
 const HELPER_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long QEMU may take to end after a helper did, for QEMU's end to be what is reported.
+const HELPER_DEATH_GRACE: Duration = Duration::from_millis(500);
 /// How long a process may take to exit after SIGTERM before it gets SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(2);
 
@@ -330,13 +332,23 @@ impl Supervisor {
     /// network, so the VM is stopped and reported ended for that reason.
     fn helper_death(&mut self) -> Option<VmExit> {
         self.vmm.as_ref()?;
-        for (name, role, child) in &mut self.helpers {
-            if let (Some(role), Ok(Some(status))) = (*role, child.try_wait()) {
-                tracing::error!(helper = %name, %status, "a helper died; stopping the VM");
-                return Some(VmExit::HelperDied(role));
+        let (name, role) = self.helpers.iter_mut().find_map(|(name, role, child)| {
+            match (*role, child.try_wait()) {
+                (Some(role), Ok(Some(status))) => Some((format!("{name} ({status})"), role)),
+                _ => None,
             }
+        })?;
+        // QEMU's sockets close before it can be reaped, so a helper that exits because QEMU
+        // died can be seen first: QEMU's own end, if it comes at once, is the real story.
+        let deadline = Instant::now() + HELPER_DEATH_GRACE;
+        while Instant::now() < deadline {
+            if let Some(exit) = self.vmm_exit() {
+                return Some(exit);
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        None
+        tracing::error!(helper = %name, "a helper died; stopping the VM");
+        Some(VmExit::HelperDied(role))
     }
 
     fn signal_vmm(&mut self, sig: Signal) {
