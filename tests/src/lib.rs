@@ -225,6 +225,8 @@ impl Harness {
         // Short path: Unix socket paths must stay under 108 bytes.
         let runtime = tempfile::Builder::new()
             .prefix("kbx-e2e-")
+            // krunbox refuses a runtime root others can reach.
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .tempdir_in("/tmp")
             .expect("runtime dir");
         Self {

@@ -348,6 +348,9 @@ pub enum BackendError {
     /// The VM's run directory.
     #[error("run directory: {0}")]
     RunDir(#[from] crate::rundir::RunDirError),
+    /// The data directory is not ours.
+    #[error(transparent)]
+    DataDir(#[from] crate::private_dir::PrivateDirError),
 }
 
 /// Why a helper process never created the socket it was started to create.
