@@ -345,8 +345,9 @@ pub enum BackendError {
     /// A lock.
     #[error(transparent)]
     Lock(#[from] crate::lock::LockError),
-    /// The VM's run directory.
-    #[error("run directory: {0}")]
+    /// The VM's run directory (its errors name the path; transparent, so an unusable runtime
+    /// root is reported once).
+    #[error(transparent)]
     RunDir(#[from] crate::rundir::RunDirError),
     /// The data directory is not ours.
     #[error(transparent)]
