@@ -222,6 +222,8 @@ impl Harness {
         // Short path: Unix socket paths must stay under 108 bytes.
         let runtime = tempfile::Builder::new()
             .prefix("kbx-e2e-")
+            // krunbox refuses a runtime root others can reach.
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .tempdir_in("/tmp")
             .expect("runtime dir");
         Self {
@@ -443,4 +445,87 @@ pub fn wait_timeout(child: &mut Child, limit: Duration) -> std::process::ExitSta
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// guest-init for x86_64 musl, as the harness finds it (`None` if not built).
+pub fn guest_init_binary() -> Option<PathBuf> {
+    guest_init()
+}
+
+/// Another person on this host: a real local user the tests create, to attack krunbox from
+/// outside (or to be its victim, running krunbox as an unprivileged user).
+#[derive(Debug, Clone, Copy)]
+pub struct LocalUser {
+    /// The login name.
+    pub name: &'static str,
+    /// Its uid.
+    pub uid: u32,
+    /// Its primary gid.
+    pub gid: u32,
+}
+
+impl LocalUser {
+    /// `program` run as this user (no supplementary groups) with an empty environment but for
+    /// a standard `PATH`, in `/`.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(program);
+        cmd.env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+            .current_dir("/")
+            .uid(self.uid)
+            .gid(self.gid);
+        cmd
+    }
+
+    /// Gives `path` to this user (the test runs as root).
+    pub fn chown(&self, path: &Path) {
+        std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))
+            .unwrap_or_else(|e| panic!("chown {} to {}: {e}", path.display(), self.name));
+    }
+}
+
+/// The local system user `name` (no home directory), created with `useradd` if missing.
+/// `None` after a loud SKIPPED line when the tests do not run as root (only root can create
+/// users and act as them) — a failure instead when `KRUNBOX_REQUIRE_E2E` is set.
+pub fn local_user(test: &str, name: &'static str) -> Option<LocalUser> {
+    static CREATING: Mutex<()> = Mutex::new(());
+    if !nix::unistd::geteuid().is_root() {
+        let why = "needs root to create and act as a second local user";
+        assert!(
+            std::env::var("KRUNBOX_REQUIRE_E2E").is_err(),
+            "KRUNBOX_REQUIRE_E2E is set but {test} {why}"
+        );
+        eprintln!("SKIPPED {test}: {why}");
+        return None;
+    }
+    // useradd locks /etc/passwd: one at a time.
+    let _one = CREATING.lock().unwrap_or_else(|p| p.into_inner());
+    let lookup = || nix::unistd::User::from_name(name).expect("read the user database");
+    let user = match lookup() {
+        Some(user) => user,
+        None => {
+            let out = Command::new("useradd")
+                .args([
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    name,
+                ])
+                .output()
+                .expect("run useradd");
+            assert!(
+                out.status.success(),
+                "useradd {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            lookup().unwrap_or_else(|| panic!("useradd made no user {name}"))
+        }
+    };
+    Some(LocalUser {
+        name,
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+    })
 }

@@ -25,6 +25,8 @@ use krunbox_image::pull::PullOptions;
 use krunbox_image::source::{self, PullPolicy, Source};
 use krunbox_image::store::{RootfsLease, Store, StoreError};
 
+use crate::private_dir::PrivateDirError;
+
 /// Environment variable naming the OCI layout of the default image.
 pub const DEFAULT_IMAGE_ENV: &str = "KRUNBOX_DEFAULT_IMAGE";
 
@@ -76,6 +78,9 @@ pub enum ImageError {
     /// A lock.
     #[error(transparent)]
     Lock(#[from] crate::lock::LockError),
+    /// The data directory is not ours.
+    #[error(transparent)]
+    DataDir(#[from] PrivateDirError),
     /// Local I/O.
     #[error("{action} {path}: {source}")]
     Io {
@@ -89,13 +94,14 @@ pub enum ImageError {
 }
 
 /// The image store of this user: `$DATA/store`.
-pub fn store_dir() -> PathBuf {
-    crate::paths::data_dir().join("store")
+pub fn store_dir() -> Result<PathBuf, PrivateDirError> {
+    Ok(crate::paths::data_dir()?.join("store"))
 }
 
-/// Opens (creating) the image store.
-pub fn open_store() -> Result<Store, StoreError> {
-    Store::open(&store_dir())
+/// Opens (creating) the image store; the error is the caller's, which must say both why the
+/// data directory is unusable and why the store is.
+pub fn open_store<E: From<StoreError> + From<PrivateDirError>>() -> Result<Store, E> {
+    Ok(Store::open(&store_dir()?)?)
 }
 
 /// Pull options from image options.
@@ -127,7 +133,7 @@ pub fn prepare(image: Option<&str>, options: &ImageOptions) -> Result<PreparedRo
             _lease: None,
         });
     }
-    let store = open_store()?;
+    let store = open_store::<ImageError>()?;
     let Some(source) = source else {
         let record = default_image(&store)?;
         let lease = store.lease_rootfs(&record)?;
@@ -179,7 +185,7 @@ pub fn reopen(rootfs: &Path, overlay: bool) -> Result<PreparedRoot, ImageError> 
             _lease: None,
         });
     }
-    let store = open_store()?;
+    let store = open_store::<ImageError>()?;
     let record = store
         .list_images()?
         .into_iter()
@@ -253,8 +259,8 @@ fn default_image(store: &Store) -> Result<krunbox_image::store::ImageRecord, Ima
         return Ok(record);
     }
     // No layout anywhere: build one from the host's busybox, as build-rootfs would.
-    let data = crate::paths::data_dir();
-    std::fs::create_dir_all(&data).map_err(|source| ImageError::Io {
+    let data = crate::paths::data_dir()?;
+    crate::private_dir::create_all(&data).map_err(|source| ImageError::Io {
         action: "creating",
         path: data.clone(),
         source,

@@ -56,7 +56,7 @@ pub fn cached(
     if image.is_file() {
         return Ok(image);
     }
-    std::fs::create_dir_all(cache_dir).map_err(io("create", cache_dir))?;
+    crate::private_dir::create_all(cache_dir).map_err(io("create", cache_dir))?;
     let tmp =
         tempfile::NamedTempFile::new_in(cache_dir).map_err(io("create a file in", cache_dir))?;
     let mut out = BufWriter::new(tmp.as_file());

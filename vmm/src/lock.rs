@@ -21,11 +21,16 @@ pub struct LockError {
     pub source: std::io::Error,
 }
 
-fn open(path: &Path) -> Result<File, LockError> {
+/// Opens the lock file, never through a symbolic link (a planted link must not make us create
+/// or lock a file elsewhere).
+fn open(path: &Path, create: bool) -> Result<File, LockError> {
+    use std::os::unix::fs::OpenOptionsExt;
     OpenOptions::new()
-        .create(true)
+        .create(create)
         .truncate(false)
         .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(|source| LockError {
             path: path.to_owned(),
@@ -35,7 +40,7 @@ fn open(path: &Path) -> Result<File, LockError> {
 
 /// Takes an exclusive lock on `path` (created if missing), waiting for other holders.
 pub fn exclusive(path: &Path) -> Result<LockGuard, LockError> {
-    let file = open(path)?;
+    let file = open(path, true)?;
     Flock::lock(file, FlockArg::LockExclusive)
         .map(|lock| LockGuard { _lock: lock })
         .map_err(|(_, errno)| LockError {
@@ -46,7 +51,16 @@ pub fn exclusive(path: &Path) -> Result<LockGuard, LockError> {
 
 /// Takes an exclusive lock on `path` if nobody holds it; `Ok(None)` when someone does.
 pub fn try_exclusive(path: &Path) -> Result<Option<LockGuard>, LockError> {
-    let file = open(path)?;
+    try_lock(open(path, true)?, path)
+}
+
+/// Like [`try_exclusive`] on a lock file that must already exist (probing, which must not
+/// leave a file behind); a missing one is an error of kind `NotFound`.
+pub fn try_exclusive_existing(path: &Path) -> Result<Option<LockGuard>, LockError> {
+    try_lock(open(path, false)?, path)
+}
+
+fn try_lock(file: File, path: &Path) -> Result<Option<LockGuard>, LockError> {
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => Ok(Some(LockGuard { _lock: lock })),
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
@@ -69,5 +83,20 @@ mod tests {
         assert!(try_exclusive(&path).unwrap().is_none());
         drop(held);
         assert!(try_exclusive(&path).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_symlinked_lock_file_is_neither_followed_nor_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        let link = dir.path().join("lock");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(exclusive(&link).is_err());
+        assert!(try_exclusive(&link).is_err());
+        assert!(!target.exists());
+        let missing = dir.path().join("missing");
+        let err = try_exclusive_existing(&missing).unwrap_err();
+        assert_eq!(err.source.kind(), std::io::ErrorKind::NotFound);
+        assert!(!missing.exists());
     }
 }

@@ -15,6 +15,7 @@ mod image;
 mod initramfs;
 mod lock;
 mod paths;
+mod private_dir;
 mod rundir;
 mod sandbox;
 mod shares;

@@ -1,28 +1,46 @@
 //! Where krunbox keeps things on the host.
 //!
 //! - data (kernels, the default image, initramfs cache): `$KRUNBOX_DATA_DIR`, else
-//!   `$XDG_DATA_HOME/krunbox`, else `~/.local/share/krunbox`;
+//!   `$XDG_DATA_HOME/krunbox`, else `~/.local/share/krunbox`, else `/tmp/krunbox-$UID/data`;
 //! - runtime (one directory per running VM, with its sockets and console log):
 //!   `$KRUNBOX_RUNTIME_DIR`, else `$XDG_RUNTIME_DIR/krunbox`, else `/run/krunbox` for root,
 //!   else `/tmp/krunbox-$UID`.
+//!
+//! `/tmp` is shared with every other local user, so the fallbacks there are only used once
+//! [`private_dir::ensure`] has made or found them ours and closed to others; the runtime root
+//! gets that check wherever it is ([`crate::rundir`] does it before each use).
 
 use std::path::PathBuf;
 
-/// The data directory (not created).
-pub fn data_dir() -> PathBuf {
+use crate::private_dir::{self, PrivateDirError};
+
+/// What picks the data directory (named in errors about it).
+pub const DATA_SETTING: &str = "KRUNBOX_DATA_DIR";
+/// What picks the runtime root (named in errors about it).
+pub const RUNTIME_SETTING: &str = "KRUNBOX_RUNTIME_DIR";
+
+/// The data directory. In the `/tmp` fallback it is made (0700) and checked here, since a
+/// shared place is safe only once it is ours; elsewhere it is the user's own place and not
+/// created.
+pub fn data_dir() -> Result<PathBuf, PrivateDirError> {
     if let Some(dir) = non_empty_env("KRUNBOX_DATA_DIR") {
-        return dir;
+        return Ok(dir);
     }
     if let Some(dir) = non_empty_env("XDG_DATA_HOME") {
-        return dir.join("krunbox");
+        return Ok(dir.join("krunbox"));
     }
     if let Some(home) = non_empty_env("HOME") {
-        return home.join(".local/share/krunbox");
+        return Ok(home.join(".local/share/krunbox"));
     }
-    runtime_fallback().join("data")
+    let fallback = tmp_fallback();
+    private_dir::ensure(&fallback, DATA_SETTING)?;
+    let data = fallback.join("data");
+    private_dir::ensure(&data, DATA_SETTING)?;
+    Ok(data)
 }
 
-/// The directory holding the per-VM run directories (not created).
+/// The directory holding the per-VM run directories (neither created nor checked here: see
+/// [`crate::rundir`]).
 pub fn runtime_root() -> PathBuf {
     if let Some(dir) = non_empty_env("KRUNBOX_RUNTIME_DIR") {
         return dir;
@@ -33,10 +51,12 @@ pub fn runtime_root() -> PathBuf {
     if nix::unistd::geteuid().is_root() {
         return PathBuf::from("/run/krunbox");
     }
-    runtime_fallback()
+    tmp_fallback()
 }
 
-fn runtime_fallback() -> PathBuf {
+/// `/tmp/krunbox-$UID`: the runtime root, and the parent of the data directory, of a user
+/// with neither `$XDG_RUNTIME_DIR` nor `$HOME` (macOS never sets the former).
+fn tmp_fallback() -> PathBuf {
     PathBuf::from(format!("/tmp/krunbox-{}", nix::unistd::geteuid()))
 }
 

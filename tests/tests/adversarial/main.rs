@@ -5,4 +5,5 @@
 //!
 //! One module per boundary; one test per attack, named for the attack.
 mod console;
+mod neighbour;
 mod virtiofs;

@@ -370,9 +370,13 @@ pub enum BackendError {
     /// A lock.
     #[error(transparent)]
     Lock(#[from] crate::lock::LockError),
-    /// The VM's run directory.
-    #[error("run directory: {0}")]
+    /// The VM's run directory (its errors name the path; transparent, so an unusable runtime
+    /// root is reported once).
+    #[error(transparent)]
     RunDir(#[from] crate::rundir::RunDirError),
+    /// The data directory is not ours.
+    #[error(transparent)]
+    DataDir(#[from] crate::private_dir::PrivateDirError),
 }
 
 /// Why a helper process never created the socket it was started to create.

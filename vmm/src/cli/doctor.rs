@@ -29,22 +29,30 @@ pub fn run() -> i32 {
         Ok(path) => println!("  [ok] guest agent: {}", path.display()),
         Err(err) => println!("  [--] guest agent: {err}"),
     }
-    let data = crate::paths::data_dir();
-    let default_image = data.join("images/default/rootfs");
-    if default_image.join("bin/busybox").is_file() {
-        println!("  [ok] default image: {}", default_image.display());
-    } else {
-        match crate::paths::find_program("busybox") {
-            Some(busybox) => println!(
-                "  [ok] default image: built on first use from {} at {}",
-                busybox.display(),
-                default_image.display()
-            ),
-            None => println!("  [--] default image: needs busybox-static to be built"),
+    match crate::paths::data_dir() {
+        Ok(data) => {
+            let default_image = data.join("images/default/rootfs");
+            if default_image.join("bin/busybox").is_file() {
+                println!("  [ok] default image: {}", default_image.display());
+            } else {
+                match crate::paths::find_program("busybox") {
+                    Some(busybox) => println!(
+                        "  [ok] default image: built on first use from {} at {}",
+                        busybox.display(),
+                        default_image.display()
+                    ),
+                    None => println!("  [--] default image: needs busybox-static to be built"),
+                }
+            }
+            println!("  data dir: {}", data.display());
         }
+        Err(err) => println!("  [--] data dir: {err}"),
     }
-    println!("  data dir: {}", data.display());
-    println!("  runtime dir: {}", crate::paths::runtime_root().display());
+    let runtime = crate::paths::runtime_root();
+    match crate::private_dir::ensure(&runtime, crate::paths::RUNTIME_SETTING) {
+        Ok(_) => println!("  runtime dir: {}", runtime.display()),
+        Err(err) => println!("  [--] runtime dir: {err}"),
+    }
     match (usable.first(), usable.len()) {
         (Some(first), _) => println!("`krunbox run --backend auto` uses: {first}"),
         (None, _) => println!("no backend can boot guests on this host"),

@@ -81,6 +81,9 @@ pub enum ImagesError {
     /// Local failure.
     #[error("{0}")]
     Io(String),
+    /// The data directory is not ours.
+    #[error(transparent)]
+    DataDir(#[from] crate::private_dir::PrivateDirError),
 }
 
 fn parse_platform(s: &str) -> Result<Platform, String> {
@@ -93,7 +96,7 @@ pub fn pull(args: &PullArgs) -> Result<i32, ImagesError> {
     if matches!(source, Source::RootfsDir(_)) {
         return Err(ImagesError::NotAnImage(args.image.clone()));
     }
-    let store = open_store()?;
+    let store = open_store::<ImagesError>()?;
     let options = pull_options(&ImageOptions {
         pull: PullPolicy::Always,
         platform: args.platform.clone(),
@@ -134,7 +137,7 @@ pub fn pull(args: &PullArgs) -> Result<i32, ImagesError> {
 
 /// `krunbox images`.
 pub fn images(args: &ImagesArgs) -> Result<i32, ImagesError> {
-    let store = open_store()?;
+    let store = open_store::<ImagesError>()?;
     let images = store.list_images()?;
     if args.quiet {
         for image in &images {
@@ -164,7 +167,7 @@ pub fn images(args: &ImagesArgs) -> Result<i32, ImagesError> {
 
 /// `krunbox rmi`.
 pub fn rmi(args: &RmiArgs) -> Result<i32, ImagesError> {
-    let store = open_store()?;
+    let store = open_store::<ImagesError>()?;
     let mut failed = false;
     for query in &args.images {
         match store.remove_image(query) {
@@ -183,7 +186,7 @@ pub fn rmi(args: &RmiArgs) -> Result<i32, ImagesError> {
 
 /// `krunbox prune`.
 pub fn prune(_args: &PruneArgs) -> Result<i32, ImagesError> {
-    let report = open_store()?.prune()?;
+    let report = open_store::<ImagesError>()?.prune()?;
     print_report(&report);
     Ok(0)
 }

@@ -14,7 +14,7 @@ pub enum KernelCommand {
 
 /// Runs a kernel subcommand; returns the exit code.
 pub fn run(command: &KernelCommand) -> Result<i32, KernelError> {
-    let data = crate::paths::data_dir();
+    let data = crate::paths::data_dir()?;
     match command {
         KernelCommand::Fetch => {
             let kernel = guest_kernel::fetch(&data)?;

@@ -290,7 +290,7 @@ pub fn cp(args: CpArgs) -> Result<i32, SandboxCliError> {
                 ))
             }
         };
-    let sandbox = Store::new().open(&name)?;
+    let sandbox = Store::new()?.open(&name)?;
     let spec = sandbox.spec()?;
     let guest_path = if guest_path.starts_with('/') {
         guest_path
@@ -346,7 +346,7 @@ pub struct StatsArgs {
 /// `krunbox stats`.
 pub fn stats(args: StatsArgs) -> Result<i32, SandboxCliError> {
     use crate::sandbox::stats;
-    let store = Store::new();
+    let store = Store::new()?;
     let sandboxes: Vec<Sandbox> = if args.names.is_empty() {
         store
             .list()?
@@ -499,7 +499,7 @@ pub fn create(args: CreateArgs) -> Result<i32, SandboxCliError> {
         created_at: now(),
         ssh_agent,
     };
-    let sandbox = Store::new().create(&spec)?;
+    let sandbox = Store::new()?.create(&spec)?;
     println!("{}", sandbox.name());
     Ok(0)
 }
@@ -509,7 +509,7 @@ fn each(
     names: &[String],
     mut op: impl FnMut(Sandbox) -> Result<(), SandboxError>,
 ) -> Result<i32, SandboxCliError> {
-    let store = Store::new();
+    let store = Store::new()?;
     if let [name] = names {
         store.open(name).and_then(op)?;
         return Ok(0);
@@ -562,7 +562,7 @@ pub fn rm(args: RmArgs) -> Result<i32, SandboxCliError> {
 /// `krunbox ps`.
 pub fn ps(args: PsArgs) -> Result<i32, SandboxCliError> {
     let mut rows = Vec::new();
-    for sandbox in Store::new().list()? {
+    for sandbox in Store::new()?.list()? {
         let status = sandbox.status()?;
         if !args.all && !status.is_running() {
             continue;
@@ -631,7 +631,7 @@ fn ago(then: u64) -> String {
 
 /// `krunbox inspect`.
 pub fn inspect(args: InspectArgs) -> Result<i32, SandboxCliError> {
-    let store = Store::new();
+    let store = Store::new()?;
     let mut all = Vec::new();
     for name in &args.names {
         let sandbox = store.open(name)?;
@@ -650,7 +650,7 @@ pub fn inspect(args: InspectArgs) -> Result<i32, SandboxCliError> {
 
 /// `krunbox logs`.
 pub fn logs(args: LogsArgs) -> Result<i32, SandboxCliError> {
-    let sandbox = Store::new().open(&args.name)?;
+    let sandbox = Store::new()?.open(&args.name)?;
     let path = if args.monitor {
         sandbox.file(crate::sandbox::store::MONITOR_LOG_FILE)
     } else if args.network {
@@ -716,7 +716,7 @@ fn exec_env(args: &[String]) -> Result<Vec<(String, String)>, SandboxCliError> {
 
 /// `krunbox exec`.
 pub fn exec(args: ExecArgs) -> Result<i32, SandboxCliError> {
-    let sandbox = Store::new().open(&args.name)?;
+    let sandbox = Store::new()?.open(&args.name)?;
     let spec = sandbox.spec()?;
     let mut env = spec.env.clone();
     let user = match &args.user {

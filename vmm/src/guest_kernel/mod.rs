@@ -49,6 +49,9 @@ const METAPACKAGE: &str = "linux-image-cloud-amd64";
 /// Why the kernel could not be prepared.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
+    /// The data directory is not ours.
+    #[error(transparent)]
+    DataDir(#[from] crate::private_dir::PrivateDirError),
     /// A tool it needs failed or is missing.
     #[error("`{command}` failed: {detail}")]
     Tool {
@@ -169,7 +172,7 @@ pub fn prepared_or_fetch(data: &Path) -> Result<PreparedKernel, KernelError> {
 /// is built in a temporary directory and renamed into place).
 pub fn fetch(data: &Path) -> Result<PreparedKernel, KernelError> {
     let kernels = kernels_dir(data);
-    std::fs::create_dir_all(&kernels).map_err(io("create", &kernels))?;
+    crate::private_dir::create_all(&kernels).map_err(io("create", &kernels))?;
     let _lock = crate::lock::exclusive(&kernels.join(".lock"))?;
     let package = resolve_package()?;
     let abi = package

@@ -73,4 +73,7 @@ pub enum SandboxError {
     /// A lock.
     #[error(transparent)]
     Lock(#[from] crate::lock::LockError),
+    /// The data directory is not ours.
+    #[error(transparent)]
+    DataDir(#[from] crate::private_dir::PrivateDirError),
 }

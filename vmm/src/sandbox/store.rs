@@ -43,8 +43,8 @@ pub struct Store {
 
 impl Store {
     /// `$DATA/sandboxes`.
-    pub fn new() -> Self {
-        Self::at(crate::paths::data_dir().join("sandboxes"))
+    pub fn new() -> Result<Self, SandboxError> {
+        Ok(Self::at(crate::paths::data_dir()?.join("sandboxes")))
     }
 
     /// Sandboxes under `root`.
@@ -55,7 +55,7 @@ impl Store {
     /// Creates a sandbox from `spec`; fails if the name is taken.
     pub fn create(&self, spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
         name::validate(&spec.name)?;
-        std::fs::create_dir_all(&self.root).map_err(io("create", &self.root))?;
+        crate::private_dir::create_all(&self.root).map_err(io("create", &self.root))?;
         let staging = tempfile::Builder::new()
             .prefix(&format!(".{}.", spec.name))
             .tempdir_in(&self.root)
@@ -111,12 +111,6 @@ impl Store {
             .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(all)
-    }
-}
-
-impl Default for Store {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -341,6 +335,26 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    #[test]
+    fn removing_a_symlinked_sandbox_removes_the_link_not_its_target() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::at(root.path().join("sandboxes"));
+        store.create(&spec("real")).unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let target = elsewhere.path().join("victim");
+        std::fs::create_dir_all(target.join("sub")).unwrap();
+        std::fs::write(target.join(SPEC_FILE), b"{}").unwrap();
+        std::os::unix::fs::symlink(&target, root.path().join("sandboxes/linked")).unwrap();
+        store.open("linked").unwrap().remove().unwrap();
+        assert!(target.join("sub").is_dir(), "rm followed the link");
+        assert!(target.join(SPEC_FILE).is_file());
+        let left: Vec<_> = std::fs::read_dir(root.path().join("sandboxes"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["real"]);
     }
 
     #[test]

@@ -46,6 +46,8 @@ impl PrivateKrunbox {
         // Short: Unix socket paths in it must stay under 108 bytes.
         let runtime = tempfile::Builder::new()
             .prefix("kbx-bench-")
+            // krunbox refuses a runtime root others can reach.
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .tempdir_in("/tmp")
             .context("create a private runtime directory")?;
         Ok(Self {

@@ -151,7 +151,7 @@ impl Backend for KrunBackend {
                 reason,
             });
         }
-        rundir::collect_stale(&self.runtime_root);
+        rundir::collect_stale(&self.runtime_root)?;
         let id = rundir::new_id();
         let layout = Layout::new(self.runtime_root.join(&id));
         check_socket_path(&layout.agent_socket())?;

@@ -31,7 +31,6 @@ const MAX_SOCKET_PATH: usize = 107;
 /// The QEMU backend.
 #[derive(Debug, Clone)]
 pub struct QemuBackend {
-    data_dir: PathBuf,
     runtime_root: PathBuf,
 }
 
@@ -45,8 +44,47 @@ impl QemuBackend {
     /// The backend with krunbox's standard directories.
     pub fn new() -> Self {
         Self {
-            data_dir: paths::data_dir(),
             runtime_root: paths::runtime_root(),
+        }
+    }
+
+    /// Looked up at each use: in the `/tmp` fallback this checks that it is still ours.
+    fn data_dir(&self) -> Result<PathBuf, BackendError> {
+        Ok(paths::data_dir()?)
+    }
+
+    /// Doctor's line about the guest kernel.
+    fn kernel_check(&self) -> Check {
+        let what = "guest kernel".to_owned();
+        let data_dir = match self.data_dir() {
+            Ok(dir) => dir,
+            Err(err) => {
+                return Check {
+                    what,
+                    ok: false,
+                    detail: err.to_string(),
+                }
+            }
+        };
+        match guest_kernel::prepared(&data_dir) {
+            Some(kernel) => Check {
+                what,
+                ok: true,
+                detail: format!(
+                    "Debian cloud kernel {} with {} modules in {}",
+                    kernel.abi,
+                    kernel.modules.len(),
+                    kernel.dir.display()
+                ),
+            },
+            None => Check {
+                what,
+                ok: false,
+                detail: format!(
+                    "not prepared yet: `krunbox kernel fetch` (or the first `krunbox run`) downloads it with apt into {}",
+                    guest_kernel::kernels_dir(&data_dir).display()
+                ),
+            },
         }
     }
 
@@ -76,11 +114,11 @@ impl QemuBackend {
                 }
                 // A kernel of the user's own has its drivers built in: no modules.
                 let image =
-                    initramfs::cached(&self.data_dir.join("initramfs"), &spec.guest_init, &[])?;
+                    initramfs::cached(&self.data_dir()?.join("initramfs"), &spec.guest_init, &[])?;
                 Ok((kernel.clone(), image))
             }
             None => {
-                let kernel = guest_kernel::prepared_or_fetch(&self.data_dir)?;
+                let kernel = guest_kernel::prepared_or_fetch(&self.data_dir()?)?;
                 let image = initramfs::cached(&kernel.dir, &spec.guest_init, &kernel.modules)?;
                 Ok((kernel.vmlinuz, image))
             }
@@ -142,31 +180,12 @@ impl Backend for QemuBackend {
             ok: decision.is_ok(),
             detail: decision.map(|d| d.reason).unwrap_or_else(|e| e),
         });
-        checks.push(match guest_kernel::prepared(&self.data_dir) {
-            Some(kernel) => Check {
-                what: "guest kernel".into(),
-                ok: true,
-                detail: format!(
-                    "Debian cloud kernel {} with {} modules in {}",
-                    kernel.abi,
-                    kernel.modules.len(),
-                    kernel.dir.display()
-                ),
-            },
-            None => Check {
-                what: "guest kernel".into(),
-                ok: false,
-                detail: format!(
-                    "not prepared yet: `krunbox kernel fetch` (or the first `krunbox run`) downloads it with apt into {}",
-                    guest_kernel::kernels_dir(&self.data_dir).display()
-                ),
-            },
-        });
+        checks.push(self.kernel_check());
         checks
     }
 
     fn start(&self, spec: &VmSpec) -> Result<Box<dyn VmHandle>, BackendError> {
-        rundir::collect_stale(&self.runtime_root);
+        rundir::collect_stale(&self.runtime_root)?;
         let (qemu, virtiofsd, vhost_device_vsock) = self.tools()?;
         let decision = accel::decide(
             spec.accel,

@@ -192,7 +192,9 @@ impl Drop for QemuVm {
         let _ = self.supervisor.kill();
         let _ = self.supervisor.wait();
         if let Some(root) = self.layout.dir().parent() {
-            crate::rundir::collect_stale(root);
+            if let Err(err) = crate::rundir::collect_stale(root) {
+                tracing::warn!(%err, "cannot collect the killed supervisor's run directory");
+            }
         }
     }
 }
