@@ -5,6 +5,8 @@
 //! leaf — and `..` never appears (callers pass normalised components). This is the
 //! openat-style confinement the unpacker relies on; it works the same on Linux and macOS,
 //! and unlike one `openat2(RESOLVE_BENEATH)` call it tells which component was a symlink.
+//! The single-name primitives are public for `krunbox cp`, which confines its host side the
+//! same way.
 
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -58,7 +60,7 @@ pub(crate) enum WalkError {
 }
 
 /// Opens `name` in `dir` as a directory without following a symlink.
-pub(crate) fn open_dir(dir: impl AsFd, name: &OsStr) -> nix::Result<OwnedFd> {
+pub fn open_dir(dir: impl AsFd, name: &OsStr) -> nix::Result<OwnedFd> {
     nix::fcntl::openat(
         dir,
         name,
@@ -68,7 +70,7 @@ pub(crate) fn open_dir(dir: impl AsFd, name: &OsStr) -> nix::Result<OwnedFd> {
 }
 
 /// Opens a directory on the host (the root itself may be reached through symlinks: it is ours).
-pub(crate) fn open_root(path: &Path) -> io::Result<OwnedFd> {
+pub fn open_root(path: &Path) -> io::Result<OwnedFd> {
     nix::fcntl::openat(
         nix::fcntl::AT_FDCWD,
         path,
@@ -79,7 +81,7 @@ pub(crate) fn open_root(path: &Path) -> io::Result<OwnedFd> {
 }
 
 /// The type of `name` in `dir`, without following a symlink; `None` when absent.
-pub(crate) fn file_type_at(dir: impl AsFd, name: &OsStr) -> io::Result<Option<SFlag>> {
+pub fn file_type_at(dir: impl AsFd, name: &OsStr) -> io::Result<Option<SFlag>> {
     match nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(stat) => Ok(Some(SFlag::from_bits_truncate(
             stat.st_mode & SFlag::S_IFMT.bits(),
@@ -173,7 +175,7 @@ pub(crate) fn clear_dir(dir: &OwnedFd, mut remove: impl FnMut(&OsStr) -> bool) -
 }
 
 /// The names in `dir` (without `.` and `..`).
-pub(crate) fn list_dir(dir: &OwnedFd) -> io::Result<Vec<OsString>> {
+pub fn list_dir(dir: &OwnedFd) -> io::Result<Vec<OsString>> {
     use std::os::unix::ffi::OsStrExt;
     let mut listing = nix::dir::Dir::from_fd(dir.try_clone()?)?;
     let mut names = Vec::new();

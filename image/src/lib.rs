@@ -2,7 +2,7 @@
 pub mod auth;
 pub mod builtin;
 pub mod config;
-mod confined;
+pub mod confined;
 pub mod digest;
 pub mod layout;
 pub mod local_registry;

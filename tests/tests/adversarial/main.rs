@@ -5,5 +5,6 @@
 //!
 //! One module per boundary; one test per attack, named for the attack.
 mod console;
+mod cp;
 mod neighbour;
 mod virtiofs;
