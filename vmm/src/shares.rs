@@ -2,14 +2,13 @@
 //!
 //! Each share is one virtio-fs device (one `virtiofsd` under QEMU) that guest-init mounts at
 //! the guest path (`krunbox.mounts=` on the kernel command line). Read-only shares are mounted
-//! `MS_RDONLY` in the guest; under QEMU, when krunbox runs as root, virtiofsd also serves
-//! them from a read-only bind mount, so a guest that remounts them read-write still cannot
-//! write (see `backend::qemu::supervisor`).
+//! `MS_RDONLY` in the guest and served read-only by the host (`backend::qemu::virtiofs`,
+//! libkrun's read-only devices), so a guest that remounts them read-write still cannot write.
 //!
-//! Ownership: virtiofsd passes the host's uids and gids through, so the guest sees the
-//! files' host owners. `--workspace` therefore runs commands as the owner of the current
-//! directory (unless `--user` says otherwise): what the guest writes belongs to the host
-//! user, and a non-root user is what coding agents expect.
+//! Ownership: the guest sees the files' host owners, and under QEMU what it writes belongs to
+//! the share's owner on the host. `--workspace` therefore runs commands as the owner of the
+//! current directory (unless `--user` says otherwise): a non-root user is what coding agents
+//! expect.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
