@@ -168,6 +168,49 @@ fn the_user_network_helper_runs_beside_libkrun_and_ends_with_it() {
 }
 
 #[test]
+fn a_network_helper_that_dies_ends_the_vm_and_says_so() {
+    let run = RunDir::new();
+    run.write_config(|config| {
+        config["network"] = serde_json::json!({"User": {
+            "config": {"policy": {"allow_hosts": [], "allow_nets": []}, "publish": [], "hosts": []},
+            "log": null
+        }});
+    });
+    let (mut child, mut stdout) = run.spawn();
+    assert_eq!(
+        first_event(&mut stdout),
+        serde_json::json!({"event": "configured"})
+    );
+    // The helper is the child's child with `__net` on its command line.
+    let helper = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            ppid == Some(child.id()) && cmdline.windows(5).any(|w| w == b"__net")
+        })
+        .expect("the network helper runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(helper),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert_eq!(
+        first_event(&mut stdout),
+        serde_json::json!({"event": "helper-died", "helper": "Network"})
+    );
+    assert_eq!(exit_code(&mut child), Some(128 + 15));
+    assert!(!run.dir.exists(), "the run directory went with the VM");
+}
+
+#[test]
 fn sigterm_as_sent_when_the_parent_dies_removes_the_run_directory() {
     let run = RunDir::new();
     run.write_config(|config| config["network"] = "Disabled".into());

@@ -26,6 +26,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::super::Helper;
 use super::api::{KrunApi, KrunError};
 use super::config::{KrunVmConfig, Layout};
 use super::configure::configure;
@@ -50,6 +51,11 @@ pub enum Event {
     Failed {
         /// Why (a krun error names the call and errno).
         message: String,
+    },
+    /// A helper the VM cannot work without died; the child ends the VM.
+    HelperDied {
+        /// Which.
+        helper: Helper,
     },
 }
 
@@ -165,6 +171,20 @@ fn start_network(config: &KrunVmConfig) -> Result<(), String> {
     }
     // The lifeline: open until this process exits.
     std::mem::forget(child.stdin.take());
+    let run_dir = config.run_dir.clone();
+    // The gateway ends only with this process; if it dies first, the guest has lost its
+    // network for good: say so and end the VM, as the QEMU supervisor does.
+    std::thread::Builder::new()
+        .name("network-watch".into())
+        .spawn(move || {
+            let status = child.wait();
+            tracing::error!(?status, "the network helper died; stopping the VM");
+            emit(&Event::HelperDied {
+                helper: Helper::Network,
+            });
+            stop(&run_dir, "the network helper died")
+        })
+        .map_err(|e| format!("cannot watch the network helper: {e}"))?;
     Ok(())
 }
 

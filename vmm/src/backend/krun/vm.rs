@@ -84,6 +84,10 @@ impl KrunVm {
                 name: "libkrun".into(),
                 detail: self.with_vmm_log(message),
             }),
+            Ok(Event::HelperDied { helper }) => Err(BackendError::Helper {
+                name: "libkrun".into(),
+                detail: self.with_vmm_log(format!("{helper} died while the VM started")),
+            }),
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 Err(BackendError::Supervisor(self.with_vmm_log(format!(
                     "the libkrun VMM did not configure the VM within {START_TIMEOUT:?}"
@@ -118,12 +122,17 @@ impl KrunVm {
         }
     }
 
-    fn drain_events(&mut self) {
+    /// Takes the child's events; returns the helper whose death ended the VM, if one did.
+    fn drain_events(&mut self) -> Option<crate::backend::Helper> {
+        let mut died = None;
         while let Ok(event) = self.events.try_recv() {
-            if let Event::Failed { message } = event {
-                self.failure = Some(message);
+            match event {
+                Event::Failed { message } => self.failure = Some(message),
+                Event::HelperDied { helper } => died = Some(helper),
+                Event::Configured | Event::Entering => {}
             }
         }
+        died
     }
 }
 
@@ -155,8 +164,8 @@ impl VmHandle for KrunVm {
                 .try_wait()
                 .map_err(|e| BackendError::Supervisor(format!("cannot wait for the VMM: {e}")))?;
             if let Some(status) = status {
-                self.drain_events();
-                self.exit = Some(to_exit(status));
+                let helper = self.drain_events();
+                self.exit = Some(helper.map_or_else(|| to_exit(status), VmExit::HelperDied));
             }
         }
         Ok(self.exit)
