@@ -54,6 +54,10 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(&args),
         Command::Sign(args) => sign::run(&args),
         Command::Demo(args) => std::process::exit(demo::run(&args)?),
-        Command::KvmHost(args) => std::process::exit(kvm_host::run(&args)?),
+        // 125 (as `krunbox run`): the harness failed, not the command.
+        Command::KvmHost(args) => std::process::exit(kvm_host::run(&args).unwrap_or_else(|err| {
+            eprintln!("kvm-host: {err}");
+            125
+        })),
     }
 }

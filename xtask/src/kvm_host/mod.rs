@@ -43,6 +43,10 @@ pub struct Args {
     /// vCPUs of the KVM host (each a TCG thread).
     #[arg(long, default_value_t = 2)]
     cpus: u32,
+    /// QEMU's CPU model for the KVM host: TCG emulates AMD's SVM with nested paging
+    /// (`+svm,+npt`) but not Intel's VMX.
+    #[arg(long, default_value = "EPYC-v3,+svm,+npt")]
+    cpu: String,
     /// Memory of the KVM host in MiB (its libkrun guests live in it).
     #[arg(long, default_value_t = 6144)]
     memory: u64,
@@ -126,8 +130,6 @@ pub enum KvmHostError {
     },
 }
 
-/// The KVM host's CPU: TCG emulates AMD's SVM (with nested paging) but not Intel's VMX.
-const CPU: &str = "EPYC-v3,+svm,+npt";
 /// How often the harness looks at QEMU and the results.
 const POLL: Duration = Duration::from_millis(50);
 /// How long a virtiofsd may take to create its socket.
@@ -368,8 +370,6 @@ fn qemu_args(
         "krunbox-kvm-host",
         "-accel",
         "tcg,thread=multi",
-        "-cpu",
-        CPU,
         "-nographic",
         "-no-reboot",
         "-nodefaults",
@@ -379,6 +379,8 @@ fn qemu_args(
     .map(String::from)
     .into();
     out.extend([
+        "-cpu".into(),
+        args.cpu.clone(),
         "-smp".into(),
         args.cpus.to_string(),
         "-m".into(),
