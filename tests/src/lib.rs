@@ -237,7 +237,7 @@ impl Harness {
         self.runtime.path()
     }
 
-    /// `krunbox ARGS` with this test's runtime directory and the QEMU backend.
+    /// `krunbox ARGS` with this test's runtime directory and the backend of [`backend`].
     pub fn krunbox<I, S>(&self, args: I) -> Command
     where
         I: IntoIterator<Item = S>,
@@ -246,7 +246,7 @@ impl Harness {
         let mut cmd = Command::new(krunbox_binary());
         cmd.args(args)
             .env("KRUNBOX_RUNTIME_DIR", self.runtime.path())
-            .env("KRUNBOX_BACKEND", "qemu")
+            .env("KRUNBOX_BACKEND", backend())
             .env_remove("KRUNBOX_LOG");
         if let Some(init) = guest_init() {
             cmd.env("KRUNBOX_GUEST_INIT", init);
@@ -528,4 +528,16 @@ pub fn local_user(test: &str, name: &'static str) -> Option<LocalUser> {
         uid: user.uid.as_raw(),
         gid: user.gid.as_raw(),
     })
+}
+
+/// The backend the end-to-end tests boot their guests with: `KRUNBOX_TEST_BACKEND`, `qemu`
+/// (the default) or `krun`. libkrun needs a KVM that runs ordinary guests, which CI has only
+/// inside the KVM host of `cargo xtask kvm-host`, so run a whole test binary there at once:
+/// `KRUNBOX_TEST_BACKEND=krun cargo xtask kvm-host -- cargo test -p krunbox-tests --test run`.
+pub fn backend() -> &'static str {
+    match std::env::var("KRUNBOX_TEST_BACKEND").as_deref() {
+        Err(_) | Ok("") | Ok("qemu") => "qemu",
+        Ok("krun") => "krun",
+        Ok(other) => panic!("KRUNBOX_TEST_BACKEND={other:?}: expected `qemu` or `krun`"),
+    }
 }

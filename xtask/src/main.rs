@@ -7,6 +7,7 @@ mod build_rootfs;
 mod demo;
 mod fuzz;
 mod host_agent;
+mod kvm_host;
 mod sign;
 mod workspace;
 
@@ -38,6 +39,10 @@ enum Command {
     Sign(sign::Args),
     /// Measure agent round trips and throughput against running the same work on the host.
     Bench(bench::Args),
+    /// Run a command inside a KVM host booted under QEMU TCG (emulated AMD SVM), where the
+    /// libkrun backend can boot guests; exit with its status. Run it under
+    /// `flock /tmp/krunbox-e2e.lock`.
+    KvmHost(kvm_host::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,5 +54,10 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(&args),
         Command::Sign(args) => sign::run(&args),
         Command::Demo(args) => std::process::exit(demo::run(&args)?),
+        // 125 (as `krunbox run`): the harness failed, not the command.
+        Command::KvmHost(args) => std::process::exit(kvm_host::run(&args).unwrap_or_else(|err| {
+            eprintln!("kvm-host: {err}");
+            125
+        })),
     }
 }

@@ -8,6 +8,7 @@
 //! ```text
 //! $DATA/kernels/<abi>/vmlinuz
 //! $DATA/kernels/<abi>/modules/00-virtio_ring.ko, 01-..., ...
+//! $DATA/kernels/<abi>/kvm-host-modules/00-irqbypass.ko, ... (KVM_HOST_MODULES, see there)
 //! $DATA/kernels/<abi>/initramfs-<guest-init hash>.cpio   (built by crate::initramfs)
 //! $DATA/kernels/current                                  (the ABI to use)
 //! ```
@@ -42,6 +43,17 @@ pub const GUEST_MODULES: &[&str] = &[
     "virtio_balloon",
     "virtio_net",
 ];
+
+/// What `cargo xtask kvm-host` loads after [`GUEST_MODULES`] to make a guest of QEMU's TCG a
+/// KVM host for the libkrun backend: KVM on AMD SVM (TCG emulates SVM, not VMX) with
+/// `irqbypass` by its `depends=`. Kept apart in [`KVM_HOST_MODULES_DIR`] (with any dependency
+/// not among the guest's), so the initramfs of ordinary guests stays as it is; a kernel whose
+/// package lacks them gets the directory empty.
+pub const KVM_HOST_MODULES: &[&str] = &["kvm", "kvm_amd"];
+
+/// The directory of [`KVM_HOST_MODULES`] in a prepared kernel's directory, in load order
+/// (to be loaded after `modules/`).
+pub const KVM_HOST_MODULES_DIR: &str = "kvm-host-modules";
 
 /// The Debian metapackage that depends on the current cloud kernel.
 const METAPACKAGE: &str = "linux-image-cloud-amd64";
@@ -181,8 +193,11 @@ pub fn fetch(data: &Path) -> Result<PreparedKernel, KernelError> {
         .to_owned();
     let dir = kernels.join(&abi);
     if let Some(kernel) = load(&dir, &abi) {
-        set_current(&kernels, &abi)?;
-        return Ok(kernel);
+        // Prepared before the KVM host's modules were kept: prepared again.
+        if dir.join(KVM_HOST_MODULES_DIR).is_dir() {
+            set_current(&kernels, &abi)?;
+            return Ok(kernel);
+        }
     }
     tracing::info!(%package, "downloading the guest kernel");
     let work = tempfile::Builder::new()
@@ -219,7 +234,7 @@ pub fn fetch(data: &Path) -> Result<PreparedKernel, KernelError> {
         })?;
     let mut images = std::collections::HashMap::new();
     let mut failure = None;
-    let order = modinfo::load_order(GUEST_MODULES, |name| {
+    let mut depends_of = |name: &str| {
         let path = modules.find(name)?;
         match read_module(&path).and_then(|bytes| {
             let deps = modinfo::depends(&path, &bytes)?;
@@ -234,17 +249,39 @@ pub fn fetch(data: &Path) -> Result<PreparedKernel, KernelError> {
                 Some(Vec::new())
             }
         }
-    });
+    };
+    let order = modinfo::load_order(GUEST_MODULES, &mut depends_of);
+    let with_kvm_host: Vec<&str> = GUEST_MODULES
+        .iter()
+        .chain(KVM_HOST_MODULES)
+        .copied()
+        .collect();
+    let kvm_host_order = modinfo::load_order(&with_kvm_host, &mut depends_of);
     if let Some(err) = failure {
         return Err(err);
     }
-    for (index, name) in order?.iter().enumerate() {
-        let bytes = images.get(name).ok_or_else(|| KernelError::NotInPackage {
-            what: format!("module {name}"),
-            package: package.clone(),
-        })?;
-        let dest = staged_modules.join(format!("{index:02}-{name}.ko"));
-        std::fs::write(&dest, bytes).map_err(io("write", &dest))?;
+    let order = order?;
+    let kvm_host_extras = match kvm_host_order {
+        Ok(full) => loaded_after(&order, full),
+        Err(err) => {
+            tracing::warn!(%err, "the kernel package has no KVM modules: no `cargo xtask kvm-host`");
+            Vec::new()
+        }
+    };
+    let staged_kvm_host = staged.join(KVM_HOST_MODULES_DIR);
+    std::fs::create_dir_all(&staged_kvm_host).map_err(io("create", &staged_kvm_host))?;
+    for (dir, names) in [
+        (&staged_modules, &order),
+        (&staged_kvm_host, &kvm_host_extras),
+    ] {
+        for (index, name) in names.iter().enumerate() {
+            let bytes = images.get(name).ok_or_else(|| KernelError::NotInPackage {
+                what: format!("module {name}"),
+                package: package.clone(),
+            })?;
+            let dest = dir.join(format!("{index:02}-{name}.ko"));
+            std::fs::write(&dest, bytes).map_err(io("write", &dest))?;
+        }
     }
     if dir.exists() {
         // Prepared before GUEST_MODULES grew: moved aside first (a VM booting from it keeps
@@ -261,6 +298,12 @@ pub fn fetch(data: &Path) -> Result<PreparedKernel, KernelError> {
         what: "vmlinuz after unpacking".into(),
         package,
     })
+}
+
+/// The modules of `full` (a load order that includes all of `first`) that are not in `first`,
+/// in `full`'s order: loading `first` and then these satisfies every dependency.
+fn loaded_after(first: &[String], full: Vec<String>) -> Vec<String> {
+    full.into_iter().filter(|m| !first.contains(m)).collect()
 }
 
 fn set_current(kernels: &Path, abi: &str) -> Result<(), KernelError> {
@@ -399,6 +442,24 @@ mod tests {
             Some("linux-image-6.1.0-28-cloud-amd64")
         );
         assert_eq!(parse_depends("linux-image-cloud-amd64\n"), None);
+    }
+
+    #[test]
+    fn the_kvm_host_modules_come_after_the_guest_ones_without_repeats() {
+        let names = |list: &[&str]| list.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+        let guest = names(&["virtio_ring", "virtio", "fuse"]);
+        let full = names(&[
+            "irqbypass",
+            "virtio_ring",
+            "kvm",
+            "virtio",
+            "fuse",
+            "kvm_amd",
+        ]);
+        assert_eq!(
+            loaded_after(&guest, full),
+            names(&["irqbypass", "kvm", "kvm_amd"])
+        );
     }
 
     #[test]
