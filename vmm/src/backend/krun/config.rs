@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::kernel_format::{self, Arch, KernelFormat};
+use crate::backend::ssh_agent_relay::SshAgentRelay;
 use crate::backend::{BackendError, Network, VmSpec};
 
 /// The files of a krun VM's run directory.
@@ -40,6 +41,12 @@ impl Layout {
     /// The Unix socket libkrun creates for the agent's vsock port.
     pub fn agent_socket(&self) -> PathBuf {
         self.dir.join("agent.sock")
+    }
+
+    /// The filtering relay to the host's SSH agent (`--ssh`), which libkrun connects guest
+    /// connections to host vsock port [`krunbox_protocol::SSH_AGENT_VSOCK_PORT`] to.
+    pub fn ssh_agent_relay(&self) -> PathBuf {
+        self.dir.join("ssh-agent.sock")
     }
 
     /// The guest console (virtio console `hvc0`).
@@ -101,10 +108,11 @@ pub struct KrunVmConfig {
     pub agent_port: u32,
     /// The host Unix socket libkrun maps to that port.
     pub agent_socket: PathBuf,
-    /// The host's SSH agent socket, which libkrun connects guest connections to host vsock
-    /// port [`krunbox_protocol::SSH_AGENT_VSOCK_PORT`] to.
+    /// With `--ssh`: the filtering relay the VMM child starts before entering the VM, which
+    /// libkrun connects guest connections to host vsock port
+    /// [`krunbox_protocol::SSH_AGENT_VSOCK_PORT`] to.
     #[serde(default)]
-    pub ssh_agent: Option<PathBuf>,
+    pub ssh_agent_relay: Option<SshAgentRelay>,
     /// Where the guest console goes.
     pub console_log: PathBuf,
     /// guest-init's settings (`krunbox.*` words), which libkrun puts on the kernel command line.
@@ -200,7 +208,10 @@ impl KrunVmConfig {
             net_socket: layout.net_socket(),
             agent_port,
             agent_socket: layout.agent_socket(),
-            ssh_agent: spec.ssh_agent.clone(),
+            ssh_agent_relay: spec.ssh_agent.as_ref().map(|agent| SshAgentRelay {
+                listen: layout.ssh_agent_relay(),
+                agent: agent.clone(),
+            }),
             console_log: layout.console(),
             guest_config,
             log_level,
