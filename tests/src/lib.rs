@@ -447,3 +447,11 @@ pub fn wait_timeout(child: &mut Child, limit: Duration) -> std::process::ExitSta
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+pub mod ssh_agent_fixture;
+
+/// The guest-init binary the harness boots guests with (it also serves in host mode,
+/// `--listen unix:PATH`), if built.
+pub fn guest_init_binary() -> Option<PathBuf> {
+    guest_init()
+}
