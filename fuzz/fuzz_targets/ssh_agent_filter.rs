@@ -39,8 +39,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(length as usize + 4, message.len());
         assert!(message.len() <= 4 + MAX_MESSAGE && message.len() > 4);
         let forwarded = decide(message) == Decision::Forward;
-        let listing_or_signing =
-            matches!(message_type(message), Some(REQUEST_IDENTITIES | SIGN_REQUEST));
+        let listing_or_signing = matches!(
+            message_type(message),
+            Some(REQUEST_IDENTITIES | SIGN_REQUEST)
+        );
         assert_eq!(forwarded, listing_or_signing);
     }
 });
