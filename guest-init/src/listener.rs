@@ -1,6 +1,16 @@
 //! Accepting host connections (vsock in a guest, a Unix socket in host mode) and running the
 //! agent until a shutdown is requested.
 //!
+//! Only the host may talk to the agent: the protocol has no authentication (whoever connects
+//! may exec as root), so a vsock connection whose peer is not the host's CID
+//! ([`VMADDR_CID_HOST`], 2) is logged and closed before a byte is read. Both backends connect
+//! from CID 2: vhost-device-vsock makes a host-initiated connection with `VSOCK_HOST_CID` as
+//! its local CID (`VsockConnection::new_local_init` in `vhu_vsock_thread.rs`), and libkrun's
+//! muxer sends its `OP_REQUEST` with `set_src_cid(VSOCK_HOST_CID)` (`muxer_rxq.rs`). A guest
+//! process could otherwise reach the agent through the loopback transport (CID 1) or its own
+//! CID; krunbox's kernel has no loopback transport, but the check does not rely on the kernel.
+//! Host mode (a Unix socket) relies on the socket's file permissions instead.
+//!
 //! Accept errors never stop the agent: an `EMFILE` or an aborted connection is transient, and
 //! a guest whose listener died could only be powered off. Only failing to bind is fatal.
 
@@ -9,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use tokio_vsock::VMADDR_CID_HOST;
 
 use crate::agent::Agent;
 use crate::reaper::{self, ProcessTable};
@@ -99,6 +110,15 @@ async fn accept_vsock(agent: Arc<Agent>, listener: tokio_vsock::VsockListener) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                if !from_host(peer.cid()) {
+                    tracing::warn!(
+                        cid = peer.cid(),
+                        port = peer.port(),
+                        "refused an agent connection that is not from the host"
+                    );
+                    drop(stream);
+                    continue;
+                }
                 let peer = format!("vsock {}:{}", peer.cid(), peer.port());
                 tokio::spawn(server::serve_connection(agent.clone(), stream, peer));
             }
@@ -107,7 +127,26 @@ async fn accept_vsock(agent: Arc<Agent>, listener: tokio_vsock::VsockListener) {
     }
 }
 
+/// Whether a vsock peer may use the agent: the host, and nothing in the guest (CID 1 is the
+/// loopback transport, the guest's own CID its other processes).
+fn from_host(peer_cid: u32) -> bool {
+    peer_cid == VMADDR_CID_HOST
+}
+
 async fn accept_failed(err: &std::io::Error) {
     tracing::error!(%err, "accepting a connection failed; still listening");
     tokio::time::sleep(ACCEPT_BACKOFF).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_host_cid_may_connect() {
+        assert!(from_host(2));
+        for cid in [0, 1, 3, 4, tokio_vsock::VMADDR_CID_ANY] {
+            assert!(!from_host(cid), "CID {cid}");
+        }
+    }
 }

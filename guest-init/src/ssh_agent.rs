@@ -1,9 +1,11 @@
 //! SSH agent forwarding (`krunbox.ssh_agent=PORT`): a Unix socket in the guest whose every
-//! connection is relayed, byte for byte, to a vsock port of the host, where krunbox maps it
-//! onto the host's `SSH_AUTH_SOCK`.
+//! connection is relayed, byte for byte, to a vsock port of the host, where krunbox relays it
+//! to the host's `SSH_AUTH_SOCK`.
 //!
-//! The keys stay in the host's agent: only agent requests ("list your keys", "sign these
-//! bytes") and their answers cross, so a guest can use the keys while it runs but never read
+//! The keys stay in the host's agent, and the host decides what reaches it: its relay
+//! forwards only "list your keys" and "sign these bytes" and refuses everything else (remove
+//! all, lock, add a key, ...). Filtering here would be useless, as root in the guest can reach
+//! the vsock port directly. A guest can use the keys while it runs but never read or change
 //! them. Commands find the socket through `SSH_AUTH_SOCK`, which every exec gets by default.
 //!
 //! A connection ends when either side closes. The guest client's end of file ends it too

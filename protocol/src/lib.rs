@@ -8,7 +8,8 @@
 //! - [`generation`]: protocol generations and the handshake that agrees one;
 //! - [`flow`]: per-operation credit windows;
 //! - [`transport`]: how the host reaches an agent (Unix socket, hybrid vsock);
-//! - [`client`]: the async client.
+//! - [`client`]: the async client;
+//! - [`ssh_agent`]: the SSH agent protocol's framing and the filter of guest requests.
 //!
 //! ## Connection model
 //!
@@ -37,6 +38,7 @@ pub mod flow;
 pub mod frame;
 pub mod generation;
 pub mod messages;
+pub mod ssh_agent;
 pub mod transport;
 
 pub use flow::INITIAL_WINDOW;
@@ -46,7 +48,7 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 
 /// The host vsock port a guest connects to for the host's SSH agent (`krunbox run --ssh`):
 /// guest-init relays each connection to its `/run/krunbox/ssh-agent.sock` there, and the
-/// host maps the port onto its `SSH_AUTH_SOCK`.
+/// host relays the port to its `SSH_AUTH_SOCK` through the [`ssh_agent`] filter.
 ///
 /// ```
 /// assert_ne!(krunbox_protocol::SSH_AGENT_VSOCK_PORT, krunbox_protocol::AGENT_VSOCK_PORT);

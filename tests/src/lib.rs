@@ -447,6 +447,8 @@ pub fn wait_timeout(child: &mut Child, limit: Duration) -> std::process::ExitSta
     }
 }
 
+pub mod ssh_agent_fixture;
+
 /// guest-init for x86_64 musl, as the harness finds it (`None` if not built).
 pub fn guest_init_binary() -> Option<PathBuf> {
     guest_init()

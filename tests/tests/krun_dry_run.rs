@@ -193,7 +193,16 @@ fn ssh_maps_a_host_vsock_port_to_the_agent_socket_through_the_real_libkrun() {
         .find_map(|d| std::fs::read_to_string(d.path().join("krun-vm.json")).ok())
         .expect("the VM's configuration");
     let config: serde_json::Value = serde_json::from_str(&config).unwrap();
-    assert_eq!(config["ssh_agent"].as_str(), agent.to_str(), "{config}");
+    let relay = &config["ssh_agent_relay"];
+    assert_eq!(relay["agent"].as_str(), agent.to_str(), "{config}");
+    // The VMM child listens on the filtering relay before it configures libkrun.
+    let relay_socket = std::path::PathBuf::from(relay["listen"].as_str().unwrap());
+    assert!(relay_socket.starts_with(k.runtime_dir()), "{config}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::os::unix::net::UnixStream::connect(&relay_socket).is_err() {
+        assert!(Instant::now() < deadline, "no relay at {relay_socket:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(
         config["guest_config"]
             .as_array()
@@ -202,7 +211,7 @@ fn ssh_maps_a_host_vsock_port_to_the_agent_socket_through_the_real_libkrun() {
             .any(|word| word == "krunbox.ssh_agent=1025"),
         "{config}"
     );
-    // Every krun_* call, krun_add_vsock_port2(1025, agent, listen = false) included, was
+    // Every krun_* call, krun_add_vsock_port2(1025, relay, listen = false) included, was
     // accepted: the dry run only fails waiting for the agent.
     let (status, text) = finish(child, Duration::from_secs(60));
     assert_eq!(status.code(), Some(125), "{text}");

@@ -4,6 +4,7 @@
 //! SECURITY.md lists each boundary with the test that attacks it.
 //!
 //! One module per boundary; one test per attack, named for the attack.
+mod agent;
 mod console;
 mod cp;
 mod neighbour;

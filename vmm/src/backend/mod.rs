@@ -15,6 +15,7 @@ pub mod host;
 pub mod krun;
 pub mod net;
 pub mod qemu;
+pub mod ssh_agent_relay;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

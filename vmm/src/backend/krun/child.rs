@@ -18,6 +18,8 @@
 //!   which ends the VM with the process. Two watchers, because the pipe and the signal can
 //!   each be missed: the parent may die between fork and `prctl`, and a stuck reader would
 //!   not see a signal.
+//! - With `--ssh`, the child starts the filtering SSH agent relay
+//!   ([`crate::backend::ssh_agent_relay`]) on its own thread before configuring libkrun.
 //! - The child runs in its own process group: Ctrl-C reaches `krunbox run`, which forwards it
 //!   to the guest command, and not the VMM.
 
@@ -93,6 +95,12 @@ pub fn main(run_dir: &Path, no_enter: bool) -> i32 {
     }
     if let Err(message) = start_network(&config) {
         return fail(message);
+    }
+    // A thread of this process: it ends with the VM.
+    if let Some(relay) = &config.ssh_agent_relay {
+        if let Err(err) = relay.start() {
+            return fail(err.to_string());
+        }
     }
     #[cfg(krunbox_libkrun)]
     {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::kernel_format::{self, Arch, KernelFormat};
+use crate::backend::ssh_agent_relay::SshAgentRelay;
 use crate::backend::{BackendError, Network, VmSpec};
 
 /// The files of a krun VM's run directory.
@@ -40,6 +41,12 @@ impl Layout {
     /// The Unix socket libkrun creates for the agent's vsock port.
     pub fn agent_socket(&self) -> PathBuf {
         self.dir.join("agent.sock")
+    }
+
+    /// The filtering relay to the host's SSH agent (`--ssh`), which libkrun connects guest
+    /// connections to host vsock port [`krunbox_protocol::SSH_AGENT_VSOCK_PORT`] to.
+    pub fn ssh_agent_relay(&self) -> PathBuf {
+        self.dir.join("ssh-agent.sock")
     }
 
     /// The guest console (virtio console `hvc0`), a capped copy of [`Layout::console_pipe`].
@@ -106,10 +113,11 @@ pub struct KrunVmConfig {
     pub agent_port: u32,
     /// The host Unix socket libkrun maps to that port.
     pub agent_socket: PathBuf,
-    /// The host's SSH agent socket, which libkrun connects guest connections to host vsock
-    /// port [`krunbox_protocol::SSH_AGENT_VSOCK_PORT`] to.
+    /// With `--ssh`: the filtering relay the VMM child starts before entering the VM, which
+    /// libkrun connects guest connections to host vsock port
+    /// [`krunbox_protocol::SSH_AGENT_VSOCK_PORT`] to.
     #[serde(default)]
-    pub ssh_agent: Option<PathBuf>,
+    pub ssh_agent_relay: Option<SshAgentRelay>,
     /// The FIFO libkrun writes the guest console into; the VMM child relays it, capped, into
     /// the run directory's `console.log`.
     pub console_pipe: PathBuf,
@@ -206,7 +214,10 @@ impl KrunVmConfig {
             net_socket: layout.net_socket(),
             agent_port,
             agent_socket: layout.agent_socket(),
-            ssh_agent: spec.ssh_agent.clone(),
+            ssh_agent_relay: spec.ssh_agent.as_ref().map(|agent| SshAgentRelay {
+                listen: layout.ssh_agent_relay(),
+                agent: agent.clone(),
+            }),
             console_pipe: layout.console_pipe(),
             guest_config,
             log_level,

@@ -11,8 +11,9 @@
 //! 4. vsock, explicitly: `krun_disable_implicit_vsock`, then `krun_add_vsock` with TSI's
 //!    `HIJACK_INET` or with no TSI at all, then the agent's port mapped to a host Unix socket
 //!    (`krun_add_vsock_port2(.., listen = true)`); with `--ssh`, the guest's connections to
-//!    host port [`krunbox_protocol::SSH_AGENT_VSOCK_PORT`] go to the host's SSH agent socket
-//!    (`listen = false`: libkrun connects to it for each guest connection);
+//!    host port [`krunbox_protocol::SSH_AGENT_VSOCK_PORT`] go to the filtering relay to the
+//!    host's SSH agent ([`crate::backend::ssh_agent_relay`], which the VMM child starts first;
+//!    `listen = false`: libkrun connects to it for each guest connection);
 //! 5. `krun_set_kernel` for a `--kernel` (no initramfs; a null command line keeps libkrun's,
 //!    which boots `/init.krun` from the virtio-fs root);
 //! 6. guest-init's `krunbox.*` settings (`krun_set_env`: libkrun appends them, double-quoted,
@@ -64,11 +65,11 @@ pub fn configure(
         api.add_net_unixstream(ctx, &config.net_socket, super::super::net::GUEST_MAC)?;
     }
     api.add_vsock_port2(ctx, config.agent_port, &config.agent_socket, true)?;
-    if let Some(ssh_agent) = &config.ssh_agent {
+    if let Some(relay) = &config.ssh_agent_relay {
         api.add_vsock_port2(
             ctx,
             krunbox_protocol::SSH_AGENT_VSOCK_PORT,
-            ssh_agent,
+            &relay.listen,
             false,
         )?;
     }
@@ -340,7 +341,7 @@ mod tests {
     }
 
     #[test]
-    fn the_ssh_agent_is_a_vsock_port_libkrun_connects_to_the_host_socket() {
+    fn the_ssh_agent_is_a_vsock_port_libkrun_connects_to_the_relay() {
         let root = tempfile::tempdir().unwrap();
         let agent = root.path().join("agent.sock");
         let _listener = std::os::unix::net::UnixListener::bind(&agent).unwrap();
@@ -357,10 +358,7 @@ mod tests {
             ports,
             [
                 "krun_add_vsock_port2(7, 1024, /run/k/vm1/agent.sock, listen=true)",
-                &format!(
-                    "krun_add_vsock_port2(7, 1025, {}, listen=false)",
-                    agent.display()
-                ),
+                "krun_add_vsock_port2(7, 1025, /run/k/vm1/ssh-agent.sock, listen=false)",
             ]
         );
         let env = api

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::super::ssh_agent_relay::SshAgentRelay;
 use super::super::{net, BackendError, Helper, Network, VmSpec};
 use super::virtiofs;
 
@@ -38,19 +39,12 @@ pub struct LaunchPlan {
     pub helpers: Vec<ProcessPlan>,
     /// QEMU itself.
     pub vmm: ProcessPlan,
-    /// Symbolic links the supervisor makes in the run directory before starting anything:
-    /// host sockets that guest connections reach (see [`Layout::host_port_socket`]).
+    /// With `--ssh`: the filtering relay to the host's SSH agent, which the supervisor starts
+    /// before anything else, listening where vhost-device-vsock connects guest connections
+    /// to host port [`krunbox_protocol::SSH_AGENT_VSOCK_PORT`] (see
+    /// [`Layout::host_port_socket`]).
     #[serde(default)]
-    pub links: Vec<SocketLink>,
-}
-
-/// A symbolic link to a host socket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SocketLink {
-    /// The link (in the run directory).
-    pub link: PathBuf,
-    /// The socket it points to.
-    pub target: PathBuf,
+    pub ssh_agent_relay: Option<SshAgentRelay>,
 }
 
 /// The files of a run directory.
@@ -265,19 +259,13 @@ pub fn build(spec: &VmSpec, layout: &Layout, inputs: &Inputs) -> Result<LaunchPl
             share_tag(index)
         ));
     }
-    // connect() follows symbolic links, so the host's agent socket is reached in place,
-    // whatever the length of its path.
-    let links = spec
-        .ssh_agent
-        .iter()
-        .map(|agent| SocketLink {
-            link: layout.host_port_socket(krunbox_protocol::SSH_AGENT_VSOCK_PORT),
-            target: agent.clone(),
-        })
-        .collect();
+    let ssh_agent_relay = spec.ssh_agent.as_ref().map(|agent| SshAgentRelay {
+        listen: layout.host_port_socket(krunbox_protocol::SSH_AGENT_VSOCK_PORT),
+        agent: agent.clone(),
+    });
     Ok(LaunchPlan {
         run_dir: layout.dir().to_owned(),
-        links,
+        ssh_agent_relay,
         helpers,
         vmm: ProcessPlan {
             name: "qemu".into(),
@@ -472,24 +460,24 @@ mod tests {
     }
 
     #[test]
-    fn the_ssh_agent_is_linked_where_vhost_device_vsock_connects() {
+    fn the_ssh_agent_relay_listens_where_vhost_device_vsock_connects() {
         let dir = tempfile::tempdir().unwrap();
         let agent = dir.path().join("agent.sock");
         let _listener = std::os::unix::net::UnixListener::bind(&agent).unwrap();
         let mut spec = VmSpec::new("/".into(), "/gi".into());
         let layout = Layout::new("/run/krunbox/abc".into());
         let plan = build(&spec, &layout, &inputs()).unwrap();
-        assert!(plan.links.is_empty());
+        assert!(plan.ssh_agent_relay.is_none());
         assert!(!kernel_cmdline(&spec).contains("ssh_agent"));
 
         spec.ssh_agent = Some(agent.clone());
         let plan = build(&spec, &layout, &inputs()).unwrap();
         assert_eq!(
-            plan.links,
-            [SocketLink {
-                link: "/run/krunbox/abc/vm.vsock_1025".into(),
-                target: agent,
-            }]
+            plan.ssh_agent_relay,
+            Some(SshAgentRelay {
+                listen: "/run/krunbox/abc/vm.vsock_1025".into(),
+                agent,
+            })
         );
         assert!(kernel_cmdline(&spec).contains(" krunbox.ssh_agent=1025"));
     }

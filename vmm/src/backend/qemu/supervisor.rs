@@ -11,12 +11,13 @@
 //!   the pipe open: that pipe is the lifeline. `kill` lines stop the VM at once. End of file —
 //!   the parent finished, or died, even by SIGKILL — makes the supervisor stop the VM, stop the
 //!   helpers, remove the run directory and exit.
-//! - Before starting anything it makes the plan's symbolic links in the run directory (the
-//!   host's SSH agent socket where vhost-device-vsock looks for host port 1025).
+//! - Before starting anything it starts the plan's SSH agent relay (a thread listening where
+//!   vhost-device-vsock looks for host port 1025; see [`crate::backend::ssh_agent_relay`]),
+//!   which lives as long as the supervisor and so as the VM.
 //! - The supervisor reports [`Event`]s as JSON lines on stdout: `ready`, `failed`, `exited`.
 //!   After `exited` the run directory stays until the lifeline closes, so the parent can still
 //!   read the console log.
-//! - It is single-threaded and spawns every child from its main thread, so the children's
+//! - It spawns every child from its main thread (the relay's threads spawn none), so the children's
 //!   `PR_SET_PDEATHSIG` (which fires when the spawning *thread* exits) fires exactly when the
 //!   supervisor dies. If the supervisor itself is SIGKILLed, its children die with it and its
 //!   run directory, no longer locked, is removed by the next krunbox start
@@ -40,7 +41,7 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use super::plan::{LaunchPlan, Layout, ProcessPlan, SocketLink};
+use super::plan::{LaunchPlan, Layout, ProcessPlan};
 use crate::backend::{self, console, log_tail, Helper, SocketNotReady, VmExit};
 use crate::rundir::RunDir;
 
@@ -226,17 +227,10 @@ impl Supervisor {
     }
 
     fn start(&mut self, plan: &LaunchPlan) -> Result<u32, (String, String)> {
-        for SocketLink { link, target } in &plan.links {
-            std::os::unix::fs::symlink(target, link).map_err(|e| {
-                (
-                    "supervisor".to_owned(),
-                    format!(
-                        "cannot link {} to {}: {e}",
-                        link.display(),
-                        target.display()
-                    ),
-                )
-            })?;
+        if let Some(relay) = &plan.ssh_agent_relay {
+            relay
+                .start()
+                .map_err(|e| ("supervisor".to_owned(), e.to_string()))?;
         }
         for helper in &plan.helpers {
             let child = spawn(helper).map_err(|e| (helper.name.clone(), e))?;
