@@ -9,6 +9,7 @@
 # temporary directory (the checkout itself may be private to root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 results=${1:-/dev/null}
 user=krunbox-ci
 [ "$(id -u)" -eq 0 ] || { echo "test-as-user: run as root (it switches to $user)" >&2; exit 2; }
@@ -23,16 +24,6 @@ install -m 0755 target/debug/krunbox "$stage/debug/krunbox"
 install -m 0755 target/guest-init/x86_64/guest-init "$stage/guest-init"
 cp -r target/rootfs/default "$stage/default-image"
 chmod -R a+rX "$stage"
-
-# Test binary NAME's path, from cargo's build messages.
-test_binary() {
-  cargo test -p krunbox-tests --test "$1" --no-run --message-format=json 2>/dev/null \
-    | python3 -c 'import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and "test" in m["target"]["kind"]:
-        print(m["executable"])'
-}
 
 # TEST_BINARY [FILTER...]
 run_as_user() {

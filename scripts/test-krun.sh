@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The libkrun half of the end-to-end suite: test binaries run with KRUNBOX_TEST_BACKEND=krun,
+# each inside one KVM host (`cargo xtask kvm-host`: QEMU TCG emulating AMD SVM, Debian's cloud
+# kernel with kvm-amd), where libkrun boots its guests for real. scripts/test.sh calls it.
+#
+#   scripts/test-krun.sh RESULTS_FILE
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+results=${1:-/dev/null}
+
+# TEST_BINARY [FILTER...]: one KVM host for the whole binary.
+in_kvm_host() {
+  local bin=$1; shift
+  local exe; exe=$(test_binary "$bin")
+  [ -n "$exe" ] || { echo "test-krun: no test binary $bin" >&2; exit 1; }
+  printf '\n== libkrun in a KVM host: %s %s\n' "$bin" "$*" >&2
+  KRUNBOX_TEST_BACKEND=krun KRUNBOX_REQUIRE_E2E=1 \
+    cargo xtask kvm-host --timeout 1800 -- "$exe" --test-threads=1 "$@" 2>&1 | tee -a "$results"
+  return "${PIPESTATUS[0]}"
+}
+
+in_kvm_host run
