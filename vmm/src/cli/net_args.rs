@@ -1,5 +1,6 @@
 //! The network options, shared by `krunbox run` and `krunbox create`.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use krunbox_net::config::{PublishedPort, SpecError, StaticHost};
@@ -7,6 +8,11 @@ use krunbox_net::policy::{HostRule, NetRule, RuleError};
 use krunbox_net::NetConfig;
 
 use crate::backend::{Network, UserNetwork};
+
+/// A test and advanced knob: the DNS server (`IP:PORT`) that resolves the guest's queries
+/// instead of the host's resolver. Its answers go through the same policy (internal
+/// addresses refused unless `--allow-net` names them) and their TTLs are used.
+pub const DNS_SERVER_ENV: &str = "KRUNBOX_DNS_SERVER";
 
 /// The guest's network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -32,6 +38,9 @@ pub enum NetArgsError {
     /// A -p or --add-host did not parse.
     #[error(transparent)]
     Spec(#[from] SpecError),
+    /// `KRUNBOX_DNS_SERVER` is not an address.
+    #[error("{DNS_SERVER_ENV}={0:?} is not an IP:PORT address, e.g. 127.0.0.1:5353")]
+    DnsServer(String),
     /// Options that need the user network with another mode.
     #[error("{option} needs the default network (--network user), not --network {mode}")]
     NeedsUserNetwork {
@@ -111,12 +120,24 @@ impl NetArgs {
         for host in &self.add_hosts {
             config.hosts.push(host.parse::<StaticHost>()?);
         }
+        config.dns_server = dns_server(std::env::var_os(DNS_SERVER_ENV))?;
         let log = match &self.network_log {
             Some(path) if path.is_relative() => std::env::current_dir().ok().map(|d| d.join(path)),
             other => other.clone(),
         };
         Ok(Network::User(UserNetwork { config, log }))
     }
+}
+
+/// The `KRUNBOX_DNS_SERVER` value, if set and not empty.
+fn dns_server(value: Option<std::ffi::OsString>) -> Result<Option<SocketAddr>, NetArgsError> {
+    let Some(value) = value.filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let text = value.to_string_lossy();
+    text.parse()
+        .map(Some)
+        .map_err(|_| NetArgsError::DnsServer(text.into_owned()))
 }
 
 #[cfg(test)]
@@ -159,5 +180,19 @@ mod tests {
             ..NetArgs::default()
         };
         assert_eq!(none.network().expect("none"), Network::Disabled);
+    }
+
+    #[test]
+    fn the_dns_server_knob() {
+        assert_eq!(dns_server(None).expect("unset"), None);
+        assert_eq!(dns_server(Some("".into())).expect("empty"), None);
+        assert_eq!(
+            dns_server(Some("127.0.0.1:5353".into())).expect("address"),
+            Some("127.0.0.1:5353".parse().expect("addr"))
+        );
+        let message = dns_server(Some("localhost".into()))
+            .expect_err("not an address")
+            .to_string();
+        assert!(message.contains("KRUNBOX_DNS_SERVER"), "{message}");
     }
 }
