@@ -38,19 +38,18 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, warn};
 
-use crate::config::{
-    NetConfig, PublishedPort, GATEWAY_IP, GATEWAY_MAC, GUEST_IP, HOST_ALIAS, PREFIX_LEN,
-};
+use crate::config::{NetConfig, PublishedPort, GATEWAY_IP, GATEWAY_MAC, GUEST_IP, PREFIX_LEN};
 pub use crate::conn::host_side;
 use crate::conn::{new_tcp_socket, Conn};
 use crate::device::QueueDevice;
-use crate::dns::{self, Answer, Question, DEFAULT_TTL};
 use crate::framing::{read_frame, write_frame};
 use crate::inspect::{tcp_syn, unforwarded, Flow};
 use crate::limits::Limits;
-use crate::policy::{answer_lifetime, is_host_address, AnswerUse, Decision, ResolvedNames};
+use crate::policy::{is_host_address, ResolvedNames};
 use crate::resolver::{self, ResolveError, Resolved};
 use crate::NetError;
+
+mod dns_server;
 
 /// Frames queued from the VMM's socket and to it. Each is at most a frame's size
 /// ([`crate::config::MAX_FRAME`] and a little slack), so each queue holds about 0.8 MiB.
@@ -464,49 +463,6 @@ impl Gateway {
         }
     }
 
-    /// The guest's answer from a resolver's: internal addresses are refused (and logged with
-    /// the flag that allows them), public ones recorded for the answer's lifetime.
-    fn screen_resolved(&mut self, name: &str, result: Result<Resolved, ResolveError>) -> Answer {
-        let resolved = match result {
-            Ok(resolved) => resolved,
-            Err(e) => {
-                info!(target: "egress", "dns {name}: {e}");
-                return match e {
-                    ResolveError::NoSuchName => Answer::NoSuchName,
-                    ResolveError::Failed(_) => Answer::ServerFailure,
-                };
-            }
-        };
-        let lifetime = answer_lifetime(resolved.ttl);
-        let now = std::time::Instant::now();
-        let mut given = Vec::new();
-        for ip in resolved.addresses {
-            match self
-                .config
-                .policy
-                .screen_answer(name, ip, is_host_address(ip))
-            {
-                Ok(AnswerUse::Public) => {
-                    if !self.names.record(name, ip, now + lifetime, now) {
-                        info!(
-                            target: "egress",
-                            "dns {name} -> {ip}: too many answers remembered; it authorizes \
-                             nothing until older ones expire"
-                        );
-                    }
-                    given.push(ip);
-                }
-                Ok(AnswerUse::AllowedInternal) => given.push(ip),
-                Err(why) => info!(target: "egress", "{why}"),
-            }
-        }
-        info!(target: "egress", "dns {name} -> {given:?} (for {} s)", lifetime.as_secs());
-        Answer::Addresses {
-            addresses: given.into_iter().map(guest_side).collect(),
-            ttl: lifetime,
-        }
-    }
-
     /// A published port's connection: opened into the guest, unless the cap is reached.
     fn inbound(&mut self, stream: TcpStream, peer: SocketAddr, port: PublishedPort) {
         let open = self.conns.len() - self.flows.len();
@@ -550,93 +506,6 @@ impl Gateway {
         self.copy_connections();
         self.iface
             .poll(Instant::now(), &mut self.device, &mut self.sockets);
-    }
-
-    fn serve_dns(&mut self) {
-        let mut queries = Vec::new();
-        let socket = self.sockets.get_mut::<udp::Socket>(self.dns);
-        while let Ok((payload, meta)) = socket.recv() {
-            queries.push((payload.to_vec(), meta.endpoint));
-        }
-        for (query, from) in queries {
-            self.answer_dns(query, from);
-        }
-    }
-
-    fn answer_dns(&mut self, query: Vec<u8>, from: IpEndpoint) {
-        let question = match dns::parse_query(&query) {
-            Ok(question) => question,
-            Err(e) => {
-                debug!("dns from {from}: {e}");
-                return;
-            }
-        };
-        let name = question.name().to_owned();
-        let (fixed, decision) = if name == HOST_ALIAS {
-            let why = Decision::Allow("the gateway's own name".into());
-            (Some(Ipv4Addr::LOCALHOST), why)
-        } else {
-            let fixed = self.config.hosts.iter().find(|h| h.name == name);
-            (fixed.map(|h| h.ip), self.config.policy.decide_name(&name))
-        };
-        if !decision.is_allowed() {
-            info!(target: "egress", "dns {name}: {decision}");
-            self.reply_dns(from, &query, &Answer::NoSuchName);
-            return;
-        }
-        match (question, fixed) {
-            (Question::A(_), Some(ip)) => {
-                // The CLI user's own mapping (--add-host): trusted, whatever the address.
-                self.names.record_fixed(&name, ip);
-                info!(target: "egress", "dns {name} -> {ip} (fixed)");
-                let answer = Answer::Addresses {
-                    addresses: vec![guest_side(ip)],
-                    ttl: DEFAULT_TTL,
-                };
-                self.reply_dns(from, &query, &answer);
-            }
-            (Question::A(_), None) if self.pending_dns >= self.limits.max_pending_dns => {
-                if self.dns_cap.first() {
-                    info!(
-                        target: "egress",
-                        "dns {name}: SERVFAIL ({} queries are being resolved, the gateway's \
-                         cap)",
-                        self.pending_dns
-                    );
-                }
-                self.reply_dns(from, &query, &Answer::ServerFailure);
-            }
-            (Question::A(_), None) => {
-                self.pending_dns += 1;
-                self.jobs.push(Job::Resolve {
-                    to: from,
-                    query,
-                    name,
-                });
-            }
-            (Question::Aaaa(_), _) => {
-                let none = Answer::Addresses {
-                    addresses: Vec::new(),
-                    ttl: DEFAULT_TTL,
-                };
-                self.reply_dns(from, &query, &none);
-            }
-            (Question::Other(_), _) => self.reply_dns(from, &query, &Answer::NotImplemented),
-        }
-    }
-
-    fn reply_dns(&mut self, to: IpEndpoint, query: &[u8], answer: &Answer) {
-        let reply = match dns::build_reply(query, answer) {
-            Ok(reply) => reply,
-            Err(e) => {
-                debug!("dns reply to {to}: {e}");
-                return;
-            }
-        };
-        let socket = self.sockets.get_mut::<udp::Socket>(self.dns);
-        if let Err(e) = socket.send_slice(&reply, to) {
-            debug!("dns reply to {to}: {e}");
-        }
     }
 
     /// Moves bytes between every guest socket and its host connection; resets connections
