@@ -157,6 +157,12 @@ impl Guest {
     }
 
     async fn resolve(&mut self, name: &str) -> (simple_dns::RCODE, Vec<Ipv4Addr>) {
+        let handle = self.send_query(name);
+        self.await_reply(handle).await
+    }
+
+    /// Sends an A query for `name` from a fresh socket (whose handle waits for the reply).
+    fn send_query(&mut self, name: &str) -> SocketHandle {
         let mut socket = udp::Socket::new(
             udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4096]),
             udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4096]),
@@ -176,7 +182,11 @@ impl Guest {
                 IpEndpoint::new(IpAddress::Ipv4(GATEWAY_IP), 53),
             )
             .expect("send");
-        let handle = self.sockets.add(socket);
+        self.sockets.add(socket)
+    }
+
+    /// The reply to the query `handle` sent: its code and addresses.
+    async fn await_reply(&mut self, handle: SocketHandle) -> (simple_dns::RCODE, Vec<Ipv4Addr>) {
         let mut reply = Vec::new();
         self.run_until(|s| {
             let socket = s.get_mut::<udp::Socket>(handle);
@@ -520,5 +530,84 @@ async fn a_rebinding_answer_is_refused_unless_a_net_rule_names_it() {
         guest.fetch(GATEWAY_IP, other, b"x").await,
         None,
         "the name allows no other port"
+    );
+}
+
+#[tokio::test]
+async fn past_the_dns_cap_a_query_is_answered_servfail_at_once() {
+    // A DNS server that never answers: every query the gateway sends it stays pending.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let limits = Limits {
+        max_pending_dns: 1,
+        resolve_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let config = NetConfig {
+        dns_server: Some(silent.local_addr().expect("addr")),
+        ..NetConfig::default()
+    };
+    let mut guest = Guest::start_with(config, limits).await;
+    let pending = guest.send_query("slow.test");
+    guest.run_until(|_| true).await;
+    let started = tokio::time::Instant::now();
+    let (rcode, _) = guest.resolve("next.test").await;
+    assert_eq!(rcode, simple_dns::RCODE::ServerFailure);
+    assert!(
+        started.elapsed() < limits.resolve_timeout,
+        "answered at once, not after the pending query's timeout"
+    );
+    // The pending one ends with the resolver's timeout, also SERVFAIL.
+    let (rcode, _) = guest.await_reply(pending).await;
+    assert_eq!(rcode, simple_dns::RCODE::ServerFailure);
+}
+
+#[tokio::test]
+async fn past_the_published_cap_a_connection_is_closed_on_accept() {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let host_port = probe.local_addr().expect("addr").port();
+    drop(probe);
+    let limits = Limits {
+        max_inbound_connections: 1,
+        ..Limits::default()
+    };
+    let config = config(&[("publish", &format!("{host_port}:80"))]);
+    let mut guest = Guest::start_with(config, limits).await;
+    let mut listener = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; 65536]),
+        tcp::SocketBuffer::new(vec![0; 65536]),
+    );
+    listener.listen(80).expect("listen");
+    let handle = guest.sockets.add(listener);
+    let address: SocketAddr = format!("127.0.0.1:{host_port}").parse().expect("addr");
+    let mut first = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    guest
+        .run_until(|s| s.get_mut::<tcp::Socket>(handle).state() == tcp::State::Established)
+        .await;
+    let mut second = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            guest.run_until(|_| true).await;
+            let mut byte = [0u8; 1];
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(20), second.read(&mut byte)).await
+            {
+                return n;
+            }
+        }
+    })
+    .await
+    .expect("the second connection was closed");
+    assert_eq!(closed, 0);
+    // The first one is still open.
+    let mut byte = [0u8; 1];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), first.read(&mut byte))
+            .await
+            .is_err(),
+        "the first connection must stay open"
     );
 }
