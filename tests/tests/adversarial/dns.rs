@@ -76,8 +76,7 @@ fn an_allowed_name_that_resolves_to_the_hosts_loopback_does_not_reach_it() {
         "{stdout}\n{decisions}"
     );
     assert!(
-        decisions.contains(&format!("-> 127.0.0.1:{port} ["))
-            || decisions.contains(&format!("allow (--allow-net {allow})")),
+        decisions.contains(&format!("-> 127.0.0.1:{port}: allow (--allow-net {allow})")),
         "{decisions}"
     );
     // The metadata address stays refused: the rule names only the loopback address.

@@ -67,7 +67,9 @@ pub struct NetArgs {
     pub publish: Vec<String>,
     /// Allow connections to this host name (and `*.NAME` for every name below it), on
     /// PORT only if given. The guest must resolve the name through krunbox's DNS server (its
-    /// default): the addresses of that answer become reachable. Any --allow-host or
+    /// default): the addresses of that answer become reachable for the answer's TTL (10 s to
+    /// 5 min). An internal address in the answer (the host's loopback, private, link-local or
+    /// metadata addresses) is refused unless an --allow-net rule names it. Any --allow-host or
     /// --allow-net turns the default policy into an allowlist: nothing else is reachable.
     #[arg(long = "allow-host", value_name = "NAME[:PORT]")]
     pub allow_hosts: Vec<String>,
@@ -77,7 +79,8 @@ pub struct NetArgs {
     #[arg(long = "allow-net", value_name = "CIDR[:PORT]")]
     pub allow_nets: Vec<String>,
     /// Make krunbox's DNS server answer NAME with IP (a host-side address; 127.0.0.1 is the
-    /// host's loopback). Connections still need the policy's consent.
+    /// host's loopback). Connections still need the policy's consent; an --allow-host rule
+    /// for NAME reaches IP even when it is internal (you wrote the mapping).
     #[arg(long = "add-host", value_name = "NAME:IP")]
     pub add_hosts: Vec<String>,
     /// Also append every network decision (each connection allowed or denied, with the rule
