@@ -119,6 +119,10 @@ pub struct NetConfig {
     pub publish: Vec<PublishedPort>,
     /// Names answered by the gateway itself.
     pub hosts: Vec<StaticHost>,
+    /// The DNS server that resolves the guest's queries instead of the host's resolver (a
+    /// test and advanced knob: `KRUNBOX_DNS_SERVER=IP:PORT`); its answers' TTLs are used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_server: Option<SocketAddr>,
 }
 
 #[cfg(test)]

@@ -16,14 +16,21 @@
 //! other UDP than DNS, ICMP and IPv6 are not forwarded.
 
 pub mod config;
+pub mod conn;
 pub mod device;
 pub mod dns;
 pub mod framing;
 pub mod gateway;
+pub mod inspect;
+pub mod limits;
+pub mod log_cap;
 pub mod policy;
+pub mod resolver;
+pub mod static_dns;
 
 pub use config::{NetConfig, PublishedPort};
 pub use gateway::Gateway;
+pub use limits::Limits;
 
 use tokio::net::TcpListener;
 

@@ -10,12 +10,20 @@
 //! Host rules are DNS-aware: a name the guest resolved through the gateway's DNS server (and
 //! that a host rule allows) makes the addresses of that answer reachable, on the rule's port.
 //! Names no rule allows are not resolved at all in allowlist mode, so DNS queries cannot leak
-//! data to the host's resolver either.
+//! data to the host's resolver either. An answer lasts its TTL (clamped to
+//! [`MIN_ANSWER_LIFETIME`]..=[`MAX_ANSWER_LIFETIME`]), so an old answer stops authorizing.
+//!
+//! DNS rebinding: a resolver's answer that is internal (the host's loopback, private,
+//! link-local and metadata addresses, the host's own addresses) is never handed to the guest
+//! unless an `--allow-net` rule contains that address, and then only that rule makes it
+//! reachable ([`EgressPolicy::screen_answer`]). `--add-host NAME:IP` is the CLI user's own
+//! word and is trusted: its address is answered as given and a host rule for NAME reaches it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -213,7 +221,13 @@ impl EgressPolicy {
     /// Whether the guest may connect to `dest` (the host-side address), given the names the
     /// guest resolved to it and whether `dest` is one of the host's own addresses (which the
     /// open policy denies whatever network it is on: the host's services listen there).
-    pub fn decide(&self, dest: SocketAddrV4, names: &ResolvedNames, host_own: bool) -> Decision {
+    pub fn decide(
+        &self,
+        dest: SocketAddrV4,
+        names: &ResolvedNames,
+        host_own: bool,
+        now: Instant,
+    ) -> Decision {
         let (ip, port) = (*dest.ip(), dest.port());
         if !self.is_allowlist() {
             return match (internal_reason(ip), host_own) {
@@ -235,7 +249,7 @@ impl EgressPolicy {
         {
             return Decision::Allow(format!("--allow-net {rule}"));
         }
-        for name in names.names_of(ip) {
+        for name in names.names_of(ip, now) {
             if let Some(rule) = self
                 .allow_hosts
                 .iter()
@@ -253,28 +267,125 @@ pub fn is_host_address(ip: Ipv4Addr) -> bool {
     !ip.is_unspecified() && std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
+/// How long a name's answer makes its addresses reachable, at least and at most (the
+/// upstream TTL is clamped to this; a TTL of 0 would make the answer useless for the
+/// connection that follows it, a day-long one would keep an old answer authorizing).
+pub const MIN_ANSWER_LIFETIME: Duration = Duration::from_secs(10);
+/// See [`MIN_ANSWER_LIFETIME`].
+pub const MAX_ANSWER_LIFETIME: Duration = Duration::from_secs(300);
+/// Name-address mappings kept at once; past it new answers authorize nothing (the guest only
+/// starves itself) until old ones expire.
+pub const MAX_RESOLVED: usize = 16 * 1024;
+
+/// A DNS answer's lifetime clamped to [`MIN_ANSWER_LIFETIME`]..=[`MAX_ANSWER_LIFETIME`].
+pub fn answer_lifetime(ttl: Duration) -> Duration {
+    ttl.clamp(MIN_ANSWER_LIFETIME, MAX_ANSWER_LIFETIME)
+}
+
+/// How the gateway may pass on an address the host's resolver gave for a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnswerUse {
+    /// A public address: given to the guest, and the name's host rules apply to it.
+    Public,
+    /// An internal address that an `--allow-net` rule names: given to the guest, but only
+    /// that rule (with its port) makes it reachable, never the name.
+    AllowedInternal,
+}
+
+impl EgressPolicy {
+    /// Whether `ip`, which the host's resolver answered for `name`, may be handed to the
+    /// guest. Internal addresses (loopback, private, link-local and metadata, the host's own
+    /// addresses) are refused unless an `--allow-net` rule contains the address: otherwise
+    /// any allowed name whose DNS the guest's side controls would lead onto the host or its
+    /// networks (DNS rebinding). The open policy has no such rule, so it never hands out
+    /// internal answers. `Err` is the line to log, with the flag that allows it.
+    pub fn screen_answer(
+        &self,
+        name: &str,
+        ip: Ipv4Addr,
+        host_own: bool,
+    ) -> Result<AnswerUse, String> {
+        let what = match (internal_reason(ip), host_own) {
+            (Some(what), _) => what,
+            (None, true) => "one of the host's own addresses",
+            (None, false) => return Ok(AnswerUse::Public),
+        };
+        if self.allow_nets.iter().any(|rule| rule.net.contains(&ip)) {
+            return Ok(AnswerUse::AllowedInternal);
+        }
+        Err(format!(
+            "dns answer {ip} for {name} is internal ({what}); refused; allow it with \
+             --allow-net {ip}/32"
+        ))
+    }
+}
+
 /// The names the gateway's DNS server answered with each address (host side), so host
-/// rules can be applied to connections, which carry only addresses.
+/// rules can be applied to connections, which carry only addresses. A resolver's answer
+/// lasts its (clamped) TTL; the CLI user's own names (`--add-host`, the gateway's alias)
+/// last for the VM's life.
 #[derive(Debug, Default)]
 pub struct ResolvedNames {
-    by_address: HashMap<Ipv4Addr, HashSet<String>>,
+    /// Address → name → until when (`None`: for the VM's life).
+    by_address: HashMap<Ipv4Addr, HashMap<String, Option<Instant>>>,
+    count: usize,
 }
 
 impl ResolvedNames {
-    /// Records that `name` resolved to `ip`. Kept for the VM's lifetime.
-    pub fn record(&mut self, name: &str, ip: Ipv4Addr) {
+    /// Records that the CLI user's configuration maps `name` to `ip` (trusted, permanent).
+    pub fn record_fixed(&mut self, name: &str, ip: Ipv4Addr) {
+        self.insert(name, ip, None, Instant::now());
+    }
+
+    /// Records that the host's resolver answered `ip` for `name`, valid until `expires`.
+    /// Returns false (nothing recorded) when [`MAX_RESOLVED`] live mappings exist.
+    pub fn record(&mut self, name: &str, ip: Ipv4Addr, expires: Instant, now: Instant) -> bool {
+        self.insert(name, ip, Some(expires), now)
+    }
+
+    fn insert(&mut self, name: &str, ip: Ipv4Addr, expires: Option<Instant>, now: Instant) -> bool {
+        if let Some(existing) = self.by_address.get_mut(&ip).and_then(|n| n.get_mut(name)) {
+            // A fixed mapping stays fixed; a fresh answer extends an old one.
+            *existing = match (*existing, expires) {
+                (None, _) | (_, None) => None,
+                (Some(a), Some(b)) => Some(a.max(b)),
+            };
+            return true;
+        }
+        if self.count >= MAX_RESOLVED {
+            self.prune(now);
+            if self.count >= MAX_RESOLVED {
+                return false;
+            }
+        }
         self.by_address
             .entry(ip)
             .or_default()
-            .insert(name.to_owned());
+            .insert(name.to_owned(), expires);
+        self.count += 1;
+        true
     }
 
-    /// The names that resolved to `ip`.
-    pub fn names_of(&self, ip: Ipv4Addr) -> impl Iterator<Item = &str> {
+    /// Forgets every expired mapping.
+    pub fn prune(&mut self, now: Instant) {
+        let mut removed = 0;
+        self.by_address.retain(|_, names| {
+            let before = names.len();
+            names.retain(|_, expires| expires.is_none_or(|e| e > now));
+            removed += before - names.len();
+            !names.is_empty()
+        });
+        self.count -= removed;
+    }
+
+    /// The names whose answer gave `ip` and is still valid at `now`.
+    pub fn names_of(&self, ip: Ipv4Addr, now: Instant) -> impl Iterator<Item = &str> {
         self.by_address
             .get(&ip)
             .into_iter()
-            .flat_map(|names| names.iter().map(String::as_str))
+            .flat_map(|names| names.iter())
+            .filter(move |(_, expires)| expires.is_none_or(|e| e > now))
+            .map(|(name, _)| name.as_str())
     }
 }
 
@@ -331,6 +442,7 @@ mod tests {
     fn open_policy_denies_internal_addresses() {
         let policy = EgressPolicy::default();
         let names = ResolvedNames::default();
+        let now = Instant::now();
         for denied in [
             "127.0.0.1:22",
             "10.0.0.5:80",
@@ -343,12 +455,12 @@ mod tests {
             "255.255.255.255:80",
         ] {
             assert!(
-                !policy.decide(dest(denied), &names, false).is_allowed(),
+                !policy.decide(dest(denied), &names, false, now).is_allowed(),
                 "{denied} must be denied"
             );
         }
         assert!(policy
-            .decide(dest("93.184.216.34:443"), &names, false)
+            .decide(dest("93.184.216.34:443"), &names, false, now)
             .is_allowed());
         assert!(policy.decide_name("anything.example").is_allowed());
     }
@@ -360,27 +472,130 @@ mod tests {
             allow_nets: vec!["127.0.0.1/32:8080".parse().expect("rule")],
         };
         let mut names = ResolvedNames::default();
+        let now = Instant::now();
+        let later = now + Duration::from_secs(60);
         assert!(policy
-            .decide(dest("127.0.0.1:8080"), &names, false)
+            .decide(dest("127.0.0.1:8080"), &names, false, now)
             .is_allowed());
         assert!(!policy
-            .decide(dest("127.0.0.1:8081"), &names, false)
+            .decide(dest("127.0.0.1:8081"), &names, false, now)
             .is_allowed());
         assert!(!policy
-            .decide(dest("93.184.216.34:443"), &names, false)
+            .decide(dest("93.184.216.34:443"), &names, false, now)
             .is_allowed());
-        names.record("api.example.com", "93.184.216.34".parse().expect("ip"));
+        names.record(
+            "api.example.com",
+            "93.184.216.34".parse().expect("ip"),
+            later,
+            now,
+        );
         assert!(policy
-            .decide(dest("93.184.216.34:443"), &names, false)
+            .decide(dest("93.184.216.34:443"), &names, false, now)
             .is_allowed());
         assert!(!policy
-            .decide(dest("93.184.216.34:80"), &names, false)
+            .decide(dest("93.184.216.34:80"), &names, false, now)
             .is_allowed());
-        names.record("other.example.com", "93.184.216.35".parse().expect("ip"));
+        names.record(
+            "other.example.com",
+            "93.184.216.35".parse().expect("ip"),
+            later,
+            now,
+        );
         assert!(!policy
-            .decide(dest("93.184.216.35:443"), &names, false)
+            .decide(dest("93.184.216.35:443"), &names, false, now)
             .is_allowed());
         assert!(policy.decide_name("api.example.com").is_allowed());
         assert!(!policy.decide_name("evil.example.com").is_allowed());
+    }
+
+    #[test]
+    fn internal_answers_are_refused_unless_a_net_rule_names_them() {
+        let loopback = Ipv4Addr::LOCALHOST;
+        let metadata = Ipv4Addr::new(169, 254, 169, 254);
+        let private = Ipv4Addr::new(192, 168, 1, 1);
+        let public = Ipv4Addr::new(93, 184, 216, 34);
+        let allowlist = EgressPolicy {
+            allow_hosts: vec!["evil.test".parse().expect("rule")],
+            allow_nets: Vec::new(),
+        };
+        for policy in [EgressPolicy::default(), allowlist.clone()] {
+            for ip in [loopback, metadata, private] {
+                let why = policy
+                    .screen_answer("evil.test", ip, false)
+                    .expect_err("an internal answer is refused");
+                assert!(
+                    why.contains(&format!("dns answer {ip} for evil.test is internal"))
+                        && why.contains(&format!("--allow-net {ip}/32")),
+                    "{why}"
+                );
+            }
+            assert_eq!(
+                policy.screen_answer("evil.test", public, false),
+                Ok(AnswerUse::Public)
+            );
+            // A public address that is the host's own is internal too.
+            assert!(policy.screen_answer("evil.test", public, true).is_err());
+        }
+        let mut with_net = allowlist;
+        with_net
+            .allow_nets
+            .push("127.0.0.1/32:8080".parse().expect("rule"));
+        assert_eq!(
+            with_net.screen_answer("evil.test", loopback, false),
+            Ok(AnswerUse::AllowedInternal)
+        );
+        assert!(with_net
+            .screen_answer("evil.test", metadata, false)
+            .is_err());
+    }
+
+    #[test]
+    fn answers_expire_and_fixed_names_do_not() {
+        let policy = EgressPolicy {
+            allow_hosts: vec![
+                "api.example.com".parse().expect("rule"),
+                "db.test".parse().expect("rule"),
+            ],
+            allow_nets: Vec::new(),
+        };
+        let public: Ipv4Addr = "93.184.216.34".parse().expect("ip");
+        let mut names = ResolvedNames::default();
+        let now = Instant::now();
+        let lifetime = answer_lifetime(Duration::from_secs(30));
+        assert!(names.record("api.example.com", public, now + lifetime, now));
+        names.record_fixed("db.test", Ipv4Addr::LOCALHOST);
+        let to = |ip: Ipv4Addr| SocketAddrV4::new(ip, 443);
+        assert!(policy.decide(to(public), &names, false, now).is_allowed());
+        let after = now + lifetime + Duration::from_secs(1);
+        assert!(!policy.decide(to(public), &names, false, after).is_allowed());
+        // The CLI user's --add-host is trusted, whatever its address, for the VM's life.
+        let much_later = now + Duration::from_secs(86_400);
+        assert!(policy
+            .decide(to(Ipv4Addr::LOCALHOST), &names, false, much_later)
+            .is_allowed());
+        names.prune(after);
+        assert_eq!(names.count, 1);
+        assert_eq!(answer_lifetime(Duration::ZERO), MIN_ANSWER_LIFETIME);
+        assert_eq!(
+            answer_lifetime(Duration::from_secs(86_400)),
+            MAX_ANSWER_LIFETIME
+        );
+    }
+
+    #[test]
+    fn the_mapping_table_is_bounded() {
+        let mut names = ResolvedNames::default();
+        let now = Instant::now();
+        let soon = now + Duration::from_secs(10);
+        for i in 0..MAX_RESOLVED as u32 {
+            assert!(names.record(&format!("n{i}.test"), Ipv4Addr::from(i), soon, now));
+        }
+        let extra = Ipv4Addr::new(93, 184, 216, 34);
+        assert!(!names.record("extra.test", extra, soon, now));
+        assert_eq!(names.names_of(extra, now).count(), 0);
+        // Once the old answers expired there is room again.
+        let after = soon + Duration::from_secs(1);
+        assert!(names.record("extra.test", extra, after + Duration::from_secs(10), after));
+        assert_eq!(names.count, 1);
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use krunbox_net::config::{GATEWAY_IP, GUEST_IP, GUEST_MAC, PREFIX_LEN};
 use krunbox_net::device::QueueDevice;
 use krunbox_net::framing::{read_frame, write_frame};
-use krunbox_net::{Gateway, NetConfig};
+use krunbox_net::{Gateway, Limits, NetConfig};
 use simple_dns::rdata::RData;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::{tcp, udp};
@@ -29,9 +29,13 @@ struct Guest {
 
 impl Guest {
     async fn start(config: NetConfig) -> Self {
+        Self::start_with(config, Limits::default()).await
+    }
+
+    async fn start_with(config: NetConfig, limits: Limits) -> Self {
         let (gateway_end, guest_end) = tokio::io::duplex(1 << 20);
         let published = krunbox_net::bind_published(&config).await.expect("bind");
-        tokio::spawn(Gateway::new(config).run(gateway_end, published));
+        tokio::spawn(Gateway::with_limits(config, limits).run(gateway_end, published));
         let (mut reader, writer) = tokio::io::split(guest_end);
         let (tx, frames) = mpsc::channel(1024);
         tokio::spawn(async move {
@@ -105,8 +109,8 @@ impl Guest {
         self.sockets.add(socket)
     }
 
-    /// Connects, then reads until the peer closes; `None` if the connection was refused.
-    async fn fetch(&mut self, ip: Ipv4Addr, port: u16, send: &[u8]) -> Option<Vec<u8>> {
+    /// Connects and waits for the handshake's outcome: whether it got established.
+    async fn open(&mut self, ip: Ipv4Addr, port: u16) -> (SocketHandle, bool) {
         let handle = self.connect(ip, port);
         let mut established = false;
         self.run_until(|s| {
@@ -115,6 +119,17 @@ impl Guest {
             socket.state() == tcp::State::Established || socket.state() == tcp::State::Closed
         })
         .await;
+        (handle, established)
+    }
+
+    /// Sends raw frames as the guest's card would (bypassing the guest's stack).
+    async fn send_raw(&mut self, frame: &[u8]) {
+        write_frame(&mut self.writer, frame).await.expect("send");
+    }
+
+    /// Connects, then reads until the peer closes; `None` if the connection was refused.
+    async fn fetch(&mut self, ip: Ipv4Addr, port: u16, send: &[u8]) -> Option<Vec<u8>> {
+        let (handle, established) = self.open(ip, port).await;
         if !established {
             return None;
         }
@@ -142,6 +157,12 @@ impl Guest {
     }
 
     async fn resolve(&mut self, name: &str) -> (simple_dns::RCODE, Vec<Ipv4Addr>) {
+        let handle = self.send_query(name);
+        self.await_reply(handle).await
+    }
+
+    /// Sends an A query for `name` from a fresh socket (whose handle waits for the reply).
+    fn send_query(&mut self, name: &str) -> SocketHandle {
         let mut socket = udp::Socket::new(
             udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4096]),
             udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4096]),
@@ -161,7 +182,11 @@ impl Guest {
                 IpEndpoint::new(IpAddress::Ipv4(GATEWAY_IP), 53),
             )
             .expect("send");
-        let handle = self.sockets.add(socket);
+        self.sockets.add(socket)
+    }
+
+    /// The reply to the query `handle` sent: its code and addresses.
+    async fn await_reply(&mut self, handle: SocketHandle) -> (simple_dns::RCODE, Vec<Ipv4Addr>) {
         let mut reply = Vec::new();
         self.run_until(|s| {
             let socket = s.get_mut::<udp::Socket>(handle);
@@ -312,4 +337,277 @@ async fn published_port_reaches_a_guest_server() {
     .await
     .expect("the host client finished");
     assert_eq!(reply, "from the guest");
+}
+
+/// A server on 127.0.0.1 that reports on `ended` when each connection's peer has closed it
+/// (what the gateway does to the host side of a connection it ends).
+async fn watcher() -> (u16, mpsc::UnboundedReceiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (ended_tx, ended) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let ended_tx = ended_tx.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let _ = stream.read_to_end(&mut buffer).await;
+                let _ = ended_tx.send(());
+            });
+        }
+    });
+    (port, ended)
+}
+
+#[tokio::test]
+async fn past_the_connection_cap_the_next_syn_is_reset() {
+    let port = greeter("hi\n").await;
+    let limits = Limits {
+        max_guest_connections: 2,
+        ..Limits::default()
+    };
+    let rule = format!("127.0.0.1/32:{port}");
+    let mut guest = Guest::start_with(config(&[("allow-net", &rule)]), limits).await;
+    let (first, ok) = guest.open(GATEWAY_IP, port).await;
+    assert!(ok, "the first connection");
+    let (_second, ok) = guest.open(GATEWAY_IP, port).await;
+    assert!(ok, "the second connection");
+    let (_third, ok) = guest.open(GATEWAY_IP, port).await;
+    assert!(
+        !ok,
+        "the third connection is past the cap and must be reset"
+    );
+    // Once one closes there is room again.
+    guest.sockets.get_mut::<tcp::Socket>(first).close();
+    guest
+        .run_until(|s| {
+            s.get_mut::<tcp::Socket>(first).state() == tcp::State::Closed
+                || s.get_mut::<tcp::Socket>(first).state() == tcp::State::TimeWait
+        })
+        .await;
+    let mut reopened = false;
+    for _ in 0..50 {
+        let (_, ok) = guest.open(GATEWAY_IP, port).await;
+        if ok {
+            reopened = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reopened, "a connection after one closed");
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_reset_and_its_host_side_closed() {
+    let (port, mut ended) = watcher().await;
+    let idle = Duration::from_millis(300);
+    let limits = Limits {
+        idle_timeout: idle,
+        ..Limits::default()
+    };
+    let rule = format!("127.0.0.1/32:{port}");
+    let mut guest = Guest::start_with(config(&[("allow-net", &rule)]), limits).await;
+    let started = tokio::time::Instant::now();
+    let (handle, ok) = guest.open(GATEWAY_IP, port).await;
+    assert!(ok, "connected");
+    guest
+        .run_until(|s| s.get_mut::<tcp::Socket>(handle).state() == tcp::State::Closed)
+        .await;
+    assert!(started.elapsed() >= idle, "reset before the idle timeout");
+    tokio::time::timeout(Duration::from_secs(5), ended.recv())
+        .await
+        .expect("the host side was closed")
+        .expect("a report");
+}
+
+#[tokio::test]
+async fn a_guest_that_never_completes_its_handshake_is_dropped() {
+    let (port, mut ended) = watcher().await;
+    let limits = Limits {
+        handshake_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let rule = format!("127.0.0.1/32:{port}");
+    let mut guest = Guest::start_with(config(&[("allow-net", &rule)]), limits).await;
+    // A bare SYN, never followed by the handshake's ACK.
+    guest.send_raw(&syn_frame(GATEWAY_IP, port)).await;
+    tokio::time::timeout(Duration::from_secs(5), ended.recv())
+        .await
+        .expect("the half-open connection's host side was closed")
+        .expect("a report");
+}
+
+/// A guest's TCP SYN to `dest:port` as an Ethernet frame.
+fn syn_frame(dest: Ipv4Addr, port: u16) -> Vec<u8> {
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{
+        EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Packet, Ipv4Repr,
+        TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    };
+    let tcp = TcpRepr {
+        src_port: 45678,
+        dst_port: port,
+        control: TcpControl::Syn,
+        seq_number: TcpSeqNumber(1000),
+        ack_number: None,
+        window_len: 65535,
+        window_scale: None,
+        max_seg_size: Some(1460),
+        sack_permitted: false,
+        sack_ranges: [None, None, None],
+        timestamp: None,
+        payload: &[],
+    };
+    let ip = Ipv4Repr {
+        src_addr: GUEST_IP,
+        dst_addr: dest,
+        next_header: IpProtocol::Tcp,
+        payload_len: tcp.buffer_len(),
+        hop_limit: 64,
+    };
+    let ethernet = EthernetRepr {
+        src_addr: EthernetAddress(GUEST_MAC),
+        dst_addr: EthernetAddress(krunbox_net::config::GATEWAY_MAC),
+        ethertype: EthernetProtocol::Ipv4,
+    };
+    let mut frame = vec![0; ethernet.buffer_len() + ip.buffer_len() + ip.payload_len];
+    let mut eth = EthernetFrame::new_unchecked(&mut frame);
+    ethernet.emit(&mut eth);
+    let mut packet = Ipv4Packet::new_unchecked(eth.payload_mut());
+    ip.emit(&mut packet, &ChecksumCapabilities::default());
+    let mut segment = TcpPacket::new_unchecked(packet.payload_mut());
+    tcp.emit(
+        &mut segment,
+        &IpAddress::Ipv4(GUEST_IP),
+        &IpAddress::Ipv4(dest),
+        &ChecksumCapabilities::default(),
+    );
+    frame
+}
+
+/// A real DNS server on 127.0.0.1 whose answer for evil.test is internal: the host's
+/// loopback and the cloud metadata address.
+fn rebinding_server() -> std::net::SocketAddr {
+    let records = [(
+        "evil.test".to_owned(),
+        vec![Ipv4Addr::LOCALHOST, Ipv4Addr::new(169, 254, 169, 254)],
+    )];
+    krunbox_net::static_dns::serve(records.into_iter().collect(), Duration::from_secs(1))
+        .expect("dns server")
+}
+
+#[tokio::test]
+async fn a_rebinding_answer_is_refused_unless_a_net_rule_names_it() {
+    let port = greeter("internal\n").await;
+    let server = rebinding_server();
+    // An allowed name whose answer is internal: nothing of it reaches the guest.
+    let mut refused = config(&[("allow-host", "evil.test")]);
+    refused.dns_server = Some(server);
+    let mut guest = Guest::start(refused).await;
+    let (rcode, addresses) = guest.resolve("evil.test").await;
+    assert_eq!(rcode, simple_dns::RCODE::NoError);
+    assert!(addresses.is_empty(), "{addresses:?}");
+    assert_eq!(guest.fetch(GATEWAY_IP, port, b"x").await, None);
+    // The open policy hands out no internal answer either.
+    let open = NetConfig {
+        dns_server: Some(server),
+        ..NetConfig::default()
+    };
+    let mut guest = Guest::start(open).await;
+    let (_, addresses) = guest.resolve("evil.test").await;
+    assert!(addresses.is_empty(), "{addresses:?}");
+    // An --allow-net rule for the address lets that address (not the metadata one) through,
+    // and only on the rule's port.
+    let net_rule = format!("127.0.0.1/32:{port}");
+    let mut allowed = config(&[("allow-host", "evil.test"), ("allow-net", &net_rule)]);
+    allowed.dns_server = Some(server);
+    let mut guest = Guest::start(allowed).await;
+    let (_, addresses) = guest.resolve("evil.test").await;
+    assert_eq!(addresses, vec![GATEWAY_IP]);
+    let reply = guest.fetch(GATEWAY_IP, port, b"!").await.expect("allowed");
+    assert_eq!(reply, b"internal\n!");
+    let other = greeter("other\n").await;
+    assert_eq!(
+        guest.fetch(GATEWAY_IP, other, b"x").await,
+        None,
+        "the name allows no other port"
+    );
+}
+
+#[tokio::test]
+async fn past_the_dns_cap_a_query_is_answered_servfail_at_once() {
+    // A DNS server that never answers: every query the gateway sends it stays pending.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let limits = Limits {
+        max_pending_dns: 1,
+        resolve_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let config = NetConfig {
+        dns_server: Some(silent.local_addr().expect("addr")),
+        ..NetConfig::default()
+    };
+    let mut guest = Guest::start_with(config, limits).await;
+    let pending = guest.send_query("slow.test");
+    guest.run_until(|_| true).await;
+    let started = tokio::time::Instant::now();
+    let (rcode, _) = guest.resolve("next.test").await;
+    assert_eq!(rcode, simple_dns::RCODE::ServerFailure);
+    assert!(
+        started.elapsed() < limits.resolve_timeout,
+        "answered at once, not after the pending query's timeout"
+    );
+    // The pending one ends with the resolver's timeout, also SERVFAIL.
+    let (rcode, _) = guest.await_reply(pending).await;
+    assert_eq!(rcode, simple_dns::RCODE::ServerFailure);
+}
+
+#[tokio::test]
+async fn past_the_published_cap_a_connection_is_closed_on_accept() {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let host_port = probe.local_addr().expect("addr").port();
+    drop(probe);
+    let limits = Limits {
+        max_inbound_connections: 1,
+        ..Limits::default()
+    };
+    let config = config(&[("publish", &format!("{host_port}:80"))]);
+    let mut guest = Guest::start_with(config, limits).await;
+    let mut listener = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; 65536]),
+        tcp::SocketBuffer::new(vec![0; 65536]),
+    );
+    listener.listen(80).expect("listen");
+    let handle = guest.sockets.add(listener);
+    let address: SocketAddr = format!("127.0.0.1:{host_port}").parse().expect("addr");
+    let mut first = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    guest
+        .run_until(|s| s.get_mut::<tcp::Socket>(handle).state() == tcp::State::Established)
+        .await;
+    let mut second = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            guest.run_until(|_| true).await;
+            let mut byte = [0u8; 1];
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(20), second.read(&mut byte)).await
+            {
+                return n;
+            }
+        }
+    })
+    .await
+    .expect("the second connection was closed");
+    assert_eq!(closed, 0);
+    // The first one is still open.
+    let mut byte = [0u8; 1];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), first.read(&mut byte))
+            .await
+            .is_err(),
+        "the first connection must stay open"
+    );
 }

@@ -542,4 +542,26 @@ pub fn backend() -> &'static str {
         Ok("krun") => "krun",
         Ok(other) => panic!("KRUNBOX_TEST_BACKEND={other:?}: expected `qemu` or `krun`"),
     }
+
+/// An HTTP/1.0 server on `address` (from threads, for the process's life) that answers every
+/// request with `body`; returns its port.
+pub fn http_server(address: std::net::Ipv4Addr, body: &'static str) -> u16 {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind((address, 0)).expect("bind a test server");
+    let port = listener.local_addr().expect("address").port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut request = [0u8; 2048];
+                let _ = stream.read(&mut request);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    port
 }

@@ -7,5 +7,6 @@
 mod agent;
 mod console;
 mod cp;
+mod dns;
 mod neighbour;
 mod virtiofs;

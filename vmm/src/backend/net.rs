@@ -145,8 +145,12 @@ async fn serve(args: &HelperArgs) -> Result<(), String> {
     }
 }
 
-/// Logs to stderr (the run directory's `net.log`), and to `--log` too.
+/// Logs to stderr (the run directory's `net.log`), and to `--log` too; each is capped at
+/// [`MAX_LOG_BYTES`](krunbox_net::log_cap::MAX_LOG_BYTES) (the guest's actions write these
+/// lines), after which one line says the log was truncated.
 fn init_logging(log: Option<&Path>) {
+    use krunbox_net::log_cap::{CappedWriter, MAX_LOG_BYTES};
+    use std::sync::Mutex;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
@@ -155,7 +159,10 @@ fn init_logging(log: Option<&Path>) {
             .unwrap_or_else(|_| "info".into())
     };
     let stderr = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(Mutex::new(CappedWriter::new(
+            std::io::stderr(),
+            MAX_LOG_BYTES,
+        )))
         .with_ansi(false)
         .with_filter(filter());
     let file = log
@@ -167,8 +174,10 @@ fn init_logging(log: Option<&Path>) {
                 .ok()
         })
         .map(|file| {
+            let existing = file.metadata().map(|m| m.len()).unwrap_or(0);
+            let capped = CappedWriter::new(file, MAX_LOG_BYTES).after(existing);
             tracing_subscriber::fmt::layer()
-                .with_writer(std::sync::Mutex::new(file))
+                .with_writer(Mutex::new(capped))
                 .with_ansi(false)
                 .with_filter(filter())
         });

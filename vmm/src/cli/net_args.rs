@@ -1,5 +1,6 @@
 //! The network options, shared by `krunbox run` and `krunbox create`.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use krunbox_net::config::{PublishedPort, SpecError, StaticHost};
@@ -7,6 +8,11 @@ use krunbox_net::policy::{HostRule, NetRule, RuleError};
 use krunbox_net::NetConfig;
 
 use crate::backend::{Network, UserNetwork};
+
+/// A test and advanced knob: the DNS server (`IP:PORT`) that resolves the guest's queries
+/// instead of the host's resolver. Its answers go through the same policy (internal
+/// addresses refused unless `--allow-net` names them) and their TTLs are used.
+pub const DNS_SERVER_ENV: &str = "KRUNBOX_DNS_SERVER";
 
 /// The guest's network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -32,6 +38,9 @@ pub enum NetArgsError {
     /// A -p or --add-host did not parse.
     #[error(transparent)]
     Spec(#[from] SpecError),
+    /// `KRUNBOX_DNS_SERVER` is not an address.
+    #[error("{DNS_SERVER_ENV}={0:?} is not an IP:PORT address, e.g. 127.0.0.1:5353")]
+    DnsServer(String),
     /// Options that need the user network with another mode.
     #[error("{option} needs the default network (--network user), not --network {mode}")]
     NeedsUserNetwork {
@@ -58,7 +67,9 @@ pub struct NetArgs {
     pub publish: Vec<String>,
     /// Allow connections to this host name (and `*.NAME` for every name below it), on
     /// PORT only if given. The guest must resolve the name through krunbox's DNS server (its
-    /// default): the addresses of that answer become reachable. Any --allow-host or
+    /// default): the addresses of that answer become reachable for the answer's TTL (10 s to
+    /// 5 min). An internal address in the answer (the host's loopback, private, link-local or
+    /// metadata addresses) is refused unless an --allow-net rule names it. Any --allow-host or
     /// --allow-net turns the default policy into an allowlist: nothing else is reachable.
     #[arg(long = "allow-host", value_name = "NAME[:PORT]")]
     pub allow_hosts: Vec<String>,
@@ -68,7 +79,8 @@ pub struct NetArgs {
     #[arg(long = "allow-net", value_name = "CIDR[:PORT]")]
     pub allow_nets: Vec<String>,
     /// Make krunbox's DNS server answer NAME with IP (a host-side address; 127.0.0.1 is the
-    /// host's loopback). Connections still need the policy's consent.
+    /// host's loopback). Connections still need the policy's consent; an --allow-host rule
+    /// for NAME reaches IP even when it is internal (you wrote the mapping).
     #[arg(long = "add-host", value_name = "NAME:IP")]
     pub add_hosts: Vec<String>,
     /// Also append every network decision (each connection allowed or denied, with the rule
@@ -111,12 +123,24 @@ impl NetArgs {
         for host in &self.add_hosts {
             config.hosts.push(host.parse::<StaticHost>()?);
         }
+        config.dns_server = dns_server(std::env::var_os(DNS_SERVER_ENV))?;
         let log = match &self.network_log {
             Some(path) if path.is_relative() => std::env::current_dir().ok().map(|d| d.join(path)),
             other => other.clone(),
         };
         Ok(Network::User(UserNetwork { config, log }))
     }
+}
+
+/// The `KRUNBOX_DNS_SERVER` value, if set and not empty.
+fn dns_server(value: Option<std::ffi::OsString>) -> Result<Option<SocketAddr>, NetArgsError> {
+    let Some(value) = value.filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let text = value.to_string_lossy();
+    text.parse()
+        .map(Some)
+        .map_err(|_| NetArgsError::DnsServer(text.into_owned()))
 }
 
 #[cfg(test)]
@@ -159,5 +183,19 @@ mod tests {
             ..NetArgs::default()
         };
         assert_eq!(none.network().expect("none"), Network::Disabled);
+    }
+
+    #[test]
+    fn the_dns_server_knob() {
+        assert_eq!(dns_server(None).expect("unset"), None);
+        assert_eq!(dns_server(Some("".into())).expect("empty"), None);
+        assert_eq!(
+            dns_server(Some("127.0.0.1:5353".into())).expect("address"),
+            Some("127.0.0.1:5353".parse().expect("addr"))
+        );
+        let message = dns_server(Some("localhost".into()))
+            .expect_err("not an address")
+            .to_string();
+        assert!(message.contains("KRUNBOX_DNS_SERVER"), "{message}");
     }
 }
