@@ -542,6 +542,7 @@ pub fn backend() -> &'static str {
         Ok("krun") => "krun",
         Ok(other) => panic!("KRUNBOX_TEST_BACKEND={other:?}: expected `qemu` or `krun`"),
     }
+}
 
 /// An HTTP/1.0 server on `address` (from threads, for the process's life) that answers every
 /// request with `body`; returns its port.
