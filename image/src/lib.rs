@@ -5,6 +5,7 @@ pub mod config;
 mod confined;
 pub mod digest;
 pub mod layout;
+pub mod limits;
 pub mod local_registry;
 pub mod lock;
 pub mod manifest;
