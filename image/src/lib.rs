@@ -9,6 +9,7 @@ pub mod limits;
 pub mod local_registry;
 pub mod lock;
 pub mod manifest;
+pub mod manifest_fetch;
 pub mod platform;
 pub mod pull;
 pub mod push;
