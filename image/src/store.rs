@@ -253,11 +253,6 @@ impl Store {
                 me,
             });
         }
-        if meta.mode() & 0o7777 != 0o700 {
-            tracing::info!(path = %root.display(), mode = format!("{:o}", meta.mode() & 0o7777), "making the image store private (0700)");
-            fs::set_permissions(root, fs::Permissions::from_mode(0o700))
-                .map_err(io_err("making private", root))?;
-        }
         for dir in ["blobs/sha256", "tmp", "rootfs/sha256"] {
             let path = root.join(dir);
             fs::DirBuilder::new()
@@ -265,6 +260,25 @@ impl Store {
                 .mode(0o700)
                 .create(&path)
                 .map_err(io_err("creating", &path))?;
+        }
+        for dir in [
+            "",
+            "blobs",
+            "blobs/sha256",
+            "tmp",
+            "rootfs",
+            "rootfs/sha256",
+        ] {
+            let path = root.join(dir);
+            let mode = fs::metadata(&path)
+                .map_err(io_err("inspecting", &path))?
+                .mode()
+                & 0o7777;
+            if mode != 0o700 {
+                tracing::info!(path = %path.display(), mode = format!("{mode:o}"), "making the image store private (0700)");
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o700))
+                    .map_err(io_err("making private", &path))?;
+            }
         }
         Ok(Self {
             root: root.to_owned(),

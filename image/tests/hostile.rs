@@ -239,9 +239,16 @@ fn setuid_bits_are_kept_for_the_guest_and_the_store_is_private() {
         assert_eq!(mode, 0o700, "{dir:?} is {mode:o}");
     }
     // A store made loose (by an older krunbox, or by hand) is made private again.
-    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for dir in ["", "rootfs/sha256"] {
+        std::fs::set_permissions(root.join(dir), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     Store::open(&root).unwrap();
-    assert_eq!(std::fs::metadata(&root).unwrap().mode() & 0o777, 0o700);
+    for dir in ["", "rootfs/sha256"] {
+        assert_eq!(
+            std::fs::metadata(root.join(dir)).unwrap().mode() & 0o777,
+            0o700
+        );
+    }
     if nix::unistd::geteuid().is_root() {
         // A store another user owns (they could have planted it) is refused.
         let planted = tmp.path().join("planted");
