@@ -4,3 +4,4 @@
 //! SECURITY.md lists each boundary with the test that attacks it.
 //!
 //! One module per boundary; one test per attack, named for the attack.
+mod image;
