@@ -3,6 +3,7 @@ pub mod auth;
 pub mod builtin;
 pub mod config;
 mod confined;
+mod decompress;
 pub mod digest;
 pub mod layout;
 pub mod limits;
