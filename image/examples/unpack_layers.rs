@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use krunbox_image::limits::UnpackLimits;
 use krunbox_image::unpack::{unpack_layer_file, UnpackStats};
 
 fn main() -> ExitCode {
@@ -13,9 +14,16 @@ fn main() -> ExitCode {
         eprintln!("usage: unpack_layers ROOT BLOB...");
         return ExitCode::from(2);
     };
+    let limits = match UnpackLimits::from_env() {
+        Ok(limits) => limits,
+        Err(err) => {
+            eprintln!("unpack_layers: {err}");
+            return ExitCode::from(2);
+        }
+    };
     let mut total = UnpackStats::default();
     for blob in args {
-        match unpack_layer_file(&blob, &root) {
+        match unpack_layer_file(&blob, &root, &limits, &total) {
             Ok(stats) => total += stats,
             Err(err) => {
                 eprintln!("unpack_layers: {}: {err}", blob.display());

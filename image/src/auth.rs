@@ -2,8 +2,11 @@
 //!
 //! Looked up, first match wins:
 //! 1. `KRUNBOX_REGISTRY_TOKEN` (a bearer token), or `KRUNBOX_REGISTRY_USERNAME` +
-//!    `KRUNBOX_REGISTRY_PASSWORD` — used for the registry being pulled from, like
-//!    `skopeo --creds`;
+//!    `KRUNBOX_REGISTRY_PASSWORD`, like `skopeo --creds` — sent only to the registry named by
+//!    `KRUNBOX_REGISTRY_AUTH_FOR` (`host[:port]`, `docker.io` for Docker Hub). Credentials in
+//!    the environment without it are an error rather than a secret handed to whichever
+//!    registry an image reference (or a hostile index) names; pulls from other registries
+//!    fall through to the files below;
 //! 2. a Docker-style config file: `$KRUNBOX_AUTH_FILE`, else
 //!    `$XDG_CONFIG_HOME/krunbox/auth.json` (`~/.config/krunbox/auth.json`), else
 //!    `$DOCKER_CONFIG/config.json` (`~/.docker/config.json`), with
@@ -72,6 +75,12 @@ pub enum AuthError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// Credentials in the environment without the registry they are for.
+    #[error("KRUNBOX_REGISTRY_USERNAME/PASSWORD or KRUNBOX_REGISTRY_TOKEN is set but KRUNBOX_REGISTRY_AUTH_FOR is not: set it to the registry they are for (pulling from {registry}); krunbox does not send them to every registry")]
+    UnscopedEnvCredentials {
+        /// The registry being pulled from.
+        registry: String,
+    },
     /// Not JSON of the Docker config shape.
     #[error("registry credentials {path}: {reason}")]
     Invalid {
@@ -98,20 +107,61 @@ struct AuthEntry {
 
 /// Credentials for `registry` from the environment and the first config file that exists.
 pub fn credentials_for(registry: &str) -> Result<Credentials, AuthError> {
-    let env = |name| std::env::var(name).ok().filter(|v| !v.is_empty());
-    if let Some(token) = env("KRUNBOX_REGISTRY_TOKEN") {
-        return Ok(Credentials::Bearer(token));
-    }
-    if let (Some(username), Some(password)) = (
-        env("KRUNBOX_REGISTRY_USERNAME"),
-        env("KRUNBOX_REGISTRY_PASSWORD"),
-    ) {
-        return Ok(Credentials::Basic { username, password });
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    if let Some(credentials) = env_credentials(registry, env)? {
+        return Ok(credentials);
     }
     match auth_files().into_iter().find(|p| p.is_file()) {
         Some(path) => credentials_from_file(&path, registry),
         None => Ok(Credentials::Anonymous),
     }
+}
+
+/// The environment's credentials if they are for `registry`.
+fn env_credentials(
+    registry: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<Credentials>, AuthError> {
+    let credentials = if let Some(token) = env("KRUNBOX_REGISTRY_TOKEN") {
+        Credentials::Bearer(token)
+    } else if let (Some(username), Some(password)) = (
+        env("KRUNBOX_REGISTRY_USERNAME"),
+        env("KRUNBOX_REGISTRY_PASSWORD"),
+    ) {
+        Credentials::Basic { username, password }
+    } else {
+        return Ok(None);
+    };
+    match env("KRUNBOX_REGISTRY_AUTH_FOR") {
+        Some(scope) if same_registry(&scope, registry) => Ok(Some(credentials)),
+        Some(scope) => {
+            tracing::debug!(%scope, %registry, "credentials in the environment are for another registry");
+            Ok(None)
+        }
+        None => Err(AuthError::UnscopedEnvCredentials {
+            registry: registry.to_owned(),
+        }),
+    }
+}
+
+/// Whether two spellings name the same registry (scheme, trailing `/` and case aside; the
+/// Docker Hub aliases are one registry).
+fn same_registry(a: &str, b: &str) -> bool {
+    let canonical = |s: &str| {
+        let s = s.trim().to_ascii_lowercase();
+        let s = s
+            .strip_prefix("https://")
+            .or_else(|| s.strip_prefix("http://"))
+            .unwrap_or(&s)
+            .trim_end_matches('/')
+            .trim_end_matches("/v1")
+            .to_owned();
+        match s.as_str() {
+            "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB.to_owned(),
+            _ => s,
+        }
+    };
+    canonical(a) == canonical(b)
 }
 
 fn auth_files() -> Vec<PathBuf> {
@@ -202,6 +252,54 @@ pub fn credentials_from_file(path: &Path, registry: &str) -> Result<Credentials,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn env_credentials_go_only_to_the_registry_named_with_them() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let basic = &[
+            ("KRUNBOX_REGISTRY_USERNAME", "alice"),
+            ("KRUNBOX_REGISTRY_PASSWORD", "s3cret"),
+            (
+                "KRUNBOX_REGISTRY_AUTH_FOR",
+                "https://Registry.example:5000/",
+            ),
+        ];
+        assert!(matches!(
+            env_credentials("registry.example:5000", env(basic)).unwrap(),
+            Some(Credentials::Basic { username, .. }) if username == "alice"
+        ));
+        assert_eq!(
+            env_credentials("evil.example", env(basic)).unwrap(),
+            None,
+            "credentials for one registry must not reach another"
+        );
+        assert_eq!(
+            env_credentials("registry.example:5001", env(basic)).unwrap(),
+            None
+        );
+        let unscoped = &[("KRUNBOX_REGISTRY_TOKEN", "t0ken")];
+        let err = env_credentials("evil.example", env(unscoped)).unwrap_err();
+        assert!(
+            err.to_string().contains("KRUNBOX_REGISTRY_AUTH_FOR"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("t0ken"), "{err}");
+        let hub = &[
+            ("KRUNBOX_REGISTRY_TOKEN", "t0ken"),
+            ("KRUNBOX_REGISTRY_AUTH_FOR", "index.docker.io"),
+        ];
+        assert_eq!(
+            env_credentials(DOCKER_HUB, env(hub)).unwrap(),
+            Some(Credentials::Bearer("t0ken".into()))
+        );
+        assert_eq!(env_credentials("ghcr.io", env(&[])).unwrap(), None);
+    }
 
     #[test]
     fn reads_docker_config_entries() {

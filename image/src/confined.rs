@@ -149,17 +149,94 @@ pub(crate) fn remove_at(dir: &OwnedFd, name: &OsStr) -> io::Result<()> {
 /// Removes the directory `name` in `dir` and everything beneath it, never following a symlink.
 /// Directories are made writable first so that read-only image directories can be removed
 /// without root.
+///
+/// Iterative and with two descriptors open at any depth: a tree deeper than the descriptor
+/// limit (or the stack) is removed like any other. Going back up is `openat(cur, "..")`,
+/// checked to be the directory we came from (same device and inode as its entry there).
 pub(crate) fn remove_tree_at(dir: &OwnedFd, name: &OsStr) -> io::Result<()> {
-    let child = match open_dir(dir, name) {
+    struct Level {
+        /// This directory's name in its parent.
+        name: OsString,
+        /// Subdirectories still to remove.
+        subdirs: Vec<OsString>,
+    }
+    let mut current = match open_dir(dir, name) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => return Ok(()),
         Err(errno) => return Err(errno.into()),
     };
-    clear_dir(&child, |_| true)?;
+    let mut levels = vec![Level {
+        name: name.to_owned(),
+        subdirs: clear_files(&current)?,
+    }];
+    while let Some(top) = levels.last_mut() {
+        if let Some(subdir) = top.subdirs.pop() {
+            match open_dir(&current, &subdir) {
+                Ok(child) => {
+                    let subdirs = clear_files(&child)?;
+                    current = child;
+                    levels.push(Level {
+                        name: subdir,
+                        subdirs,
+                    });
+                }
+                Err(Errno::ENOENT) => {}
+                Err(errno) => return Err(errno.into()),
+            }
+            continue;
+        }
+        let Some(done) = levels.pop() else {
+            break;
+        };
+        if levels.is_empty() {
+            break;
+        }
+        let parent = open_dir(&current, OsStr::new(".."))?;
+        let here = nix::sys::stat::fstat(&current)?;
+        let entry =
+            nix::sys::stat::fstatat(&parent, done.name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        if (entry.st_dev, entry.st_ino) != (here.st_dev, here.st_ino) {
+            return Err(io::Error::other(format!(
+                "{}: the directory moved while it was being removed",
+                done.name.to_string_lossy()
+            )));
+        }
+        drop(current);
+        unlink_dir(&parent, &done.name)?;
+        current = parent;
+    }
+    drop(current);
+    unlink_dir(dir, name)
+}
+
+fn unlink_dir(dir: &OwnedFd, name: &OsStr) -> io::Result<()> {
     match nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::RemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => Ok(()),
         Err(errno) => Err(errno.into()),
     }
+}
+
+/// Makes `dir` writable, removes every non-directory in it and returns its subdirectories.
+fn clear_files(dir: &OwnedFd) -> io::Result<Vec<OsString>> {
+    let _ = nix::sys::stat::fchmod(dir, Mode::from_bits_truncate(0o700));
+    let mut subdirs = Vec::new();
+    for name in list_dir(dir)? {
+        match file_type_at(dir, &name)? {
+            None => {}
+            Some(SFlag::S_IFDIR) => subdirs.push(name),
+            Some(_) => {
+                match nix::unistd::unlinkat(
+                    dir,
+                    name.as_os_str(),
+                    nix::unistd::UnlinkatFlags::NoRemoveDir,
+                ) {
+                    Ok(()) | Err(Errno::ENOENT) => {}
+                    Err(errno) => return Err(errno.into()),
+                }
+            }
+        }
+    }
+    Ok(subdirs)
 }
 
 /// Removes every entry of `dir` for which `remove` says yes.
@@ -187,6 +264,47 @@ pub fn list_dir(dir: &OwnedFd) -> io::Result<Vec<OsString>> {
         }
     }
     Ok(names)
+}
+
+/// Opens `path` for reading only if it is a regular file: opened with `O_NONBLOCK` (a FIFO
+/// does not block the open) and checked with `fstat` before anything is read.
+pub(crate) fn open_regular(path: &Path) -> io::Result<std::fs::File> {
+    let fd = nix::fcntl::openat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    regular_only(fd)
+}
+
+/// Like [`open_regular`], for `name` in `dir`, without following a symlink at the leaf
+/// (`ELOOP` then).
+pub(crate) fn open_regular_at(dir: impl AsFd, name: &OsStr) -> io::Result<std::fs::File> {
+    let fd = nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    regular_only(fd)
+}
+
+fn regular_only(fd: OwnedFd) -> io::Result<std::fs::File> {
+    let stat = nix::sys::stat::fstat(&fd)?;
+    if stat.st_mode & SFlag::S_IFMT.bits() != SFlag::S_IFREG.bits() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file (FIFOs, devices, sockets and directories are refused)",
+        ));
+    }
+    // Back to blocking reads (a no-op for regular files, kept so nothing depends on it).
+    let flags = OFlag::from_bits_truncate(nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)?);
+    nix::fcntl::fcntl(
+        &fd,
+        nix::fcntl::FcntlArg::F_SETFL(flags & !OFlag::O_NONBLOCK),
+    )?;
+    Ok(std::fs::File::from(fd))
 }
 
 /// Removes a directory tree given by host path (the store's own directories).

@@ -13,20 +13,20 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use serde::Deserialize;
 
 use crate::config::ImageConfigFile;
 use crate::confined;
 use crate::digest::{Digest, DigestWriter};
+use crate::limits::MAX_JSON_BLOB;
 use crate::manifest::{
     Descriptor, DescriptorPlatform, Index, Manifest, ManifestDocument, ManifestError,
     DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, REF_NAME_ANNOTATION,
 };
 use crate::platform::Platform;
 use crate::reference::Reference;
-use crate::store::{ImageRecord, Store, StoreError, MAX_JSON_BLOB};
+use crate::store::{ImageRecord, Store, StoreError};
 use crate::unpack::{self, UnpackError};
 
 /// Why an import failed.
@@ -130,14 +130,11 @@ impl LayoutDir {
         };
         let dir = confined::walk(&self.root, parent, false, Mode::empty())
             .map_err(|_| invalid("missing, or reached through a symlink"))?;
-        match nix::fcntl::openat(
-            &dir,
-            leaf.as_os_str(),
-            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        ) {
-            Ok(fd) => Ok(Opened::File(File::from(fd))),
-            Err(nix::errno::Errno::ELOOP) => {
+        // A FIFO (say `index.json` in a crafted archive) is refused, never read: reading it
+        // would block while the store's lock is held.
+        match confined::open_regular_at(&dir, leaf) {
+            Ok(file) => Ok(Opened::File(file)),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
                 let target = nix::fcntl::readlinkat(&dir, leaf.as_os_str()).map_err(|errno| {
                     LayoutError::Io {
                         path: full.clone(),
@@ -147,10 +144,10 @@ impl LayoutDir {
                 })?;
                 Ok(Opened::Symlink(PathBuf::from(target)))
             }
-            Err(errno) => Err(LayoutError::Io {
+            Err(source) => Err(LayoutError::Io {
                 path: full.clone(),
                 action: "opening",
-                source: errno.into(),
+                source,
             }),
         }
     }
@@ -169,7 +166,7 @@ impl LayoutDir {
         if data.len() as u64 > MAX_JSON_BLOB {
             return Err(LayoutError::Invalid {
                 path,
-                reason: "JSON file larger than 16 MiB".into(),
+                reason: format!("JSON file larger than the {MAX_JSON_BLOB}-byte limit"),
             });
         }
         Ok(data)
@@ -424,10 +421,13 @@ fn extract_archive(store: &Store, archive: &Path) -> Result<tempfile::TempDir, L
             action: "creating extraction directory",
             source,
         })?;
-    unpack::unpack_layer_file(archive, dir.path()).map_err(|source| LayoutError::Extract {
-        path: archive.to_owned(),
-        source,
-    })?;
+    let limits = store.limits();
+    unpack::unpack_layer_file(archive, dir.path(), &limits, &Default::default()).map_err(
+        |source| LayoutError::Extract {
+            path: archive.to_owned(),
+            source,
+        },
+    )?;
     Ok(dir)
 }
 

@@ -26,10 +26,12 @@ use tokio::io::AsyncWriteExt;
 
 use crate::auth::{self, AuthError, Credentials};
 use crate::digest::{Digest, Hasher};
-use crate::manifest::{Descriptor, ManifestDocument, ManifestError, ACCEPTED_MANIFEST_TYPES};
+use crate::limits::MAX_JSON_BLOB;
+use crate::manifest::{Descriptor, ManifestDocument, ManifestError};
+use crate::manifest_fetch::{ManifestFetchError, ManifestFetcher};
 use crate::platform::Platform;
 use crate::reference::Reference;
-use crate::store::{ImageRecord, Store, StoreError, MAX_JSON_BLOB};
+use crate::store::{ImageRecord, Store, StoreError};
 
 /// How to pull.
 #[derive(Debug, Clone)]
@@ -80,6 +82,15 @@ pub enum PullError {
         /// The client error.
         #[source]
         source: oci_client::errors::OciDistributionError,
+    },
+    /// Fetching a manifest or index failed (including one over the size limit).
+    #[error("pulling {reference}: {source}")]
+    ManifestFetch {
+        /// What was pulled.
+        reference: String,
+        /// Why.
+        #[source]
+        source: ManifestFetchError,
     },
     /// The manifest bytes do not match the pinned or listed digest.
     #[error("manifest of {reference} failed verification: expected {expected}, got {actual}")]
@@ -163,6 +174,7 @@ struct Puller<'a> {
     auth: oci_client::secrets::RegistryAuth,
     platform: Platform,
     options: &'a PullOptions,
+    insecure: bool,
 }
 
 impl<'a> Puller<'a> {
@@ -200,16 +212,8 @@ impl<'a> Puller<'a> {
                 .clone()
                 .unwrap_or_else(Platform::host_default),
             options,
+            insecure,
         })
-    }
-
-    fn registry_err(
-        &self,
-    ) -> impl FnOnce(oci_client::errors::OciDistributionError) -> PullError + '_ {
-        move |source| PullError::Registry {
-            reference: self.name.clone(),
-            source,
-        }
     }
 
     fn manifest_err(&self) -> impl FnOnce(ManifestError) -> PullError + '_ {
@@ -222,14 +226,16 @@ impl<'a> Puller<'a> {
     /// Fetches a manifest or index; verifies it against `expected` when given.
     async fn fetch_manifest(
         &self,
+        fetcher: &ManifestFetcher,
         reference: &Reference,
         expected: Option<&Digest>,
     ) -> Result<(Vec<u8>, Digest, ManifestDocument), PullError> {
-        let (bytes, _) = self
-            .client
-            .pull_manifest_raw(&reference.to_oci(), &self.auth, ACCEPTED_MANIFEST_TYPES)
-            .await
-            .map_err(self.registry_err())?;
+        let bytes = fetcher.fetch(&reference.to_oci()).await.map_err(|source| {
+            PullError::ManifestFetch {
+                reference: self.name.clone(),
+                source,
+            }
+        })?;
         let actual = Digest::of(&bytes);
         if let Some(expected) = expected {
             if *expected != actual {
@@ -242,12 +248,23 @@ impl<'a> Puller<'a> {
         }
         let document =
             ManifestDocument::parse(&bytes, None, &actual).map_err(self.manifest_err())?;
-        Ok((bytes.to_vec(), actual, document))
+        Ok((bytes, actual, document))
     }
 
     async fn run(self) -> Result<ImageRecord, PullError> {
+        let fetcher = ManifestFetcher::new(
+            &self.client,
+            &self.reference.to_oci(),
+            &self.auth,
+            self.insecure,
+        )
+        .await
+        .map_err(|source| PullError::ManifestFetch {
+            reference: self.name.clone(),
+            source,
+        })?;
         let (bytes, digest, document) = self
-            .fetch_manifest(self.reference, self.reference.digest.as_ref())
+            .fetch_manifest(&fetcher, self.reference, self.reference.digest.as_ref())
             .await?;
         let (index, manifest_bytes, manifest_digest, manifest) = match document {
             ManifestDocument::Image(manifest) => (None, bytes, digest, manifest),
@@ -258,8 +275,9 @@ impl<'a> Puller<'a> {
                     .clone();
                 tracing::debug!(platform = %self.platform, manifest = %chosen.digest, "resolved index");
                 let pinned = self.reference.with_digest(chosen.digest.clone());
-                let (m_bytes, m_digest, m_doc) =
-                    self.fetch_manifest(&pinned, Some(&chosen.digest)).await?;
+                let (m_bytes, m_digest, m_doc) = self
+                    .fetch_manifest(&fetcher, &pinned, Some(&chosen.digest))
+                    .await?;
                 let ManifestDocument::Image(manifest) = m_doc else {
                     return Err(PullError::Manifest {
                         reference: self.name.clone(),

@@ -157,7 +157,8 @@ fn sniff_archive(path: &Path) -> Result<ArchiveKind, SourceError> {
         path: path.to_owned(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(io_err)?;
+    // Checked to be a regular file before reading: a FIFO would block the import.
+    let file = crate::confined::open_regular(path).map_err(io_err)?;
     let mut archive = tar::Archive::new(unpack::decompress(file).map_err(io_err)?);
     let mut docker = false;
     let Ok(entries) = archive.entries() else {

@@ -12,6 +12,12 @@
 //! rootfs/sha256/<hex>.lock     flock: exclusive while unpacking, shared while a sandbox uses it
 //! ```
 //!
+//! The store root is mode 0700 and must be owned by the user running krunbox (checked, and
+//! the mode restored, on every open): unpacked root filesystems keep the image's setuid and
+//! setgid bits, which the guest needs (`su`, `ping`) and which would be a privilege
+//! escalation on the host if another local user could reach the files. Nobody but the owner
+//! can traverse the root, so nobody else can read, execute or hard-link anything below it.
+//!
 //! A blob exists under `blobs/` only if its content matched its digest, so an interrupted
 //! pull leaves at most a file in `tmp/` (removed by prune) and never a half layer that counts
 //! as present. `images.json` is replaced by rename, so readers never see it half written.
@@ -28,13 +34,13 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ImageConfig, ImageConfigFile};
 use crate::confined;
 use crate::digest::{Digest, DigestWriter};
+use crate::limits::{BadLimit, UnpackLimits};
 use crate::lock::{FileLock, LockError, LockKind};
 use crate::platform::Platform;
 use crate::reference::Reference;
 use crate::unpack::{self, UnpackError, UnpackStats};
 
-/// The largest manifest or config krunbox reads into memory.
-pub const MAX_JSON_BLOB: u64 = 16 * 1024 * 1024;
+pub use crate::limits::MAX_JSON_BLOB;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +55,19 @@ pub enum StoreError {
         /// The OS error.
         source: io::Error,
     },
+    /// The store root belongs to another user (who could then swap or read what is in it).
+    #[error("image store {path} is owned by uid {owner}, not by this user (uid {me}); refusing to use it")]
+    NotOwned {
+        /// The store root.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// Our effective uid.
+        me: u32,
+    },
+    /// A `KRUNBOX_UNPACK_MAX_*` override is malformed.
+    #[error(transparent)]
+    BadLimit(#[from] BadLimit),
     /// A lock could not be taken.
     #[error(transparent)]
     Lock(#[from] LockError),
@@ -204,6 +223,7 @@ pub fn default_store_dir() -> PathBuf {
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    limits: UnpackLimits,
 }
 
 impl Store {
@@ -212,15 +232,69 @@ impl Store {
         Self::open(&default_store_dir())
     }
 
-    /// Opens (creating) a store at `root`.
+    /// Opens (creating) a store at `root`, private to this user (see the module docs), with
+    /// [`UnpackLimits::from_env`].
     pub fn open(root: &Path) -> Result<Self, StoreError> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
+        }
+        match fs::DirBuilder::new().mode(0o700).create(root) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err("creating", root)(e)),
+        }
+        let meta = fs::metadata(root).map_err(io_err("inspecting", root))?;
+        let me = nix::unistd::geteuid().as_raw();
+        if meta.uid() != me {
+            return Err(StoreError::NotOwned {
+                path: root.to_owned(),
+                owner: meta.uid(),
+                me,
+            });
+        }
         for dir in ["blobs/sha256", "tmp", "rootfs/sha256"] {
             let path = root.join(dir);
-            fs::create_dir_all(&path).map_err(io_err("creating", &path))?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&path)
+                .map_err(io_err("creating", &path))?;
+        }
+        for dir in [
+            "",
+            "blobs",
+            "blobs/sha256",
+            "tmp",
+            "rootfs",
+            "rootfs/sha256",
+        ] {
+            let path = root.join(dir);
+            let mode = fs::metadata(&path)
+                .map_err(io_err("inspecting", &path))?
+                .mode()
+                & 0o7777;
+            if mode != 0o700 {
+                tracing::info!(path = %path.display(), mode = format!("{mode:o}"), "making the image store private (0700)");
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o700))
+                    .map_err(io_err("making private", &path))?;
+            }
         }
         Ok(Self {
             root: root.to_owned(),
+            limits: UnpackLimits::from_env()?,
         })
+    }
+
+    /// The same store with other unpack limits (tests, embedders).
+    pub fn with_limits(mut self, limits: UnpackLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The limits unpacking images and archives into this store is held to.
+    pub fn limits(&self) -> UnpackLimits {
+        self.limits
     }
 
     /// The store directory.
@@ -616,6 +690,22 @@ impl Store {
         let partial = dest.with_extension("partial");
         confined::remove_dir_all(&partial).map_err(io_err("removing stale", &partial))?;
         fs::create_dir(&partial).map_err(io_err("creating", &partial))?;
+        let result = self.unpack_partial(image, &partial, dest);
+        if result.is_err() {
+            // A refused layer leaves nothing half-written (prune would remove it too).
+            if let Err(e) = confined::remove_dir_all(&partial) {
+                tracing::warn!(path = %partial.display(), %e, "could not remove a failed unpack");
+            }
+        }
+        result
+    }
+
+    fn unpack_partial(
+        &self,
+        image: &ImageRecord,
+        partial: &Path,
+        dest: &Path,
+    ) -> Result<UnpackStats, StoreError> {
         let mut total = UnpackStats::default();
         for layer in &image.layers {
             let blob = self.blob_path(layer);
@@ -623,19 +713,22 @@ impl Store {
                 return Err(StoreError::BlobMissing(layer.clone()));
             }
             tracing::debug!(%layer, "applying layer");
-            total += unpack::unpack_layer_file(&blob, &partial).map_err(|source| {
-                StoreError::Unpack {
+            total += unpack::unpack_layer_file(&blob, partial, &self.limits, &total).map_err(
+                |source| StoreError::Unpack {
                     layer: layer.clone(),
                     source,
-                }
-            })?;
+                },
+            )?;
         }
-        fs::set_permissions(
-            &partial,
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .map_err(io_err("setting mode of", &partial))?;
-        fs::rename(&partial, dest).map_err(io_err("moving unpacked rootfs into place at", dest))?;
+        sync_tree(partial)?;
+        fs::set_permissions(partial, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .map_err(io_err("setting mode of", partial))?;
+        fs::rename(partial, dest).map_err(io_err("moving unpacked rootfs into place at", dest))?;
+        if let Some(parent) = dest.parent() {
+            File::open(parent)
+                .and_then(|dir| dir.sync_all())
+                .map_err(io_err("syncing", parent))?;
+        }
         Ok(total)
     }
 }
@@ -651,5 +744,22 @@ impl RootfsLease {
     /// The directory to share (read-only) into the guest.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Makes an unpacked tree durable before it is renamed into place, so a crash cannot leave a
+/// complete-looking rootfs with empty files. One `syncfs` of the staging filesystem on Linux
+/// (far cheaper than an fsync per file of a large image); `sync` elsewhere.
+fn sync_tree(dir: &Path) -> Result<(), StoreError> {
+    #[cfg(target_os = "linux")]
+    {
+        let fd = confined::open_root(dir).map_err(io_err("opening", dir))?;
+        nix::unistd::syncfs(&fd).map_err(|e| io_err("syncing the filesystem of", dir)(e.into()))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = dir;
+        nix::unistd::sync();
+        Ok(())
     }
 }

@@ -15,13 +15,18 @@
 //! - ownership is applied when running as root, modes always, `SCHILY.xattr.*` on Linux
 //!   where the filesystem and privileges allow, mtimes always (directories at the end).
 //!
+//! - every image is held to [`UnpackLimits`] (bytes, entries, path depth) and every entry's
+//!   headers to [`MAX_ENTRY_HEADERS`] (see [`crate::limits`]);
+//! - setuid/setgid/sticky bits are kept: they are the guest's (`su`, `ping`, `/tmp`), and on
+//!   the host the store is reachable by its owner only (see [`crate::store`]).
+//!
 //! Compression is detected from the first bytes (gzip, zstd, or plain tar), not trusted from
 //! a media type.
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -33,6 +38,8 @@ use nix::sys::time::TimeSpec;
 use tar::EntryType;
 
 use crate::confined::{self, Components, PathProblem, WalkError};
+pub use crate::decompress::{decompress, Compression};
+use crate::limits::{self, HeaderBudget, UnpackLimits, MAX_ENTRY_HEADERS};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
@@ -85,6 +92,39 @@ pub enum UnpackError {
         /// The non-directory.
         parent: PathBuf,
     },
+    /// The headers of one entry (GNU long name/link, PAX extensions) are larger than
+    /// [`MAX_ENTRY_HEADERS`]: the tar crate would hold them in memory.
+    #[error("refusing the tar entry after {}: its headers (GNU long name/link, PAX extensions) exceed the {MAX_ENTRY_HEADERS}-byte limit", after.as_deref().map_or("the start of the layer".to_owned(), |p| format!("{p:?}")))]
+    HeadersTooLarge {
+        /// The last entry read before it, if any.
+        after: Option<PathBuf>,
+    },
+    /// The image has more tar entries than [`UnpackLimits::max_entries`].
+    #[error("refusing tar entry {entry:?}: the image has more than {limit} entries (KRUNBOX_UNPACK_MAX_ENTRIES)")]
+    TooManyEntries {
+        /// The first entry over the limit.
+        entry: PathBuf,
+        /// The limit.
+        limit: u64,
+    },
+    /// The image's content is larger than [`UnpackLimits::max_bytes`].
+    #[error("refusing tar entry {entry:?}: the image's content exceeds {limit} bytes (KRUNBOX_UNPACK_MAX_BYTES)")]
+    TooManyBytes {
+        /// The entry that went over.
+        entry: PathBuf,
+        /// The limit.
+        limit: u64,
+    },
+    /// An entry's path has more components than [`UnpackLimits::max_depth`].
+    #[error("refusing tar entry {entry:?}: {depth} path components, more than the limit of {limit} (KRUNBOX_UNPACK_MAX_DEPTH)")]
+    TooDeep {
+        /// The entry's first components (the whole name may be kilobytes long).
+        entry: PathBuf,
+        /// Its depth.
+        depth: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// An OS error while writing the entry.
     #[error("tar entry {entry:?}: {action}: {source}")]
     Io {
@@ -106,6 +146,10 @@ pub struct UnpackStats {
     pub bytes: u64,
     /// Device nodes skipped.
     pub skipped_devices: u64,
+    /// Tar entries read, whatever was done with them (what [`UnpackLimits::max_entries`] caps).
+    pub tar_entries: u64,
+    /// Bytes of entry content read, written or skipped (what [`UnpackLimits::max_bytes`] caps).
+    pub content_bytes: u64,
 }
 
 impl std::ops::AddAssign for UnpackStats {
@@ -113,42 +157,9 @@ impl std::ops::AddAssign for UnpackStats {
         self.entries += other.entries;
         self.bytes += other.bytes;
         self.skipped_devices += other.skipped_devices;
+        self.tar_entries += other.tar_entries;
+        self.content_bytes += other.content_bytes;
     }
-}
-
-/// Layer compression, from magic bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    /// Plain tar.
-    None,
-    /// gzip (`1f 8b`).
-    Gzip,
-    /// zstd (`28 b5 2f fd`).
-    Zstd,
-}
-
-impl Compression {
-    /// Detects the compression from the first bytes of a blob.
-    pub fn detect(head: &[u8]) -> Self {
-        if head.starts_with(&[0x1f, 0x8b]) {
-            Self::Gzip
-        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            Self::Zstd
-        } else {
-            Self::None
-        }
-    }
-}
-
-/// Wraps a (possibly compressed) layer blob in a decompressing reader.
-pub fn decompress<'a, R: Read + 'a>(blob: R) -> io::Result<Box<dyn Read + 'a>> {
-    let mut reader = BufReader::with_capacity(256 * 1024, blob);
-    let compression = Compression::detect(reader.fill_buf()?);
-    Ok(match compression {
-        Compression::None => Box::new(reader),
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
-        Compression::Zstd => Box::new(ZstdFrames::new(reader)),
-    })
 }
 
 /// `mkfifoat(2)` (nix does not offer it on macOS).
@@ -172,84 +183,68 @@ fn mkfifo_at(dir: &OwnedFd, name: &OsStr, mode: u32) -> io::Result<()> {
     }
 }
 
-/// Decodes a zstd stream of any number of frames (skippable frames are skipped), as the
-/// `zstd` tool does; ruzstd's own streaming decoder stops after the first frame.
-struct ZstdFrames<R> {
-    source: R,
-    decoder: ruzstd::decoding::FrameDecoder,
-    in_frame: bool,
+/// Applies the layer blob at `blob` (any supported compression) onto `root`, within `limits`
+/// counting what earlier layers of the same image used (`used`).
+pub fn unpack_layer_file(
+    blob: &Path,
+    root: &Path,
+    limits: &UnpackLimits,
+    used: &UnpackStats,
+) -> Result<UnpackStats, UnpackError> {
+    let file = confined::open_regular(blob).map_err(UnpackError::Archive)?;
+    unpack_layer_limited(file, root, limits, used)
 }
 
-impl<R: BufRead> ZstdFrames<R> {
-    fn new(source: R) -> Self {
-        Self {
-            source,
-            decoder: ruzstd::decoding::FrameDecoder::new(),
-            in_frame: false,
-        }
-    }
-}
-
-impl<R: BufRead> Read for ZstdFrames<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        use ruzstd::decoding::errors::{FrameDecoderError, ReadFrameHeaderError};
-        use ruzstd::decoding::BlockDecodingStrategy;
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        loop {
-            if self.in_frame {
-                while self.decoder.can_collect() < buf.len() && !self.decoder.is_finished() {
-                    let needed = buf.len() - self.decoder.can_collect();
-                    self.decoder
-                        .decode_blocks(&mut self.source, BlockDecodingStrategy::UptoBytes(needed))
-                        .map_err(io::Error::other)?;
-                }
-                let n = self.decoder.read(buf)?;
-                if n > 0 {
-                    return Ok(n);
-                }
-                self.in_frame = false;
-            }
-            if self.source.fill_buf()?.is_empty() {
-                return Ok(0);
-            }
-            match self.decoder.reset(&mut self.source) {
-                Ok(()) => self.in_frame = true,
-                Err(FrameDecoderError::ReadFrameHeaderError(ReadFrameHeaderError::SkipFrame {
-                    length,
-                    ..
-                })) => {
-                    io::copy(
-                        &mut (&mut self.source).take(u64::from(length)),
-                        &mut io::sink(),
-                    )?;
-                }
-                Err(err) => return Err(io::Error::other(err)),
-            }
-        }
-    }
-}
-
-/// Applies the layer blob at `blob` (any supported compression) onto `root`.
-pub fn unpack_layer_file(blob: &Path, root: &Path) -> Result<UnpackStats, UnpackError> {
-    let file = File::open(blob).map_err(UnpackError::Archive)?;
-    unpack_layer(file, root)
-}
-
-/// Applies one layer (any supported compression) onto the existing directory `root`.
+/// Applies one layer (any supported compression) onto the existing directory `root`, with
+/// the default [`UnpackLimits`].
 pub fn unpack_layer<R: Read>(layer: R, root: &Path) -> Result<UnpackStats, UnpackError> {
+    unpack_layer_limited(
+        layer,
+        root,
+        &UnpackLimits::default(),
+        &UnpackStats::default(),
+    )
+}
+
+/// Applies one layer onto `root` within `limits`, counting `used` (earlier layers) against them.
+pub fn unpack_layer_limited<R: Read>(
+    layer: R,
+    root: &Path,
+    limits: &UnpackLimits,
+    used: &UnpackStats,
+) -> Result<UnpackStats, UnpackError> {
     let root_fd = confined::open_root(root).map_err(|source| UnpackError::Io {
         entry: PathBuf::from("/"),
         action: "opening the unpack root",
         source,
     })?;
     let reader = decompress(layer).map_err(UnpackError::Archive)?;
-    let mut applier = LayerApplier::new(root_fd);
+    let (reader, budget) = HeaderBudget::new(reader);
+    let mut applier = LayerApplier::new(root_fd, *limits, *used);
     let mut archive = tar::Archive::new(reader);
-    for entry in archive.entries().map_err(UnpackError::Archive)? {
-        let entry = entry.map_err(UnpackError::Archive)?;
-        applier.apply(entry)?;
+    let mut entries = archive.entries().map_err(UnpackError::Archive)?;
+    let mut last: Option<PathBuf> = None;
+    loop {
+        // Everything the tar crate reads from here to the next entry is headers, which it
+        // holds in memory: the previous entry's content has been read to its end.
+        budget.arm(MAX_ENTRY_HEADERS);
+        let next = entries.next();
+        budget.disarm();
+        let Some(entry) = next else { break };
+        let mut entry = entry.map_err(|e| {
+            if limits::is_headers_too_large(&e) {
+                UnpackError::HeadersTooLarge {
+                    after: last.clone(),
+                }
+            } else {
+                UnpackError::Archive(e)
+            }
+        })?;
+        let raw = entry.path().map(|p| p.into_owned()).unwrap_or_default();
+        applier.count_entry(&raw)?;
+        applier.apply(&mut entry)?;
+        applier.drain(&mut entry, &raw)?;
+        last = Some(raw);
     }
     applier.finish()?;
     tracing::debug!(root = %root.display(), entries = applier.stats.entries, bytes = applier.stats.bytes, "layer applied");
@@ -267,6 +262,9 @@ struct DeferredDir {
 struct LayerApplier {
     root: OwnedFd,
     is_root_user: bool,
+    limits: UnpackLimits,
+    /// What earlier layers of the image used of `limits`.
+    used: UnpackStats,
     /// Paths this layer created, which an opaque whiteout must keep.
     written: HashSet<PathBuf>,
     dirs: Vec<DeferredDir>,
@@ -274,19 +272,86 @@ struct LayerApplier {
 }
 
 impl LayerApplier {
-    fn new(root: OwnedFd) -> Self {
+    fn new(root: OwnedFd, limits: UnpackLimits, used: UnpackStats) -> Self {
         Self {
             root,
             is_root_user: nix::unistd::geteuid().is_root(),
+            limits,
+            used,
             written: HashSet::new(),
             dirs: Vec::new(),
             stats: UnpackStats::default(),
         }
     }
 
-    fn apply<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), UnpackError> {
+    /// Counts one more tar entry against the image's limit.
+    fn count_entry(&mut self, raw: &Path) -> Result<(), UnpackError> {
+        self.stats.tar_entries += 1;
+        if self.used.tar_entries + self.stats.tar_entries > self.limits.max_entries {
+            return Err(UnpackError::TooManyEntries {
+                entry: raw.to_owned(),
+                limit: self.limits.max_entries,
+            });
+        }
+        Ok(())
+    }
+
+    /// Content bytes the image may still read.
+    fn bytes_left(&self) -> u64 {
+        self.limits
+            .max_bytes
+            .saturating_sub(self.used.content_bytes + self.stats.content_bytes)
+    }
+
+    /// Copies at most what is left of the byte limit from `entry` to `out`.
+    fn copy_content<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        out: &mut dyn io::Write,
+        raw: &Path,
+    ) -> Result<u64, UnpackError> {
+        let left = self.bytes_left();
+        let copied = io::copy(&mut entry.take(left.saturating_add(1)), out).map_err(|source| {
+            UnpackError::Io {
+                entry: raw.to_owned(),
+                action: "writing file content",
+                source,
+            }
+        })?;
+        self.stats.content_bytes += copied;
+        if copied > left {
+            return Err(self.too_many_bytes(raw));
+        }
+        Ok(copied)
+    }
+
+    fn too_many_bytes(&self, raw: &Path) -> UnpackError {
+        UnpackError::TooManyBytes {
+            entry: raw.to_owned(),
+            limit: self.limits.max_bytes,
+        }
+    }
+
+    /// Reads what is left of an entry's content (skipped entries, links with data), so the
+    /// tar crate's next read is headers only.
+    fn drain<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        raw: &Path,
+    ) -> Result<(), UnpackError> {
+        self.copy_content(entry, &mut io::sink(), raw).map(|_| ())
+    }
+
+    fn apply<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), UnpackError> {
         let raw = entry.path().map_err(UnpackError::Archive)?.into_owned();
         let components = normalize(&raw, &raw)?;
+        if components.len() > self.limits.max_depth {
+            return Err(UnpackError::TooDeep {
+                entry: confined::display(&components[..8.min(components.len())]).join("..."),
+                depth: components.len(),
+                limit: self.limits.max_depth,
+            });
+        }
         let entry_type = entry.header().entry_type();
         let Some((leaf, parent)) = components.split_last() else {
             // The root itself ("./"): its metadata belongs to the sandbox, not the image.
@@ -332,7 +397,7 @@ impl LayerApplier {
         let mtime = header.mtime().unwrap_or(0).min(i64::MAX as u64) as i64;
         let uid = header.uid().unwrap_or(0);
         let gid = header.gid().unwrap_or(0);
-        let xattrs = xattrs_of(&mut entry)?;
+        let xattrs = xattrs_of(entry)?;
 
         match entry_type {
             EntryType::Directory => {
@@ -356,6 +421,10 @@ impl LayerApplier {
                 });
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                // Refused before anything is written when the header already says so.
+                if entry.size() > self.bytes_left() {
+                    return Err(self.too_many_bytes(&raw));
+                }
                 confined::remove_at(&parent_fd, leaf).map_err(io_err("replacing"))?;
                 let fd = nix::fcntl::openat(
                     &parent_fd,
@@ -369,8 +438,7 @@ impl LayerApplier {
                 )
                 .map_err(|e| io_err("creating file")(e.into()))?;
                 let mut file = File::from(fd);
-                self.stats.bytes +=
-                    io::copy(&mut entry, &mut file).map_err(io_err("writing file content"))?;
+                self.stats.bytes += self.copy_content(entry, &mut file, &raw)?;
                 self.chown(&parent_fd, leaf, uid, gid)
                     .map_err(io_err("changing owner"))?;
                 nix::sys::stat::fchmod(&file, Mode::from_bits_truncate(mode as _))
@@ -381,7 +449,7 @@ impl LayerApplier {
                     .map_err(|e| io_err("setting mtime")(e.into()))?;
             }
             EntryType::Symlink => {
-                let target = link_target(&entry, &raw)?;
+                let target = link_target(entry, &raw)?;
                 check_symlink_target(&raw, parent, &target)?;
                 confined::remove_at(&parent_fd, leaf).map_err(io_err("replacing"))?;
                 nix::unistd::symlinkat(target.as_os_str(), &parent_fd, leaf.as_os_str())
@@ -391,7 +459,7 @@ impl LayerApplier {
                 set_mtime_at(&parent_fd, leaf, mtime).map_err(io_err("setting mtime"))?;
             }
             EntryType::Link => {
-                let target = link_target(&entry, &raw)?;
+                let target = link_target(entry, &raw)?;
                 self.hardlink(&raw, &parent_fd, leaf, &target)?;
             }
             EntryType::Fifo => {

@@ -204,7 +204,16 @@ async fn registry_with_auth_challenge_needs_credentials() {
     .await
     .unwrap_err();
     assert!(
-        matches!(anonymous, PullError::Registry { .. }),
+        matches!(
+            anonymous,
+            PullError::ManifestFetch {
+                source: krunbox_image::manifest_fetch::ManifestFetchError::Status {
+                    status: 401,
+                    ..
+                },
+                ..
+            }
+        ),
         "{anonymous}"
     );
     let wrong = Credentials::Basic {

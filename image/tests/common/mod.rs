@@ -16,6 +16,8 @@ use krunbox_image::platform::Platform;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+pub mod tarball;
+
 /// Starts a registry, or skips loudly — unless KRUNBOX_REQUIRE_E2E=1, where a missing
 /// registry fails the test.
 pub fn registry(options: &LocalRegistryOptions) -> Option<LocalRegistry> {

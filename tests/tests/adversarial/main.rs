@@ -8,5 +8,6 @@ mod agent;
 mod console;
 mod cp;
 mod dns;
+mod image;
 mod neighbour;
 mod virtiofs;

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use krunbox_image::platform::Platform;
 use krunbox_image::source::{self, PullPolicy, Source};
-use krunbox_image::store::{ImageRecord, PruneReport, StoreError};
+use krunbox_image::store::{ImageRecord, PruneReport, Store, StoreError};
 
 use crate::image::{open_store, pull_options, ImageOptions};
 
@@ -19,7 +19,7 @@ use crate::image::{open_store, pull_options, ImageOptions};
 /// Blobs already in the store are not downloaded again; every blob is checked against its
 /// digest before it counts as present, so an interrupted pull can simply be run again.
 /// Credentials come from KRUNBOX_REGISTRY_USERNAME/KRUNBOX_REGISTRY_PASSWORD (or
-/// KRUNBOX_REGISTRY_TOKEN), else ~/.config/krunbox/auth.json or ~/.docker/config.json.
+/// KRUNBOX_REGISTRY_TOKEN) for the registry named by KRUNBOX_REGISTRY_AUTH_FOR, else ~/.config/krunbox/auth.json or ~/.docker/config.json.
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Examples:\n  krunbox pull alpine\n  krunbox pull --platform linux/arm64 127.0.0.1:5000/app:v1\n  krunbox pull alpine@sha256:<digest>\n  krunbox pull ./saved-image.tar"
@@ -78,6 +78,14 @@ pub enum ImagesError {
     /// A root filesystem directory is not an image.
     #[error("{0}: a root filesystem directory is used in place by `krunbox run`; there is nothing to pull")]
     NotAnImage(String),
+    /// The pulled image cannot be unpacked (it was not kept).
+    #[error("{image} cannot be unpacked, so it was not kept: {source}")]
+    Unpack {
+        /// The image.
+        image: String,
+        /// Why.
+        source: StoreError,
+    },
     /// Local failure.
     #[error("{0}")]
     Io(String),
@@ -123,6 +131,7 @@ pub fn pull(args: &PullArgs) -> Result<i32, ImagesError> {
             }
         }
     })?;
+    unpack_or_forget(&store, &record)?;
     println!("{}", record.display_name());
     println!("ID: {}", record.id());
     println!("Manifest: {}", record.manifest);
@@ -133,6 +142,22 @@ pub fn pull(args: &PullArgs) -> Result<i32, ImagesError> {
         human_size(record.size)
     );
     Ok(0)
+}
+
+/// Unpacks a pulled image now, as `docker pull` does, so a layer the unpacker refuses (a
+/// header bomb, too many entries, `..` paths) fails the pull; the image is then removed
+/// again, with the blobs only it used, so nothing of it stays in the store.
+fn unpack_or_forget(store: &Store, record: &ImageRecord) -> Result<(), ImagesError> {
+    let Err(err) = store.rootfs_dir(record) else {
+        return Ok(());
+    };
+    if let Err(cleanup) = store.remove_image(&record.name) {
+        tracing::warn!(image = %record.name, %cleanup, "could not remove the image that failed to unpack");
+    }
+    Err(ImagesError::Unpack {
+        image: record.display_name().to_owned(),
+        source: err,
+    })
 }
 
 /// `krunbox images`.
