@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: setup (idempotent), formatting, lints, macOS type-check, unit and
-# end-to-end tests (real guests under QEMU, a real local registry), and a short fuzz run.
+# end-to-end tests (real guests under QEMU, a real local registry; a part again as a normal
+# user; the libkrun half inside an emulated KVM host), and a short fuzz run of every target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -29,6 +30,8 @@ if [ "$(id -u)" -eq 0 ]; then
 else
   echo "the whole suite already ran as a normal user (uid $(id -u))"
 fi
+step "the libkrun backend, booted for real inside a KVM host (scripts/test-krun.sh)"
+./scripts/test-krun.sh "$results"
 step "fuzz every parser of untrusted bytes (20 s each)"
 cargo xtask fuzz --seconds 20
 # One closing line for the whole suite (cargo prints one per test binary).
