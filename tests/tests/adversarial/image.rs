@@ -80,6 +80,7 @@ fn push_image(registry: &LocalRegistry, name: &str, layer: &[u8], diff_id: Diges
 
 /// `krunbox ARGS` with data directory `data`: (exit code, stderr, peak RSS in MiB).
 fn krunbox(data: &Path, args: &[&str]) -> (Option<i32>, String, i64) {
+    #[allow(clippy::zombie_processes, reason = "reaped by wait4 below")]
     let mut child = Command::new(krunbox_tests::krunbox_binary())
         .args(args)
         .env("KRUNBOX_DATA_DIR", data)
@@ -91,14 +92,19 @@ fn krunbox(data: &Path, args: &[&str]) -> (Option<i32>, String, i64) {
         .expect("run krunbox");
     let stderr = child.stderr.take().expect("stderr");
     let reader = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
-    let status = child.wait().expect("wait for krunbox");
-    // The largest RSS of any child waited for so far: krunbox here (the registry still runs).
-    // SAFETY: getrusage writes into the zeroed struct we own.
+    // wait4 on this child alone: its own peak RSS (and of what it waited for), not the
+    // largest of every child this test binary ever had (other tests' QEMUs).
+    let pid = i32::try_from(child.id()).expect("pid");
+    let mut raw_status = 0;
+    // SAFETY: wait4 writes the status and the zeroed rusage we own; the child is ours and not
+    // yet reaped (Child::wait is never called on it).
     let usage = unsafe {
         let mut usage: libc::rusage = std::mem::zeroed();
-        assert_eq!(libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage), 0);
+        assert_eq!(libc::wait4(pid, &mut raw_status, 0, &mut usage), pid);
         usage
     };
+    let status =
+        <std::process::ExitStatus as std::os::unix::process::ExitStatusExt>::from_raw(raw_status);
     (
         status.code(),
         reader.join().unwrap(),
