@@ -2,38 +2,17 @@
 //! served by krunbox's gateway, real HTTP servers on the host, and the gateway's decision log.
 //! See the crate docs for prerequisites.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use krunbox_tests::{e2e, private_data_dir, wait_timeout, Harness};
+use krunbox_tests::{e2e, http_server, private_data_dir, wait_timeout, Harness};
 
 const CLEANUP: Duration = Duration::from_secs(15);
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// An HTTP server on `address` that answers every request with `body`; returns its port.
-fn http_server(address: Ipv4Addr, body: &'static str) -> u16 {
-    let listener = TcpListener::bind((address, 0)).expect("bind a test server");
-    let port = listener.local_addr().expect("address").port();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut request = [0u8; 2048];
-                let _ = stream.read(&mut request);
-                let _ = write!(
-                    stream,
-                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            });
-        }
-    });
-    port
 }
 
 /// One of this host's non-loopback IPv4 addresses, if it has one.
