@@ -5,8 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-./scripts/setup.sh --no-demo
 step() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
+# A cold run writes about 20 GiB (target/, the kernel build, images, test data). Without
+# the room, say so now rather than fail half an hour in on "No space left on device".
+need_gib=25
+free_gib=$(df -Pk . | awk 'NR == 2 { print int($4 / 1048576) }')
+if [ "$free_gib" -lt "$need_gib" ]; then
+  echo "test.sh: only ${free_gib} GiB free on $(df -P . | awk 'NR == 2 { print $6 }'); a cold run needs about ${need_gib} GiB" >&2
+  exit 1
+fi
+./scripts/setup.sh --no-demo
 
 step "cargo fmt --check"
 cargo fmt --all --check

@@ -9,7 +9,6 @@
 //! - `guest-init exec-helper ...`: internal trampoline used to start commands (see helper.rs).
 
 mod agent;
-mod config;
 mod exec;
 mod files;
 mod helper;
@@ -29,8 +28,8 @@ mod system;
 
 use std::path::Path;
 
-use crate::config::Config;
 use crate::listener::Listen;
+use krunbox_protocol::boot::GuestBoot;
 
 const USAGE: &str = "usage: guest-init [--listen unix:PATH|vsock:PORT] [--log LEVEL]
 
@@ -171,10 +170,13 @@ fn guest_mode(options: &Options) {
     // /proc first: the configuration is on the kernel command line.
     mounts::mount_proc();
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let config = Config::from_cmdline(&cmdline);
+    let krunbox_protocol::boot::Parsed {
+        boot: config,
+        ignored,
+    } = GuestBoot::parse(&cmdline);
     init_logging(options.log.as_deref().unwrap_or(&config.log));
     log_panics();
-    for ignored in &config.ignored {
+    for ignored in &ignored {
         tracing::warn!(setting = %ignored, "ignored kernel command line setting");
     }
     let loaded = modules::load_all(Path::new(modules::MODULES_DIR));

@@ -10,7 +10,7 @@ use std::path::Path;
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
 
-use crate::config::Share;
+use krunbox_protocol::boot::Share;
 
 /// A mount that failed.
 #[derive(Debug, thiserror::Error)]

@@ -28,7 +28,7 @@ use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
 use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 
-use crate::config::Network;
+use krunbox_protocol::boot::Network;
 
 /// How long to wait for the interface to appear.
 pub const INTERFACE_WAIT: Duration = Duration::from_secs(2);

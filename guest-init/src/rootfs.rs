@@ -14,7 +14,7 @@
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
 
-use crate::config::OverlayUpper;
+use krunbox_protocol::boot::OverlayUpper;
 
 /// Where the new root is mounted before the switch.
 const NEW_ROOT: &str = "/newroot";

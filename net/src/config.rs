@@ -22,11 +22,6 @@ pub const HOST_ALIAS: &str = "host.krunbox.internal";
 /// The frame size the gateway accepts (Ethernet MTU 1500 plus header).
 pub const MAX_FRAME: usize = 1514;
 
-/// guest-init's setting for this network (`krunbox.net=`).
-pub fn guest_cmdline_value() -> String {
-    format!("{GUEST_IP}/{PREFIX_LEN},{GATEWAY_IP},{GATEWAY_IP}")
-}
-
 /// A host port that forwards to a guest port (`-p [HOSTIP:]HOSTPORT:GUESTPORT[/tcp]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublishedPort {
@@ -154,10 +149,5 @@ mod tests {
         assert!("db.internal".parse::<StaticHost>().is_err());
         assert!("db internal:1.2.3.4".parse::<StaticHost>().is_err());
         assert!("db:::1".parse::<StaticHost>().is_err());
-    }
-
-    #[test]
-    fn guest_setting() {
-        assert_eq!(guest_cmdline_value(), "10.0.2.15/24,10.0.2.2,10.0.2.2");
     }
 }

@@ -3,6 +3,8 @@
 //! The wire protocol between the krunbox host and `guest-init`, the agent that runs as PID 1
 //! inside every krunbox micro-VM, and the async client programs use to drive it.
 //!
+//! - [`boot`]: the guest's boot settings (kernel command line words the host writes and
+//!   guest-init reads);
 //! - [`messages`]: the protobuf messages (one [`messages::Envelope`] per frame);
 //! - [`frame`]: length-delimited framing with a hard size limit;
 //! - [`generation`]: protocol generations and the handshake that agrees one;
@@ -33,6 +35,7 @@
 
 #![warn(missing_docs)]
 
+pub mod boot;
 pub mod client;
 pub mod flow;
 pub mod frame;

@@ -544,6 +544,16 @@ pub fn backend() -> &'static str {
     }
 }
 
+/// The virtio-fs tag of the guest's root filesystem on [`backend`]: QEMU's `rootfs`
+/// (`vmm/src/backend/qemu/plan.rs` `ROOT_TAG`) or libkrun's fixed `/dev/root`
+/// (`krun_set_root` / `krun_add_virtiofs3`). Shares are `share1`, `share2`, … on both.
+pub fn root_share_tag() -> &'static str {
+    match backend() {
+        "krun" => "/dev/root",
+        _ => "rootfs",
+    }
+}
+
 /// An HTTP/1.0 server on `address` (from threads, for the process's life) that answers every
 /// request with `body`; returns its port.
 pub fn http_server(address: std::net::Ipv4Addr, body: &'static str) -> u16 {

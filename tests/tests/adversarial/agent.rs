@@ -145,8 +145,10 @@ fn guest_root_with_a_loopback_transport_still_cannot_reach_the_agent() {
     let Some(k) = e2e("guest_root_with_a_loopback_transport_still_cannot_reach_the_agent") else {
         return;
     };
-    if std::env::var_os("KRUNBOX_KERNEL").is_some() {
-        eprintln!("SKIPPED: the loopback module is Debian's kernel's; KRUNBOX_KERNEL is set");
+    // The module is the one of the Debian kernel the QEMU backend boots by default; libkrun
+    // boots libkrunfw's kernel, which loads no modules.
+    if std::env::var_os("KRUNBOX_KERNEL").is_some() || krunbox_tests::backend() == "krun" {
+        eprintln!("SKIPPED: the loopback module is Debian's kernel's, not this guest kernel's");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -38,13 +38,16 @@ fn guest_root_cannot_poison_the_store_image_by_remounting_the_root_share() {
     };
     let data = k.private_data_dir();
     // The attack: mount the root's virtio-fs tag again, make it writable, write into it.
-    let attack = "mkdir -p /mnt/root; mount -t virtiofs rootfs /mnt/root && echo MOUNTED; \
-                  mount -o remount,rw /mnt/root && echo REMOUNTED; \
-                  echo pwned > /mnt/root/poisoned && echo WROTE; \
-                  echo pwned >> /mnt/root/bin/busybox && echo APPENDED; \
-                  rm -f /mnt/root/etc/os-release && echo REMOVED; true";
+    let attack = format!(
+        "mkdir -p /mnt/root; mount -t virtiofs {tag} /mnt/root && echo MOUNTED; \
+         mount -o remount,rw /mnt/root && echo REMOUNTED; \
+         echo pwned > /mnt/root/poisoned && echo WROTE; \
+         echo pwned >> /mnt/root/bin/busybox && echo APPENDED; \
+         rm -f /mnt/root/etc/os-release && echo REMOVED; true",
+        tag = krunbox_tests::root_share_tag()
+    );
     let out = k
-        .krunbox(["run", "--", "sh", "-c", attack])
+        .krunbox(["run", "--", "sh", "-c", &attack])
         .env("KRUNBOX_DATA_DIR", data.path())
         .output()
         .unwrap();
@@ -140,6 +143,13 @@ fn guest_root_cannot_plant_setuid_root_files_or_device_nodes_in_a_writable_share
     else {
         return;
     };
+    if krunbox_tests::backend() == "krun" && nix::unistd::geteuid().is_root() {
+        // libkrun serves shares in its VMM process with that process's identity and has no id
+        // mapping: as root, guest root acts as root in a read-write share (SECURITY.md, "Not
+        // promised"). As a normal user this test runs on libkrun as well.
+        eprintln!("SKIPPED: libkrun as root has no id squashing for read-write shares");
+        return;
+    }
     let share = tempfile::Builder::new()
         .prefix("kbx-rw-")
         .tempdir_in("/tmp")

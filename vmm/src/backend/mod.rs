@@ -11,6 +11,7 @@
 //! - [`krun`]: libkrun in a VMM child process (KVM on Linux, Hypervisor.framework on macOS).
 
 pub mod console;
+pub mod guest_boot;
 pub mod host;
 pub mod krun;
 pub mod net;

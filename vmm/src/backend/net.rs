@@ -27,9 +27,16 @@ pub fn mac_text(mac: [u8; 6]) -> String {
     mac.map(|b| format!("{b:02x}")).join(":")
 }
 
-/// guest-init's setting for a user-network guest.
-pub fn guest_setting() -> String {
-    format!("krunbox.net={}", krunbox_net::config::guest_cmdline_value())
+/// The static configuration guest-init gives a user-network guest's card: the gateway's
+/// fixed subnet, with the gateway as default route and resolver.
+pub fn guest_network() -> krunbox_protocol::boot::Network {
+    use krunbox_net::config::{GATEWAY_IP, GUEST_IP, PREFIX_LEN};
+    krunbox_protocol::boot::Network {
+        address: GUEST_IP,
+        prefix_len: PREFIX_LEN,
+        gateway: GATEWAY_IP,
+        dns: GATEWAY_IP,
+    }
 }
 
 /// The helper's arguments (after the program): listen on `socket`.
@@ -208,9 +215,15 @@ mod tests {
         let config: krunbox_net::NetConfig = serde_json::from_str(&args[4]).expect("json");
         assert_eq!(config, network.config);
         assert_eq!(&args[5..], ["--log", "/tmp/n.log", "--lifeline-stdin"]);
+        let net = guest_network();
         assert_eq!(
-            guest_setting(),
-            "krunbox.net=10.0.2.15/24,10.0.2.2,10.0.2.2"
+            (net.address, net.prefix_len, net.gateway, net.dns),
+            (
+                std::net::Ipv4Addr::new(10, 0, 2, 15),
+                24,
+                std::net::Ipv4Addr::new(10, 0, 2, 2),
+                std::net::Ipv4Addr::new(10, 0, 2, 2)
+            )
         );
     }
 }

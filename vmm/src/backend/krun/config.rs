@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::kernel_format::{self, Arch, KernelFormat};
+use crate::backend::guest_boot::{self, guest_boot};
 use crate::backend::ssh_agent_relay::SshAgentRelay;
 use crate::backend::{BackendError, Network, VmSpec};
+use krunbox_protocol::boot::GuestBoot;
 
 /// The files of a krun VM's run directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,11 +132,6 @@ pub struct KrunVmConfig {
 /// Environment variable with libkrun's log level (0-5) for `vmm.log`; default 2 (warnings).
 pub const LOG_LEVEL_ENV: &str = "KRUNBOX_KRUN_LOG";
 
-/// The virtio-fs tag of further share `index` (1-based, as the QEMU backend's).
-fn share_tag(index: usize) -> String {
-    format!("share{index}")
-}
-
 impl KrunVmConfig {
     /// The configuration for `spec` in `layout`; detects the format of a `--kernel`.
     pub fn build(spec: &VmSpec, layout: &Layout, log_level: u32) -> Result<Self, BackendError> {
@@ -160,47 +157,18 @@ impl KrunVmConfig {
             .iter()
             .enumerate()
             .map(|(i, s)| Share {
-                tag: share_tag(i + 1),
+                tag: guest_boot::share_tag(i + 1),
                 host_path: s.host_path.clone(),
                 read_only: s.read_only,
             })
             .collect();
-        let agent_port = krunbox_protocol::AGENT_VSOCK_PORT;
-        let mut guest_config = vec![
-            format!("krunbox.port={agent_port}"),
-            format!("krunbox.hostname={}", spec.hostname),
-            // End as libkrun expects: exit status through its virtio-fs ioctl, then a reset.
-            "krunbox.vmm=libkrun".to_owned(),
-        ];
-        if spec.root_overlay {
-            // A shared store image: read-only at the device, and guest-init stacks a tmpfs
-            // overlay on it before anything runs.
-            guest_config.push("krunbox.overlay=tmpfs".into());
-        }
-        if !shares.is_empty() {
-            let mounts: Vec<String> = spec
-                .shares
-                .iter()
-                .zip(&shares)
-                .map(|(s, share)| {
-                    let ro = if s.read_only { ":ro" } else { "" };
-                    format!("{}:{}{ro}", share.tag, s.guest_path)
-                })
-                .collect();
-            guest_config.push(format!("krunbox.mounts={}", mounts.join(",")));
-        }
-        if let Some(level) = &spec.guest_log_level {
-            guest_config.push(format!("krunbox.log={level}"));
-        }
-        if spec.ssh_agent.is_some() {
-            guest_config.push(format!(
-                "krunbox.ssh_agent={}",
-                krunbox_protocol::SSH_AGENT_VSOCK_PORT
-            ));
-        }
-        if matches!(spec.network, Network::User(_)) {
-            guest_config.push(super::super::net::guest_setting());
-        }
+        // libkrun's kernel mounts the root itself (virtio-fs `/dev/root`), so no root tag.
+        let boot = GuestBoot {
+            libkrun: true,
+            ..guest_boot(spec)
+        };
+        let agent_port = boot.port;
+        let guest_config = boot.to_words();
         Ok(Self {
             run_dir: layout.dir().to_owned(),
             cpus: spec.cpus,
@@ -297,12 +265,12 @@ mod tests {
         assert_eq!(
             config.guest_config,
             [
-                "krunbox.port=1024",
                 "krunbox.hostname=box",
-                "krunbox.vmm=libkrun",
+                "krunbox.port=1024",
                 "krunbox.mounts=share1:/work:ro",
                 "krunbox.log=debug",
                 "krunbox.net=10.0.2.15/24,10.0.2.2,10.0.2.2",
+                "krunbox.vmm=libkrun",
             ]
         );
         spec.root_overlay = true;

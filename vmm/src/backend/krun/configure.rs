@@ -264,8 +264,8 @@ mod tests {
                 "krun_add_vsock(7, 0x0)".into(),
                 "krun_add_net_unixstream(7, /run/k/vm1/net.sock, 52:54:00:12:34:56)".into(),
                 "krun_add_vsock_port2(7, 1024, /run/k/vm1/agent.sock, listen=true)".into(),
-                "krun_set_env(7, [krunbox.port=1024 krunbox.hostname=krunbox krunbox.vmm=libkrun \
-                 krunbox.net=10.0.2.15/24,10.0.2.2,10.0.2.2])"
+                "krun_set_env(7, [krunbox.hostname=krunbox krunbox.port=1024 \
+                 krunbox.net=10.0.2.15/24,10.0.2.2,10.0.2.2 krunbox.vmm=libkrun])"
                     .into(),
                 "krun_set_console_output(7, /run/k/vm1/console.pipe)".into(),
             ]
@@ -324,8 +324,8 @@ mod tests {
             format!("krun_add_virtiofs3(7, share2, {data}, 0, ro=true)"),
             "krun_add_vsock(7, 0x0)".into(),
             "krun_set_kernel(7, /k/vmlinux, 1, None, None)".into(),
-            "krun_set_env(7, [krunbox.port=1024 krunbox.hostname=krunbox krunbox.vmm=libkrun \
-             krunbox.mounts=share1:/work,share2:/data:ro])"
+            "krun_set_env(7, [krunbox.hostname=krunbox krunbox.port=1024 \
+             krunbox.mounts=share1:/work,share2:/data:ro krunbox.vmm=libkrun])"
                 .into(),
         ] {
             assert!(

@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::super::guest_boot::{self, guest_boot};
 use super::super::ssh_agent_relay::SshAgentRelay;
 use super::super::{net, BackendError, Helper, Network, VmSpec};
 use super::virtiofs;
+use krunbox_protocol::boot::{quote_word, GuestBoot};
 
 /// The virtio-fs tag of the root filesystem.
 pub const ROOT_TAG: &str = "rootfs";
@@ -286,11 +288,12 @@ fn owner_of(dir: &Path) -> Result<(u32, u32), BackendError> {
     Ok((meta.uid(), meta.gid()))
 }
 
+/// The tag of virtio-fs device `index`: the root (0), then the spec's shares.
 fn share_tag(index: usize) -> String {
     if index == 0 {
         ROOT_TAG.into()
     } else {
-        format!("share{index}")
+        guest_boot::share_tag(index)
     }
 }
 
@@ -299,45 +302,15 @@ fn path_arg(path: &Path) -> String {
 }
 
 /// The kernel command line: serial console, our init, no reboot on panic (QEMU exits), and
-/// guest-init's configuration.
+/// guest-init's settings ([`guest_boot`]), with the root share to switch into.
 pub fn kernel_cmdline(spec: &VmSpec) -> String {
-    let mut words = vec![
-        "console=ttyS0".to_owned(),
-        "rdinit=/init".into(),
-        "panic=-1".into(),
-        "quiet".into(),
-        format!("krunbox.root=virtiofs:{ROOT_TAG}"),
-        format!("krunbox.hostname={}", spec.hostname),
-        format!("krunbox.port={}", krunbox_protocol::AGENT_VSOCK_PORT),
-    ];
-    if spec.root_overlay {
-        words.push("krunbox.overlay=tmpfs".into());
-    }
-    if !spec.shares.is_empty() {
-        let mounts: Vec<String> = spec
-            .shares
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let ro = if s.read_only { ":ro" } else { "" };
-                format!("{}:{}{ro}", share_tag(i + 1), s.guest_path)
-            })
-            .collect();
-        words.push(format!("krunbox.mounts={}", mounts.join(",")));
-    }
-    if let Some(level) = &spec.guest_log_level {
-        words.push(format!("krunbox.log={level}"));
-    }
-    if spec.ssh_agent.is_some() {
-        words.push(format!(
-            "krunbox.ssh_agent={}",
-            krunbox_protocol::SSH_AGENT_VSOCK_PORT
-        ));
-    }
-    if matches!(spec.network, Network::User(_)) {
-        words.push(net::guest_setting());
-    }
-    words.join(" ")
+    let boot = GuestBoot {
+        root_tag: Some(ROOT_TAG.into()),
+        ..guest_boot(spec)
+    };
+    let kernel = ["console=ttyS0", "rdinit=/init", "panic=-1", "quiet"].map(String::from);
+    let words: Vec<String> = boot.to_words().iter().map(|w| quote_word(w)).collect();
+    [kernel.as_slice(), &words].concat().join(" ")
 }
 
 #[cfg(test)]

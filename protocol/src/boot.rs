@@ -1,27 +1,36 @@
-//! The agent's configuration, read from the kernel command line (`/proc/cmdline`).
+//! The guest's boot settings: what the host tells guest-init before any connection exists.
 //!
-//! The command line is the one channel every backend can fill without touching the image:
-//! QEMU's `-append`, and libkrun, which appends `krun_set_exec`'s environment words wrapped in
-//! double quotes (so `"krunbox.port=1024"` is accepted too). Keys:
+//! They travel on the kernel command line, the one channel every backend can fill without
+//! touching the image: QEMU's `-append`, and libkrun, which appends `krun_set_exec`'s
+//! environment words wrapped in double quotes (so `"krunbox.port=1024"` is read too). The host
+//! builds a [`GuestBoot`] and writes it with [`GuestBoot::to_words`]; guest-init reads it back
+//! with [`GuestBoot::parse`]. Keys:
 //!
 //! | key | meaning | default |
 //! |---|---|---|
 //! | `krunbox.port=N` | vsock port the agent listens on | 1024 |
 //! | `krunbox.hostname=NAME` | hostname | `krunbox` |
 //! | `krunbox.root=virtiofs:TAG` | we run from an initramfs: mount TAG and switch into it | already on the root |
+//! | `krunbox.overlay=tmpfs` | the root share is read-only: mount it as the lower layer of an overlayfs whose writable layer is a guest tmpfs | the root share is mounted as it is |
 //! | `krunbox.mounts=TAG:/path[:ro],...` | further virtio-fs shares to mount | none |
 //! | `krunbox.log=LEVEL` | log level (error, warn, info, debug, trace) | info |
-//! | `krunbox.vmm=libkrun` | the VMM is libkrun: report the exit status to it before powering off | another VMM |
-//! | `krunbox.overlay=tmpfs` | the root share is read-only: mount it as the lower layer of an overlayfs whose writable layer is a guest tmpfs | the root share is mounted as it is |
-//! | `krunbox.net=ADDR/PREFIX,GATEWAY,DNS` | configure the first network interface statically (IPv4): address, default route, resolver (see network.rs) | no network but loopback |
 //! | `krunbox.ssh_agent=PORT` | forward the host's SSH agent: listen on `/run/krunbox/ssh-agent.sock`, relay each connection to vsock PORT of the host, set `SSH_AUTH_SOCK` for every exec | no agent |
+//! | `krunbox.net=ADDR/PREFIX,GATEWAY,DNS` | configure the first network interface statically (IPv4): address, default route, resolver | no network but loopback |
+//! | `krunbox.vmm=libkrun` | the VMM is libkrun: report the exit status to it before powering off | another VMM |
 //!
-//! Unknown `krunbox.*` keys are logged and ignored, so an older agent boots with a newer host.
+//! Unknown `krunbox.*` keys are kept in [`Parsed::ignored`] (guest-init logs them), so an
+//! older agent boots with a newer host.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use krunbox_protocol::AGENT_VSOCK_PORT;
+use crate::AGENT_VSOCK_PORT;
+
+/// guest-init's log filter when the host sets none.
+pub const DEFAULT_LOG: &str = "info";
+
+/// The hostname when the host sets none.
+pub const DEFAULT_HOSTNAME: &str = "krunbox";
 
 /// A virtio-fs share to mount.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,47 +113,54 @@ fn parse_network(spec: &str) -> Option<Network> {
         .then_some(network)
 }
 
-/// What the command line asked for.
+/// What the host tells guest-init at boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
+pub struct GuestBoot {
     /// vsock port to listen on.
     pub port: u32,
     /// Guest hostname.
     pub hostname: String,
-    /// virtio-fs tag of the root to switch into, when booted from an initramfs.
+    /// virtio-fs tag of the root to switch into, when booted from an initramfs (libkrun's
+    /// kernel mounts its root itself).
     pub root_tag: Option<String>,
+    /// Where the writable layer over a read-only root lives (`None`: the root is used as is).
+    pub overlay: Option<OverlayUpper>,
     /// Further shares.
     pub shares: Vec<Share>,
     /// Log filter.
     pub log: String,
+    /// The host vsock port of the host's SSH agent, to relay guest clients to.
+    pub ssh_agent_port: Option<u32>,
+    /// The static network configuration (`None`: only loopback is brought up).
+    pub network: Option<Network>,
     /// The VMM is libkrun, which exits with the status the guest reports through an ioctl on
     /// the virtio-fs root.
     pub libkrun: bool,
-    /// Where the writable layer over a read-only root lives (`None`: the root is used as is).
-    pub overlay: Option<OverlayUpper>,
-    /// The static network configuration (`None`: only loopback is brought up).
-    pub network: Option<Network>,
-    /// The host vsock port of the host's SSH agent, to relay guest clients to.
-    pub ssh_agent_port: Option<u32>,
-    /// Keys that were not understood (logged once logging is up).
-    pub ignored: Vec<String>,
 }
 
-impl Default for Config {
+impl Default for GuestBoot {
     fn default() -> Self {
         Self {
             port: AGENT_VSOCK_PORT,
-            hostname: "krunbox".into(),
+            hostname: DEFAULT_HOSTNAME.into(),
             root_tag: None,
-            shares: Vec::new(),
-            log: "info".into(),
-            libkrun: false,
             overlay: None,
-            network: None,
+            shares: Vec::new(),
+            log: DEFAULT_LOG.into(),
             ssh_agent_port: None,
-            ignored: Vec::new(),
+            network: None,
+            libkrun: false,
         }
     }
+}
+
+/// A command line read by [`GuestBoot::parse`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    /// The settings understood (defaults for the rest).
+    pub boot: GuestBoot,
+    /// `krunbox.*` words that were not understood, as they were written.
+    pub ignored: Vec<String>,
 }
 
 /// Splits a command line into words, honouring double quotes (which group and are removed).
@@ -196,10 +212,53 @@ fn parse_share(spec: &str) -> Option<Share> {
     })
 }
 
-impl Config {
-    /// Parses a kernel command line.
-    pub fn from_cmdline(cmdline: &str) -> Self {
+impl GuestBoot {
+    /// The `krunbox.*` words of these settings, each `krunbox.KEY=VALUE` unquoted (a backend
+    /// that writes a command line quotes them: [`quote_word`]); settings at their default are
+    /// left out, except the port and hostname, which are always written.
+    pub fn to_words(&self) -> Vec<String> {
+        let mut words = Vec::new();
+        if let Some(tag) = &self.root_tag {
+            words.push(format!("krunbox.root=virtiofs:{tag}"));
+        }
+        words.push(format!("krunbox.hostname={}", self.hostname));
+        words.push(format!("krunbox.port={}", self.port));
+        if let Some(OverlayUpper::Tmpfs) = self.overlay {
+            words.push("krunbox.overlay=tmpfs".into());
+        }
+        if !self.shares.is_empty() {
+            let mounts: Vec<String> = self
+                .shares
+                .iter()
+                .map(|s| {
+                    let ro = if s.read_only { ":ro" } else { "" };
+                    format!("{}:{}{ro}", s.tag, s.path.display())
+                })
+                .collect();
+            words.push(format!("krunbox.mounts={}", mounts.join(",")));
+        }
+        if self.log != DEFAULT_LOG {
+            words.push(format!("krunbox.log={}", self.log));
+        }
+        if let Some(port) = self.ssh_agent_port {
+            words.push(format!("krunbox.ssh_agent={port}"));
+        }
+        if let Some(net) = &self.network {
+            words.push(format!(
+                "krunbox.net={}/{},{},{}",
+                net.address, net.prefix_len, net.gateway, net.dns
+            ));
+        }
+        if self.libkrun {
+            words.push("krunbox.vmm=libkrun".into());
+        }
+        words
+    }
+
+    /// Parses a kernel command line; words other than `krunbox.*` are skipped.
+    pub fn parse(cmdline: &str) -> Parsed {
         let mut config = Self::default();
+        let mut ignored = Vec::new();
         for word in words(cmdline) {
             let Some(setting) = word.strip_prefix("krunbox.") else {
                 continue;
@@ -251,10 +310,23 @@ impl Config {
                 _ => false,
             };
             if !understood {
-                config.ignored.push(word);
+                ignored.push(word);
             }
         }
-        config
+        Parsed {
+            boot: config,
+            ignored,
+        }
+    }
+}
+
+/// `word` as one word of a kernel command line: in double quotes if it has whitespace (the
+/// kernel and [`GuestBoot::parse`] both group quoted words and drop the quotes).
+pub fn quote_word(word: &str) -> String {
+    if word.contains(char::is_whitespace) {
+        format!("\"{word}\"")
+    } else {
+        word.to_owned()
     }
 }
 
@@ -262,9 +334,74 @@ impl Config {
 mod tests {
     use super::*;
 
+    fn read(cmdline: &str) -> (GuestBoot, Vec<String>) {
+        let parsed = GuestBoot::parse(cmdline);
+        (parsed.boot, parsed.ignored)
+    }
+
+    /// Every setting away from its default, as the host writes it.
+    fn everything() -> GuestBoot {
+        GuestBoot {
+            port: 2000,
+            hostname: "box".into(),
+            root_tag: Some("rootfs".into()),
+            overlay: Some(OverlayUpper::Tmpfs),
+            shares: vec![
+                Share {
+                    tag: "share1".into(),
+                    path: "/work".into(),
+                    read_only: false,
+                },
+                Share {
+                    tag: "share2".into(),
+                    path: "/data".into(),
+                    read_only: true,
+                },
+            ],
+            log: "debug".into(),
+            ssh_agent_port: Some(1025),
+            network: Some(Network {
+                address: Ipv4Addr::new(10, 0, 2, 15),
+                prefix_len: 24,
+                gateway: Ipv4Addr::new(10, 0, 2, 2),
+                dns: Ipv4Addr::new(10, 0, 2, 2),
+            }),
+            libkrun: true,
+        }
+    }
+
+    #[test]
+    fn what_the_host_writes_the_guest_reads_back() {
+        for boot in [GuestBoot::default(), everything()] {
+            // As QEMU's -append carries them (quoted where needed) and as libkrun does (every
+            // word in double quotes).
+            let plain: Vec<String> = boot.to_words().iter().map(|w| quote_word(w)).collect();
+            let libkrun: Vec<String> = boot.to_words().iter().map(|w| format!("\"{w}\"")).collect();
+            for cmdline in [plain.join(" "), libkrun.join(" ")] {
+                let (read_back, ignored) = read(&format!("console=ttyS0 quiet {cmdline}"));
+                assert_eq!(read_back, boot, "{cmdline}");
+                assert!(ignored.is_empty(), "{ignored:?}");
+            }
+        }
+        let spaced = GuestBoot {
+            hostname: "a b".into(),
+            ..GuestBoot::default()
+        };
+        let cmdline: Vec<String> = spaced.to_words().iter().map(|w| quote_word(w)).collect();
+        assert_eq!(read(&cmdline.join(" ")).0, spaced);
+    }
+
+    #[test]
+    fn defaults_are_left_out_but_port_and_hostname() {
+        assert_eq!(
+            GuestBoot::default().to_words(),
+            ["krunbox.hostname=krunbox", "krunbox.port=1024"]
+        );
+    }
+
     #[test]
     fn reads_every_key_and_ignores_the_rest() {
-        let config = Config::from_cmdline(
+        let (config, ignored) = read(
             "console=ttyS0 quiet krunbox.port=2000 krunbox.hostname=box krunbox.root=virtiofs:rootfs \
              krunbox.mounts=work:/work,data:/data:ro krunbox.log=debug krunbox.overlay=tmpfs \
              krunbox.net=10.0.2.15/24,10.0.2.2,10.0.2.3 krunbox.ssh_agent=1025",
@@ -299,14 +436,13 @@ mod tests {
             })
         );
         assert_eq!(config.ssh_agent_port, Some(1025));
-        assert!(config.ignored.is_empty());
+        assert!(ignored.is_empty());
     }
 
     #[test]
     fn accepts_libkrun_style_quoted_words() {
-        let config = Config::from_cmdline(
-            r#"reboot=k "krunbox.port=1500" "krunbox.hostname=a b" "krunbox.vmm=libkrun""#,
-        );
+        let (config, ignored) =
+            read(r#"reboot=k "krunbox.port=1500" "krunbox.hostname=a b" "krunbox.vmm=libkrun""#);
         assert_eq!(config.port, 1500);
         assert_eq!(config.hostname, "a b");
         assert!(config.libkrun);
@@ -314,23 +450,18 @@ mod tests {
             config.root_tag.is_none(),
             "libkrun's kernel mounts the root itself"
         );
+        assert!(ignored.is_empty(), "{ignored:?}");
     }
 
     #[test]
     fn malformed_values_keep_defaults_and_are_reported() {
-        let config = Config::from_cmdline(
+        let (config, ignored) = read(
             "krunbox.port=abc krunbox.mounts=tag:relative krunbox.root=9p:x krunbox.future=1 \
              krunbox.vmm=firecracker \
              krunbox.overlay=disk krunbox.ssh_agent=yes",
         );
-        assert_eq!(
-            config,
-            Config {
-                ignored: config.ignored.clone(),
-                ..Config::default()
-            }
-        );
-        assert_eq!(config.ignored.len(), 7);
+        assert_eq!(config, GuestBoot::default());
+        assert_eq!(ignored.len(), 7);
     }
 
     #[test]
@@ -350,7 +481,7 @@ mod tests {
 
     #[test]
     fn network_accepts_other_subnets_and_quoted_words() {
-        let config = Config::from_cmdline(r#""krunbox.net=192.168.7.9/16,192.168.0.1,1.1.1.1""#);
+        let (config, ignored) = read(r#""krunbox.net=192.168.7.9/16,192.168.0.1,1.1.1.1""#);
         assert_eq!(
             config.network,
             Some(Network {
@@ -360,7 +491,7 @@ mod tests {
                 dns: Ipv4Addr::new(1, 1, 1, 1),
             })
         );
-        assert!(config.ignored.is_empty());
+        assert!(ignored.is_empty());
     }
 
     #[test]
@@ -389,11 +520,11 @@ mod tests {
         ];
         for spec in malformed {
             let word = format!("krunbox.net={spec}");
-            let config = Config::from_cmdline(&format!("\"{word}\""));
+            let (config, ignored) = read(&format!("\"{word}\""));
             assert_eq!(config.network, None, "{spec:?} was accepted");
-            assert_eq!(config.ignored, [word], "{spec:?} was not reported");
+            assert_eq!(ignored, [word], "{spec:?} was not reported");
         }
-        let config = Config::from_cmdline("krunbox.net");
-        assert_eq!((config.network, config.ignored.len()), (None, 1));
+        let (config, ignored) = read("krunbox.net");
+        assert_eq!((config.network, ignored.len()), (None, 1));
     }
 }
