@@ -4,7 +4,8 @@
 //! backend, behind the `Backend` trait); `image` (IMAGE → root filesystem and run defaults,
 //! through the `krunbox-image` store), `guest_kernel`, `initramfs` and `guest_init` prepare
 //! what a guest boots; `rundir` and `lock` keep per-VM state safe
-//! between concurrent krunbox processes.
+//! between concurrent krunbox processes; `self_spawn` starts krunbox's own jobs (supervisor,
+//! VMM, gateway, sandbox monitor) as copies of this executable.
 
 mod backend;
 mod cli;
@@ -18,6 +19,7 @@ mod paths;
 mod private_dir;
 mod rundir;
 mod sandbox;
+mod self_spawn;
 mod shares;
 
 use clap::Parser;
@@ -27,21 +29,9 @@ const FAILURE: i32 = 125;
 
 fn main() {
     let cli = cli::Cli::parse();
-    if let cli::Command::QemuSupervisor { run_dir } = &cli.command {
-        // Logs to its run directory, not to the terminal.
-        std::process::exit(backend::qemu::supervisor::main(run_dir));
-    }
-    if let cli::Command::KrunVmm { run_dir, no_enter } = &cli.command {
-        // Logs to its run directory; returns only if the VM never ran.
-        std::process::exit(backend::krun::child::main(run_dir, *no_enter));
-    }
-    if let cli::Command::Net(args) = &cli.command {
-        // Logs to stderr (the run directory's net.log).
-        std::process::exit(backend::net::main(args));
-    }
-    if let cli::Command::SandboxMonitor { dir } = &cli.command {
-        // Detached; logs to the sandbox's monitor.log.
-        std::process::exit(sandbox::monitor::main(dir));
+    if let cli::Command::Internal(job) = &cli.command {
+        // A copy of krunbox started for one job, which sets up its own logging.
+        std::process::exit(job.main());
     }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -68,10 +58,7 @@ fn main() {
         cli::Command::Inspect(args) => cli::sandbox::inspect(args).map_err(Into::into),
         cli::Command::Logs(args) => cli::sandbox::logs(args).map_err(Into::into),
         cli::Command::Stats(args) => cli::sandbox::stats(args).map_err(Into::into),
-        cli::Command::QemuSupervisor { .. }
-        | cli::Command::KrunVmm { .. }
-        | cli::Command::Net(_)
-        | cli::Command::SandboxMonitor { .. } => Ok(0),
+        cli::Command::Internal(_) => Ok(0),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -16,9 +16,6 @@ use tokio::net::UnixListener;
 
 use super::{BackendError, UserNetwork};
 
-/// The hidden subcommand.
-pub const SUBCOMMAND: &str = "__net";
-
 /// The MAC address of the guest's card.
 pub const GUEST_MAC: [u8; 6] = krunbox_net::config::GUEST_MAC;
 
@@ -48,7 +45,7 @@ pub fn helper_args(
     let config = serde_json::to_string(&network.config)
         .map_err(|e| BackendError::InvalidSpec(format!("network configuration: {e}")))?;
     let mut args = vec![
-        SUBCOMMAND.to_owned(),
+        crate::self_spawn::Job::NET.to_owned(),
         "--socket".into(),
         socket.to_string_lossy().into_owned(),
         "--config".into(),
@@ -210,7 +207,7 @@ mod tests {
             .push("8080:80".parse().expect("port"));
         network.log = Some("/tmp/n.log".into());
         let args = helper_args(Path::new("/run/x/net.sock"), &network, true).expect("args");
-        assert_eq!(args[0], SUBCOMMAND);
+        assert_eq!(args[0], crate::self_spawn::Job::NET);
         assert_eq!(args[2], "/run/x/net.sock");
         let config: krunbox_net::NetConfig = serde_json::from_str(&args[4]).expect("json");
         assert_eq!(config, network.config);

@@ -58,31 +58,7 @@ pub enum Command {
     /// Manage the guest kernel of the QEMU backend.
     #[command(subcommand)]
     Kernel(kernel::KernelCommand),
-    /// Internal: keeps one sandbox's VM running (started by `krunbox start`).
-    #[command(name = "__sandbox-monitor", hide = true)]
-    SandboxMonitor {
-        /// The sandbox's directory.
-        dir: std::path::PathBuf,
-    },
-    /// Internal: supervises one QEMU VM (started by krunbox itself).
-    #[command(name = "__qemu-supervisor", hide = true)]
-    QemuSupervisor {
-        /// The VM's run directory (also in the plan read from stdin; they must agree).
-        run_dir: std::path::PathBuf,
-    },
-    /// Internal: the user-mode network of one VM (started by krunbox itself).
-    #[command(name = "__net", hide = true)]
-    Net(crate::backend::net::HelperArgs),
-    /// Internal: the libkrun VMM of one VM (started by krunbox itself; never returns while the
-    /// VM runs).
-    #[command(name = "__krun-vmm", hide = true)]
-    KrunVmm {
-        /// The VM's run directory, holding its configuration (krun-vm.json).
-        run_dir: std::path::PathBuf,
-        /// Apply the configuration through libkrun and report `configured`, but do not enter
-        /// the VM: wait for the lifeline or a signal instead. Checks a configuration against
-        /// the real libkrun on hosts that cannot run a VM (the tests do).
-        #[arg(long)]
-        no_enter: bool,
-    },
+    /// krunbox's own jobs (hidden): the VM's supervisor, VMM, gateway, sandbox monitor.
+    #[command(flatten)]
+    Internal(crate::self_spawn::Job),
 }

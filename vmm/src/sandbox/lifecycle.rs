@@ -2,9 +2,8 @@
 //! sandbox's own lock so two of them never interleave on one sandbox (and never wait on
 //! another sandbox).
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -12,9 +11,10 @@ use krunbox_protocol::transport::AgentAddress;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::monitor::{self, Event};
+use super::monitor::Event;
 use super::store::{Sandbox, MONITOR_LOG_FILE};
 use super::SandboxError;
+use crate::self_spawn::{self, Job};
 
 /// Extra time `start` gives the monitor beyond the boot timeout (starting the helpers).
 const START_MARGIN: Duration = Duration::from_secs(60);
@@ -31,11 +31,6 @@ pub fn start(sandbox: &Sandbox) -> Result<Option<u64>, SandboxError> {
         return Ok(None);
     }
     let spec = sandbox.spec()?;
-    let exe = std::env::current_exe().map_err(|source| SandboxError::Io {
-        action: "find",
-        path: "the krunbox executable".into(),
-        source,
-    })?;
     let log_path = sandbox.file(MONITOR_LOG_FILE);
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -46,9 +41,13 @@ pub fn start(sandbox: &Sandbox) -> Result<Option<u64>, SandboxError> {
             path: log_path.clone(),
             source,
         })?;
-    let mut command = Command::new(&exe);
+    let (exe, mut command) =
+        self_spawn::command(Job::SANDBOX_MONITOR).map_err(|source| SandboxError::Io {
+            action: "find",
+            path: "the krunbox executable".into(),
+            source,
+        })?;
     command
-        .arg(monitor::SUBCOMMAND)
         .arg(sandbox.dir())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -68,21 +67,24 @@ pub fn start(sandbox: &Sandbox) -> Result<Option<u64>, SandboxError> {
         path: exe.clone(),
         source,
     })?;
-    let stdout = child.stdout.take();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let Some(stdout) = stdout else { return };
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            match serde_json::from_str::<Event>(&line) {
-                Ok(event) => {
-                    let _ = tx.send(event);
-                    return;
-                }
-                Err(err) => tracing::warn!(%err, %line, "unreadable monitor event"),
-            }
+    // The monitor answers once (ready or failed), then points its stdout elsewhere.
+    let events = child
+        .stdout
+        .take()
+        .ok_or_else(|| std::io::Error::other("its stdout is not a pipe"))
+        .and_then(|out| self_spawn::read_events::<Event>(out, "monitor-events"));
+    let rx = match events {
+        Ok(rx) => rx,
+        Err(source) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(SandboxError::Io {
+                action: "read the events of",
+                path: exe,
+                source,
+            });
         }
-    });
+    };
     let limit = Duration::from_secs(spec.boot_timeout_secs) + START_MARGIN;
     let answer = rx.recv_timeout(limit);
     // The monitor is not our child for long: it runs on; reap it only if it already ended.

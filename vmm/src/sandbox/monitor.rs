@@ -15,7 +15,6 @@
 //! period, `rm -f`). If it is killed with SIGKILL, the backend still stops the VM (the QEMU
 //! supervisor's lifeline closes) and `ps` shows the sandbox as exited with that reason.
 
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,9 +25,7 @@ use super::spec::now;
 use super::state::{Phase, State};
 use super::store::{Sandbox, CONSOLE_FILE};
 use crate::backend::{self, log_tail, VmExit, VmHandle};
-
-/// The hidden subcommand.
-pub const SUBCOMMAND: &str = "__sandbox-monitor";
+use crate::self_spawn::emit;
 
 /// How often the monitor looks at the VM and its signals.
 const POLL: Duration = Duration::from_millis(100);
@@ -49,14 +46,6 @@ pub enum Event {
         /// Why, with the console tail.
         message: String,
     },
-}
-
-fn emit(event: &Event) {
-    if let Ok(line) = serde_json::to_string(event) {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
-    }
 }
 
 /// Points stdout at /dev/null: `krunbox start` has its answer and may be gone.

@@ -23,7 +23,7 @@
 //! - The child runs in its own process group: Ctrl-C reaches `krunbox run`, which forwards it
 //!   to the guest command, and not the VMM.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -32,9 +32,7 @@ use super::super::Helper;
 use super::api::{KrunApi, KrunError};
 use super::config::{KrunVmConfig, Layout};
 use super::configure::configure;
-
-/// The hidden subcommand.
-pub const SUBCOMMAND: &str = "__krun-vmm";
+use crate::self_spawn::emit;
 
 /// The child's exit status when it could not start the VM.
 pub const START_FAILED: i32 = 125;
@@ -200,15 +198,6 @@ fn fail(message: String) -> i32 {
     tracing::error!(%message, "the VM did not start");
     emit(&Event::Failed { message });
     START_FAILED
-}
-
-fn emit(event: &Event) {
-    if let Ok(line) = serde_json::to_string(event) {
-        let mut out = std::io::stdout().lock();
-        // The parent may be gone (EPIPE; Rust ignores SIGPIPE): the watchers handle that.
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
-    }
 }
 
 /// Our tracing to stderr (the VMM log), without capturing the `log` crate: libkrun installs

@@ -1,7 +1,6 @@
 //! The parent's side of one libkrun VM: the run directory (created and locked here), the VMM
 //! child (see [`super::child`]) and what the session asks of a [`VmHandle`].
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -12,10 +11,11 @@ use krunbox_protocol::transport::AgentAddress;
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
-use super::child::{self, Event};
+use super::child::Event;
 use super::config::{KrunVmConfig, Layout};
 use crate::backend::{log_tail, BackendError, VmExit, VmHandle};
 use crate::rundir::{RunDir, RunDirError};
+use crate::self_spawn::{self, Job};
 
 /// How long the child may take to configure libkrun.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -231,10 +231,9 @@ fn spawn_child(
     };
     let vmm_log =
         std::fs::File::create(layout.vmm_log()).map_err(io("create", layout.vmm_log()))?;
-    let exe = std::env::current_exe().map_err(io("find", "the krunbox executable".into()))?;
-    let mut command = Command::new(&exe);
+    let (exe, mut command) =
+        self_spawn::command(Job::KRUN_VMM).map_err(io("find", "the krunbox executable".into()))?;
     command
-        .arg(child::SUBCOMMAND)
         .arg(layout.dir())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -255,33 +254,20 @@ fn spawn_child(
         name: "the libkrun VMM".into(),
         detail: format!("cannot run {}: {e}", exe.display()),
     })?;
-    let (tx, events) = mpsc::channel();
     let Some(stdout) = process.stdout.take() else {
+        let (_, events) = mpsc::channel();
         return Ok((process, events));
     };
-    let reader = std::thread::Builder::new()
-        .name("krun-vmm-events".into())
-        .spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                match serde_json::from_str::<Event>(&line) {
-                    Ok(event) => {
-                        if tx.send(event).is_err() {
-                            break;
-                        }
-                    }
-                    Err(err) => tracing::warn!(%err, %line, "unreadable VMM event"),
-                }
-            }
-        });
-    if let Err(err) = reader {
-        let _ = process.kill();
-        let _ = process.wait();
-        return Err(BackendError::Supervisor(format!(
-            "cannot start a thread: {err}"
-        )));
+    match self_spawn::read_events(stdout, "krun-vmm-events") {
+        Ok(events) => Ok((process, events)),
+        Err(err) => {
+            let _ = process.kill();
+            let _ = process.wait();
+            Err(BackendError::Supervisor(format!(
+                "cannot start a thread: {err}"
+            )))
+        }
     }
-    Ok((process, events))
 }
 
 fn pid_of(child: &Child) -> Pid {

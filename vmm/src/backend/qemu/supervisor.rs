@@ -25,7 +25,7 @@
 //! - It runs in its own process group, so a Ctrl-C on the terminal reaches `krunbox run`
 //!   (which forwards it to the guest) and not QEMU.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 #[cfg(target_os = "linux")]
@@ -44,9 +44,7 @@ use serde::{Deserialize, Serialize};
 use super::plan::{LaunchPlan, Layout, ProcessPlan};
 use crate::backend::{self, console, log_tail, Helper, SocketNotReady, VmExit};
 use crate::rundir::RunDir;
-
-/// The hidden subcommand that runs the supervisor.
-pub const SUBCOMMAND: &str = "__qemu-supervisor";
+use crate::self_spawn::emit;
 
 /// How long a helper may take to create its socket.
 const HELPER_READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -172,15 +170,6 @@ fn read_plan() -> Result<LaunchPlan, String> {
         }
     }
     serde_json::from_slice(&line).map_err(|e| format!("invalid plan: {e}"))
-}
-
-fn emit(event: &Event) {
-    if let Ok(line) = serde_json::to_string(event) {
-        let mut out = std::io::stdout().lock();
-        // The parent may be gone (EPIPE; Rust ignores SIGPIPE): nothing to do about it.
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
-    }
 }
 
 struct Supervisor {

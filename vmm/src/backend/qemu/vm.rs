@@ -1,17 +1,18 @@
 //! The parent's side of one QEMU VM: starts its supervisor and talks to it.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use krunbox_protocol::transport::AgentAddress;
 
 use super::plan::{LaunchPlan, Layout};
-use super::supervisor::{self, Event};
+use super::supervisor::Event;
 use crate::backend::{log_tail, BackendError, VmExit, VmHandle};
+use crate::self_spawn::{self, Job};
 
 /// How long the supervisor may take to start the helpers and QEMU.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -30,13 +31,13 @@ pub struct QemuVm {
 impl QemuVm {
     /// Starts the supervisor with `plan` and waits until QEMU runs.
     pub fn launch(plan: &LaunchPlan, layout: Layout) -> Result<Self, BackendError> {
-        let exe = std::env::current_exe().map_err(|source| BackendError::Io {
-            action: "find",
-            path: "the krunbox executable".into(),
-            source,
-        })?;
-        let mut child = Command::new(&exe)
-            .arg(supervisor::SUBCOMMAND)
+        let (exe, mut command) =
+            self_spawn::command(Job::QEMU_SUPERVISOR).map_err(|source| BackendError::Io {
+                action: "find",
+                path: "the krunbox executable".into(),
+                source,
+            })?;
+        let mut child = command
             .arg(layout.dir())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -48,25 +49,11 @@ impl QemuVm {
                 name: "the VM supervisor".into(),
                 detail: format!("cannot run {}: {e}", exe.display()),
             })?;
-        let (tx, events) = mpsc::channel();
-        if let Some(stdout) = child.stdout.take() {
-            std::thread::Builder::new()
-                .name("vm-supervisor-events".into())
-                .spawn(move || {
-                    for line in BufReader::new(stdout).lines() {
-                        let Ok(line) = line else { break };
-                        match serde_json::from_str::<Event>(&line) {
-                            Ok(event) => {
-                                if tx.send(event).is_err() {
-                                    break;
-                                }
-                            }
-                            Err(err) => tracing::warn!(%err, %line, "unreadable supervisor event"),
-                        }
-                    }
-                })
-                .map_err(|e| BackendError::Supervisor(format!("cannot start a thread: {e}")))?;
-        }
+        let events = match child.stdout.take() {
+            Some(stdout) => self_spawn::read_events(stdout, "vm-supervisor-events")
+                .map_err(|e| BackendError::Supervisor(format!("cannot start a thread: {e}")))?,
+            None => mpsc::channel().1,
+        };
         let mut vm = Self {
             lifeline: child.stdin.take(),
             supervisor: child,
