@@ -21,3 +21,7 @@ in_kvm_host() {
 }
 
 in_kvm_host run
+# The adversarial suite's guest-side attacks (the agent, console, cp, DNS and virtio-fs
+# modules). Its image and neighbour attacks are against krunbox's host side (pull, store,
+# runtime and data directories), which does not depend on the backend: they run once, above.
+in_kvm_host adversarial agent:: console:: cp:: dns:: virtiofs::
