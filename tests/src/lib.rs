@@ -19,6 +19,11 @@ use std::time::{Duration, Instant};
 /// Guests booting at once in one test binary.
 const MAX_CONCURRENT_GUESTS: usize = 2;
 
+/// A process's output as text (lossy UTF-8), for assertions and their messages.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 /// The workspace's target directory (from this test binary: target/<profile>/deps/<test>).
 pub fn target_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {

@@ -8,10 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::Running;
 
-/// Output bytes as text.
-pub fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use crate::text;
 
 /// `program` found on `PATH`.
 pub fn on_path(program: &str) -> Option<PathBuf> {

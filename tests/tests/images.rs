@@ -15,14 +15,10 @@ use krunbox_image::local_registry::{LocalRegistry, LocalRegistryOptions};
 use krunbox_image::manifest::{OCI_CONFIG, OCI_LAYER_GZIP};
 use krunbox_image::platform::Platform;
 use krunbox_image::reference::Reference;
-use krunbox_tests::{e2e, Harness};
+use krunbox_tests::{e2e, text, Harness};
 
 const OS_RELEASE: &str = "NAME=\"krunbox e2e image\"\nID=krunbox-e2e\nVERSION_ID=1\n";
 const TAG: &str = "v1";
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 fn busybox() -> PathBuf {
     std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())

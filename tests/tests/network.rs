@@ -7,13 +7,9 @@ use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use krunbox_tests::{e2e, http_server, private_data_dir, wait_timeout, Harness};
+use krunbox_tests::{e2e, http_server, private_data_dir, text, wait_timeout, Harness};
 
 const CLEANUP: Duration = Duration::from_secs(15);
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// One of this host's non-loopback IPv4 addresses, if it has one.
 fn host_lan_address() -> Option<Ipv4Addr> {

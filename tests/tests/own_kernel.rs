@@ -4,13 +4,9 @@
 
 use std::path::Path;
 
-use krunbox_tests::{built_kernel, e2e};
+use krunbox_tests::{built_kernel, e2e, text};
 
 const CLEANUP: std::time::Duration = std::time::Duration::from_secs(15);
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// A root filesystem directory of busybox and its applets.
 fn busybox_rootfs(root: &Path) {

@@ -7,17 +7,13 @@ use std::os::fd::AsRawFd;
 use std::process::Stdio;
 use std::time::Duration;
 
-use krunbox_tests::{e2e, wait_timeout, Captured, Running};
+use krunbox_tests::{e2e, text, wait_timeout, Captured, Running};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
 
 const CLEANUP: Duration = Duration::from_secs(15);
 const RUN_LIMIT: Duration = Duration::from_secs(120);
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 #[test]
 fn exit_code_and_separate_stdout_and_stderr() {

@@ -5,16 +5,12 @@
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use krunbox_tests::{e2e, private_data_dir, processes_mentioning, Harness};
+use krunbox_tests::{e2e, private_data_dir, processes_mentioning, text, Harness};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 /// How long everything of a removed sandbox may take to disappear.
 const CLEANUP: Duration = Duration::from_secs(30);
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// krunbox with this test's own sandboxes (data dir) and VMs (runtime dir).
 struct Boxes {

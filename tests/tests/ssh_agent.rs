@@ -7,8 +7,8 @@
 use std::process::Output;
 use std::time::Duration;
 
-use krunbox_tests::e2e;
-use krunbox_tests::ssh_agent_fixture::{agent_with_a_key, rootfs_with_ssh_add, text};
+use krunbox_tests::ssh_agent_fixture::{agent_with_a_key, rootfs_with_ssh_add};
+use krunbox_tests::{e2e, text};
 
 const CLEANUP: Duration = Duration::from_secs(15);
 /// Where guest-init offers the forwarded agent.

@@ -18,9 +18,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use krunbox_tests::ssh_agent_fixture::{
-    agent_with_a_key, busybox_rootfs, copy_program_into, rootfs_with_ssh_add, text,
+    agent_with_a_key, busybox_rootfs, copy_program_into, rootfs_with_ssh_add,
 };
-use krunbox_tests::{e2e, guest_init_binary, user_data_dir, Harness, Running};
+use krunbox_tests::{e2e, guest_init_binary, text, user_data_dir, Harness, Running};
 
 const CLEANUP: Duration = Duration::from_secs(15);
 const PROBE: &str = env!("CARGO_BIN_EXE_agent-probe");

@@ -2,15 +2,11 @@
 
 use std::time::Duration;
 
-use krunbox_tests::e2e;
+use krunbox_tests::{e2e, text};
 
 /// The cap the test sets (`KRUNBOX_CONSOLE_LOG_CAP`), small so TCG's slow serial port
 /// reaches it in seconds (the default is 8 MiB).
 const CAP: u64 = 16 * 1024;
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 #[test]
 fn a_guest_flooding_its_console_fills_at_most_twice_the_cap_on_the_host() {

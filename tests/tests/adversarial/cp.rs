@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use krunbox_tests::{e2e, private_data_dir, Harness};
+use krunbox_tests::{e2e, private_data_dir, text, Harness};
 
 /// One named sandbox of this test, with a read-write share of a host directory at `/share`.
 struct SharedBox {
@@ -15,10 +15,6 @@ struct SharedBox {
     data: tempfile::TempDir,
     share: tempfile::TempDir,
     name: &'static str,
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 impl SharedBox {

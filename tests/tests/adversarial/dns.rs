@@ -8,13 +8,9 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use krunbox_tests::{e2e, http_server};
+use krunbox_tests::{e2e, http_server, text};
 
 const CLEANUP: Duration = Duration::from_secs(15);
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 #[test]
 fn an_allowed_name_that_resolves_to_the_hosts_loopback_does_not_reach_it() {

@@ -5,13 +5,9 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use krunbox_tests::e2e;
+use krunbox_tests::{e2e, text};
 
 const CLEANUP: Duration = Duration::from_secs(15);
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// Every entry under `dir`, recursively, with its metadata (symlinks not followed).
 fn walk(dir: &Path) -> Vec<(std::path::PathBuf, std::fs::Metadata)> {

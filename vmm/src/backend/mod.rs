@@ -10,6 +10,7 @@
 //!   without usable KVM (and is what the end-to-end tests boot);
 //! - [`krun`]: libkrun in a VMM child process (KVM on Linux, Hypervisor.framework on macOS).
 
+pub mod agent_wait;
 pub mod console;
 pub mod guest_boot;
 pub mod host;
@@ -23,8 +24,9 @@ use std::path::{Path, PathBuf};
 
 use krunbox_protocol::transport::AgentAddress;
 
-/// Which backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Which backend (`krun` or `qemu` in a sandbox's `sandbox.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// libkrun.
     Krun,
@@ -48,8 +50,10 @@ impl fmt::Display for BackendKind {
     }
 }
 
-/// Hardware acceleration for backends that can choose (QEMU).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Hardware acceleration for backends that can choose (QEMU); `auto`, `tcg` or `kvm` in a
+/// sandbox's `sandbox.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Accel {
     /// KVM when it can really run guests, TCG otherwise.
     #[default]
@@ -60,12 +64,15 @@ pub enum Accel {
     Kvm,
 }
 
-/// A host directory shared into the guest over virtio-fs (beyond the root).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A host directory shared into the guest over virtio-fs (beyond the root); a sandbox's
+/// `sandbox.json` keeps it as `{"host", "guest", "read_only"}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SharedDir {
-    /// The host directory.
+    /// The host directory (absolute).
+    #[serde(rename = "host")]
     pub host_path: PathBuf,
     /// Where it appears in the guest.
+    #[serde(rename = "guest")]
     pub guest_path: String,
     /// Mounted read-only in the guest.
     pub read_only: bool,

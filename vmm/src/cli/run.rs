@@ -5,7 +5,6 @@
 //! `kill -9` of krunbox (see `backend::qemu::supervisor`).
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use krunbox_image::config::{merge_run_config, RunConfig, RunConfigError, RunOverrides};
@@ -13,24 +12,12 @@ use krunbox_image::platform::Platform;
 use krunbox_image::source::PullPolicy;
 use krunbox_image::user::{resolve_user, UserError};
 
-use super::net_args::{NetArgs, NetArgsError};
+use super::net_args::NetArgsError;
 use super::session::{self, CommandOptions, SecondInterrupt, Session, SessionError};
-use super::share_args::ShareArgs;
-use super::ssh_args::{SshAgentError, SshArgs};
-use crate::backend::{self, Accel, BackendKind, VmSpec};
+use super::ssh_args::SshAgentError;
+use super::vm_args::VmArgs;
+use crate::backend::{self, VmSpec};
 use crate::image::{ImageError, ImageOptions};
-
-/// Which backend runs the VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BackendChoice {
-    /// libkrun where it can boot guests (a working KVM or macOS), QEMU otherwise.
-    Auto,
-    /// libkrun (KVM / Hypervisor.framework); refused with the reason where it cannot boot
-    /// guests (`krunbox doctor` shows it).
-    Krun,
-    /// QEMU with KVM when usable, else TCG software emulation.
-    Qemu,
-}
 
 /// When `krunbox run` contacts the registry for IMAGE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -51,17 +38,6 @@ impl From<PullChoice> for PullPolicy {
             PullChoice::Never => Self::Never,
         }
     }
-}
-
-/// QEMU's accelerator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum AccelChoice {
-    /// KVM when it can run standard guests, TCG otherwise (or $KRUNBOX_ACCEL).
-    Auto,
-    /// Software emulation.
-    Tcg,
-    /// KVM.
-    Kvm,
 }
 
 /// Run a command in a new micro-VM.
@@ -91,9 +67,9 @@ pub enum AccelChoice {
     after_help = "Examples:\n  krunbox run -- uname -a\n  krunbox run alpine -- cat /etc/os-release\n  krunbox run --platform linux/arm64 127.0.0.1:5000/app:v1\n  krunbox run ./image.tar -- sh -c 'echo $HOME'\n  krunbox run ./rootfs -- sh -c 'echo $HOME'\n  echo hi | krunbox run -- cat\n  krunbox run -it -- sh"
 )]
 pub struct RunArgs {
-    /// Which backend runs the VM.
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto, env = "KRUNBOX_BACKEND")]
-    pub backend: BackendChoice,
+    /// The VM: backend, CPUs, memory, shares, SSH agent, network, kernel.
+    #[command(flatten)]
+    pub vm: VmArgs,
     /// Set an environment variable in the guest (KEY=VALUE; a bare KEY copies the host's
     /// value), on top of the image's Env.
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
@@ -115,22 +91,6 @@ pub struct RunArgs {
     /// (default: linux and this host's architecture).
     #[arg(long, value_name = "OS/ARCH[/VARIANT]", value_parser = parse_platform)]
     pub platform: Option<Platform>,
-    /// Number of virtual CPUs.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=64))]
-    pub cpus: u8,
-    /// Guest memory in MiB.
-    #[arg(short = 'm', long = "memory", value_name = "MiB", default_value_t = 512,
-          value_parser = clap::value_parser!(u32).range(128..=65536))]
-    pub memory: u32,
-    /// Shared directories (-v, --workspace).
-    #[command(flatten)]
-    pub shares: ShareArgs,
-    /// The host's SSH agent (--ssh).
-    #[command(flatten)]
-    pub ssh: SshArgs,
-    /// The guest's network (--network, -p, --allow-host, --allow-net, ...).
-    #[command(flatten)]
-    pub net: NetArgs,
     /// Keep stdin open and forward it to COMMAND even when it is a terminal. Without -i,
     /// stdin is forwarded only when it is not a terminal (a pipe or a file), as with ssh.
     #[arg(short = 'i', long)]
@@ -143,19 +103,6 @@ pub struct RunArgs {
     /// COMMAND ends.
     #[arg(long)]
     pub rm: bool,
-    /// Boot this kernel instead of the backend's default (QEMU: Debian's cloud kernel plus
-    /// modules; libkrun: libkrunfw's). It must have virtio-pci/mmio, vsock and virtio-fs built
-    /// in: no module is loaded. `cargo xtask build-kernel` builds one: its `vmlinux` boots on
-    /// both backends (QEMU through PVH, libkrun as ELF), its `bzImage` on QEMU. libkrun takes
-    /// an ELF vmlinux, a gzip/bzip2/zstd-compressed one or a bzImage with such a payload
-    /// (x86_64), an arm64 Image or gzip EFI zboot (aarch64). The default network
-    /// (a virtio-net card) works with any kernel that has virtio-net; --network tsi needs
-    /// libkrunfw's kernel patches.
-    #[arg(long, value_name = "PATH", env = "KRUNBOX_KERNEL")]
-    pub kernel: Option<PathBuf>,
-    /// Hardware acceleration for the QEMU backend.
-    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
-    pub accel: AccelChoice,
     /// Seconds to wait for the guest agent to come up before giving up.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub boot_timeout: u64,
@@ -215,17 +162,10 @@ impl From<ImageError> for RunError {
 
 /// Runs the command; returns krunbox's exit code.
 pub fn run(args: RunArgs) -> Result<i32, RunError> {
-    let network = args.net.network()?;
+    let network = args.vm.net.network()?;
     // The backend first: a host that cannot run it is the first thing to hear about.
-    let backend = backend::select(
-        match args.backend {
-            BackendChoice::Auto => None,
-            BackendChoice::Krun => Some(BackendKind::Krun),
-            BackendChoice::Qemu => Some(BackendKind::Qemu),
-        },
-        args.kernel.is_some(),
-    )?;
-    let ssh_agent = args.ssh.resolve()?;
+    let backend = backend::select(args.vm.backend_kind(), args.vm.kernel.is_some())?;
+    let ssh_agent = args.vm.ssh.resolve()?;
     let options = ImageOptions {
         pull: args.pull.into(),
         platform: args.platform.clone(),
@@ -234,23 +174,19 @@ pub fn run(args: RunArgs) -> Result<i32, RunError> {
     // Held until the VM is gone: the lease keeps rmi/prune away from the image.
     let root = crate::image::prepare(args.image.as_deref(), &options)?;
     tracing::debug!(image = %root.name, rootfs = %root.rootfs.display(), overlay = root.overlay, "image ready");
-    let shares = args.shares.resolve()?;
+    let shares = args.vm.shares.resolve()?;
     let command = GuestCommand::for_image(&args, &root, &shares)?;
     let guest_init = crate::guest_init::locate()?;
     let mut spec = VmSpec::new(root.rootfs.clone(), guest_init);
     spec.root_overlay = root.overlay;
-    spec.cpus = args.cpus;
-    spec.memory_mib = args.memory;
-    spec.kernel = args.kernel.clone();
+    spec.cpus = args.vm.cpus;
+    spec.memory_mib = args.vm.memory;
+    spec.kernel = args.vm.kernel.clone();
     spec.hostname = args.hostname.clone();
     spec.shares = shares.dirs;
     spec.ssh_agent = ssh_agent;
     spec.network = network;
-    spec.accel = match args.accel {
-        AccelChoice::Auto => Accel::Auto,
-        AccelChoice::Tcg => Accel::Tcg,
-        AccelChoice::Kvm => Accel::Kvm,
-    };
+    spec.accel = args.vm.accel();
     spec.guest_log_level = std::env::var("KRUNBOX_GUEST_LOG")
         .ok()
         .filter(|l| !l.is_empty());

@@ -16,27 +16,19 @@ use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::terminal;
-use crate::backend::{log_tail, VmHandle};
+use crate::backend::agent_wait::{console_tail, vm_ended, wait_for_agent, AgentWaitError};
+use crate::backend::VmHandle;
 
-/// Console lines shown when the guest fails.
-const CONSOLE_TAIL_LINES: usize = 30;
 /// How long the guest may take to power off after the command's exit status arrived.
 const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a session failed (krunbox's failure, not the command's).
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    /// The agent did not answer in time.
-    #[error("the guest agent did not come up within {timeout}s ({detail}); last console lines:\n{console}")]
-    AgentTimeout {
-        /// The timeout, in seconds.
-        timeout: u64,
-        /// The last connection error.
-        detail: String,
-        /// The console tail.
-        console: String,
-    },
-    /// The VM ended while booting or while the command ran.
+    /// No agent answered.
+    #[error(transparent)]
+    Boot(#[from] AgentWaitError),
+    /// The VM ended while the command ran.
     #[error("the VM stopped {when} ({exit}); last console lines:\n{console}")]
     VmEnded {
         /// During what.
@@ -136,70 +128,26 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn console_tail(&self) -> String {
-        let mut text = log_tail(&self.vm.console_log(), CONSOLE_TAIL_LINES);
-        if text.trim().is_empty() {
-            text = "(the console is empty)".into();
-        }
-        let diagnostics = self.vm.diagnostics();
-        if !diagnostics.is_empty() {
-            text.push('\n');
-            text.push_str(&diagnostics);
-        }
-        text
-    }
-
-    /// Polls the VM until it ends.
-    async fn vm_ended(vm: &mut dyn VmHandle) -> String {
-        loop {
-            match vm.try_wait() {
-                Ok(Some(exit)) => return exit.to_string(),
-                Ok(None) => {}
-                Err(err) => return err.to_string(),
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
     /// Waits for the agent, runs the command; returns krunbox's exit code.
     pub async fn run(mut self) -> Result<i32, SessionError> {
         let mut signals = Signals::install()?;
-        let address = self.vm.agent_address();
         let timeout = self.options.agent_timeout;
-        let boot = tokio::select! {
-            client = Client::connect_with_retry(&address, timeout) => Boot::Client(client),
-            exit = Self::vm_ended(self.vm) => Boot::VmEnded(exit),
-            sig = signals.next() => Boot::Signal(sig),
-        };
-        let client = match boot {
-            Boot::Client(Ok(client)) => client,
-            Boot::Client(Err(err)) => {
-                return Err(SessionError::AgentTimeout {
-                    timeout: timeout.as_secs(),
-                    detail: err.to_string(),
-                    console: self.console_tail(),
-                })
-            }
-            Boot::VmEnded(exit) => {
-                return Err(SessionError::VmEnded {
-                    when: "before its agent came up",
-                    exit,
-                    console: self.console_tail(),
-                })
-            }
-            Boot::Signal(sig) => {
+        let client = match wait_for_agent(self.vm, timeout, signals.next()).await {
+            Ok(client) => client,
+            Err(AgentWaitError::Interrupted { signal }) => {
                 if self.options.second_interrupt == SecondInterrupt::StopVm {
                     eprintln!("krunbox: interrupted while the VM was booting; stopping it");
                     let _ = self.vm.kill();
                 }
-                return Ok(128 + sig);
+                return Ok(128 + signal);
             }
+            Err(err) => return Err(err.into()),
         };
         tracing::debug!(agent = ?client.agent_info(), "agent up");
         let status = self.exec(&client, &mut signals).await?;
         if self.options.power_off_on_exit {
             // The guest powers off on its own now; give it a moment so writes are flushed.
-            let _ = tokio::time::timeout(POWER_OFF_TIMEOUT, Self::vm_ended(self.vm)).await;
+            let _ = tokio::time::timeout(POWER_OFF_TIMEOUT, vm_ended(self.vm)).await;
         }
         Ok(status)
     }
@@ -296,12 +244,12 @@ impl<'a> Session<'a> {
                         let _ = control.resize(rows, cols).await;
                     }
                 }
-                exit = Self::vm_ended(self.vm) => {
+                exit = vm_ended(self.vm) => {
                     drop(raw_mode);
                     return Err(SessionError::VmEnded {
                         when: "while the command ran",
                         exit,
-                        console: self.console_tail(),
+                        console: console_tail(self.vm),
                     });
                 }
             }
@@ -325,16 +273,10 @@ impl<'a> Session<'a> {
             Err(err) => Err(SessionError::VmEnded {
                 when: "while the command ran",
                 exit: err.to_string(),
-                console: self.console_tail(),
+                console: console_tail(self.vm),
             }),
         }
     }
-}
-
-enum Boot {
-    Client(Result<Client, krunbox_protocol::client::ClientError>),
-    VmEnded(String),
-    Signal(i32),
 }
 
 /// Copies krunbox's stdin to the command's; closes it at end of file. When stdin is not

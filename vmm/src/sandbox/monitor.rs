@@ -24,13 +24,12 @@ use serde::{Deserialize, Serialize};
 use super::spec::now;
 use super::state::{Phase, State};
 use super::store::{Sandbox, CONSOLE_FILE};
+use crate::backend::agent_wait::{wait_for_agent, AgentWaitError};
 use crate::backend::{self, log_tail, VmExit, VmHandle};
 use crate::self_spawn::emit;
 
 /// How often the monitor looks at the VM and its signals.
 const POLL: Duration = Duration::from_millis(100);
-/// Console lines in a failure report.
-const CONSOLE_TAIL_LINES: usize = 20;
 
 /// What the monitor tells `krunbox start`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,7 +146,7 @@ fn start_vm(
     let spec = sandbox.spec().map_err(|e| e.to_string())?;
     let guest_init = crate::guest_init::locate().map_err(|e| e.to_string())?;
     let backend =
-        backend::select(spec.backend_kind(), spec.kernel.is_some()).map_err(|e| e.to_string())?;
+        backend::select(spec.backend, spec.kernel.is_some()).map_err(|e| e.to_string())?;
     state.backend = Some(backend.kind().to_string());
     sandbox.write_state(state).map_err(|e| e.to_string())?;
     // The image `create` resolved (not its name again); its lease keeps rmi/prune away while
@@ -171,34 +170,15 @@ fn start_vm(
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     let timeout = Duration::from_secs(spec.boot_timeout_secs);
-    let address = vm.agent_address();
-    let outcome = runtime.block_on(async {
-        let connect = krunbox_protocol::client::Client::connect_with_retry(&address, timeout);
-        tokio::pin!(connect);
-        loop {
-            tokio::select! {
-                client = &mut connect => return Wait::Agent(client.map(drop).map_err(|e| e.to_string())),
-                () = tokio::time::sleep(POLL) => {
-                    if terminate.load(Ordering::Relaxed) {
-                        return Wait::Signal;
-                    }
-                    match vm.try_wait() {
-                        Ok(Some(exit)) => return Wait::VmEnded(exit.to_string()),
-                        Ok(None) => {}
-                        Err(err) => return Wait::VmEnded(err.to_string()),
-                    }
-                }
-            }
+    let interrupted = async {
+        while !terminate.load(Ordering::Relaxed) {
+            tokio::time::sleep(POLL).await;
         }
-    });
-    let console = || {
-        save_console(sandbox, &vm.console_log());
-        let tail = log_tail(&vm.console_log(), CONSOLE_TAIL_LINES);
-        let diagnostics = vm.diagnostics();
-        format!("{tail}\n{diagnostics}").trim().to_owned()
+        libc::SIGTERM
     };
+    let outcome = runtime.block_on(wait_for_agent(vm.as_mut(), timeout, interrupted));
     match outcome {
-        Wait::Agent(Ok(())) => {
+        Ok(_client) => {
             let boot_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             state.boot_ms = Some(boot_ms);
             state.phase = Phase::Running;
@@ -206,22 +186,13 @@ fn start_vm(
             tracing::info!(boot_ms, "the agent answered");
             Ok(vm)
         }
-        Wait::Agent(Err(err)) => {
-            let message = format!(
-                "the guest agent did not come up within {}s ({err}); last console lines:\n{}",
-                timeout.as_secs(),
-                console()
-            );
-            let _ = vm.kill();
-            Err(message)
-        }
-        Wait::VmEnded(exit) => Err(format!(
-            "the VM stopped before its agent came up ({exit}); last console lines:\n{}",
-            console()
-        )),
-        Wait::Signal => {
-            let _ = vm.kill();
-            Err("interrupted while the VM was booting".into())
+        Err(err) => {
+            // `krunbox logs` shows the console of a failed start too.
+            save_console(sandbox, &vm.console_log());
+            if !matches!(err, AgentWaitError::VmEnded { .. }) {
+                let _ = vm.kill();
+            }
+            Err(err.to_string())
         }
     }
 }
@@ -248,12 +219,6 @@ impl VmHandle for Leased {
     fn kill(&mut self) -> Result<(), crate::backend::BackendError> {
         self.vm.kill()
     }
-}
-
-enum Wait {
-    Agent(Result<(), String>),
-    VmEnded(String),
-    Signal,
 }
 
 /// Until the VM ends; a signal stops it.

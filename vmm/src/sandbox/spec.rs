@@ -7,27 +7,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{Accel, BackendKind, Network, SharedDir, VmSpec};
 
-/// A shared directory (the serialisable form of [`SharedDir`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShareSpec {
-    /// The host directory (absolute).
-    pub host: PathBuf,
-    /// Where it appears in the guest.
-    pub guest: String,
-    /// Read-only.
-    pub read_only: bool,
-}
-
-impl From<&SharedDir> for ShareSpec {
-    fn from(dir: &SharedDir) -> Self {
-        Self {
-            host: dir.host_path.clone(),
-            guest: dir.guest_path.clone(),
-            read_only: dir.read_only,
-        }
-    }
-}
-
 /// A sandbox's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxSpec {
@@ -43,7 +22,7 @@ pub struct SandboxSpec {
     #[serde(default)]
     pub overlay: bool,
     /// Shared directories.
-    pub shares: Vec<ShareSpec>,
+    pub shares: Vec<SharedDir>,
     /// The guest's network (older sandboxes: the default).
     #[serde(default)]
     pub network: Network,
@@ -61,10 +40,10 @@ pub struct SandboxSpec {
     pub hostname: String,
     /// A kernel instead of the backend's default.
     pub kernel: Option<PathBuf>,
-    /// `krun`, `qemu`, or `None` for the automatic choice.
-    pub backend: Option<String>,
-    /// `auto`, `tcg` or `kvm` (QEMU).
-    pub accel: String,
+    /// The backend asked for (`None`: the automatic choice).
+    pub backend: Option<BackendKind>,
+    /// QEMU's acceleration.
+    pub accel: Accel,
     /// Seconds `start` waits for the guest agent.
     pub boot_timeout_secs: u64,
     /// Creation time, seconds since the epoch.
@@ -75,15 +54,6 @@ pub struct SandboxSpec {
 }
 
 impl SandboxSpec {
-    /// The backend kind asked for (`None`: automatic).
-    pub fn backend_kind(&self) -> Option<BackendKind> {
-        match self.backend.as_deref() {
-            Some("krun") => Some(BackendKind::Krun),
-            Some("qemu") => Some(BackendKind::Qemu),
-            _ => None,
-        }
-    }
-
     /// The VM to start for this sandbox.
     pub fn vm_spec(&self, guest_init: PathBuf) -> VmSpec {
         let mut spec = VmSpec::new(self.rootfs.clone(), guest_init);
@@ -93,21 +63,9 @@ impl SandboxSpec {
         spec.kernel = self.kernel.clone();
         spec.hostname = self.hostname.clone();
         spec.network = self.network.clone();
-        spec.shares = self
-            .shares
-            .iter()
-            .map(|s| SharedDir {
-                host_path: s.host.clone(),
-                guest_path: s.guest.clone(),
-                read_only: s.read_only,
-            })
-            .collect();
+        spec.shares = self.shares.clone();
         spec.ssh_agent = self.ssh_agent.clone();
-        spec.accel = match self.accel.as_str() {
-            "tcg" => Accel::Tcg,
-            "kvm" => Accel::Kvm,
-            _ => Accel::Auto,
-        };
+        spec.accel = self.accel;
         spec.guest_log_level = std::env::var("KRUNBOX_GUEST_LOG")
             .ok()
             .filter(|l| !l.is_empty());

@@ -278,11 +278,32 @@ mod tests {
             hostname: "krunbox".into(),
             kernel: None,
             backend: None,
-            accel: "auto".into(),
+            accel: Default::default(),
             boot_timeout_secs: 60,
             created_at: 1,
             ssh_agent: None,
         }
+    }
+
+    #[test]
+    fn a_spec_keeps_its_json_form_for_backend_accel_and_shares() {
+        let mut typed = spec("typed");
+        typed.backend = Some(crate::backend::BackendKind::Qemu);
+        typed.accel = crate::backend::Accel::Tcg;
+        typed.shares = vec![crate::backend::SharedDir {
+            host_path: "/home/u/p".into(),
+            guest_path: "/work".into(),
+            read_only: true,
+        }];
+        let json = serde_json::to_value(&typed).unwrap();
+        // What sandbox.json has always held, so sandboxes created earlier still load.
+        assert_eq!(json["backend"], "qemu");
+        assert_eq!(json["accel"], "tcg");
+        assert_eq!(
+            json["shares"],
+            serde_json::json!([{"host": "/home/u/p", "guest": "/work", "read_only": true}])
+        );
+        assert_eq!(serde_json::from_value::<SandboxSpec>(json).unwrap(), typed);
     }
 
     #[test]

@@ -1,0 +1,107 @@
+//! `krunbox create`: a named sandbox from an image and VM settings.
+
+use krunbox_image::config::{merge_run_config, RunOverrides};
+use krunbox_image::user::resolve_user;
+
+use crate::cli::run::split_env;
+use crate::cli::vm_args::VmArgs;
+
+use super::SandboxCliError;
+use crate::sandbox::spec::{now, SandboxSpec};
+use crate::sandbox::store::Store;
+use crate::sandbox::{name, SandboxError};
+
+/// Create a sandbox: a named micro-VM that `krunbox start` boots and that keeps running
+/// between commands (`krunbox exec`, `cp`, `logs`, `stats`) until `krunbox stop`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  krunbox create --name agent --workspace --memory 1024\n  krunbox start agent\n  krunbox exec -it agent -- sh\n  krunbox create --name data -v ./data:/data:ro ./rootfs"
+)]
+pub struct CreateArgs {
+    /// The sandbox's name (letters, digits, '_', '.', '-'); generated when not given.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The VM: backend, CPUs, memory, shares, SSH agent (checked again at every start),
+    /// network (every decision is also logged in the sandbox: `krunbox logs --network NAME`),
+    /// kernel.
+    #[command(flatten)]
+    pub vm: VmArgs,
+    /// Set an environment variable for every `exec` (KEY=VALUE; a bare KEY copies the host's),
+    /// on top of the image's Env.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Default working directory of `exec` (default: the workspace, else the image's
+    /// WorkingDir, else /).
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Default user of `exec`: UID, UID:GID, NAME or NAME:GROUP (names from the image's
+    /// /etc/passwd). Default: the workspace's owner with --workspace, else the image's User,
+    /// else root.
+    #[arg(short = 'u', long = "user", value_name = "USER")]
+    pub user: Option<String>,
+    /// Seconds `start` waits for the guest agent.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    pub boot_timeout: u64,
+    /// The guest's hostname (default: the sandbox's name).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// The image: a registry reference, an OCI layout or archive, a `docker save` tarball or
+    /// a root filesystem directory (default: the built-in image); pulled now if missing.
+    /// Store images get a writable overlay in guest memory; a directory is shared writable.
+    #[arg(value_name = "IMAGE")]
+    pub image: Option<String>,
+}
+
+/// `krunbox create`.
+pub fn create(args: CreateArgs) -> Result<i32, SandboxCliError> {
+    let name = args.name.clone().unwrap_or_else(name::generate);
+    name::validate(&name).map_err(SandboxError::from)?;
+    let ssh_agent = args.vm.ssh.resolve()?;
+    let network = args.vm.net.network()?;
+    let options = crate::image::ImageOptions {
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        ..Default::default()
+    };
+    // Pulled (or imported) now, so `start` finds it in the store.
+    let root = crate::image::prepare(args.image.as_deref(), &options)?;
+    let shares = args.vm.shares.resolve()?;
+    // Docker's rules for Env, WorkingDir and User; `exec` always names its own command.
+    let overrides = RunOverrides {
+        entrypoint: Some(String::new()),
+        command: vec!["sh".into()],
+        env: args.env.clone(),
+        workdir: args.workdir.clone().or_else(|| shares.workdir.clone()),
+        user: args
+            .user
+            .clone()
+            .or_else(|| shares.user.map(|(uid, gid)| format!("{uid}:{gid}"))),
+    };
+    let mut config = merge_run_config(&root.config, &overrides, |key| std::env::var(key).ok())?;
+    let user = resolve_user(&root.rootfs, &config.user)?;
+    if !config.env.iter().any(|e| e.starts_with("HOME=")) {
+        config.env.push(format!("HOME={}", user.home));
+    }
+    let spec = SandboxSpec {
+        hostname: args.hostname.clone().unwrap_or_else(|| name.clone()),
+        name,
+        image: args.image.clone(),
+        rootfs: root.rootfs.clone(),
+        overlay: root.overlay,
+        shares: shares.dirs.clone(),
+        network,
+        cpus: args.vm.cpus,
+        memory_mib: args.vm.memory,
+        env: split_env(&config.env),
+        workdir: Some(config.workdir),
+        user: (user.uid != 0 || user.gid != 0).then_some((user.uid, user.gid)),
+        kernel: args.vm.kernel.clone(),
+        backend: args.vm.backend_kind(),
+        accel: args.vm.accel(),
+        boot_timeout_secs: args.boot_timeout,
+        created_at: now(),
+        ssh_agent,
+    };
+    let sandbox = Store::new()?.create(&spec)?;
+    println!("{}", sandbox.name());
+    Ok(0)
+}

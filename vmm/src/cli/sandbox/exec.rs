@@ -1,0 +1,123 @@
+//! `krunbox exec`: a command in a running sandbox, attached as `krunbox run` attaches.
+
+use std::time::Duration;
+
+use krunbox_image::user::resolve_user;
+
+use crate::cli::session::{self, CommandOptions, SecondInterrupt, Session};
+
+use super::SandboxCliError;
+use crate::sandbox::attach::AttachedVm;
+use crate::sandbox::store::Store;
+
+/// Run a command in a running sandbox, with its stdout, stderr and exit status as if it ran
+/// here (like `krunbox run`, without booting a VM).
+///
+/// Signals: without -t, Ctrl-C, SIGTERM, SIGHUP and SIGQUIT are forwarded to COMMAND; a
+/// second Ctrl-C leaves it (the sandbox keeps running).
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  krunbox exec agent -- ls -l\n  krunbox exec -it agent -- sh\n  echo hi | krunbox exec agent -- cat"
+)]
+pub struct ExecArgs {
+    /// Keep stdin open even when it is a terminal.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Run COMMAND on a pseudo-terminal.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Set an environment variable (added to the sandbox's).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory (default: the sandbox's).
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Run as UID, UID:GID, NAME or NAME:GROUP (default: the sandbox's user).
+    #[arg(short = 'u', long = "user", value_name = "USER")]
+    pub user: Option<String>,
+    /// The sandbox.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// `-e` arguments as pairs; a bare KEY takes the host's value (skipped when unset).
+fn exec_env(args: &[String]) -> Result<Vec<(String, String)>, SandboxCliError> {
+    let mut env = Vec::new();
+    for arg in args {
+        match arg.split_once('=') {
+            Some(("", _)) => return Err(SandboxCliError::Usage(format!("-e {arg:?}: empty name"))),
+            Some((key, value)) => env.push((key.to_owned(), value.to_owned())),
+            None if arg.is_empty() => {
+                return Err(SandboxCliError::Usage("-e needs KEY=VALUE".into()))
+            }
+            None => {
+                if let Ok(value) = std::env::var(arg) {
+                    env.push((arg.clone(), value));
+                }
+            }
+        }
+    }
+    Ok(env)
+}
+
+/// `krunbox exec`.
+pub fn exec(args: ExecArgs) -> Result<i32, SandboxCliError> {
+    let sandbox = Store::new()?.open(&args.name)?;
+    let spec = sandbox.spec()?;
+    let mut env = spec.env.clone();
+    let user = match &args.user {
+        Some(user) => {
+            let user = resolve_user(&spec.rootfs, user)?;
+            env.retain(|(key, _)| key != "HOME");
+            env.push(("HOME".into(), user.home));
+            Some((user.uid, user.gid))
+        }
+        None => spec.user,
+    };
+    for (key, value) in exec_env(&args.env)? {
+        env.retain(|(k, _)| *k != key);
+        env.push((key, value));
+    }
+    let mut vm = AttachedVm::new(sandbox)?;
+    let options = CommandOptions {
+        command: args.command.clone(),
+        env,
+        workdir: args.workdir.clone().or(spec.workdir.clone()),
+        user,
+        tty: args.tty,
+        interactive: args.interactive,
+        power_off_on_exit: false,
+        second_interrupt: SecondInterrupt::Detach,
+        agent_timeout: Duration::from_secs(30),
+    };
+    Ok(session::block_on(Session::new(options, &mut vm).run())??)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_env_follows_docker() {
+        std::env::set_var("KRUNBOX_EXEC_TEST_VAR", "host");
+        let env = exec_env(&[
+            "A=1".into(),
+            "B=x=y".into(),
+            "KRUNBOX_EXEC_TEST_VAR".into(),
+            "KRUNBOX_EXEC_UNSET".into(),
+        ])
+        .unwrap();
+        assert_eq!(
+            env,
+            [
+                ("A".to_owned(), "1".to_owned()),
+                ("B".into(), "x=y".into()),
+                ("KRUNBOX_EXEC_TEST_VAR".into(), "host".into())
+            ]
+        );
+        assert!(exec_env(&["=1".into()]).is_err());
+    }
+}

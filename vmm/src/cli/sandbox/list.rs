@@ -1,0 +1,117 @@
+//! `krunbox ps` and `krunbox inspect`.
+
+use std::io::Write;
+
+use super::SandboxCliError;
+use crate::sandbox::spec::now;
+use crate::sandbox::store::Store;
+use crate::sandbox::SandboxError;
+
+/// List sandboxes: name, status (running, created, or exited with the reason), image,
+/// resources.
+#[derive(Debug, clap::Args)]
+pub struct PsArgs {
+    /// Show every sandbox, not only running ones.
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Only the names.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
+
+/// Print sandboxes' spec and state as JSON.
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// The sandboxes.
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
+}
+
+/// `krunbox ps`.
+pub fn ps(args: PsArgs) -> Result<i32, SandboxCliError> {
+    let mut rows = Vec::new();
+    for sandbox in Store::new()?.list()? {
+        let status = sandbox.status()?;
+        if !args.all && !status.is_running() {
+            continue;
+        }
+        if args.quiet {
+            rows.push(vec![sandbox.name().to_owned()]);
+            continue;
+        }
+        let spec = sandbox.spec()?;
+        rows.push(vec![
+            sandbox.name().to_owned(),
+            status.to_string(),
+            spec.image.clone().unwrap_or_else(|| "(default)".into()),
+            spec.cpus.to_string(),
+            format!("{} MiB", spec.memory_mib),
+            ago(spec.created_at),
+        ]);
+    }
+    let mut out = std::io::stdout().lock();
+    if !args.quiet {
+        rows.insert(
+            0,
+            ["NAME", "STATUS", "IMAGE", "CPUS", "MEMORY", "CREATED"]
+                .map(String::from)
+                .to_vec(),
+        );
+    }
+    print_table(&mut out, &rows);
+    Ok(0)
+}
+
+/// Rows as left-aligned columns.
+pub fn print_table(out: &mut impl Write, rows: &[Vec<String>]) {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}   ", width = widths[c]));
+            }
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+}
+
+fn ago(then: u64) -> String {
+    let secs = now().saturating_sub(then);
+    match secs {
+        0..=59 => format!("{secs}s ago"),
+        60..=3599 => format!("{}m ago", secs / 60),
+        3600..=86399 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86400),
+    }
+}
+
+/// `krunbox inspect`.
+pub fn inspect(args: InspectArgs) -> Result<i32, SandboxCliError> {
+    let store = Store::new()?;
+    let mut all = Vec::new();
+    for name in &args.names {
+        let sandbox = store.open(name)?;
+        all.push(serde_json::json!({
+            "name": sandbox.name(),
+            "dir": sandbox.dir(),
+            "status": sandbox.status()?,
+            "spec": sandbox.spec()?,
+            "state": sandbox.state()?,
+        }));
+    }
+    let text = serde_json::to_string_pretty(&all).map_err(SandboxError::Json)?;
+    println!("{text}");
+    Ok(0)
+}

@@ -1,0 +1,129 @@
+//! `krunbox stats`: what running sandboxes cost the host.
+
+use std::time::Duration;
+
+use crate::cli::session;
+use krunbox_protocol::client::Client;
+
+use super::{print_table, SandboxCliError};
+use crate::backend::VmHandle;
+use crate::sandbox::attach::AttachedVm;
+use crate::sandbox::store::{Sandbox, Store};
+use crate::sandbox::SandboxError;
+
+/// Show what running sandboxes cost: CPU, host memory (PSS and RSS of the VM's host
+/// processes) and the guest's own view of its memory.
+///
+/// Host memory: guest RAM is shared between QEMU and its vhost-user helpers, so RSS summed
+/// over them counts shared pages once per process; PSS splits them and is what the host
+/// spends. CPU is measured over --interval.
+#[derive(Debug, clap::Args)]
+pub struct StatsArgs {
+    /// Print JSON (one object per sandbox, with every process) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Milliseconds over which CPU use is measured.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub interval: u64,
+    /// The sandboxes (default: every running one).
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+}
+
+/// `krunbox stats`.
+pub fn stats(args: StatsArgs) -> Result<i32, SandboxCliError> {
+    use crate::sandbox::stats;
+    let store = Store::new()?;
+    let sandboxes: Vec<Sandbox> = if args.names.is_empty() {
+        store
+            .list()?
+            .into_iter()
+            .filter(|s| s.monitor_alive().unwrap_or(false))
+            .collect()
+    } else {
+        args.names
+            .iter()
+            .map(|n| store.open(n))
+            .collect::<Result<_, _>>()?
+    };
+    let proc = std::path::Path::new("/proc");
+    let mut rows = Vec::new();
+    for sandbox in sandboxes {
+        let vm = AttachedVm::new(sandbox.clone())?;
+        let pid = sandbox.state()?.map(|s| s.monitor_pid).unwrap_or_default();
+        rows.push((sandbox, vm, pid, stats::tree(proc, pid)));
+    }
+    let interval = Duration::from_millis(args.interval.max(1));
+    std::thread::sleep(interval);
+    let ticks = stats::ticks_per_second() as f64;
+    let mut table = vec![[
+        "NAME",
+        "CPU %",
+        "HOST MEM (PSS)",
+        "RSS SUM",
+        "PROCS",
+        "GUEST MEM USED",
+    ]
+    .map(String::from)
+    .to_vec()];
+    let mut json = Vec::new();
+    for (sandbox, vm, pid, before) in rows {
+        let after = stats::tree(proc, pid);
+        let cpu = after.cpu_ticks().saturating_sub(before.cpu_ticks()) as f64
+            / ticks
+            / interval.as_secs_f64()
+            * 100.0;
+        let meminfo = guest_file(&vm.agent_address(), "/proc/meminfo");
+        let guest = meminfo.as_deref().and_then(stats::guest_memory);
+        table.push(vec![
+            sandbox.name().to_owned(),
+            format!("{cpu:.1}"),
+            mib(after.pss_bytes()),
+            mib(after.rss_bytes()),
+            after.processes.len().to_string(),
+            guest
+                .map(|(total, available)| {
+                    format!("{} / {}", mib(total.saturating_sub(available)), mib(total))
+                })
+                .unwrap_or_else(|| "-".into()),
+        ]);
+        json.push(serde_json::json!({
+            "name": sandbox.name(),
+            "cpu_percent": cpu,
+            "host_pss_bytes": after.pss_bytes(),
+            "host_rss_bytes": after.rss_bytes(),
+            "guest_total_bytes": guest.map(|g| g.0),
+            "guest_available_bytes": guest.map(|g| g.1),
+            "processes": after.processes,
+        }));
+    }
+    if args.json {
+        let text = serde_json::to_string_pretty(&json).map_err(SandboxError::Json)?;
+        println!("{text}");
+    } else {
+        print_table(&mut std::io::stdout().lock(), &table);
+    }
+    Ok(0)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// A small guest file (e.g. /proc/meminfo) through the agent; `None` if unreachable.
+fn guest_file(address: &krunbox_protocol::transport::AgentAddress, path: &str) -> Option<String> {
+    session::block_on(async {
+        let read = async {
+            let client = Client::connect(address).await.ok()?;
+            let mut content = Vec::new();
+            client.get(path, &mut content).await.ok()?;
+            String::from_utf8(content).ok()
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .ok()
+            .flatten()
+    })
+    .ok()
+    .flatten()
+}
