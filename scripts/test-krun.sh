@@ -20,7 +20,15 @@ in_kvm_host() {
   return "${PIPESTATUS[0]}"
 }
 
+# Every e2e binary that is not specific to one backend; not here: guest_agent_boot.rs (boots
+# guest-init under QEMU directly, without a backend) and krun_dry_run.rs (libkrun configured
+# but never entered: the host-side checks for hosts without a usable KVM).
 in_kvm_host run
+in_kvm_host sandbox
+in_kvm_host network
+in_kvm_host ssh_agent
+in_kvm_host images
+in_kvm_host own_kernel
 # The adversarial suite's guest-side attacks (the agent, console, cp, DNS and virtio-fs
 # modules). Its image and neighbour attacks are against krunbox's host side (pull, store,
 # runtime and data directories), which does not depend on the backend: they run once, above.

@@ -188,12 +188,21 @@ fn network_none_gives_the_guest_no_card() {
     let Some(k) = e2e("network_none_gives_the_guest_no_card") else {
         return;
     };
-    let out = k.run(
-        &["--network", "none", "--", "sh", "-c", "ls /sys/class/net"],
-        b"",
-    );
+    // Interfaces backed by a device (a card); libkrunfw's kernel also makes a `dummy0`,
+    // which is no card and reaches nothing.
+    let cards = "[ -e /sys/class/net/lo ] && echo lo; \
+                 for i in /sys/class/net/*; do [ -e \"$i/device\" ] && echo \"card ${i##*/}\"; done; true";
+    let out = k.run(&["--network", "none", "--", "sh", "-c", cards], b"");
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "lo\n");
+    // The control: the default network's card is seen as one.
+    let out = k.run(&["--", "sh", "-c", cards], b"");
+    assert_eq!(
+        text(&out.stdout),
+        "lo\ncard eth0\n",
+        "stderr: {}",
+        text(&out.stderr)
+    );
     // Options that need the gateway are refused before anything boots.
     let out = k.run(&["--network", "none", "-p", "8080:80", "--", "true"], b"");
     assert_eq!(out.status.code(), Some(125));
@@ -251,4 +260,35 @@ fn spawn(k: &Harness, args: &[&str]) -> std::process::Child {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn krunbox")
+}
+
+/// `--network tsi` (libkrun only): the libkrun VMM opens the guest's sockets itself, so the
+/// guest reaches what the host's own processes reach (its loopback included: nothing of the
+/// gateway's policy applies, SECURITY.md says so). QEMU has no such mode and refuses it before
+/// anything boots.
+#[test]
+fn network_tsi_reaches_the_host_through_libkrun_and_is_refused_by_qemu() {
+    let Some(k) = e2e("network_tsi_reaches_the_host_through_libkrun_and_is_refused_by_qemu") else {
+        return;
+    };
+    let port = http_server(Ipv4Addr::LOCALHOST, "through-tsi");
+    let script = fetch("tsi", &format!("http://127.0.0.1:{port}/"));
+    let out = k.run(&["--network", "tsi", "--", "sh", "-c", &script], b"");
+    if krunbox_tests::backend() == "krun" {
+        assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "through-tsi\ntsi=0\n");
+    } else {
+        assert_eq!(
+            out.status.code(),
+            Some(125),
+            "stdout: {}",
+            text(&out.stdout)
+        );
+        assert!(
+            text(&out.stderr).contains("TSI networking needs the libkrun backend"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    k.assert_nothing_left(CLEANUP);
 }

@@ -40,8 +40,11 @@ use results::{Follower, Status};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// vCPUs of the KVM host (each a TCG thread).
-    #[arg(long, default_value_t = 2)]
+    /// vCPUs of the KVM host (each a TCG thread). One by default: with two, libkrun's guests
+    /// inside triple-faulted now and then (libkrun's `KVM_EXIT_SHUTDOWN` before the guest printed
+    /// anything; one boot in ten or so, more when several booted at once), and the test binaries
+    /// ran no faster on this 2-core machine (network.rs: 93 s with one, 202 s with two).
+    #[arg(long, default_value_t = 1)]
     cpus: u32,
     /// QEMU's CPU model for the KVM host: TCG emulates AMD's SVM with nested paging
     /// (`+svm,+npt`) but not Intel's VMX.
