@@ -10,10 +10,13 @@
 //!   pull against `skopeo copy` from the same local docker-registry.
 //! - `boot`: `krunbox run --backend qemu -- true` under TCG, boot to exit, with Debian's cloud
 //!   kernel and (when built) krunbox's own kernel side by side.
+//! - `backends`: libkrun against QEMU with KVM in one KVM host (`cargo xtask kvm-host`):
+//!   boot → exec → exit, exec round trip, host memory per idle sandbox, as ratios.
 //! - `sandboxes`: named sandboxes started in parallel (per minute) and the host memory (RSS,
 //!   PSS) of each once idle.
 
 mod agent;
+mod backends;
 mod boot;
 mod images;
 mod krun_vmm;
@@ -50,6 +53,8 @@ enum Suite {
     Boot,
     /// Named sandboxes started per minute, host memory per idle sandbox.
     Sandboxes,
+    /// libkrun against QEMU with KVM, in one KVM host (runs itself inside one).
+    Backends,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -60,6 +65,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             Suite::Images,
             Suite::Boot,
             Suite::Sandboxes,
+            Suite::Backends,
         ]
     } else {
         args.suites.clone()
@@ -71,6 +77,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             Suite::Images => images::run((args.iterations / 100).max(1))?,
             Suite::Boot => boot::run((args.iterations / 60).max(1))?,
             Suite::Sandboxes => sandboxes::run(args.sandboxes.max(1))?,
+            Suite::Backends => backends::run((args.iterations / 60).max(1))?,
         }
     }
     Ok(())

@@ -22,6 +22,12 @@ impl PrivateKrunbox {
     /// makes sure the Debian kernel is prepared in the user's data directory
     /// (`krunbox kernel fetch`: instant when it is) and creates the directories.
     pub fn new() -> anyhow::Result<Self> {
+        Self::with_binary(Self::build()?)
+    }
+
+    /// What [`new`](Self::new) builds and prepares before it makes the directories; returns
+    /// the release krunbox.
+    pub fn build() -> anyhow::Result<PathBuf> {
         let binary = workspace::release_krunbox()?;
         crate::build_init::run(&crate::build_init::Args::x86_64())?;
         workspace::run(
@@ -30,6 +36,12 @@ impl PrivateKrunbox {
                 .stdout(std::process::Stdio::null()),
         )
         .context("prepare the guest kernel (krunbox kernel fetch)")?;
+        Ok(binary)
+    }
+
+    /// The private directories for an already built `binary` (inside the KVM host, which
+    /// cannot build).
+    pub fn with_binary(binary: PathBuf) -> anyhow::Result<Self> {
         let default_image = workspace::target_dir().join("rootfs/default");
         anyhow::ensure!(
             default_image.is_dir(),
@@ -78,6 +90,25 @@ impl PrivateKrunbox {
             cmd.env_remove(name);
         }
         cmd
+    }
+
+    /// `krunbox ARGS` (stdin empty), failing with its stderr; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let output = self
+            .command(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .with_context(|| format!("run krunbox {}", args.join(" ")))?;
+        if !output.status.success() {
+            anyhow::bail!(
+                "krunbox {} failed with {}: {}",
+                args.join(" "),
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        String::from_utf8(output.stdout)
+            .with_context(|| format!("krunbox {}'s output", args.join(" ")))
     }
 
     /// The private runtime directory.
