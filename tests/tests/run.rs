@@ -412,3 +412,20 @@ impl Read for ReadUntilEio {
         }
     }
 }
+
+/// `krunbox doctor` says the backend these tests boot is usable (inside the KVM host of the
+/// libkrun half that is libkrun: KVM that runs guests, libkrunfw), and exits 0.
+#[test]
+fn doctor_says_the_backend_under_test_is_usable() {
+    let Some(k) = e2e("doctor_says_the_backend_under_test_is_usable") else {
+        return;
+    };
+    let out = k.krunbox(["doctor"]).output().unwrap();
+    let said = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{said}{}", text(&out.stderr));
+    let line = format!("backend {}: ok", krunbox_tests::backend());
+    assert!(
+        said.lines().any(|l| l.starts_with(&line)),
+        "no {line:?} in:\n{said}"
+    );
+}

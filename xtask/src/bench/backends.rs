@@ -63,7 +63,7 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
     let base = &rows[0];
     let mut table = Table::new(&[
         "backend",
-        "boot→exec→exit (median)",
+        "boot->exec->exit (median)",
         "ratio",
         "exec round trip (median)",
         "ratio",
