@@ -1,5 +1,5 @@
-//! Boots a real guest under QEMU TCG with guest-init as PID 1 — without the krunbox backends,
-//! which are not written yet — to prove the agent's guest mode against a real kernel: module
+//! Boots a real guest under QEMU TCG with guest-init as PID 1 — without krunbox's backends, so
+//! that a failure points at the agent alone — to prove its guest mode against a real kernel: module
 //! loading from the initramfs, the switch to a virtio-fs root, the mounts, hostname, the vsock
 //! listener, exec over hybrid vsock, and the one-shot power-off; and, in a second guest with
 //! QEMU's user-mode network (slirp) standing in for krunbox's host network stack, the static

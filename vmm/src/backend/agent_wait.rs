@@ -54,7 +54,7 @@ pub async fn wait_for_agent(
     let address = vm.agent_address();
     let outcome = tokio::select! {
         client = Client::connect_with_retry(&address, timeout) => Ok(client),
-        exit = vm_ended(vm) => Err(Some(exit)),
+        exit = vm_ended(vm) => Err(exit),
         signal = interrupt => return Err(AgentWaitError::Interrupted { signal }),
     };
     match outcome {
@@ -65,7 +65,7 @@ pub async fn wait_for_agent(
             console: console_tail(vm),
         }),
         Err(exit) => Err(AgentWaitError::VmEnded {
-            exit: exit.unwrap_or_default(),
+            exit,
             console: console_tail(vm),
         }),
     }

@@ -29,10 +29,8 @@ pub enum SessionError {
     #[error(transparent)]
     Boot(#[from] AgentWaitError),
     /// The VM ended while the command ran.
-    #[error("the VM stopped {when} ({exit}); last console lines:\n{console}")]
+    #[error("the VM stopped while the command ran ({exit}); last console lines:\n{console}")]
     VmEnded {
-        /// During what.
-        when: &'static str,
         /// How it ended.
         exit: String,
         /// The console tail (and the VMM's own messages).
@@ -247,7 +245,6 @@ impl<'a> Session<'a> {
                 exit = vm_ended(self.vm) => {
                     drop(raw_mode);
                     return Err(SessionError::VmEnded {
-                        when: "while the command ran",
                         exit,
                         console: console_tail(self.vm),
                     });
@@ -271,7 +268,6 @@ impl<'a> Session<'a> {
         match status {
             Ok(status) => Ok(report(&status, &self.options.command)),
             Err(err) => Err(SessionError::VmEnded {
-                when: "while the command ran",
                 exit: err.to_string(),
                 console: console_tail(self.vm),
             }),
