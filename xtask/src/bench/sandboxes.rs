@@ -32,20 +32,17 @@ pub fn run(count: usize) -> anyhow::Result<()> {
         let name = format!("bench-{i}");
         // Listed first: a create that fails halfway is removed too.
         sandboxes.names.push(name.clone());
-        sandboxes.krunbox_ok(
-            &[
-                "create",
-                "--name",
-                &name,
-                "--backend",
-                "qemu",
-                "--accel",
-                "tcg",
-                "--boot-timeout",
-                "600",
-            ],
+        sandboxes.krunbox.ok(&[
             "create",
-        )?;
+            "--name",
+            &name,
+            "--backend",
+            "qemu",
+            "--accel",
+            "tcg",
+            "--boot-timeout",
+            "600",
+        ])?;
     }
 
     let started = Instant::now();
@@ -56,8 +53,8 @@ pub fn run(count: usize) -> anyhow::Result<()> {
             .iter()
             .map(|name| {
                 scope.spawn(move || {
-                    sandboxes.krunbox_ok(&["start", name], "start")?;
-                    sandboxes.krunbox_ok(&["exec", name, "--", "true"], "exec")?;
+                    sandboxes.krunbox.ok(&["start", name])?;
+                    sandboxes.krunbox.ok(&["exec", name, "--", "true"])?;
                     Ok(started.elapsed())
                 })
             })
@@ -125,17 +122,12 @@ struct Sandboxes<'a> {
 }
 
 impl Sandboxes<'_> {
-    /// `krunbox ARGS`, failing with its stderr.
-    fn krunbox_ok(&self, args: &[&str], _what: &str) -> anyhow::Result<String> {
-        self.krunbox.ok(args)
-    }
-
     /// Per-sandbox means of summed RSS and PSS, overall and by process name, from
     /// `krunbox stats --json`.
     fn idle_memory(&self) -> anyhow::Result<IdleMemory> {
         let mut args = vec!["stats", "--json", "--interval", "200"];
         args.extend(self.names.iter().map(String::as_str));
-        let text = self.krunbox_ok(&args, "stats")?;
+        let text = self.krunbox.ok(&args)?;
         let stats: Vec<serde_json::Value> =
             serde_json::from_str(&text).context("parse krunbox stats --json")?;
         if stats.len() != self.names.len() {
