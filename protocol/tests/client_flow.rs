@@ -247,3 +247,40 @@ async fn agent_errors_surface_with_their_kind() {
     assert_eq!(err.remote_kind(), Some(ErrorKind::NotFound));
     assert!(err.to_string().contains("/missing"), "{err}");
 }
+
+#[tokio::test]
+async fn a_connection_that_never_answers_does_not_use_up_the_whole_wait() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("agent.sock");
+    let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+    let agent = tokio::spawn(async move {
+        // The first connection is accepted and then left silent, as a VMM does whose guest
+        // lost the connection request; the second one is answered.
+        let (silent, _) = listener.accept().await.expect("accept");
+        let (answered, _) = listener.accept().await.expect("accept");
+        let mut peer = Framed::new(answered, FrameCodec::new());
+        let hello = peer.next().await.expect("hello").expect("valid");
+        assert!(matches!(hello.body, Some(Body::Hello(_))));
+        peer.send(Envelope::new(
+            0,
+            Body::HelloAck(HelloAck {
+                generation: *krunbox_protocol::generation::SUPPORTED.end(),
+                agent_version: "test".into(),
+                features: vec![],
+            }),
+        ))
+        .await
+        .expect("send ack");
+        (silent, peer)
+    });
+    let address = krunbox_protocol::transport::AgentAddress::Unix(path);
+    let started = std::time::Instant::now();
+    let client = Client::connect_with_retry(&address, Duration::from_secs(60)).await;
+    assert!(client.is_ok(), "{:?}", client.err().map(|e| e.to_string()));
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the silent connection held the wait for {:?}",
+        started.elapsed()
+    );
+    drop(agent.await.expect("agent"));
+}

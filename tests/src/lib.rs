@@ -399,12 +399,19 @@ impl Captured {
 
     /// Waits until the output contains `needle`; panics with the output after `limit`.
     pub fn wait_for(&self, needle: &str, limit: Duration) {
+        self.wait_for_beside(needle, limit, None);
+    }
+
+    /// [`Self::wait_for`], and a failure shows `other` (the process's stderr) too: why a
+    /// command's output never came is usually written there.
+    pub fn wait_for_beside(&self, needle: &str, limit: Duration, other: Option<&Captured>) {
         let deadline = Instant::now() + limit;
         while !self.text().contains(needle) {
             assert!(
                 Instant::now() < deadline,
-                "{needle:?} did not appear within {limit:?}; output so far:\n{}",
-                self.text()
+                "{needle:?} did not appear within {limit:?}; output so far:\n{}\nthe other stream:\n{}",
+                self.text(),
+                other.map(Captured::text).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -158,7 +158,7 @@ fn sigterm_is_forwarded_and_the_command_status_returned() {
         .unwrap();
     let stdout = Captured::start(child.stdout.take().unwrap());
     let stderr = Captured::start(child.stderr.take().unwrap());
-    stdout.wait_for("ready\n", RUN_LIMIT);
+    stdout.wait_for_beside("ready\n", RUN_LIMIT, Some(&stderr));
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let status = wait_timeout(&mut child, RUN_LIMIT);
     assert_eq!(status.code(), Some(42), "stderr: {}", stderr.text());
@@ -187,10 +187,10 @@ fn ctrl_c_is_forwarded_and_a_second_one_stops_the_vm() {
         .unwrap();
     let stdout = Captured::start(child.stdout.take().unwrap());
     let stderr = Captured::start(child.stderr.take().unwrap());
-    stdout.wait_for("ready\n", RUN_LIMIT);
+    stdout.wait_for_beside("ready\n", RUN_LIMIT, Some(&stderr));
     let pid = Pid::from_raw(child.id() as i32);
     kill(pid, Signal::SIGINT).unwrap();
-    stdout.wait_for("got-int\n", Duration::from_secs(30));
+    stdout.wait_for_beside("got-int\n", Duration::from_secs(30), Some(&stderr));
     assert!(
         child.try_wait().unwrap().is_none(),
         "the command ignores the first Ctrl-C"

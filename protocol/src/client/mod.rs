@@ -178,6 +178,12 @@ impl Drop for OperationGuard {
     }
 }
 
+/// How long the first connection attempt of [`Client::connect_with_retry`] waits for the
+/// handshake's answer.
+pub const FIRST_ATTEMPT_LIMIT: Duration = Duration::from_secs(2);
+/// The most one attempt waits (an agent in a nested, emulated VM answers slowly).
+pub const LAST_ATTEMPT_LIMIT: Duration = Duration::from_secs(16);
+
 impl Client {
     /// Connects to the agent at `address` and performs the handshake.
     pub async fn connect(address: &AgentAddress) -> Result<Self, ClientError> {
@@ -187,23 +193,33 @@ impl Client {
 
     /// Connects, retrying until the agent answers the handshake or `timeout` passes; for
     /// a guest that is still booting.
+    ///
+    /// Each attempt has its own limit, which grows from [`FIRST_ATTEMPT_LIMIT`] to
+    /// [`LAST_ATTEMPT_LIMIT`]: a VMM that accepts the connection before the guest listens may
+    /// never answer on it (libkrun's vsock muxer can lose a request sent while the guest's
+    /// vsock driver starts), and one such attempt must not use up the whole wait.
     pub async fn connect_with_retry(
         address: &AgentAddress,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
         let started = Instant::now();
         let mut delay = Duration::from_millis(10);
+        let mut attempt_limit = FIRST_ATTEMPT_LIMIT;
         loop {
             let attempt = async {
                 let stream = address.connect().await?;
                 Self::handshake(stream).await
             };
             let remaining = timeout.saturating_sub(started.elapsed());
-            let last = match tokio::time::timeout(remaining, attempt).await {
+            let limit = attempt_limit.min(remaining);
+            let last = match tokio::time::timeout(limit, attempt).await {
                 Ok(Ok(client)) => return Ok(client),
                 Ok(Err(err @ ClientError::Generation(_))) => return Err(err),
                 Ok(Err(err)) => err.to_string(),
-                Err(_) => "handshake timed out".to_owned(),
+                Err(_) => {
+                    attempt_limit = (attempt_limit * 2).min(LAST_ATTEMPT_LIMIT);
+                    format!("no answer to the handshake within {limit:?}")
+                }
             };
             if started.elapsed() + delay >= timeout {
                 return Err(ConnectError::Timeout {
