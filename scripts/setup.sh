@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs everything krunbox needs on Debian/Ubuntu, builds it, prepares the guest kernel and
-# the built-in default image, then runs a command in a micro-VM.
+# Installs everything krunbox needs on Debian/Ubuntu, builds it, its guest kernel and the
+# built-in default image, then runs a command in a micro-VM.
 #
 #   ./scripts/setup.sh            install + build + `krunbox run -- uname -a`
 #   ./scripts/setup.sh --no-demo  install + build only (used by scripts/test.sh)
@@ -101,9 +101,14 @@ if [ ! -f target/rootfs/default/index.json ]; then
   cargo xtask build-rootfs
 fi
 
+# krunbox's own guest kernel, the QEMU backend's default: built once from Debian's
+# linux-source (about half an hour on 2 cores; cached in .krunbox-cache/), then installed for
+# the user running this script.
+log "krunbox's guest kernel (cargo xtask build-kernel; cached after the first build)"
+cargo xtask build-kernel
+./target/release/krunbox kernel install "${KRUNBOX_CACHE_DIR:-.krunbox-cache}/kernel/x86_64"
+
 if [ "$demo" = 1 ]; then
-  log "preparing the guest kernel (Debian cloud kernel, cached)"
-  ./target/release/krunbox kernel fetch
   log "running: krunbox run -- uname -a   (built-in default image; QEMU backend here)"
   ./target/release/krunbox run -- uname -a
 fi

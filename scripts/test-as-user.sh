@@ -23,7 +23,11 @@ mkdir -p "$stage/debug/deps"
 install -m 0755 target/debug/krunbox "$stage/debug/krunbox"
 install -m 0755 target/guest-init/x86_64/guest-init "$stage/guest-init"
 cp -r target/rootfs/default "$stage/default-image"
+cp -r "${KRUNBOX_CACHE_DIR:-.krunbox-cache}/kernel/x86_64" "$stage/kernel"
 chmod -R a+rX "$stage"
+# The user's own default kernel, as scripts/setup.sh installs it for whoever runs it.
+runuser -u "$user" -- env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$home" \
+  "$stage/debug/krunbox" kernel install "$stage/kernel"
 
 # TEST_BINARY [FILTER...]
 run_as_user() {
@@ -42,3 +46,4 @@ run_as_user() {
 run_as_user run
 run_as_user adversarial virtiofs::
 run_as_user sandbox read_only_volumes_refuse_writes
+run_as_user own_kernel the_installed_kernel_is_the_qemu_default

@@ -26,8 +26,6 @@ step "cargo check for macOS (aarch64-apple-darwin)"
 cargo check --target aarch64-apple-darwin -p krunbox -p krunbox-protocol -p krunbox-net
 step "guest-init builds as static musl for x86_64 and aarch64"
 cargo xtask build-init
-step "krunbox's guest kernel (cargo xtask build-kernel: a few minutes once, then cached)"
-cargo xtask build-kernel
 step "tests (end-to-end tests must run: KRUNBOX_REQUIRE_E2E=1)"
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT

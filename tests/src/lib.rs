@@ -262,13 +262,7 @@ impl Harness {
     /// A data directory of the test's own (so its image store starts empty and is removed
     /// afterwards) that shares the prepared guest kernel with the user's data directory.
     pub fn private_data_dir(&self) -> tempfile::TempDir {
-        let dir = tempfile::Builder::new()
-            .prefix("kbx-data-")
-            .tempdir()
-            .expect("data dir");
-        std::os::unix::fs::symlink(user_data_dir().join("kernels"), dir.path().join("kernels"))
-            .expect("link the kernels directory");
-        dir
+        private_data_dir()
     }
 
     /// Runs `krunbox run ARGS` with `stdin` and waits.

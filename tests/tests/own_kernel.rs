@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use krunbox_tests::{built_kernel, e2e, text};
+use krunbox_tests::{backend, built_kernel, e2e, text, user_data_dir};
 
 const CLEANUP: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -134,5 +134,100 @@ fn the_built_vmlinux_boots_through_its_pvh_entry() {
         text(&out.stdout),
         format!("{}\nno-modules\n", kernel.release)
     );
+    k.assert_nothing_left(CLEANUP);
+}
+
+/// The release of krunbox's own kernel installed in the user's data directory (the test
+/// command installs the build with `krunbox kernel install`).
+fn installed_release() -> Option<String> {
+    let own = user_data_dir().join("kernels/krunbox");
+    let release = std::fs::read_to_string(own.join("current")).ok()?;
+    let release = release.trim().to_owned();
+    own.join(&release)
+        .join("vmlinux")
+        .is_file()
+        .then_some(release)
+}
+
+/// A data directory whose kernels are only the user's prepared Debian kernel (no own kernel
+/// installed), and that kernel's ABI.
+fn data_dir_with_debian_only() -> (tempfile::TempDir, String) {
+    let user_kernels = user_data_dir().join("kernels");
+    let abi = std::fs::read_to_string(user_kernels.join("current"))
+        .expect("a prepared Debian kernel (the harness fetches it)")
+        .trim()
+        .to_owned();
+    let data = tempfile::Builder::new()
+        .prefix("kbx-data-")
+        .tempdir()
+        .unwrap();
+    let kernels = data.path().join("kernels");
+    std::fs::create_dir(&kernels).unwrap();
+    std::os::unix::fs::symlink(user_kernels.join(&abi), kernels.join(&abi)).unwrap();
+    std::fs::write(kernels.join("current"), &abi).unwrap();
+    (data, abi)
+}
+
+#[test]
+fn the_installed_kernel_is_the_qemu_default_and_debian_s_the_fallback() {
+    let test = "the_installed_kernel_is_the_qemu_default_and_debian_s_the_fallback";
+    let Some(k) = e2e(test) else {
+        return;
+    };
+    let Some(release) = installed_release() else {
+        assert!(
+            std::env::var("KRUNBOX_REQUIRE_E2E").is_err(),
+            "KRUNBOX_REQUIRE_E2E is set but krunbox's own kernel is not installed (`krunbox kernel install .krunbox-cache/kernel/x86_64`)"
+        );
+        eprintln!("SKIPPED {test}: krunbox's own kernel is not installed");
+        return;
+    };
+    let uname = |data: Option<&Path>| {
+        let mut cmd = k.krunbox([
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "uname -r; cat /proc/modules 2>/dev/null | wc -l",
+        ]);
+        if let Some(data) = data {
+            cmd.env("KRUNBOX_DATA_DIR", data);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        let mut lines = stdout.lines().map(str::to_owned);
+        let kernel = lines.next().unwrap_or_default();
+        let modules: usize = lines
+            .next()
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        (kernel, modules)
+    };
+    let (kernel, modules) = uname(None);
+    if backend() == "krun" {
+        // libkrun keeps libkrunfw's kernel (TSI needs its patches); ours only with --kernel.
+        assert_ne!(
+            kernel, release,
+            "libkrun booted krunbox's kernel by default"
+        );
+        return;
+    }
+    assert_eq!(
+        kernel, release,
+        "the QEMU default is not the installed kernel"
+    );
+    assert_eq!(modules, 0, "krunbox's kernel loads no modules");
+    let doctor = k.krunbox(["doctor"]).output().unwrap();
+    assert!(
+        text(&doctor.stdout).contains(&format!("krunbox's own {release}")),
+        "{}",
+        text(&doctor.stdout)
+    );
+
+    let (debian_only, abi) = data_dir_with_debian_only();
+    let (kernel, modules) = uname(Some(debian_only.path()));
+    assert_eq!(kernel, abi, "without an own kernel, Debian's boots");
+    assert!(modules > 0, "Debian's kernel runs on the modules it loads");
     k.assert_nothing_left(CLEANUP);
 }

@@ -56,7 +56,8 @@ pub enum Command {
     Stats(sandbox::StatsArgs),
     /// Show what this host can run, per backend, and why.
     Doctor,
-    /// Manage the guest kernel of the QEMU backend.
+    /// Manage the QEMU backend's guest kernels: krunbox's own (the default once installed)
+    /// and Debian's cloud kernel (the fallback).
     #[command(subcommand)]
     Kernel(kernel::KernelCommand),
     /// krunbox's own jobs (hidden): the VM's supervisor, VMM, gateway, sandbox monitor.

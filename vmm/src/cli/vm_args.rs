@@ -54,8 +54,9 @@ pub struct VmArgs {
     /// The guest's network (--network, -p, --allow-host, --allow-net, ...).
     #[command(flatten)]
     pub net: NetArgs,
-    /// Boot this kernel instead of the backend's default (QEMU: Debian's cloud kernel plus
-    /// modules; libkrun: libkrunfw's). It must have virtio-pci/mmio, vsock and virtio-fs built
+    /// Boot this kernel instead of the backend's default (QEMU: krunbox's own, installed by
+    /// `krunbox kernel install`, else Debian's cloud kernel plus modules; libkrun:
+    /// libkrunfw's). It must have virtio-pci/mmio, vsock and virtio-fs built
     /// in: no module is loaded. `cargo xtask build-kernel` builds one: its `vmlinux` boots on
     /// both backends (QEMU through PVH, libkrun as ELF), its `bzImage` on QEMU. libkrun takes
     /// an ELF vmlinux, a gzip/bzip2/zstd-compressed one or a bzImage with such a payload

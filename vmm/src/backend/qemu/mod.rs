@@ -5,8 +5,9 @@
 //!   vsock as a hybrid-vsock Unix socket in the run directory (the agent's address);
 //! - the root filesystem and every shared directory through `vhost-user-fs-pci` and one
 //!   `virtiofsd` each;
-//! - Debian's cloud kernel (or `--kernel`) and an initramfs holding guest-init and the modules
-//!   it loads before it switches to the virtio-fs root;
+//! - krunbox's own kernel (an ELF `vmlinux`, PVH entry) when installed, else Debian's cloud
+//!   kernel, or `--kernel` ([`crate::guest_kernel`]), and an initramfs holding guest-init (and
+//!   for Debian's kernel the modules it loads) before it switches to the virtio-fs root;
 //! - the serial console written to `console.log`.
 //!
 //! All of these run under a per-VM supervisor process ([`supervisor`]), which guarantees that
@@ -22,7 +23,8 @@ pub mod vm;
 use std::path::{Path, PathBuf};
 
 use super::{Availability, Backend, BackendError, BackendKind, Check, VmHandle, VmSpec};
-use crate::{guest_kernel, initramfs, paths, rundir};
+use crate::guest_kernel::{self, debian, DefaultKernel};
+use crate::{initramfs, paths, rundir};
 use tools::Tool;
 
 /// Unix socket paths are limited to 108 bytes (including the NUL).
@@ -66,26 +68,37 @@ impl QemuBackend {
                 }
             }
         };
-        match guest_kernel::prepared(&data_dir) {
-            Some(kernel) => Check {
-                what,
-                ok: true,
-                detail: format!(
-                    "Debian cloud kernel {} with {} modules in {}",
+        let (ok, detail) = match guest_kernel::default_kernel(&data_dir) {
+            DefaultKernel::Own(kernel) => (
+                true,
+                format!(
+                    "krunbox's own {} in {} (Debian's cloud kernel is the fallback)",
+                    kernel.release,
+                    kernel.dir.display()
+                ),
+            ),
+            DefaultKernel::Debian(Some(kernel)) => (
+                true,
+                format!(
+                    "Debian cloud kernel {} with {} modules in {}; krunbox's own kernel boots \
+                     about twice as fast: `cargo xtask build-kernel` and `krunbox kernel install \
+                     .krunbox-cache/kernel/x86_64` (scripts/setup.sh does both)",
                     kernel.abi,
                     kernel.modules.len(),
                     kernel.dir.display()
                 ),
-            },
-            None => Check {
-                what,
-                ok: false,
-                detail: format!(
-                    "not prepared yet: `krunbox kernel fetch` (or the first `krunbox run`) downloads it with apt into {}",
+            ),
+            DefaultKernel::Debian(None) => (
+                false,
+                format!(
+                    "none installed or prepared: `krunbox kernel install DIR` installs krunbox's \
+                     own (built by `cargo xtask build-kernel`); without it `krunbox kernel fetch` \
+                     (or the first `krunbox run`) downloads Debian's with apt into {}",
                     guest_kernel::kernels_dir(&data_dir).display()
                 ),
-            },
-        }
+            ),
+        };
+        Check { what, ok, detail }
     }
 
     fn tools(&self) -> Result<(PathBuf, PathBuf, PathBuf), BackendError> {
@@ -117,11 +130,17 @@ impl QemuBackend {
                     initramfs::cached(&self.data_dir()?.join("initramfs"), &spec.guest_init, &[])?;
                 Ok((kernel.clone(), image))
             }
-            None => {
-                let kernel = guest_kernel::prepared_or_fetch(&self.data_dir()?)?;
-                let image = initramfs::cached(&kernel.dir, &spec.guest_init, &kernel.modules)?;
-                Ok((kernel.vmlinuz, image))
-            }
+            None => match guest_kernel::default_kernel(&self.data_dir()?) {
+                DefaultKernel::Own(kernel) => {
+                    let image = initramfs::cached(&kernel.dir, &spec.guest_init, &[])?;
+                    Ok((kernel.vmlinux, image))
+                }
+                DefaultKernel::Debian(_) => {
+                    let kernel = debian::prepared_or_fetch(&self.data_dir()?)?;
+                    let image = initramfs::cached(&kernel.dir, &spec.guest_init, &kernel.modules)?;
+                    Ok((kernel.vmlinuz, image))
+                }
+            },
         }
     }
 }
