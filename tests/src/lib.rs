@@ -218,6 +218,7 @@ impl Drop for Slot {
 /// krunbox with a private runtime directory.
 pub struct Harness {
     runtime: tempfile::TempDir,
+    data_dir: Option<PathBuf>,
     _slot: Slot,
 }
 
@@ -233,8 +234,14 @@ impl Harness {
             .expect("runtime dir");
         Self {
             runtime,
+            data_dir: None,
             _slot: slot,
         }
+    }
+
+    /// Makes every later [`Self::krunbox`] command use `dir` as its data directory.
+    pub fn use_data_dir(&mut self, dir: &Path) {
+        self.data_dir = Some(dir.to_owned());
     }
 
     /// This test's runtime directory (holds the run directory of each of its VMs).
@@ -253,6 +260,9 @@ impl Harness {
             .env("KRUNBOX_RUNTIME_DIR", self.runtime.path())
             .env("KRUNBOX_BACKEND", backend())
             .env_remove("KRUNBOX_LOG");
+        if let Some(dir) = &self.data_dir {
+            cmd.env("KRUNBOX_DATA_DIR", dir);
+        }
         if let Some(init) = guest_init() {
             cmd.env("KRUNBOX_GUEST_INIT", init);
         }
@@ -335,6 +345,27 @@ pub fn private_data_dir() -> tempfile::TempDir {
     std::os::unix::fs::symlink(user_data_dir().join("kernels"), dir.path().join("kernels"))
         .expect("link the shared kernels");
     dir
+}
+
+/// A private data directory whose only kernel is the user's prepared Debian kernel (no
+/// krunbox kernel installed, so the QEMU backend falls back to Debian's), and that kernel's
+/// ABI (its `uname -r`).
+pub fn debian_kernel_data_dir() -> (tempfile::TempDir, String) {
+    let user_kernels = user_data_dir().join("kernels");
+    let abi = std::fs::read_to_string(user_kernels.join("current"))
+        .expect("a prepared Debian kernel (the harness fetches it)")
+        .trim()
+        .to_owned();
+    let data = tempfile::Builder::new()
+        .prefix("kbx-data-")
+        .tempdir()
+        .expect("data dir");
+    let kernels = data.path().join("kernels");
+    std::fs::create_dir(&kernels).expect("kernels dir");
+    std::os::unix::fs::symlink(user_kernels.join(&abi), kernels.join(&abi))
+        .expect("link the Debian kernel");
+    std::fs::write(kernels.join("current"), &abi).expect("write current");
+    (data, abi)
 }
 
 /// `pid: cmdline` of every process whose command line mentions `needle`.
@@ -454,6 +485,12 @@ pub fn wait_timeout(child: &mut Child, limit: Duration) -> std::process::ExitSta
 }
 
 pub mod ssh_agent_fixture;
+
+/// The host's static busybox (Debian's busybox-static), of which test root filesystems are
+/// made.
+pub fn busybox() -> PathBuf {
+    ssh_agent_fixture::on_path("busybox").expect("busybox (busybox-static)")
+}
 
 /// guest-init for x86_64 musl, as the harness finds it (`None` if not built).
 pub fn guest_init_binary() -> Option<PathBuf> {

@@ -20,13 +20,6 @@ use krunbox_tests::{e2e, text, Harness};
 const OS_RELEASE: &str = "NAME=\"krunbox e2e image\"\nID=krunbox-e2e\nVERSION_ID=1\n";
 const TAG: &str = "v1";
 
-fn busybox() -> PathBuf {
-    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|d| d.join("busybox"))
-        .find(|p| p.exists())
-        .expect("busybox")
-}
-
 fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind);
@@ -66,7 +59,7 @@ fn write_image(dir: &Path) {
     home.set_gid(1000);
     tar.append_data(&mut home, "home/app/", std::io::empty())
         .unwrap();
-    let binary = std::fs::read(busybox()).unwrap();
+    let binary = std::fs::read(krunbox_tests::busybox()).unwrap();
     tar.append_data(
         &mut header(tar::EntryType::Regular, 0o755, binary.len() as u64),
         "bin/busybox",

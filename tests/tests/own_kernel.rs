@@ -4,16 +4,13 @@
 
 use std::path::Path;
 
-use krunbox_tests::{backend, built_kernel, e2e, text, user_data_dir};
+use krunbox_tests::{backend, built_kernel, debian_kernel_data_dir, e2e, text, user_data_dir};
 
 const CLEANUP: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// A root filesystem directory of busybox and its applets.
 fn busybox_rootfs(root: &Path) {
-    let busybox = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|d| d.join("busybox"))
-        .find(|p| p.exists())
-        .expect("busybox");
+    let busybox = krunbox_tests::busybox();
     for dir in ["bin", "etc", "proc", "sys", "dev", "tmp", "run"] {
         std::fs::create_dir_all(root.join(dir)).unwrap();
     }
@@ -149,25 +146,6 @@ fn installed_release() -> Option<String> {
         .then_some(release)
 }
 
-/// A data directory whose kernels are only the user's prepared Debian kernel (no own kernel
-/// installed), and that kernel's ABI.
-fn data_dir_with_debian_only() -> (tempfile::TempDir, String) {
-    let user_kernels = user_data_dir().join("kernels");
-    let abi = std::fs::read_to_string(user_kernels.join("current"))
-        .expect("a prepared Debian kernel (the harness fetches it)")
-        .trim()
-        .to_owned();
-    let data = tempfile::Builder::new()
-        .prefix("kbx-data-")
-        .tempdir()
-        .unwrap();
-    let kernels = data.path().join("kernels");
-    std::fs::create_dir(&kernels).unwrap();
-    std::os::unix::fs::symlink(user_kernels.join(&abi), kernels.join(&abi)).unwrap();
-    std::fs::write(kernels.join("current"), &abi).unwrap();
-    (data, abi)
-}
-
 #[test]
 fn the_installed_kernel_is_the_qemu_default_and_debian_s_the_fallback() {
     let test = "the_installed_kernel_is_the_qemu_default_and_debian_s_the_fallback";
@@ -225,7 +203,7 @@ fn the_installed_kernel_is_the_qemu_default_and_debian_s_the_fallback() {
         text(&doctor.stdout)
     );
 
-    let (debian_only, abi) = data_dir_with_debian_only();
+    let (debian_only, abi) = debian_kernel_data_dir();
     let (kernel, modules) = uname(Some(debian_only.path()));
     assert_eq!(kernel, abi, "without an own kernel, Debian's boots");
     assert!(modules > 0, "Debian's kernel runs on the modules it loads");

@@ -73,7 +73,7 @@ fn env_workdir_hostname_and_a_rootfs_directory() {
         return;
     };
     let rootfs = tempfile::tempdir().unwrap();
-    let busybox = which_busybox();
+    let busybox = krunbox_tests::busybox();
     for dir in ["bin", "etc", "proc", "sys", "dev", "tmp", "run", "srv/data"] {
         std::fs::create_dir_all(rootfs.path().join(dir)).unwrap();
     }
@@ -106,13 +106,6 @@ fn env_workdir_hostname_and_a_rootfs_directory() {
         text(&out.stdout),
         "hello world\ncopied\n/srv/data\nfrom-the-host-dir\ne2e-box\n"
     );
-}
-
-fn which_busybox() -> std::path::PathBuf {
-    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|d| d.join("busybox"))
-        .find(|p| p.exists())
-        .expect("busybox")
 }
 
 #[test]
@@ -309,8 +302,15 @@ fn an_agent_that_never_answers_times_out_with_the_console_tail() {
     let Some(k) = e2e("an_agent_that_never_answers_times_out_with_the_console_tail") else {
         return;
     };
+    // busybox as the guest's init: it runs (no panic, no power-off) but never serves the
+    // agent's port.
     let started = std::time::Instant::now();
-    let out = k.run(&["--boot-timeout", "2", "--", "true"], b"");
+    let out = k
+        .krunbox(["run", "--boot-timeout", "2", "--", "true"])
+        .env("KRUNBOX_GUEST_INIT", krunbox_tests::busybox())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "stderr: {stderr}");
     assert!(

@@ -5,7 +5,9 @@
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use krunbox_tests::{e2e, private_data_dir, processes_mentioning, text, Harness};
+use krunbox_tests::{
+    e2e, private_data_dir, processes_mentioning, text, Captured, Harness, Running,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -288,6 +290,118 @@ fn a_killed_vmm_or_monitor_shows_as_exited_with_the_reason() {
     assert!(line.contains(said), "{line}");
     b.k.assert_nothing_left(CLEANUP);
     b.ok(&["rm", "crash"]);
+    b.assert_nothing_left();
+}
+
+/// The state letter (`T`: stopped) and the CPU time in clock ticks of process `pid`.
+fn state_and_cpu(pid: i32) -> (char, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    // After "pid (comm) ": state, then fields 4.. ; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields[0].chars().next().unwrap_or('?');
+    let cpu = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    (state, cpu)
+}
+
+/// The guest's clock minus the host's, in seconds.
+fn guest_clock_offset(b: &Boxes, name: &str) -> i64 {
+    let guest: i64 = b
+        .ok(&["exec", name, "--", "date", "+%s"])
+        .trim()
+        .parse()
+        .unwrap();
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    guest - host
+}
+
+/// The last whole number a counting command printed.
+fn last_count(out: &Captured) -> u64 {
+    out.text()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .last()
+        .unwrap_or(0)
+}
+
+#[test]
+fn pause_freezes_the_vm_and_resume_goes_on_where_it_stopped_with_the_clock_right() {
+    let Some(b) =
+        Boxes::new("pause_freezes_the_vm_and_resume_goes_on_where_it_stopped_with_the_clock_right")
+    else {
+        return;
+    };
+    b.ok(&["create", "--name", "pz", "--memory", "256"]);
+    b.ok(&["start", "pz"]);
+    let offset_before = guest_clock_offset(&b, "pz");
+    let mut counter = b
+        .cmd(&[
+            "exec",
+            "pz",
+            "--",
+            "sh",
+            "-c",
+            "i=0; while :; do i=$((i+1)); echo $i; sleep 0.2; done",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map(Running)
+        .unwrap();
+    let counted = Captured::start(counter.0.stdout.take().unwrap());
+    let counter_err = Captured::start(counter.0.stderr.take().unwrap());
+    counted.wait_for_beside("\n3\n", Duration::from_secs(60), Some(&counter_err));
+
+    assert_eq!(b.ok(&["pause", "pz"]), "pz\n");
+    assert!(b.ps_line("pz").unwrap().contains("paused"));
+    let vmm = b.pids_of(vmm_program());
+    assert_eq!(vmm.len(), 1, "one VMM: {vmm:?}");
+    // Output already on its way arrives; then nothing moves.
+    std::thread::sleep(Duration::from_millis(500));
+    let (state, cpu) = state_and_cpu(vmm[0]);
+    assert_eq!(state, 'T', "the VMM is not stopped");
+    let count = last_count(&counted);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(state_and_cpu(vmm[0]), ('T', cpu), "the paused VMM used CPU");
+    assert_eq!(last_count(&counted), count, "the command ran while paused");
+    let refused = b.out(&["exec", "pz", "--", "true"]);
+    assert_eq!(refused.status.code(), Some(125));
+    assert!(
+        text(&refused.stderr).contains("is paused: resume it first (`krunbox resume pz`)"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert_eq!(b.ok(&["pause", "pz"]), "pz\n", "pausing twice is no error");
+
+    assert_eq!(b.ok(&["resume", "pz"]), "pz\n");
+    assert!(b.ps_line("pz").unwrap().contains("running"));
+    // The same process counts on from where it stopped: it was frozen, not restarted.
+    counted.wait_for_beside(
+        &format!("\n{}\n", count + 3),
+        Duration::from_secs(30),
+        Some(&counter_err),
+    );
+    assert!(!counted.text().contains("\n1\n1\n"), "{}", counted.text());
+    let offset_after = guest_clock_offset(&b, "pz");
+    assert!(
+        (offset_after - offset_before).abs() <= 2,
+        "the guest clock is off by {}s after the pause (before: {offset_before}s)",
+        offset_after - offset_before
+    );
+    drop(counter);
+
+    // A paused sandbox stops (thawed first, so the guest powers off cleanly).
+    b.ok(&["pause", "pz"]);
+    assert_eq!(b.ok(&["stop", "pz"]), "pz\n");
+    assert!(b.ps_line("pz").unwrap().contains("exited (stopped)"));
+    let not_running = b.out(&["resume", "pz"]);
+    assert_eq!(not_running.status.code(), Some(125));
+    assert!(text(&not_running.stderr).contains("is not running"));
+    b.ok(&["rm", "pz"]);
     b.assert_nothing_left();
 }
 

@@ -53,6 +53,8 @@ fn main() {
         cli::Command::Exec(args) => cli::sandbox::exec(args).map_err(Into::into),
         cli::Command::Cp(args) => cli::sandbox::cp(args).map_err(Into::into),
         cli::Command::Stop(args) => cli::sandbox::stop(args).map_err(Into::into),
+        cli::Command::Pause(args) => cli::sandbox::pause(args).map_err(Into::into),
+        cli::Command::Resume(args) => cli::sandbox::resume(args).map_err(Into::into),
         cli::Command::Rm(args) => cli::sandbox::rm(args).map_err(Into::into),
         cli::Command::Ps(args) => cli::sandbox::ps(args).map_err(Into::into),
         cli::Command::Inspect(args) => cli::sandbox::inspect(args).map_err(Into::into),

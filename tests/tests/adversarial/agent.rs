@@ -142,15 +142,19 @@ fn loopback_module(dir: &Path) -> std::path::PathBuf {
 
 #[test]
 fn guest_root_with_a_loopback_transport_still_cannot_reach_the_agent() {
-    let Some(k) = e2e("guest_root_with_a_loopback_transport_still_cannot_reach_the_agent") else {
+    let Some(mut k) = e2e("guest_root_with_a_loopback_transport_still_cannot_reach_the_agent")
+    else {
         return;
     };
-    // The module is the one of the Debian kernel the QEMU backend boots by default; libkrun
-    // boots libkrunfw's kernel, which loads no modules.
+    // The module is the one of Debian's kernel, the QEMU backend's fallback (krunbox's own
+    // kernel has no loopback transport, nor modules); libkrun boots libkrunfw's kernel, which
+    // loads no modules.
     if std::env::var_os("KRUNBOX_KERNEL").is_some() || krunbox_tests::backend() == "krun" {
         eprintln!("SKIPPED: the loopback module is Debian's kernel's, not this guest kernel's");
         return;
     }
+    let (debian_only, _) = krunbox_tests::debian_kernel_data_dir();
+    k.use_data_dir(debian_only.path());
     let dir = tempfile::tempdir().unwrap();
     let module = loopback_module(dir.path());
     let rootfs = busybox_rootfs();

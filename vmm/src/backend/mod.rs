@@ -313,6 +313,12 @@ pub trait VmHandle: Send {
     fn try_wait(&mut self) -> Result<Option<VmExit>, BackendError>;
     /// Stops the VM now, without waiting for the guest.
     fn kill(&mut self) -> Result<(), BackendError>;
+    /// Freezes the VM until [`Self::resume`]: its VMM process is stopped (no CPU), its memory
+    /// kept. The guest's clock follows the host's (kvmclock; TCG's TSC is host time), so it is
+    /// right again once resumed; its timers that came due fire then.
+    fn pause(&mut self) -> Result<(), BackendError>;
+    /// Thaws a paused VM (a VM that runs is left as it is).
+    fn resume(&mut self) -> Result<(), BackendError>;
 }
 
 /// A way to run VMs.
@@ -366,6 +372,9 @@ pub enum BackendError {
     /// Talking to the VM's supervisor failed.
     #[error("VM supervisor: {0}")]
     Supervisor(String),
+    /// This handle cannot do that (it is not the VM's owner).
+    #[error("{0}")]
+    NotTheOwner(&'static str),
     /// A file operation.
     #[error("{action} {path}: {source}")]
     Io {

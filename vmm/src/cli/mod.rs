@@ -44,6 +44,10 @@ pub enum Command {
     Cp(sandbox::CpArgs),
     /// Stop sandboxes.
     Stop(sandbox::StopArgs),
+    /// Pause running sandboxes (frozen, memory kept, no CPU).
+    Pause(sandbox::PauseArgs),
+    /// Resume paused sandboxes.
+    Resume(sandbox::ResumeArgs),
     /// Remove sandboxes.
     Rm(sandbox::RmArgs),
     /// List sandboxes.

@@ -28,6 +28,9 @@ impl AttachedVm {
     /// Attaches to `sandbox`, which must be running.
     pub fn new(sandbox: Sandbox) -> Result<Self, SandboxError> {
         let status = sandbox.status()?;
+        if status == Status::Paused {
+            return Err(SandboxError::Paused(sandbox.name().to_owned()));
+        }
         if status != Status::Running {
             return Err(SandboxError::NotRunning {
                 name: sandbox.name().to_owned(),
@@ -103,5 +106,17 @@ impl VmHandle for AttachedVm {
     /// The VM belongs to the sandbox's monitor: `krunbox stop` stops it, not `exec`.
     fn kill(&mut self) -> Result<(), BackendError> {
         Ok(())
+    }
+
+    fn pause(&mut self) -> Result<(), BackendError> {
+        Err(BackendError::NotTheOwner(
+            "only the sandbox's monitor pauses its VM (`krunbox pause`)",
+        ))
+    }
+
+    fn resume(&mut self) -> Result<(), BackendError> {
+        Err(BackendError::NotTheOwner(
+            "only the sandbox's monitor resumes its VM (`krunbox resume`)",
+        ))
     }
 }

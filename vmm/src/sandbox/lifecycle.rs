@@ -11,7 +11,8 @@ use krunbox_protocol::transport::AgentAddress;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::monitor::Event;
+use super::monitor::{Event, PAUSE_SIGNAL, RESUME_SIGNAL};
+use super::state::Status;
 use super::store::{Sandbox, MONITOR_LOG_FILE};
 use super::SandboxError;
 use crate::self_spawn::{self, Job};
@@ -20,6 +21,8 @@ use crate::self_spawn::{self, Job};
 const START_MARGIN: Duration = Duration::from_secs(60);
 /// How long a monitor may take to stop its VM after SIGTERM.
 const KILL_GRACE: Duration = Duration::from_secs(15);
+/// How long the monitor may take to pause or resume its VM.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long `stop` waits for the agent to take the shutdown request.
 const SHUTDOWN_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -130,6 +133,12 @@ fn stop_locked(sandbox: &Sandbox, grace: Duration) -> Result<bool, SandboxError>
         return Ok(false);
     }
     sandbox.request_stop()?;
+    if sandbox.status()? == Status::Paused && !grace.is_zero() {
+        // Thawed first, so the guest can take the power-off request and shut down cleanly.
+        if let Err(err) = change_pause(sandbox, Status::Paused, Status::Running) {
+            tracing::warn!(%err, "cannot resume the paused sandbox before stopping it");
+        }
+    }
     let state = sandbox.state()?;
     if let Some(address) = state
         .as_ref()
@@ -183,6 +192,67 @@ fn request_power_off(address: &AgentAddress) -> Result<(), String> {
             .await
             .map_err(|_| "timed out".to_owned())?
     })
+}
+
+/// Pauses a running sandbox: its VM is frozen (no CPU, memory kept) until [`resume`].
+/// Returns whether it ran (pausing a paused sandbox does nothing).
+pub fn pause(sandbox: &Sandbox) -> Result<bool, SandboxError> {
+    let _lock = sandbox.lock()?;
+    change_pause(sandbox, Status::Running, Status::Paused)
+}
+
+/// Resumes a paused sandbox. Returns whether it was paused (resuming a running sandbox does
+/// nothing).
+pub fn resume(sandbox: &Sandbox) -> Result<bool, SandboxError> {
+    let _lock = sandbox.lock()?;
+    change_pause(sandbox, Status::Paused, Status::Running)
+}
+
+/// Asks the monitor to take the sandbox from `from` to `to` (running and paused, either way)
+/// and waits until it records that it did. Already in `to`: nothing to do.
+fn change_pause(sandbox: &Sandbox, from: Status, to: Status) -> Result<bool, SandboxError> {
+    let status = sandbox.status()?;
+    if status == to {
+        return Ok(false);
+    }
+    if status != from {
+        return Err(SandboxError::NotRunning {
+            name: sandbox.name().to_owned(),
+            status: status.to_string(),
+        });
+    }
+    let (signal, action) = if to == Status::Paused {
+        (PAUSE_SIGNAL, "pause")
+    } else {
+        (RESUME_SIGNAL, "resume")
+    };
+    let monitor = sandbox.state()?.map(|s| s.monitor_pid);
+    // The monitor holds its lock (checked above, under the sandbox's lock, which a new start
+    // would need): the recorded pid is the monitor's.
+    if let Some(pid) = monitor {
+        let _ = kill(pid_of(pid), signal);
+    }
+    let deadline = std::time::Instant::now() + PAUSE_TIMEOUT;
+    loop {
+        let now = sandbox.status()?;
+        if now == to {
+            return Ok(true);
+        }
+        if !now.is_running() {
+            return Err(SandboxError::NotRunning {
+                name: sandbox.name().to_owned(),
+                status: now.to_string(),
+            });
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(SandboxError::NoAnswer {
+                name: sandbox.name().to_owned(),
+                action,
+                waited: PAUSE_TIMEOUT,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Removes a sandbox; a running one only with `force` (then stopped at once).

@@ -19,6 +19,7 @@ pub mod stats;
 pub mod store;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Why a sandbox operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,19 @@ pub enum SandboxError {
         name: String,
         /// What it is instead.
         status: String,
+    },
+    /// The sandbox is paused, and this needs it running.
+    #[error("sandbox {0:?} is paused: resume it first (`krunbox resume {0}`)")]
+    Paused(String),
+    /// The monitor did not carry out a pause or resume request in time.
+    #[error("sandbox {name:?} did not {action} within {waited:?} (see its monitor.log: `krunbox logs --monitor {name}`)")]
+    NoAnswer {
+        /// Which.
+        name: String,
+        /// "pause" or "resume".
+        action: &'static str,
+        /// How long we waited.
+        waited: Duration,
     },
     /// Starting failed.
     #[error("sandbox {name:?} did not start: {message}")]

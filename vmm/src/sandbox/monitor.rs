@@ -83,16 +83,11 @@ pub fn main(dir: &std::path::Path) -> i32 {
             return 1;
         }
     };
-    let terminate = Arc::new(AtomicBool::new(false));
-    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-        if let Err(err) = signal_hook::flag::register(sig, terminate.clone()) {
-            tracing::warn!(%err, sig, "cannot handle a signal");
-        }
-    }
+    let requests = Requests::install();
     sandbox.stop_requested(true);
     let mut state = State::starting(std::process::id(), now());
     let started = Instant::now();
-    let result = start_vm(&sandbox, &mut state, &terminate, started);
+    let result = start_vm(&sandbox, &mut state, &requests.terminate, started);
     let mut vm = match result {
         Ok(vm) => vm,
         Err(message) => {
@@ -111,7 +106,7 @@ pub fn main(dir: &std::path::Path) -> i32 {
         boot_ms: state.boot_ms.unwrap_or_default(),
     });
     detach_stdout();
-    let exit = watch(vm.as_mut(), &terminate);
+    let exit = watch(vm.as_mut(), &requests, &sandbox, &mut state);
     let stopped = sandbox.stop_requested(true);
     let reason = describe(exit.clone(), stopped, &*vm);
     tracing::info!(%reason, "the VM ended");
@@ -219,10 +214,59 @@ impl VmHandle for Leased {
     fn kill(&mut self) -> Result<(), crate::backend::BackendError> {
         self.vm.kill()
     }
+    fn pause(&mut self) -> Result<(), crate::backend::BackendError> {
+        self.vm.pause()
+    }
+    fn resume(&mut self) -> Result<(), crate::backend::BackendError> {
+        self.vm.resume()
+    }
 }
 
-/// Until the VM ends; a signal stops it.
-fn watch(vm: &mut dyn VmHandle, terminate: &AtomicBool) -> Result<VmExit, String> {
+/// What other krunbox processes ask of the monitor, by signal (as `stop` does): SIGTERM (and
+/// SIGINT, SIGHUP) stops the VM, [`PAUSE_SIGNAL`] pauses it and [`RESUME_SIGNAL`] resumes it.
+/// The monitor answers by the phase it records in `state.json`.
+struct Requests {
+    terminate: Arc<AtomicBool>,
+    pause: Arc<AtomicBool>,
+    resume: Arc<AtomicBool>,
+}
+
+/// The signal `krunbox pause` sends the monitor.
+pub const PAUSE_SIGNAL: nix::sys::signal::Signal = nix::sys::signal::Signal::SIGUSR1;
+/// The signal `krunbox resume` sends the monitor.
+pub const RESUME_SIGNAL: nix::sys::signal::Signal = nix::sys::signal::Signal::SIGUSR2;
+
+impl Requests {
+    fn install() -> Self {
+        let requests = Self {
+            terminate: Arc::new(AtomicBool::new(false)),
+            pause: Arc::new(AtomicBool::new(false)),
+            resume: Arc::new(AtomicBool::new(false)),
+        };
+        let flags = [
+            (libc::SIGTERM, &requests.terminate),
+            (libc::SIGINT, &requests.terminate),
+            (libc::SIGHUP, &requests.terminate),
+            (PAUSE_SIGNAL as i32, &requests.pause),
+            (RESUME_SIGNAL as i32, &requests.resume),
+        ];
+        for (sig, flag) in flags {
+            if let Err(err) = signal_hook::flag::register(sig, Arc::clone(flag)) {
+                tracing::warn!(%err, sig, "cannot handle a signal");
+            }
+        }
+        requests
+    }
+}
+
+/// Until the VM ends: a stop request stops it; pause and resume requests are carried out and
+/// recorded.
+fn watch(
+    vm: &mut dyn VmHandle,
+    requests: &Requests,
+    sandbox: &Sandbox,
+    state: &mut State,
+) -> Result<VmExit, String> {
     let mut killed = false;
     loop {
         match vm.try_wait() {
@@ -230,14 +274,42 @@ fn watch(vm: &mut dyn VmHandle, terminate: &AtomicBool) -> Result<VmExit, String
             Ok(None) => {}
             Err(err) => return Err(err.to_string()),
         }
-        if !killed && terminate.load(Ordering::Relaxed) {
+        if !killed && requests.terminate.load(Ordering::Relaxed) {
             tracing::info!("asked to stop the VM by a signal");
             if let Err(err) = vm.kill() {
                 tracing::warn!(%err, "cannot stop the VM");
             }
             killed = true;
         }
+        if requests.pause.swap(false, Ordering::Relaxed) && state.phase == Phase::Running {
+            match vm.pause() {
+                Ok(()) => {
+                    tracing::info!("paused");
+                    state.phase = Phase::Paused;
+                    state.paused_at = Some(now());
+                    record(sandbox, state);
+                }
+                Err(err) => tracing::error!(%err, "cannot pause the VM"),
+            }
+        }
+        if requests.resume.swap(false, Ordering::Relaxed) && state.phase == Phase::Paused {
+            match vm.resume() {
+                Ok(()) => {
+                    tracing::info!("resumed");
+                    state.phase = Phase::Running;
+                    state.paused_at = None;
+                    record(sandbox, state);
+                }
+                Err(err) => tracing::error!(%err, "cannot resume the VM"),
+            }
+        }
         std::thread::sleep(POLL);
+    }
+}
+
+fn record(sandbox: &Sandbox, state: &State) {
+    if let Err(err) = sandbox.write_state(state) {
+        tracing::error!(%err, "cannot record the sandbox's state");
     }
 }
 

@@ -18,6 +18,8 @@ pub enum Phase {
     Starting,
     /// The agent answered.
     Running,
+    /// Frozen by `krunbox pause` (memory kept, no CPU) until `krunbox resume`.
+    Paused,
     /// The VM ended (or never started).
     Exited,
 }
@@ -39,6 +41,9 @@ pub struct State {
     pub started_at: u64,
     /// Milliseconds from start to the agent's first answer.
     pub boot_ms: Option<u64>,
+    /// When the VM was paused (while it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_at: Option<u64>,
     /// When the VM ended.
     pub finished_at: Option<u64>,
     /// How the VMM process ended.
@@ -58,6 +63,7 @@ impl State {
             console: None,
             started_at,
             boot_ms: None,
+            paused_at: None,
             finished_at: None,
             vm_exit: None,
             reason: None,
@@ -75,6 +81,8 @@ pub enum Status {
     Starting,
     /// The VM runs and its agent answered.
     Running,
+    /// The VM is frozen (`krunbox resume` thaws it).
+    Paused,
     /// The VM ended, and why.
     Exited(String),
 }
@@ -88,6 +96,7 @@ impl Status {
             (Some(state), true) => match state.phase {
                 Phase::Starting => Self::Starting,
                 Phase::Running => Self::Running,
+                Phase::Paused => Self::Paused,
                 // The monitor is cleaning up after the VM.
                 Phase::Exited => Self::Exited(state.reason.clone().unwrap_or_default()),
             },
@@ -98,16 +107,16 @@ impl Status {
                         .clone()
                         .unwrap_or_else(|| "unknown reason".into()),
                 ),
-                Phase::Starting | Phase::Running => Self::Exited(
+                Phase::Starting | Phase::Running | Phase::Paused => Self::Exited(
                     "the sandbox monitor died (killed?); its VM was stopped with it".into(),
                 ),
             },
         }
     }
 
-    /// Whether the VM runs (or boots).
+    /// Whether the VM exists: it boots, runs or is paused.
     pub fn is_running(&self) -> bool {
-        matches!(self, Self::Running | Self::Starting)
+        matches!(self, Self::Running | Self::Starting | Self::Paused)
     }
 }
 
@@ -117,6 +126,7 @@ impl std::fmt::Display for Status {
             Self::Created => f.write_str("created"),
             Self::Starting => f.write_str("starting"),
             Self::Running => f.write_str("running"),
+            Self::Paused => f.write_str("paused"),
             Self::Exited(reason) => write!(f, "exited ({reason})"),
         }
     }
@@ -133,6 +143,12 @@ mod tests {
         assert_eq!(Status::of(Some(&state), true), Status::Starting);
         state.phase = Phase::Running;
         assert_eq!(Status::of(Some(&state), true), Status::Running);
+        state.phase = Phase::Paused;
+        assert_eq!(Status::of(Some(&state), true), Status::Paused);
+        assert!(
+            matches!(Status::of(Some(&state), false), Status::Exited(r) if r.contains("monitor died"))
+        );
+        state.phase = Phase::Running;
         assert!(
             matches!(Status::of(Some(&state), false), Status::Exited(r) if r.contains("monitor died"))
         );

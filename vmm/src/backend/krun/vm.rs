@@ -172,13 +172,28 @@ impl VmHandle for KrunVm {
     }
 
     fn kill(&mut self) -> Result<(), BackendError> {
+        self.signal(Signal::SIGKILL)
+    }
+
+    fn pause(&mut self) -> Result<(), BackendError> {
+        self.signal(Signal::SIGSTOP)
+    }
+
+    fn resume(&mut self) -> Result<(), BackendError> {
+        self.signal(Signal::SIGCONT)
+    }
+}
+
+impl KrunVm {
+    /// Signals the VMM child while it runs (unreaped, its pid cannot be another process's).
+    fn signal(&mut self, sig: Signal) -> Result<(), BackendError> {
         if self.try_wait()?.is_some() {
             return Ok(());
         }
-        match signal::kill(pid_of(&self.child), Signal::SIGKILL) {
+        match signal::kill(pid_of(&self.child), sig) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
             Err(err) => Err(BackendError::Supervisor(format!(
-                "cannot kill the VMM: {err}"
+                "cannot send {sig} to the VMM: {err}"
             ))),
         }
     }
@@ -189,6 +204,8 @@ impl Drop for KrunVm {
     /// bounded, kills a child that does not go, and removes what is left.
     fn drop(&mut self) {
         drop(self.lifeline.take());
+        // A paused VMM would not see its lifeline close.
+        let _ = self.signal(Signal::SIGCONT);
         let deadline = Instant::now() + RELEASE_TIMEOUT;
         loop {
             match self.child.try_wait() {

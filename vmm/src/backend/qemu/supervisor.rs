@@ -8,13 +8,17 @@
 //! ```
 //!
 //! - The parent writes the [`LaunchPlan`] as one JSON line on the supervisor's stdin and keeps
-//!   the pipe open: that pipe is the lifeline. `kill` lines stop the VM at once. End of file —
+//!   the pipe open: that pipe is the lifeline. After the plan it writes [`Request`] lines:
+//!   `kill` stops the VM at once, `pause` freezes QEMU (SIGSTOP: no CPU, memory kept, and the
+//!   guest's clock, which follows the host's, is right again on resume) and `resume` thaws it,
+//!   each answered by an event. End of file —
 //!   the parent finished, or died, even by SIGKILL — makes the supervisor stop the VM, stop the
 //!   helpers, remove the run directory and exit.
 //! - Before starting anything it starts the plan's SSH agent relay (a thread listening where
 //!   vhost-device-vsock looks for host port 1025; see [`crate::backend::ssh_agent_relay`]),
 //!   which lives as long as the supervisor and so as the VM.
-//! - The supervisor reports [`Event`]s as JSON lines on stdout: `ready`, `failed`, `exited`.
+//! - The supervisor reports [`Event`]s as JSON lines on stdout: `ready`, `failed`, `paused`,
+//!   `resumed`, `exited`.
 //!   After `exited` the run directory stays until the lifeline closes, so the parent can still
 //!   read the console log.
 //! - It spawns every child from its main thread (the relay's threads spawn none), so the children's
@@ -69,11 +73,43 @@ pub enum Event {
         /// What happened, with the tail of its log.
         message: String,
     },
+    /// QEMU is frozen (a `pause` request).
+    Paused,
+    /// QEMU runs again (a `resume` request).
+    Resumed,
     /// QEMU ended (the helpers were stopped).
     Exited {
         /// How.
         exit: VmExit,
     },
+}
+
+/// What the parent asks for on the lifeline, one line each, after the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// Stop QEMU now (SIGKILL).
+    Kill,
+    /// Freeze QEMU.
+    Pause,
+    /// Thaw it.
+    Resume,
+}
+
+impl Request {
+    /// The line that carries it.
+    pub fn line(self) -> &'static str {
+        match self {
+            Self::Kill => "kill\n",
+            Self::Pause => "pause\n",
+            Self::Resume => "resume\n",
+        }
+    }
+
+    fn parse(line: &[u8]) -> Option<Self> {
+        [Self::Kill, Self::Pause, Self::Resume]
+            .into_iter()
+            .find(|request| request.line().trim_end().as_bytes() == line)
+    }
 }
 
 /// Runs the supervisor; returns the process exit code.
@@ -177,6 +213,8 @@ struct Supervisor {
     terminate: Arc<AtomicBool>,
     helpers: Vec<(String, Option<Helper>, Child)>,
     vmm: Option<Child>,
+    /// Lifeline bytes after the last complete request line.
+    pending: Vec<u8>,
 }
 
 impl Supervisor {
@@ -197,6 +235,7 @@ impl Supervisor {
             terminate,
             helpers: Vec::new(),
             vmm: None,
+            pending: Vec::new(),
         })
     }
 
@@ -259,9 +298,30 @@ impl Supervisor {
             }
             match self.wait_for_input() {
                 Input::LifelineClosed => return,
-                Input::Kill => self.signal_vmm(Signal::SIGKILL),
-                Input::Nothing => {}
+                Input::Requests(requests) => {
+                    for request in requests {
+                        self.serve(request, reported);
+                    }
+                }
             }
+        }
+    }
+
+    /// Carries out a lifeline request; `ended`: QEMU's end was reported already.
+    fn serve(&mut self, request: Request, ended: bool) {
+        match request {
+            Request::Kill => self.signal_vmm(Signal::SIGKILL),
+            // Once QEMU ended there is nothing to freeze; the `exited` event already went out
+            // and is the answer.
+            Request::Pause if !ended => {
+                self.signal_vmm(Signal::SIGSTOP);
+                emit(&Event::Paused);
+            }
+            Request::Resume if !ended => {
+                self.signal_vmm(Signal::SIGCONT);
+                emit(&Event::Resumed);
+            }
+            Request::Pause | Request::Resume => {}
         }
     }
 
@@ -288,13 +348,16 @@ impl Supervisor {
         let mut drain = [0u8; 64];
         while matches!((&self.wake).read(&mut drain), Ok(n) if n > 0) {}
         if !stdin_ready {
-            return Input::Nothing;
+            return Input::Requests(Vec::new());
         }
         let mut buf = [0u8; 256];
         match nix::unistd::read(stdin.as_fd(), &mut buf) {
             Ok(0) => Input::LifelineClosed,
-            Ok(n) if buf[..n].windows(4).any(|w| w == b"kill") => Input::Kill,
-            Ok(_) | Err(nix::errno::Errno::EINTR) => Input::Nothing,
+            Ok(n) => {
+                self.pending.extend_from_slice(&buf[..n]);
+                Input::Requests(take_requests(&mut self.pending))
+            }
+            Err(nix::errno::Errno::EINTR) => Input::Requests(Vec::new()),
             Err(_) => Input::LifelineClosed,
         }
     }
@@ -334,11 +397,16 @@ impl Supervisor {
         Some(VmExit::HelperDied(role))
     }
 
+    /// Signals QEMU while it runs (it is our child: until we reap it, its pid is its own).
     fn signal_vmm(&mut self, sig: Signal) {
         if let Some(vmm) = &mut self.vmm {
             if matches!(vmm.try_wait(), Ok(None)) {
-                tracing::info!(?sig, "stopping qemu");
+                tracing::info!(?sig, "signalling qemu");
                 let _ = signal::kill(pid_of(vmm), sig);
+                if sig == Signal::SIGTERM {
+                    // A paused QEMU only acts on SIGTERM once thawed.
+                    let _ = signal::kill(pid_of(vmm), Signal::SIGCONT);
+                }
             }
         }
     }
@@ -359,8 +427,25 @@ impl Supervisor {
 
 enum Input {
     LifelineClosed,
-    Kill,
-    Nothing,
+    /// The complete request lines read (none after a wake-up by a signal).
+    Requests(Vec<Request>),
+}
+
+/// The complete lines at the start of `pending`, parsed (unknown lines are logged and
+/// skipped); a partial last line stays. A line longer than any request is dropped.
+fn take_requests(pending: &mut Vec<u8>) -> Vec<Request> {
+    let mut requests = Vec::new();
+    while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+        let line: Vec<u8> = pending.drain(..=end).collect();
+        match Request::parse(&line[..end]) {
+            Some(request) => requests.push(request),
+            None => tracing::warn!(line = %String::from_utf8_lossy(&line), "unknown request"),
+        }
+    }
+    if pending.len() > 64 {
+        pending.clear();
+    }
+    requests
 }
 
 fn pid_of(child: &Child) -> Pid {
@@ -382,6 +467,8 @@ fn stop(name: &str, child: &mut Child) {
         return;
     }
     let _ = signal::kill(pid_of(child), Signal::SIGTERM);
+    // A paused (stopped) process acts on SIGTERM only once continued.
+    let _ = signal::kill(pid_of(child), Signal::SIGCONT);
     let deadline = Instant::now() + TERM_GRACE;
     while Instant::now() < deadline {
         if !matches!(child.try_wait(), Ok(None)) {
@@ -462,5 +549,28 @@ mod tests {
         assert_eq!(line, r#"{"event":"exited","exit":{"Exited":0}}"#);
         let back: Event = serde_json::from_str(r#"{"event":"ready","vmm_pid":42}"#).unwrap();
         assert_eq!(back, Event::Ready { vmm_pid: 42 });
+        assert_eq!(
+            serde_json::to_string(&Event::Paused).unwrap(),
+            r#"{"event":"paused"}"#
+        );
+    }
+
+    #[test]
+    fn requests_are_whole_lines_and_a_partial_one_waits_for_its_end() {
+        let mut pending = b"pause\nbogus\nresume\nki".to_vec();
+        assert_eq!(
+            take_requests(&mut pending),
+            [Request::Pause, Request::Resume]
+        );
+        assert_eq!(pending, b"ki");
+        pending.extend_from_slice(b"ll\n");
+        assert_eq!(take_requests(&mut pending), [Request::Kill]);
+        assert!(pending.is_empty());
+        // "kill" inside another line is not a request.
+        pending.extend_from_slice(b"skill\n");
+        assert!(take_requests(&mut pending).is_empty());
+        pending.extend_from_slice(&[b'x'; 100]);
+        assert!(take_requests(&mut pending).is_empty());
+        assert!(pending.is_empty(), "an overlong partial line is dropped");
     }
 }

@@ -10,12 +10,14 @@ use std::time::{Duration, Instant};
 use krunbox_protocol::transport::AgentAddress;
 
 use super::plan::{LaunchPlan, Layout};
-use super::supervisor::Event;
+use super::supervisor::{Event, Request};
 use crate::backend::{log_tail, BackendError, VmExit, VmHandle};
 use crate::self_spawn::{self, Job};
 
 /// How long the supervisor may take to start the helpers and QEMU.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the supervisor may take to answer a pause or resume request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the supervisor may take to clean up after the lifeline closes.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -79,6 +81,7 @@ impl QemuVm {
                     })
                 }
                 Ok(Event::Exited { exit }) => vm.exit = Some(exit),
+                Ok(Event::Paused | Event::Resumed) => {}
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     return Err(BackendError::Supervisor(format!(
                         "the VM did not start within {START_TIMEOUT:?}"
@@ -94,6 +97,41 @@ impl QemuVm {
                             .map(|s| s.to_string())
                             .unwrap_or_else(|| "still running".into())
                     )))
+                }
+            }
+        }
+    }
+
+    /// Sends `request` and waits for the event that answers it; a VM that ended meanwhile
+    /// is not an error (there is nothing left to pause or resume).
+    fn request(
+        &mut self,
+        request: Request,
+        answered: impl Fn(&Event) -> bool,
+    ) -> Result<(), BackendError> {
+        if self.exit.is_some() {
+            return Ok(());
+        }
+        self.send(request.line())?;
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(event) if answered(&event) => return Ok(()),
+                Ok(Event::Exited { exit }) => {
+                    self.exit = Some(exit);
+                    return Ok(());
+                }
+                Ok(other) => tracing::debug!(?other, "late supervisor event"),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(BackendError::Supervisor(format!(
+                        "no answer to {request:?} within {REQUEST_TIMEOUT:?}"
+                    )))
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(BackendError::Supervisor(
+                        "the supervisor exited without an answer".into(),
+                    ))
                 }
             }
         }
@@ -157,7 +195,15 @@ impl VmHandle for QemuVm {
         if self.exit.is_some() {
             return Ok(());
         }
-        self.send("kill\n")
+        self.send(Request::Kill.line())
+    }
+
+    fn pause(&mut self) -> Result<(), BackendError> {
+        self.request(Request::Pause, |e| matches!(e, Event::Paused))
+    }
+
+    fn resume(&mut self) -> Result<(), BackendError> {
+        self.request(Request::Resume, |e| matches!(e, Event::Resumed))
     }
 }
 

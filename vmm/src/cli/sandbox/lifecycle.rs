@@ -1,4 +1,5 @@
-//! `krunbox start`, `stop` and `rm`: each acts on several sandboxes, reporting failures one by one.
+//! `krunbox start`, `stop`, `pause`, `resume` and `rm`: each acts on several sandboxes,
+//! reporting failures one by one.
 
 use std::time::Duration;
 
@@ -21,6 +22,24 @@ pub struct StopArgs {
     /// Seconds to wait for the guest to power off before stopping the VM hard.
     #[arg(short = 't', long = "time", value_name = "SECS", default_value_t = 10)]
     pub time: u64,
+    /// The sandboxes.
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
+}
+
+/// Pause running sandboxes: each VM is frozen, its memory kept and its CPU use zero, until
+/// `krunbox resume`. Commands in it stop where they are; `exec` and `cp` wait for a resume.
+/// The guest's clock is right again once resumed.
+#[derive(Debug, clap::Args)]
+pub struct PauseArgs {
+    /// The sandboxes.
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
+}
+
+/// Resume paused sandboxes: their commands go on where they stopped.
+#[derive(Debug, clap::Args)]
+pub struct ResumeArgs {
     /// The sandboxes.
     #[arg(required = true, value_name = "NAME")]
     pub names: Vec<String>,
@@ -88,6 +107,28 @@ pub fn rm(args: RmArgs) -> Result<i32, SandboxCliError> {
         let name = sandbox.name().to_owned();
         lifecycle::remove(sandbox, args.force)?;
         println!("{name}");
+        Ok(())
+    })
+}
+
+/// `krunbox pause`.
+pub fn pause(args: PauseArgs) -> Result<i32, SandboxCliError> {
+    each(&args.names, |sandbox| {
+        if !lifecycle::pause(&sandbox)? {
+            tracing::info!(name = sandbox.name(), "already paused");
+        }
+        println!("{}", sandbox.name());
+        Ok(())
+    })
+}
+
+/// `krunbox resume`.
+pub fn resume(args: ResumeArgs) -> Result<i32, SandboxCliError> {
+    each(&args.names, |sandbox| {
+        if !lifecycle::resume(&sandbox)? {
+            tracing::info!(name = sandbox.name(), "not paused");
+        }
+        println!("{}", sandbox.name());
         Ok(())
     })
 }

@@ -14,7 +14,9 @@ mod stats;
 pub use cp::{cp, CpArgs};
 pub use create::{create, CreateArgs};
 pub use exec::{exec, ExecArgs};
-pub use lifecycle::{rm, start, stop, RmArgs, StartArgs, StopArgs};
+pub use lifecycle::{
+    pause, resume, rm, start, stop, PauseArgs, ResumeArgs, RmArgs, StartArgs, StopArgs,
+};
 pub use list::{inspect, print_table, ps, InspectArgs, PsArgs};
 pub use logs::{logs, LogsArgs};
 pub use stats::{stats, StatsArgs};
