@@ -322,8 +322,8 @@ fn guest_clock_offset(b: &Boxes, name: &str) -> i64 {
 fn last_count(out: &Captured) -> u64 {
     out.text()
         .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .last()
+        .rev()
+        .find_map(|l| l.trim().parse().ok())
         .unwrap_or(0)
 }
 
