@@ -91,6 +91,7 @@ fn init_logging(filter: &str) {
 }
 
 fn main() {
+    agent::note_init_started();
     let args: Vec<String> = std::env::args().collect();
     // The trampoline must stay single-threaded: nothing else may run before it.
     if args.get(1).map(String::as_str) == Some("exec-helper") {

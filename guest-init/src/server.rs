@@ -72,6 +72,8 @@ where
         generation,
         agent_version: env!("CARGO_PKG_VERSION").into(),
         features: vec!["exec".into(), "pty".into(), "files".into()],
+        init_started_ms: crate::agent::init_started_ms(),
+        uptime_ms: crate::agent::boot_clock_ms(),
     };
     if writer
         .send(Envelope::new(0, Body::HelloAck(ack)))

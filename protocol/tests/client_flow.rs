@@ -35,6 +35,7 @@ async fn scripted_agent(
             generation,
             agent_version: "test".into(),
             features: vec![],
+            ..Default::default()
         }),
     ))
     .await
@@ -267,6 +268,7 @@ async fn a_connection_that_never_answers_does_not_use_up_the_whole_wait() {
                 generation: *krunbox_protocol::generation::SUPPORTED.end(),
                 agent_version: "test".into(),
                 features: vec![],
+                ..Default::default()
             }),
         ))
         .await

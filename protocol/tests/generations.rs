@@ -36,6 +36,7 @@ fn generation_one_samples() -> Vec<(&'static str, Envelope)> {
                     generation: 1,
                     agent_version: "0.1.0".into(),
                     features: vec!["pty".into(), "files".into()],
+                    ..Default::default()
                 }),
             ),
         ),

@@ -183,6 +183,9 @@ impl Drop for OperationGuard {
 pub const FIRST_ATTEMPT_LIMIT: Duration = Duration::from_secs(2);
 /// The most one attempt waits (an agent in a nested, emulated VM answers slowly).
 pub const LAST_ATTEMPT_LIMIT: Duration = Duration::from_secs(16);
+/// The longest pause between two attempts: how late, at most, a booting guest's agent is
+/// seen (an attempt on a socket nobody answers yet costs microseconds).
+pub const RETRY_DELAY_MAX: Duration = Duration::from_millis(50);
 
 impl Client {
     /// Connects to the agent at `address` and performs the handshake.
@@ -231,7 +234,7 @@ impl Client {
             }
             tracing::trace!(%address, %last, "agent not ready yet");
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(200));
+            delay = (delay * 2).min(RETRY_DELAY_MAX);
         }
     }
 

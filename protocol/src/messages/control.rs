@@ -22,7 +22,7 @@ pub struct Hello {
 ///
 /// ```
 /// use krunbox_protocol::messages::HelloAck;
-/// let ack = HelloAck { generation: 1, agent_version: "0.1.0".into(), features: vec!["pty".into()] };
+/// let ack = HelloAck { generation: 1, agent_version: "0.1.0".into(), features: vec!["pty".into()], ..Default::default() };
 /// assert_eq!(ack.generation, 1);
 /// ```
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -36,6 +36,15 @@ pub struct HelloAck {
     /// Optional capabilities of this agent build (e.g. `"pty"`, `"files"`).
     #[prost(string, repeated, tag = "3")]
     pub features: Vec<String>,
+    /// The guest's boot clock (`CLOCK_BOOTTIME`, ms since the kernel started keeping time)
+    /// when the agent's process started: the kernel's share of the boot. 0 from an agent that
+    /// does not say.
+    #[prost(uint64, tag = "4")]
+    pub init_started_ms: u64,
+    /// The boot clock when the agent answered this handshake. 0 from an agent that does not
+    /// say.
+    #[prost(uint64, tag = "5")]
+    pub uptime_ms: u64,
 }
 
 /// Liveness probe; the agent echoes the nonce in a [`Pong`].

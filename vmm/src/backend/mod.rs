@@ -341,6 +341,23 @@ pub trait Backend {
     fn start(&self, spec: &VmSpec) -> Result<Box<dyn VmHandle>, BackendError>;
 }
 
+/// Doctor's lines on what a backend can do with a running VM: `krunbox pause`/`resume` (how),
+/// and snapshot/restore/fork (not yet: why not).
+pub fn pause_and_snapshot_checks(pause_how: &str, no_snapshot_because: &str) -> [Check; 2] {
+    [
+        Check {
+            what: "pause/resume".into(),
+            ok: true,
+            detail: pause_how.into(),
+        },
+        Check {
+            what: "snapshot/restore/fork".into(),
+            ok: false,
+            detail: format!("not supported: {no_snapshot_because}"),
+        },
+    ]
+}
+
 /// Why a VM could not be started or supervised.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {

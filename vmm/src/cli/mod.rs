@@ -10,6 +10,7 @@ pub mod session;
 pub mod share_args;
 pub mod ssh_args;
 pub mod terminal;
+pub mod timings;
 pub mod vm_args;
 
 /// krunbox runs commands in micro-VMs, each with its own kernel.

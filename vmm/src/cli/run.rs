@@ -15,6 +15,7 @@ use krunbox_image::user::{resolve_user, UserError};
 use super::net_args::NetArgsError;
 use super::session::{self, CommandOptions, SecondInterrupt, Session, SessionError};
 use super::ssh_args::SshAgentError;
+use super::timings::{RunMarks, Timings, TimingsFormat};
 use super::vm_args::VmArgs;
 use crate::backend::{self, VmSpec};
 use crate::image::{ImageError, ImageOptions};
@@ -103,6 +104,11 @@ pub struct RunArgs {
     /// COMMAND ends.
     #[arg(long)]
     pub rm: bool,
+    /// Print on stderr, after the run, where its time went: prepare, VMM start, firmware and
+    /// kernel load, kernel init, agent start, first exec, the command, power-off (`json`:
+    /// one JSON object of milliseconds).
+    #[arg(long, value_enum, value_name = "FORMAT", num_args = 0..=1, default_missing_value = "text")]
+    pub timings: Option<TimingsFormat>,
     /// Seconds to wait for the guest agent to come up before giving up.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub boot_timeout: u64,
@@ -162,6 +168,7 @@ impl From<ImageError> for RunError {
 
 /// Runs the command; returns krunbox's exit code.
 pub fn run(args: RunArgs) -> Result<i32, RunError> {
+    let run_started = Instant::now();
     let network = args.vm.net.network()?;
     // The backend first: a host that cannot run it is the first thing to hear about.
     let backend = backend::select(args.vm.backend_kind(), args.vm.kernel.is_some())?;
@@ -207,6 +214,7 @@ pub fn run(args: RunArgs) -> Result<i32, RunError> {
         }
     }
     let mut vm = backend.start(&spec)?;
+    let vmm_running = Instant::now();
     tracing::debug!(backend = %backend.kind(), elapsed = ?started.elapsed(), "VM started");
     let sig = interrupted.load(std::sync::atomic::Ordering::SeqCst);
     if sig != 0 {
@@ -227,12 +235,26 @@ pub fn run(args: RunArgs) -> Result<i32, RunError> {
         second_interrupt: SecondInterrupt::StopVm,
         agent_timeout: Duration::from_secs(args.boot_timeout),
     };
-    let result = session::block_on(Session::new(options, vm.as_mut()).run());
+    let outcome = session::block_on(Session::new(options, vm.as_mut()).run_marked());
     // The VM handle's drop waits for the cleanup.
     drop(vm);
     drop(root);
     tracing::debug!(elapsed = ?started.elapsed(), "done");
-    Ok(result??)
+    let (result, marks) = outcome?;
+    if let Some(format) = args.timings {
+        let run = RunMarks {
+            start: run_started,
+            vmm_called: started,
+            vmm_running,
+            gone: Instant::now(),
+        };
+        let timings = Timings::new(&run, &marks).render(format);
+        match format {
+            TimingsFormat::Text => eprintln!("krunbox: {timings}"),
+            TimingsFormat::Json => eprintln!("{timings}"),
+        }
+    }
+    Ok(result?)
 }
 
 /// `KEY=VALUE` strings as pairs.

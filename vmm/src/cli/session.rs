@@ -76,6 +76,28 @@ pub struct CommandOptions {
     pub agent_timeout: Duration,
 }
 
+/// The guest's boot clock as its agent reported it in the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestClock {
+    /// When guest-init started (ms on the guest's boot clock; 0: not reported).
+    pub init_started_ms: u64,
+    /// When the agent answered (likewise).
+    pub uptime_ms: u64,
+}
+
+/// When a session's steps happened (`krunbox run --timings`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SessionMarks {
+    /// The agent's handshake arrived.
+    pub agent: Option<std::time::Instant>,
+    /// What the handshake said of the guest's clock.
+    pub guest_clock: Option<GuestClock>,
+    /// The command runs.
+    pub exec_started: Option<std::time::Instant>,
+    /// Its exit status arrived.
+    pub exited: Option<std::time::Instant>,
+}
+
 /// The signals krunbox forwards.
 struct Signals {
     int: Signal,
@@ -113,6 +135,7 @@ pub struct Session<'a> {
     options: CommandOptions,
     forward_stdin: bool,
     vm: &'a mut dyn VmHandle,
+    marks: SessionMarks,
 }
 
 impl<'a> Session<'a> {
@@ -123,11 +146,22 @@ impl<'a> Session<'a> {
             options,
             forward_stdin,
             vm,
+            marks: SessionMarks::default(),
         }
     }
 
     /// Waits for the agent, runs the command; returns krunbox's exit code.
-    pub async fn run(mut self) -> Result<i32, SessionError> {
+    pub async fn run(self) -> Result<i32, SessionError> {
+        self.run_marked().await.0
+    }
+
+    /// [`Self::run`], and when its steps happened.
+    pub async fn run_marked(mut self) -> (Result<i32, SessionError>, SessionMarks) {
+        let result = self.run_inner().await;
+        (result, self.marks)
+    }
+
+    async fn run_inner(&mut self) -> Result<i32, SessionError> {
         let mut signals = Signals::install()?;
         let timeout = self.options.agent_timeout;
         let client = match wait_for_agent(self.vm, timeout, signals.next()).await {
@@ -141,7 +175,13 @@ impl<'a> Session<'a> {
             }
             Err(err) => return Err(err.into()),
         };
-        tracing::debug!(agent = ?client.agent_info(), "agent up");
+        self.marks.agent = Some(std::time::Instant::now());
+        let hello = client.agent_info();
+        self.marks.guest_clock = Some(GuestClock {
+            init_started_ms: hello.init_started_ms,
+            uptime_ms: hello.uptime_ms,
+        });
+        tracing::debug!(agent = ?hello, "agent up");
         let status = self.exec(&client, &mut signals).await?;
         if self.options.power_off_on_exit {
             // The guest powers off on its own now; give it a moment so writes are flushed.
@@ -177,6 +217,7 @@ impl<'a> Session<'a> {
     async fn exec(&mut self, client: &Client, signals: &mut Signals) -> Result<i32, SessionError> {
         let tty = self.options.tty;
         let mut execution = client.exec(self.spec()).await?;
+        self.marks.exec_started = Some(std::time::Instant::now());
         let control = execution.control();
         let stdin = execution.take_stdin();
         let (_, mut stdout, mut stderr, exit) = execution.split();
@@ -215,7 +256,10 @@ impl<'a> Session<'a> {
         let outcome = loop {
             tokio::select! {
                 biased;
-                status = &mut exit => break Ok(status),
+                status = &mut exit => {
+                    self.marks.exited = Some(std::time::Instant::now());
+                    break Ok(status);
+                }
                 sig = signals.next() => {
                     if sig == libc::SIGINT && !tty {
                         interrupts += 1;

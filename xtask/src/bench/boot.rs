@@ -1,84 +1,109 @@
-//! Boot → exec → exit: `krunbox run --backend qemu --accel tcg -- true` on the default image,
-//! timed from spawn to exit, for Debian's cloud kernel (the QEMU backend's default) and for
-//! krunbox's own kernel (`cargo xtask build-kernel`), side by side.
+//! Boot → exec → exit: `krunbox run --backend qemu --accel tcg --timings=json -- true` on the
+//! default image, timed from spawn to exit, for krunbox's own kernel (the QEMU backend's
+//! default once installed) and Debian's cloud kernel (the fallback), side by side, with the
+//! median of each step `--timings` reports (firmware and kernel load, kernel init, agent
+//! start, first exec, the command, power-off) so the share of each is in one table.
 //!
 //! TCG, not KVM: it is what our CI machines (nested `kvm_pvm`) run, and it is deterministic
 //! enough to compare kernels. The first run of each kernel is reported on its own: it imports
 //! the default image into the (private, fresh) store and builds the initramfs, which later
 //! runs find cached.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use super::private::{built_kernel, PrivateKrunbox};
+use super::private::{KernelSet, PrivateKrunbox};
 use super::table::{millis, percentile, Table};
 
+/// The steps of `krunbox run --timings=json`, as (JSON key, column).
+const STEPS: &[(&str, &str)] = &[
+    ("firmware_and_kernel_load_ms", "fw+load"),
+    ("kernel_init_ms", "kernel"),
+    ("agent_start_ms", "agent"),
+    ("first_exec_ms", "exec"),
+    ("command_ms", "command"),
+    ("power_off_ms", "power-off"),
+];
+
 pub fn run(runs: usize) -> anyhow::Result<()> {
-    let krunbox = PrivateKrunbox::new()?;
-    let own = built_kernel();
-    let mut kernels = vec![("Debian cloud kernel (default)".to_owned(), None)];
-    if let Some(path) = &own {
-        kernels.push((
-            format!("own kernel ({})", path.display()),
-            Some(path.clone()),
-        ));
-    }
-    let mut table = Table::new(&["kernel", "first run", "median", "p90", "min"]);
-    for (name, kernel) in kernels {
-        let first = boot(&krunbox, kernel.as_deref())?;
-        let mut samples = Vec::with_capacity(runs);
-        for _ in 0..runs {
-            samples.push(boot(&krunbox, kernel.as_deref())?);
+    let binary = PrivateKrunbox::build()?;
+    let mut header = vec!["kernel", "first run", "median", "p90", "min"];
+    header.extend(STEPS.iter().map(|(_, column)| *column));
+    let mut table = Table::new(&header);
+    for (name, kernels) in [
+        ("krunbox's own (default)", KernelSet::User),
+        ("Debian cloud kernel (fallback)", KernelSet::DebianOnly),
+    ] {
+        let krunbox = PrivateKrunbox::with_kernels(binary.clone(), kernels)?;
+        if kernels == KernelSet::User && !krunbox.ok(&["doctor"])?.contains("krunbox's own") {
+            table.row(vec![format!(
+                "{name}: not installed (cargo xtask build-kernel; krunbox kernel install)"
+            )]);
+            continue;
         }
-        samples.sort();
-        table.row(vec![
-            name,
+        let (first, _) = boot(&krunbox)?;
+        let mut totals = Vec::with_capacity(runs);
+        let mut steps: Vec<Vec<Duration>> = vec![Vec::with_capacity(runs); STEPS.len()];
+        for _ in 0..runs {
+            let (total, timings) = boot(&krunbox)?;
+            totals.push(total);
+            for (samples, (key, _)) in steps.iter_mut().zip(STEPS) {
+                let value = timings.get(*key).and_then(serde_json::Value::as_u64);
+                samples.push(Duration::from_millis(value.unwrap_or_default()));
+            }
+        }
+        totals.sort();
+        let mut row = vec![
+            name.to_owned(),
             millis(first),
-            millis(percentile(&samples, 50.0)),
-            millis(percentile(&samples, 90.0)),
-            millis(samples.first().copied().unwrap_or_default()),
-        ]);
-    }
-    if own.is_none() {
-        table.row(vec![
-            "own kernel: not built (cargo xtask build-kernel)".into(),
-            "-".into(),
-            "-".into(),
-            "-".into(),
-            "-".into(),
-        ]);
+            millis(percentile(&totals, 50.0)),
+            millis(percentile(&totals, 90.0)),
+            millis(totals.first().copied().unwrap_or_default()),
+        ];
+        for samples in &mut steps {
+            samples.sort();
+            row.push(format!("{} ms", percentile(samples, 50.0).as_millis()));
+        }
+        table.row(row);
     }
     table.print(&format!(
-        "krunbox run --backend qemu --accel tcg -- true: boot -> exec -> exit, {runs} runs after the first"
+        "krunbox run --backend qemu --accel tcg -- true: boot -> exec -> exit, {runs} runs after the first (steps: medians of --timings)"
     ));
     Ok(())
 }
 
-/// One `krunbox run -- true`, spawn to exit.
-fn boot(krunbox: &PrivateKrunbox, kernel: Option<&std::path::Path>) -> anyhow::Result<Duration> {
-    let mut cmd = krunbox.command(["run", "--backend", "qemu", "--accel", "tcg"]);
-    if let Some(kernel) = kernel {
-        cmd.arg("--kernel").arg(kernel);
-    }
-    cmd.args(["--", "true"])
-        .stdin(Stdio::null())
+/// One `krunbox run --timings=json -- true`: spawn to exit, and what `--timings` said.
+fn boot(krunbox: &PrivateKrunbox) -> anyhow::Result<(Duration, serde_json::Value)> {
+    let mut cmd = krunbox.command([
+        "run",
+        "--backend",
+        "qemu",
+        "--accel",
+        "tcg",
+        "--timings=json",
+        "--",
+        "true",
+    ]);
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let started = Instant::now();
-    let output = run_output(&mut cmd)?;
+    let output = cmd.output().with_context(|| format!("run {cmd:?}"))?;
     let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {
         bail!(
             "krunbox run -- true failed with {}: {}",
             output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
+            stderr.trim()
         );
     }
-    Ok(elapsed)
-}
-
-fn run_output(cmd: &mut Command) -> anyhow::Result<std::process::Output> {
-    cmd.output().with_context(|| format!("run {cmd:?}"))
+    let timings = stderr
+        .lines()
+        .rev()
+        .find_map(|line| serde_json::from_str(line).ok())
+        .context("krunbox run --timings=json printed no timings")?;
+    Ok((elapsed, timings))
 }

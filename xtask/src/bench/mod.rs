@@ -49,7 +49,7 @@ enum Suite {
     KrunVmm,
     /// Layer unpack vs GNU tar, pull vs skopeo (a local docker-registry).
     Images,
-    /// `krunbox run -- true` under QEMU TCG, Debian's kernel and ours.
+    /// `krunbox run -- true` under QEMU TCG, our kernel and Debian's, with each step's share.
     Boot,
     /// Named sandboxes started per minute, host memory per idle sandbox.
     Sandboxes,

@@ -1,7 +1,8 @@
 //! A krunbox of the benchmarks' own: a private data directory (its own image store, initramfs
 //! cache and sandboxes) and runtime directory, so a benchmark never sees or touches the
 //! user's sandboxes and images. The user's prepared guest kernels are shared through a
-//! symlink, as the end-to-end tests do, so nothing is downloaded again.
+//! symlink, as the end-to-end tests do, so nothing is downloaded again: all of them, or only
+//! Debian's (to time the QEMU backend's fallback kernel).
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,15 @@ use std::process::Command;
 use anyhow::Context;
 
 use crate::workspace;
+
+/// Which of the user's guest kernels a private krunbox sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelSet {
+    /// All of them (krunbox's own, when installed, is the QEMU default).
+    User,
+    /// Only the prepared Debian kernel.
+    DebianOnly,
+}
 
 pub struct PrivateKrunbox {
     binary: PathBuf,
@@ -42,6 +52,11 @@ impl PrivateKrunbox {
     /// The private directories for an already built `binary` (inside the KVM host, which
     /// cannot build).
     pub fn with_binary(binary: PathBuf) -> anyhow::Result<Self> {
+        Self::with_kernels(binary, KernelSet::User)
+    }
+
+    /// [`with_binary`](Self::with_binary), seeing only `kernels` of the user's.
+    pub fn with_kernels(binary: PathBuf, kernels: KernelSet) -> anyhow::Result<Self> {
         let default_image = workspace::target_dir().join("rootfs/default");
         anyhow::ensure!(
             default_image.is_dir(),
@@ -52,9 +67,22 @@ impl PrivateKrunbox {
             .prefix("krunbox-bench-data-")
             .tempdir()
             .context("create a private data directory")?;
-        let kernels = user_data_dir().join("kernels");
-        std::os::unix::fs::symlink(&kernels, data.path().join("kernels"))
-            .with_context(|| format!("link {}", kernels.display()))?;
+        let user_kernels = user_data_dir().join("kernels");
+        let link = |from: &Path, to: &Path| {
+            std::os::unix::fs::symlink(from, to).with_context(|| format!("link {}", from.display()))
+        };
+        match kernels {
+            KernelSet::User => link(&user_kernels, &data.path().join("kernels"))?,
+            KernelSet::DebianOnly => {
+                let abi = std::fs::read_to_string(user_kernels.join("current"))
+                    .context("no prepared Debian kernel (krunbox kernel fetch)")?;
+                let abi = abi.trim();
+                let own = data.path().join("kernels");
+                std::fs::create_dir(&own).context("create the kernels directory")?;
+                link(&user_kernels.join(abi), &own.join(abi))?;
+                std::fs::write(own.join("current"), abi).context("write kernels/current")?;
+            }
+        }
         // Short: Unix socket paths in it must stay under 108 bytes.
         let runtime = tempfile::Builder::new()
             .prefix("kbx-bench-")

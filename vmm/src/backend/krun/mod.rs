@@ -141,6 +141,10 @@ impl Backend for KrunBackend {
                      for TSI (libkrunfw's kernel, no policy)"
                 .into(),
         });
+        checks.extend(super::pause_and_snapshot_checks(
+            "the VMM process is stopped (SIGSTOP); kvmclock keeps the guest's time right",
+            "libkrun has no snapshot API",
+        ));
         checks
     }
 

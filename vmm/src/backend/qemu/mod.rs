@@ -200,6 +200,10 @@ impl Backend for QemuBackend {
             detail: decision.map(|d| d.reason).unwrap_or_else(|e| e),
         });
         checks.push(self.kernel_check());
+        checks.extend(super::pause_and_snapshot_checks(
+            "QEMU is stopped (SIGSTOP) by its supervisor; the guest clock follows the host's",
+            "every guest's root is a vhost-user-fs device, which QEMU before 8.2 cannot migrate",
+        ));
         checks
     }
 

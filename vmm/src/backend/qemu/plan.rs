@@ -247,7 +247,7 @@ pub fn build(spec: &VmSpec, layout: &Layout, inputs: &Inputs) -> Result<LaunchPl
             layout.net_socket().display()
         ));
         args.push("-device".into());
-        args.push(format!("virtio-net-pci,netdev=net0,mac={mac}"));
+        args.push(format!("virtio-net-pci,netdev=net0,mac={mac},romfile="));
     }
     for index in 0..=spec.shares.len() {
         args.push("-chardev".into());

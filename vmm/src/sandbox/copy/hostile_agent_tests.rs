@@ -90,6 +90,7 @@ async fn agent(guest: Guest) -> (Client, Arc<Mutex<Written>>) {
             generation: CURRENT_GENERATION,
             agent_version: "hostile".into(),
             features: vec![],
+            ..Default::default()
         }),
     ))
     .await
