@@ -83,6 +83,8 @@ pub async fn serve(
             let listener = tokio_vsock::VsockListener::bind(address)
                 .map_err(|source| ServeError::Bind { listen, source })?;
             tracing::info!(port, "agent listening on vsock");
+            // Whatever the log level: the host waits for this line before it connects.
+            eprintln!("{}", krunbox_protocol::AGENT_READY_LINE);
             tokio::spawn(accept_vsock(agent, listener));
         }
     }

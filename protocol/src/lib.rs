@@ -49,6 +49,13 @@ pub use flow::INITIAL_WINDOW;
 /// The vsock port the agent listens on inside the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
+/// The line guest-init writes on the console, whatever its log level, once it listens on
+/// vsock. The QEMU backend connects to the agent only after it: vhost-device-vsock 0.3.0
+/// loses its worker thread for good (the VM's vsock is dead from then on) when a host
+/// connection is pending before the guest's driver has set up the device's memory, which a
+/// host that connects while the guest still boots provokes now and then.
+pub const AGENT_READY_LINE: &str = "krunbox-agent: listening";
+
 /// The host vsock port a guest connects to for the host's SSH agent (`krunbox run --ssh`):
 /// guest-init relays each connection to its `/run/krunbox/ssh-agent.sock` there, and the
 /// host relays the port to its `SSH_AUTH_SOCK` through the [`ssh_agent`] filter.

@@ -429,3 +429,50 @@ fn doctor_says_the_backend_under_test_is_usable() {
         "no {line:?} in:\n{said}"
     );
 }
+
+#[test]
+fn timings_account_for_every_step_of_a_run() {
+    let Some(k) = e2e("timings_account_for_every_step_of_a_run") else {
+        return;
+    };
+    let out = k.run(&["--timings=json", "--", "true"], b"");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    let timings: serde_json::Value = stderr
+        .lines()
+        .rev()
+        .find_map(|line| serde_json::from_str(line).ok())
+        .unwrap_or_else(|| panic!("no JSON timings on stderr: {stderr}"));
+    let step = |key: &str| {
+        timings[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{key} missing: {timings}"))
+    };
+    // The guest reported its boot clock, so the boot is split: its kernel took time.
+    assert!(step("kernel_init_ms") > 0, "{timings}");
+    let steps: u64 = [
+        "prepare_ms",
+        "vmm_start_ms",
+        "firmware_and_kernel_load_ms",
+        "kernel_init_ms",
+        "agent_start_ms",
+        "first_exec_ms",
+        "command_ms",
+        "power_off_ms",
+    ]
+    .iter()
+    .map(|key| step(key))
+    .sum();
+    let total = step("total_ms");
+    // The steps follow each other without gaps; each is rounded down to whole milliseconds.
+    assert!(
+        steps <= total && total - steps < 10,
+        "steps sum to {steps} ms of {total} ms: {timings}"
+    );
+    let text_form = k.run(&["--timings", "--", "true"], b"");
+    assert!(
+        text(&text_form.stderr).contains("krunbox: timings: prepare "),
+        "{}",
+        text(&text_form.stderr)
+    );
+}

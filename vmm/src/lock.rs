@@ -49,6 +49,18 @@ pub fn exclusive(path: &Path) -> Result<LockGuard, LockError> {
         })
 }
 
+/// Takes a shared lock on `path` (created if missing), waiting while someone holds it
+/// exclusively: a lease that an exclusive [`try_exclusive`] sees as "in use".
+pub fn shared(path: &Path) -> Result<LockGuard, LockError> {
+    let file = open(path, true)?;
+    Flock::lock(file, FlockArg::LockShared)
+        .map(|lock| LockGuard { _lock: lock })
+        .map_err(|(_, errno)| LockError {
+            path: path.to_owned(),
+            source: errno.into(),
+        })
+}
+
 /// Takes an exclusive lock on `path` if nobody holds it; `Ok(None)` when someone does.
 pub fn try_exclusive(path: &Path) -> Result<Option<LockGuard>, LockError> {
     try_lock(open(path, true)?, path)
@@ -82,6 +94,19 @@ mod tests {
         let held = exclusive(&path).unwrap();
         assert!(try_exclusive(&path).unwrap().is_none());
         drop(held);
+        assert!(try_exclusive(&path).unwrap().is_some());
+    }
+
+    #[test]
+    fn shared_leases_coexist_and_keep_an_exclusive_lock_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let one = shared(&path).unwrap();
+        let two = shared(&path).unwrap();
+        assert!(try_exclusive(&path).unwrap().is_none());
+        drop(one);
+        assert!(try_exclusive(&path).unwrap().is_none());
+        drop(two);
         assert!(try_exclusive(&path).unwrap().is_some());
     }
 

@@ -15,12 +15,14 @@ mod guest_kernel;
 mod image;
 mod initramfs;
 mod lock;
+mod names;
 mod paths;
 mod private_dir;
 mod rundir;
 mod sandbox;
 mod self_spawn;
 mod shares;
+mod volumes;
 
 use clap::Parser;
 
@@ -48,6 +50,7 @@ fn main() {
         cli::Command::Prune(args) => cli::images::prune(&args).map_err(Into::into),
         cli::Command::Doctor => Ok(cli::doctor::run()),
         cli::Command::Kernel(command) => cli::kernel::run(&command).map_err(Into::into),
+        cli::Command::Volume(command) => cli::volume::run(command).map_err(Into::into),
         cli::Command::Create(args) => cli::sandbox::create(*args).map_err(Into::into),
         cli::Command::Start(args) => cli::sandbox::start(args).map_err(Into::into),
         cli::Command::Exec(args) => cli::sandbox::exec(args).map_err(Into::into),

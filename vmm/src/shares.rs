@@ -1,4 +1,5 @@
-//! Host directories shared into the guest: `-v HOST:GUEST[:ro]` and `--workspace`.
+//! Host directories shared into the guest: `-v HOST:GUEST[:ro]` (HOST a directory, or the
+//! name of a volume, [`crate::volumes`]) and `--workspace`.
 //!
 //! Each share is one virtio-fs device (one `virtiofsd` under QEMU) that guest-init mounts at
 //! the guest path (`krunbox.mounts=` on the kernel command line). Read-only shares are mounted
@@ -38,7 +39,20 @@ pub enum ShareError {
     /// The current directory.
     #[error("--workspace: {0}")]
     Workspace(String),
+    /// A named volume.
+    #[error("-v {spec:?}: {source}")]
+    Volume {
+        /// The argument.
+        spec: String,
+        /// What went wrong with the volume.
+        source: crate::volumes::VolumeError,
+    },
 }
+
+/// Finds (or creates) the named volume of a `-v NAME:GUEST`; `owner` is who commands run as,
+/// for a volume created now. Returns the directory to share.
+pub type VolumeResolver<'a> =
+    dyn FnMut(&str, Option<(u32, u32)>) -> Result<PathBuf, crate::volumes::VolumeError> + 'a;
 
 /// Shares and what they imply for commands.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -51,12 +65,38 @@ pub struct Shares {
     pub user: Option<(u32, u32)>,
 }
 
-/// Resolves `-v` arguments (relative host paths against `cwd`) and `--workspace` (`cwd`
-/// itself, at the same path).
-pub fn resolve(volumes: &[String], workspace: bool, cwd: &Path) -> Result<Shares, ShareError> {
+/// Resolves `-v` arguments (a bare name is a named volume, found or created by `volume`;
+/// relative host paths are against `cwd`) and `--workspace` (`cwd` itself, at the same path).
+pub fn resolve(
+    volumes: &[String],
+    workspace: bool,
+    cwd: &Path,
+    volume: &mut VolumeResolver<'_>,
+) -> Result<Shares, ShareError> {
     let mut shares = Shares::default();
+    // The workspace's owner first: a volume created now belongs to whom commands run as.
+    let workspace_owner = if workspace {
+        let meta = std::fs::metadata(cwd)
+            .map_err(|e| ShareError::Workspace(format!("{}: {e}", cwd.display())))?;
+        Some((meta.uid(), meta.gid()))
+    } else {
+        None
+    };
     for spec in volumes {
-        shares.dirs.push(parse_volume(spec, cwd)?);
+        let parsed = parse_volume(spec)?;
+        let host_path = if crate::volumes::is_volume_name(parsed.host) {
+            volume(parsed.host, workspace_owner).map_err(|source| ShareError::Volume {
+                spec: spec.clone(),
+                source,
+            })?
+        } else {
+            host_directory(spec, parsed.host, cwd)?
+        };
+        shares.dirs.push(SharedDir {
+            host_path,
+            guest_path: parsed.guest,
+            read_only: parsed.read_only,
+        });
     }
     if workspace {
         let dir = std::fs::canonicalize(cwd)
@@ -85,8 +125,19 @@ pub fn resolve(volumes: &[String], workspace: bool, cwd: &Path) -> Result<Shares
     Ok(shares)
 }
 
+/// A `-v` argument, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeArg<'a> {
+    /// A host directory, or a volume's name.
+    pub host: &'a str,
+    /// Where the guest sees it (absolute, normalized).
+    pub guest: String,
+    /// `:ro`.
+    pub read_only: bool,
+}
+
 /// `HOST:GUEST[:ro|rw]`.
-pub fn parse_volume(spec: &str, cwd: &Path) -> Result<SharedDir, ShareError> {
+pub fn parse_volume(spec: &str) -> Result<VolumeArg<'_>, ShareError> {
     let syntax = || ShareError::Syntax(spec.to_owned());
     let (rest, read_only) = match spec.rsplit_once(':') {
         Some((rest, "ro")) => (rest, true),
@@ -99,19 +150,23 @@ pub fn parse_volume(spec: &str, cwd: &Path) -> Result<SharedDir, ShareError> {
     }
     let guest = normalize_guest(guest);
     check_guest_path(&guest)?;
+    Ok(VolumeArg {
+        host,
+        guest,
+        read_only,
+    })
+}
+
+/// The host directory of a `-v` (relative to `cwd`), canonical.
+fn host_directory(spec: &str, host: &str, cwd: &Path) -> Result<PathBuf, ShareError> {
     let host_path = cwd.join(host);
-    let host_path = std::fs::canonicalize(&host_path)
+    std::fs::canonicalize(&host_path)
         .ok()
         .filter(|p| p.is_dir())
         .ok_or_else(|| ShareError::NotADirectory {
             spec: spec.to_owned(),
             path: host_path.clone(),
-        })?;
-    Ok(SharedDir {
-        host_path,
-        guest_path: guest,
-        read_only,
-    })
+        })
 }
 
 fn normalize_guest(path: &str) -> String {
@@ -140,20 +195,54 @@ fn check_guest_path(path: &str) -> Result<(), ShareError> {
 mod tests {
     use super::*;
 
+    /// Resolves without named volumes (a test that names one fails).
+    fn resolve_paths(
+        volumes: &[String],
+        workspace: bool,
+        cwd: &Path,
+    ) -> Result<Shares, ShareError> {
+        resolve(volumes, workspace, cwd, &mut |name, _| {
+            panic!("{name} taken for a volume")
+        })
+    }
+
     #[test]
     fn volumes_parse_with_modes_and_relative_hosts() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("data")).unwrap();
         let real = std::fs::canonicalize(dir.path()).unwrap();
-        let share = parse_volume("data:/srv/data/:ro", dir.path()).unwrap();
+        let shares = resolve_paths(&["./data:/srv/data/:ro".into()], false, dir.path()).unwrap();
+        let share = &shares.dirs[0];
         assert_eq!(share.host_path, real.join("data"));
         assert_eq!(share.guest_path, "/srv/data");
         assert!(share.read_only);
-        let share = parse_volume(&format!("{}:/w:rw", real.display()), Path::new("/")).unwrap();
-        assert!(!share.read_only);
-        assert_eq!(share.guest_path, "/w");
-        let share = parse_volume(&format!("{}:/w", real.display()), Path::new("/")).unwrap();
-        assert!(!share.read_only);
+        let arg = parse_volume("/h:/w:rw").unwrap();
+        assert!(!arg.read_only);
+        assert_eq!((arg.host, arg.guest.as_str()), ("/h", "/w"));
+        assert!(!parse_volume("/h:/w").unwrap().read_only);
+    }
+
+    #[test]
+    fn a_bare_name_is_a_named_volume_owned_by_the_workspace_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let owner = {
+            let meta = std::fs::metadata(dir.path()).unwrap();
+            (meta.uid(), meta.gid())
+        };
+        let mut asked = Vec::new();
+        let shares = resolve(
+            &["home:/home/agent".into()],
+            true,
+            dir.path(),
+            &mut |name, for_owner| {
+                asked.push((name.to_owned(), for_owner));
+                Ok(PathBuf::from("/volumes/home/data"))
+            },
+        )
+        .unwrap();
+        assert_eq!(asked, [("home".to_owned(), Some(owner))]);
+        assert_eq!(shares.dirs[0].host_path, Path::new("/volumes/home/data"));
+        assert_eq!(shares.dirs[0].guest_path, "/home/agent");
     }
 
     #[test]
@@ -170,7 +259,9 @@ mod tests {
             ("nocolon".to_owned(), "expected HOST:GUEST"),
             (format!("{host}:"), "expected HOST:GUEST"),
         ] {
-            let err = parse_volume(&spec, Path::new("/")).unwrap_err().to_string();
+            let err = resolve_paths(std::slice::from_ref(&spec), false, Path::new("/"))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(needle), "{spec}: {err}");
         }
     }
@@ -180,7 +271,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let real = std::fs::canonicalize(dir.path()).unwrap();
         let meta = std::fs::metadata(&real).unwrap();
-        let shares = resolve(&[], true, dir.path()).unwrap();
+        let shares = resolve_paths(&[], true, dir.path()).unwrap();
         assert_eq!(shares.dirs.len(), 1);
         assert_eq!(shares.dirs[0].host_path, real);
         assert_eq!(shares.dirs[0].guest_path, real.to_str().unwrap());
@@ -188,7 +279,7 @@ mod tests {
         assert_eq!(shares.user, Some((meta.uid(), meta.gid())));
         let twice = [format!("{}:{}", real.display(), real.display())];
         assert!(matches!(
-            resolve(&twice, true, dir.path()),
+            resolve_paths(&twice, true, dir.path()),
             Err(ShareError::Duplicate(_))
         ));
     }

@@ -198,9 +198,9 @@ impl Client {
     /// a guest that is still booting.
     ///
     /// Each attempt has its own limit, which grows from [`FIRST_ATTEMPT_LIMIT`] to
-    /// [`LAST_ATTEMPT_LIMIT`]: a VMM that accepts the connection before the guest listens may
-    /// never answer on it (libkrun's vsock muxer can lose a request sent while the guest's
-    /// vsock driver starts), and one such attempt must not use up the whole wait.
+    /// [`LAST_ATTEMPT_LIMIT`]: a VMM may accept a connection and never answer on it (a vsock
+    /// device that lost a request sent while the guest's driver started), and one such
+    /// attempt must not use up the whole wait.
     pub async fn connect_with_retry(
         address: &AgentAddress,
         timeout: Duration,

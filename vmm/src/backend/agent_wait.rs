@@ -52,10 +52,33 @@ pub async fn wait_for_agent(
     interrupt: impl Future<Output = i32>,
 ) -> Result<Client, AgentWaitError> {
     let address = vm.agent_address();
+    let started = tokio::time::Instant::now();
+    tokio::pin!(interrupt);
+    // First, where the backend says so, until the guest says its agent listens: only watch.
+    while !vm.agent_connectable() {
+        if let Some(exit) = ended(vm) {
+            return Err(AgentWaitError::VmEnded {
+                exit,
+                console: console_tail(vm),
+            });
+        }
+        if started.elapsed() >= timeout {
+            return Err(AgentWaitError::Timeout {
+                timeout: timeout.as_secs(),
+                detail: "the guest never said its agent listens".into(),
+                console: console_tail(vm),
+            });
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            signal = &mut interrupt => return Err(AgentWaitError::Interrupted { signal }),
+        }
+    }
+    let left = timeout.saturating_sub(started.elapsed());
     let outcome = tokio::select! {
-        client = Client::connect_with_retry(&address, timeout) => Ok(client),
+        client = Client::connect_with_retry(&address, left) => Ok(client),
         exit = vm_ended(vm) => Err(exit),
-        signal = interrupt => return Err(AgentWaitError::Interrupted { signal }),
+        signal = &mut interrupt => return Err(AgentWaitError::Interrupted { signal }),
     };
     match outcome {
         Ok(Ok(client)) => Ok(client),
@@ -74,12 +97,19 @@ pub async fn wait_for_agent(
 /// Resolves when the VM ends, with how it ended in words.
 pub async fn vm_ended(vm: &mut dyn VmHandle) -> String {
     loop {
-        match vm.try_wait() {
-            Ok(Some(exit)) => return exit.to_string(),
-            Ok(None) => {}
-            Err(err) => return err.to_string(),
+        if let Some(exit) = ended(vm) {
+            return exit;
         }
         tokio::time::sleep(POLL).await;
+    }
+}
+
+/// How the VM ended, in words, if it has.
+fn ended(vm: &mut dyn VmHandle) -> Option<String> {
+    match vm.try_wait() {
+        Ok(Some(exit)) => Some(exit.to_string()),
+        Ok(None) => None,
+        Err(err) => Some(err.to_string()),
     }
 }
 

@@ -92,6 +92,62 @@ fn copy_capped(mut from: impl Read, mut out: File, log: &Path, cap: u64) -> std:
     }
 }
 
+/// Watches a console log for a line, reading only what was added since the last look.
+#[derive(Debug)]
+pub struct LineWatch {
+    log: PathBuf,
+    needle: Vec<u8>,
+    offset: u64,
+    /// The end of what was read, which may hold the start of the needle.
+    carry: Vec<u8>,
+    seen: bool,
+}
+
+impl LineWatch {
+    /// Watches `log` for `needle`.
+    pub fn new(log: PathBuf, needle: &str) -> Self {
+        Self {
+            log,
+            needle: needle.as_bytes().to_vec(),
+            offset: 0,
+            carry: Vec::new(),
+            seen: false,
+        }
+    }
+
+    /// Whether the needle has appeared (once seen, always true).
+    pub fn seen(&mut self) -> bool {
+        if self.seen {
+            return true;
+        }
+        let Ok(mut file) = File::open(&self.log) else {
+            return false;
+        };
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if len < self.offset {
+            // Rotated: start over on the new file.
+            self.offset = 0;
+            self.carry.clear();
+        }
+        let mut added = Vec::new();
+        use std::io::Seek;
+        if file.seek(std::io::SeekFrom::Start(self.offset)).is_err()
+            || file.read_to_end(&mut added).is_err()
+        {
+            return false;
+        }
+        self.offset += added.len() as u64;
+        let mut window = std::mem::take(&mut self.carry);
+        window.extend_from_slice(&added);
+        self.seen = window
+            .windows(self.needle.len())
+            .any(|w| w == self.needle.as_slice());
+        let keep = window.len().min(self.needle.len().saturating_sub(1));
+        self.carry = window[window.len() - keep..].to_vec();
+        self.seen
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +167,20 @@ mod tests {
             "the newest lines are kept"
         );
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn a_watched_line_is_found_across_reads_that_split_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        let mut watch = LineWatch::new(log.clone(), "agent: ready");
+        assert!(!watch.seen(), "no file yet");
+        let mut file = File::create(&log).unwrap();
+        file.write_all(b"booting\nagent: re").unwrap();
+        assert!(!watch.seen());
+        file.write_all(b"ady\n").unwrap();
+        assert!(watch.seen());
+        assert!(watch.seen(), "stays seen");
     }
 
     #[test]

@@ -309,6 +309,12 @@ pub trait VmHandle: Send {
     fn diagnostics(&self) -> String {
         String::new()
     }
+    /// Whether the host may connect to the agent yet (QEMU: only once the guest says it
+    /// listens, see [`krunbox_protocol::AGENT_READY_LINE`]); connecting before is harmless
+    /// elsewhere.
+    fn agent_connectable(&mut self) -> bool {
+        true
+    }
     /// How the VM ended, if it has.
     fn try_wait(&mut self) -> Result<Option<VmExit>, BackendError>;
     /// Stops the VM now, without waiting for the guest.

@@ -5,12 +5,12 @@
 //! its unpacked tree until its last sandbox ends).
 
 use std::io::IsTerminal;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use krunbox_image::platform::Platform;
 use krunbox_image::source::{self, PullPolicy, Source};
 use krunbox_image::store::{ImageRecord, PruneReport, Store, StoreError};
 
+use super::table::{ago, human_size, print_with_header};
 use crate::image::{open_store, pull_options, ImageOptions};
 
 /// Download an image from a registry (or import a local OCI layout, OCI archive or
@@ -170,23 +170,19 @@ pub fn images(args: &ImagesArgs) -> Result<i32, ImagesError> {
         }
         return Ok(0);
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let rows: Vec<[String; 5]> = images
+    let rows = images
         .iter()
         .map(|image| {
-            [
+            vec![
                 image.display_name().to_owned(),
                 short_id(image, args.no_trunc),
                 image.platform.to_string(),
-                ago(now.saturating_sub(image.stored_at)),
+                ago(image.stored_at),
                 human_size(image.size),
             ]
         })
         .collect();
-    print_table(&["IMAGE", "ID", "PLATFORM", "STORED", "SIZE"], &rows);
+    print_with_header(&["IMAGE", "ID", "PLATFORM", "STORED", "SIZE"], rows);
     Ok(0)
 }
 
@@ -236,65 +232,5 @@ fn short_id(image: &ImageRecord, full: bool) -> String {
         image.id().to_string()
     } else {
         image.id().hex().chars().take(12).collect()
-    }
-}
-
-fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
-    let mut widths = header.map(str::len);
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        println!("{}", padded.join("   ").trim_end());
-    };
-    line(header.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
-    }
-}
-
-/// `1.5 MB` (decimal units, as `docker images`).
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit + 1 < UNITS.len() {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
-fn ago(seconds: u64) -> String {
-    match seconds {
-        0..=59 => "just now".into(),
-        60..=3599 => format!("{} minutes ago", seconds / 60),
-        3600..=86_399 => format!("{} hours ago", seconds / 3600),
-        _ => format!("{} days ago", seconds / 86_400),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_and_ages_read_like_docker() {
-        assert_eq!(human_size(999), "999 B");
-        assert_eq!(human_size(1_500_000), "1.5 MB");
-        assert_eq!(human_size(2_000_000_000), "2.0 GB");
-        assert_eq!(ago(5), "just now");
-        assert_eq!(ago(7200), "2 hours ago");
     }
 }

@@ -9,9 +9,11 @@ pub mod sandbox;
 pub mod session;
 pub mod share_args;
 pub mod ssh_args;
+pub mod table;
 pub mod terminal;
 pub mod timings;
 pub mod vm_args;
+pub mod volume;
 
 /// krunbox runs commands in micro-VMs, each with its own kernel.
 #[derive(Debug, clap::Parser)]
@@ -61,6 +63,9 @@ pub enum Command {
     Stats(sandbox::StatsArgs),
     /// Show what this host can run, per backend, and why.
     Doctor,
+    /// Manage named volumes (directories kept across sandboxes, shared with `-v NAME:/path`).
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
     /// Manage the QEMU backend's guest kernels: krunbox's own (the default once installed)
     /// and Debian's cloud kernel (the fallback).
     #[command(subcommand)]
@@ -68,4 +73,25 @@ pub enum Command {
     /// krunbox's own jobs (hidden): the VM's supervisor, VMM, gateway, sandbox monitor.
     #[command(flatten)]
     Internal(crate::self_spawn::Job),
+}
+
+/// Runs `op` on each of `names`, as `docker stop a b` does: with one name its error is the
+/// command's; with several, each failure is reported on stderr and the rest go on. Returns
+/// how many failed.
+pub fn for_each_name<E: std::fmt::Display>(
+    names: &[String],
+    mut op: impl FnMut(&str) -> Result<(), E>,
+) -> Result<usize, E> {
+    if let [name] = names {
+        op(name)?;
+        return Ok(0);
+    }
+    let mut failed = 0;
+    for name in names {
+        if let Err(err) = op(name) {
+            eprintln!("krunbox: {err}");
+            failed += 1;
+        }
+    }
+    Ok(failed)
 }

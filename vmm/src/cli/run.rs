@@ -149,6 +149,9 @@ pub enum RunError {
     /// Shared directories.
     #[error(transparent)]
     Shares(#[from] crate::shares::ShareError),
+    /// Named volumes.
+    #[error(transparent)]
+    Volume(#[from] crate::volumes::VolumeError),
     /// `--ssh`.
     #[error(transparent)]
     SshAgent(#[from] SshAgentError),
@@ -182,6 +185,9 @@ pub fn run(args: RunArgs) -> Result<i32, RunError> {
     let root = crate::image::prepare(args.image.as_deref(), &options)?;
     tracing::debug!(image = %root.name, rootfs = %root.rootfs.display(), overlay = root.overlay, "image ready");
     let shares = args.vm.shares.resolve()?;
+    // Held until the VM is gone: `krunbox volume rm` refuses a volume in use.
+    let volume_leases = crate::volumes::VolumeStore::new()?
+        .lease_all(shares.dirs.iter().map(|dir| dir.host_path.as_path()))?;
     let command = GuestCommand::for_image(&args, &root, &shares)?;
     let guest_init = crate::guest_init::locate()?;
     let mut spec = VmSpec::new(root.rootfs.clone(), guest_init);
@@ -239,6 +245,7 @@ pub fn run(args: RunArgs) -> Result<i32, RunError> {
     // The VM handle's drop waits for the cleanup.
     drop(vm);
     drop(root);
+    drop(volume_leases);
     tracing::debug!(elapsed = ?started.elapsed(), "done");
     let (result, marks) = outcome?;
     if let Some(format) = args.timings {

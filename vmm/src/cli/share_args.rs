@@ -1,13 +1,15 @@
 //! `-v` and `--workspace`, shared by `krunbox run` and `krunbox create`.
 
 use crate::shares::{self, ShareError, Shares};
+use crate::volumes::VolumeStore;
 
 /// Directories shared into the guest.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ShareArgs {
     /// Share a host directory with the guest over virtio-fs: HOST:GUEST, or HOST:GUEST:ro
-    /// for read-only (writes fail with EROFS; enforced in the guest, and by the host too when
-    /// krunbox runs as root). HOST may be relative to the current directory. Repeatable.
+    /// for read-only (writes fail with EROFS, enforced by the host). HOST is a directory
+    /// (absolute, or relative as `./dir`), or the name of a volume (`krunbox volume`), which
+    /// is created empty on first use and keeps its files across sandboxes. Repeatable.
     #[arg(short = 'v', long = "volume", value_name = "HOST:GUEST[:ro]")]
     pub volumes: Vec<String>,
     /// Share the current directory read-write at the same absolute path in the guest, start
@@ -22,6 +24,17 @@ impl ShareArgs {
     pub fn resolve(&self) -> Result<Shares, ShareError> {
         let cwd = std::env::current_dir()
             .map_err(|e| ShareError::Workspace(format!("the current directory: {e}")))?;
-        shares::resolve(&self.volumes, self.workspace, &cwd)
+        let mut store = None;
+        shares::resolve(&self.volumes, self.workspace, &cwd, &mut |name, owner| {
+            let store = match &store {
+                Some(store) => store,
+                None => store.insert(VolumeStore::new()?),
+            };
+            let (volume, created) = store.create(name, owner)?;
+            if created {
+                eprintln!("krunbox: created volume {name}");
+            }
+            Ok(volume.data())
+        })
     }
 }

@@ -154,8 +154,15 @@ fn start_vm(
         // The sandbox keeps its network's decisions across restarts.
         network.log = Some(sandbox.file(crate::sandbox::store::NETWORK_LOG_FILE));
     }
+    let volumes = crate::volumes::VolumeStore::new()
+        .and_then(|store| store.lease_all(vm_spec.shares.iter().map(|d| d.host_path.as_path())))
+        .map_err(|e| e.to_string())?;
     let vm = backend.start(&vm_spec).map_err(|e| e.to_string())?;
-    let mut vm: Box<dyn VmHandle> = Box::new(Leased { vm, _root: root });
+    let mut vm: Box<dyn VmHandle> = Box::new(Leased {
+        vm,
+        _root: root,
+        _volumes: volumes,
+    });
     state.agent = Some(vm.agent_address().to_string());
     state.console = Some(vm.console_log());
     sandbox.write_state(state).map_err(|e| e.to_string())?;
@@ -192,10 +199,12 @@ fn start_vm(
     }
 }
 
-/// A VM and the image lease it boots from, dropped together (the VM first).
+/// A VM, the image lease it boots from and the leases of the volumes it shares, dropped
+/// together (the VM first).
 struct Leased {
     vm: Box<dyn VmHandle>,
     _root: crate::image::PreparedRoot,
+    _volumes: Vec<crate::volumes::VolumeLease>,
 }
 
 impl VmHandle for Leased {
@@ -207,6 +216,9 @@ impl VmHandle for Leased {
     }
     fn diagnostics(&self) -> String {
         self.vm.diagnostics()
+    }
+    fn agent_connectable(&mut self) -> bool {
+        self.vm.agent_connectable()
     }
     fn try_wait(&mut self) -> Result<Option<VmExit>, crate::backend::BackendError> {
         self.vm.try_wait()

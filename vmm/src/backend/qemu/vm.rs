@@ -11,6 +11,7 @@ use krunbox_protocol::transport::AgentAddress;
 
 use super::plan::{LaunchPlan, Layout};
 use super::supervisor::{Event, Request};
+use crate::backend::console::LineWatch;
 use crate::backend::{log_tail, BackendError, VmExit, VmHandle};
 use crate::self_spawn::{self, Job};
 
@@ -27,6 +28,8 @@ pub struct QemuVm {
     lifeline: Option<ChildStdin>,
     events: mpsc::Receiver<Event>,
     exit: Option<VmExit>,
+    /// The guest's "agent listening" line on the console.
+    agent_listening: LineWatch,
     layout: Layout,
 }
 
@@ -61,6 +64,7 @@ impl QemuVm {
             supervisor: child,
             events,
             exit: None,
+            agent_listening: LineWatch::new(layout.console(), krunbox_protocol::AGENT_READY_LINE),
             layout,
         };
         let plan_line = serde_json::to_string(plan)
@@ -159,6 +163,10 @@ impl VmHandle for QemuVm {
 
     fn console_log(&self) -> PathBuf {
         self.layout.console()
+    }
+
+    fn agent_connectable(&mut self) -> bool {
+        self.agent_listening.seen()
     }
 
     fn diagnostics(&self) -> String {

@@ -62,18 +62,7 @@ fn each(
     mut op: impl FnMut(Sandbox) -> Result<(), SandboxError>,
 ) -> Result<i32, SandboxCliError> {
     let store = Store::new()?;
-    if let [name] = names {
-        store.open(name).and_then(op)?;
-        return Ok(0);
-    }
-    let mut failed = 0;
-    for name in names {
-        if let Err(err) = store.open(name).and_then(&mut op) {
-            eprintln!("krunbox: {err}");
-            failed += 1;
-        }
-    }
-    match failed {
+    match crate::cli::for_each_name(names, |name| store.open(name).and_then(&mut op))? {
         0 => Ok(0),
         n => Err(SandboxCliError::Some(n)),
     }

@@ -1,9 +1,7 @@
 //! `krunbox ps` and `krunbox inspect`.
 
-use std::io::Write;
-
 use super::SandboxCliError;
-use crate::sandbox::spec::now;
+use crate::cli::table::{ago, print_table};
 use crate::sandbox::store::Store;
 use crate::sandbox::SandboxError;
 
@@ -60,41 +58,6 @@ pub fn ps(args: PsArgs) -> Result<i32, SandboxCliError> {
     }
     print_table(&mut out, &rows);
     Ok(0)
-}
-
-/// Rows as left-aligned columns.
-pub fn print_table(out: &mut impl Write, rows: &[Vec<String>]) {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for row in rows {
-        let mut line = String::new();
-        for (c, cell) in row.iter().enumerate() {
-            if c + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<width$}   ", width = widths[c]));
-            }
-        }
-        let _ = writeln!(out, "{}", line.trim_end());
-    }
-}
-
-fn ago(then: u64) -> String {
-    let secs = now().saturating_sub(then);
-    match secs {
-        0..=59 => format!("{secs}s ago"),
-        60..=3599 => format!("{}m ago", secs / 60),
-        3600..=86399 => format!("{}h ago", secs / 3600),
-        _ => format!("{}d ago", secs / 86400),
-    }
 }
 
 /// `krunbox inspect`.

@@ -17,7 +17,7 @@ pub use exec::{exec, ExecArgs};
 pub use lifecycle::{
     pause, resume, rm, start, stop, PauseArgs, ResumeArgs, RmArgs, StartArgs, StopArgs,
 };
-pub use list::{inspect, print_table, ps, InspectArgs, PsArgs};
+pub use list::{inspect, ps, InspectArgs, PsArgs};
 pub use logs::{logs, LogsArgs};
 pub use stats::{stats, StatsArgs};
 

@@ -5,8 +5,9 @@ use std::time::Duration;
 use crate::cli::session;
 use krunbox_protocol::client::Client;
 
-use super::{print_table, SandboxCliError};
+use super::SandboxCliError;
 use crate::backend::VmHandle;
+use crate::cli::table::print_table;
 use crate::sandbox::attach::AttachedVm;
 use crate::sandbox::store::{Sandbox, Store};
 use crate::sandbox::SandboxError;
