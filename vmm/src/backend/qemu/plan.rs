@@ -304,10 +304,10 @@ fn path_arg(path: &Path) -> String {
 /// The kernel command line: serial console, our init, no reboot on panic (QEMU exits), and
 /// guest-init's settings ([`guest_boot`]), with the root share to switch into.
 ///
-/// `no_timer_check`: under TCG on a busy host, the kernel's check that the timer reaches the
-/// IO-APIC can run too slowly to see its interrupts ("MP-BIOS bug: 8254 timer not connected
-/// to IO-APIC"); the timer set-up it then falls back to left guests idle for good with their
-/// agent listening but never answering. The check has nothing to find on QEMU's q35.
+/// `no_timer_check` (as Kata's and cloud images' VMs boot): under TCG on a busy host, the
+/// kernel's check that the timer reaches the IO-APIC runs too slowly to see its interrupts and
+/// reports "MP-BIOS bug: 8254 timer not connected to IO-APIC", then reroutes the timer. The
+/// check has nothing to find on QEMU's q35.
 pub fn kernel_cmdline(spec: &VmSpec) -> String {
     let boot = GuestBoot {
         root_tag: Some(ROOT_TAG.into()),
