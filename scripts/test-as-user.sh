@@ -23,7 +23,8 @@ mkdir -p "$stage/debug/deps"
 install -m 0755 target/debug/krunbox "$stage/debug/krunbox"
 install -m 0755 target/guest-init/x86_64/guest-init "$stage/guest-init"
 cp -r target/rootfs/default "$stage/default-image"
-cp -r "${KRUNBOX_CACHE_DIR:-.krunbox-cache}/kernel/x86_64" "$stage/kernel"
+# -L: kernel/x86_64 is a link to the build of the current recipe.
+cp -rL "${KRUNBOX_CACHE_DIR:-.krunbox-cache}/kernel/x86_64" "$stage/kernel"
 chmod -R a+rX "$stage"
 # The user's own default kernel, as scripts/setup.sh installs it for whoever runs it.
 runuser -u "$user" -- env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$home" \
