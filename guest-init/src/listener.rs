@@ -53,15 +53,24 @@ pub enum ServeError {
 /// Serves until a shutdown is requested; returns the status to report. As `pid1`, termination
 /// signals are only forwarded; in host mode a SIGTERM/SIGINT with nothing running stops it.
 /// `ssh_agent_port`: forward the host's SSH agent from that vsock port (a failure to set it
-/// up is logged; the agent serves without it).
+/// up is logged; the agent serves without it). `ca_bundle`: every exec trusts it
+/// ([`krunbox_protocol::boot::CA_BUNDLE_ENV`]).
 pub async fn serve(
     listen: Listen,
     pid1: bool,
     ssh_agent_port: Option<u32>,
+    ca_bundle: Option<&std::path::Path>,
 ) -> Result<i32, ServeError> {
     let table = Arc::new(ProcessTable::default());
     reaper::start(table.clone()).map_err(ServeError::Reaper)?;
-    let mut default_env = Vec::new();
+    let mut default_env: Vec<(String, String)> = ca_bundle
+        .map(|bundle| {
+            krunbox_protocol::boot::CA_BUNDLE_ENV
+                .iter()
+                .map(|key| ((*key).to_owned(), bundle.display().to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
     if let Some(port) = ssh_agent_port {
         match ssh_agent::start(port) {
             Ok(()) => default_env.push((ssh_agent::ENV.into(), ssh_agent::SOCKET.into())),

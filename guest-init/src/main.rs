@@ -137,10 +137,20 @@ fn log_panics() {
 
 /// Runs the agent until shutdown; returns the status to report. Never unwinds: for PID 1 an
 /// exit without powering off is a kernel panic, which would hide the reason from the host.
-fn serve_catching_panics(listen: Listen, pid1: bool, ssh_agent_port: Option<u32>) -> i32 {
+fn serve_catching_panics(
+    listen: Listen,
+    pid1: bool,
+    ssh_agent_port: Option<u32>,
+    ca_bundle: Option<std::path::PathBuf>,
+) -> i32 {
     let served = std::panic::catch_unwind(move || {
         let runtime = runtime()?;
-        let served = runtime.block_on(listener::serve(listen, pid1, ssh_agent_port));
+        let served = runtime.block_on(listener::serve(
+            listen,
+            pid1,
+            ssh_agent_port,
+            ca_bundle.as_deref(),
+        ));
         // Dropping a runtime waits for blocking tasks without limit; power-off must not.
         runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
         Some(served)
@@ -164,7 +174,7 @@ fn host_mode(listen: Listen, options: &Options) {
         tracing::warn!(%err, "cannot become a subreaper");
     }
     // The status a Shutdown request or a one-shot exec asked to report.
-    std::process::exit(serve_catching_panics(listen, false, None));
+    std::process::exit(serve_catching_panics(listen, false, None, None));
 }
 
 fn guest_mode(options: &Options) {
@@ -221,6 +231,11 @@ fn guest_mode(options: &Options) {
         network::configure(network);
     }
     system::raise_fd_limit();
-    let status = serve_catching_panics(Listen::Vsock(config.port), true, config.ssh_agent_port);
+    let status = serve_catching_panics(
+        Listen::Vsock(config.port),
+        true,
+        config.ssh_agent_port,
+        config.ca_bundle.clone(),
+    );
     system::shut_down(status, ending(virtiofs_root));
 }

@@ -17,6 +17,7 @@
 //! | `krunbox.ssh_agent=PORT` | forward the host's SSH agent: listen on `/run/krunbox/ssh-agent.sock`, relay each connection to vsock PORT of the host, set `SSH_AUTH_SOCK` for every exec | no agent |
 //! | `krunbox.net=ADDR/PREFIX,GATEWAY,DNS` | configure the first network interface statically (IPv4): address, default route, resolver | no network but loopback |
 //! | `krunbox.vmm=libkrun` | the VMM is libkrun: report the exit status to it before powering off | another VMM |
+//! | `krunbox.ca=/PATH` | a CA bundle to trust (`--host-ca`): every exec gets [`CA_BUNDLE_ENV`] pointing at it | the image's own trust |
 //!
 //! Unknown `krunbox.*` keys are kept in [`Parsed::ignored`] (guest-init logs them), so an
 //! older agent boots with a newer host.
@@ -25,6 +26,17 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use crate::AGENT_VSOCK_PORT;
+
+/// The variables every exec gets set to the `krunbox.ca` bundle (unless its request sets
+/// them): OpenSSL and what links it (curl, Python's ssl, Ruby, git over HTTPS), Node.js
+/// (added to its built-in roots), Python's requests, curl and git.
+pub const CA_BUNDLE_ENV: &[&str] = &[
+    "SSL_CERT_FILE",
+    "NODE_EXTRA_CA_CERTS",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+];
 
 /// guest-init's log filter when the host sets none.
 pub const DEFAULT_LOG: &str = "info";
@@ -136,6 +148,8 @@ pub struct GuestBoot {
     /// The VMM is libkrun, which exits with the status the guest reports through an ioctl on
     /// the virtio-fs root.
     pub libkrun: bool,
+    /// A CA bundle in the guest for every exec to trust ([`CA_BUNDLE_ENV`]).
+    pub ca_bundle: Option<PathBuf>,
 }
 
 impl Default for GuestBoot {
@@ -150,6 +164,7 @@ impl Default for GuestBoot {
             ssh_agent_port: None,
             network: None,
             libkrun: false,
+            ca_bundle: None,
         }
     }
 }
@@ -252,6 +267,9 @@ impl GuestBoot {
         if self.libkrun {
             words.push("krunbox.vmm=libkrun".into());
         }
+        if let Some(bundle) = &self.ca_bundle {
+            words.push(format!("krunbox.ca={}", bundle.display()));
+        }
         words
     }
 
@@ -307,6 +325,10 @@ impl GuestBoot {
                     .parse()
                     .map(|port| config.ssh_agent_port = Some(port))
                     .is_ok(),
+                "ca" if value.starts_with('/') && !value.contains(['"', ',']) => {
+                    config.ca_bundle = Some(value.into());
+                    true
+                }
                 _ => false,
             };
             if !understood {
@@ -367,6 +389,7 @@ mod tests {
                 dns: Ipv4Addr::new(10, 0, 2, 2),
             }),
             libkrun: true,
+            ca_bundle: Some("/run/krunbox/host-ca/ca-certificates.crt".into()),
         }
     }
 

@@ -292,3 +292,142 @@ fn network_tsi_reaches_the_host_through_libkrun_and_is_refused_by_qemu() {
     }
     k.assert_nothing_left(CLEANUP);
 }
+
+/// An HTTPS server on the host's loopback whose certificate (for 10.0.2.2, where the guest
+/// reaches the host) is signed by a CA of the test's own; returns its port and the CA's PEM.
+fn https_server_with_its_own_ca() -> (u16, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "krunbox test interception CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["10.0.2.2".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    let config = std::sync::Arc::new(config);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for socket in listener.incoming().flatten() {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let Ok(connection) = rustls::ServerConnection::new(config) else {
+                    return;
+                };
+                let mut stream = rustls::StreamOwned::new(connection, socket);
+                let mut request = [0u8; 1024];
+                if std::io::Read::read(&mut stream, &mut request).is_ok() {
+                    let _ = std::io::Write::write_all(
+                        &mut stream,
+                        b"HTTP/1.0 200 trusted\r\nContent-Length: 0\r\n\r\n",
+                    );
+                }
+                stream.conn.send_close_notify();
+                let _ = std::io::Write::flush(&mut stream);
+            });
+        }
+    });
+    (port, ca.pem())
+}
+
+#[test]
+fn host_ca_makes_the_guest_trust_what_the_host_trusts() {
+    use krunbox_tests::ssh_agent_fixture::{busybox_rootfs, copy_program_into};
+    let Some(k) = e2e("host_ca_makes_the_guest_trust_what_the_host_trusts") else {
+        return;
+    };
+    let (port, ca_pem) = https_server_with_its_own_ca();
+    // The host's bundle: the test's CA (as a host that intercepts TLS has its proxy's CA).
+    let host = tempfile::tempdir().unwrap();
+    let bundle = host.path().join("bundle.pem");
+    std::fs::write(&bundle, &ca_pem).unwrap();
+    let rootfs = busybox_rootfs();
+    let probe = std::path::Path::new(env!("CARGO_BIN_EXE_tls-probe"));
+    copy_program_into(rootfs.path(), probe, std::path::Path::new("/tls-probe"));
+    for applet in ["cat", "grep"] {
+        let link = rootfs.path().join("bin").join(applet);
+        let _ = std::os::unix::fs::symlink("busybox", link);
+    }
+    // The image's own trust: the system's CAs, not the test's.
+    let image_bundle = rootfs.path().join("etc/ssl/certs");
+    std::fs::create_dir_all(&image_bundle).unwrap();
+    std::fs::copy(
+        "/etc/ssl/certs/ca-certificates.crt",
+        image_bundle.join("ca-certificates.crt"),
+    )
+    .unwrap();
+    let allow = format!("127.0.0.1:{port}");
+    let run = |extra: &[&str], script: &str| {
+        let mut args = vec!["run", "--allow-net", &allow];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[rootfs.path().to_str().unwrap(), "--", "sh", "-c", script]);
+        let out = k
+            .krunbox(&args)
+            .env("SSL_CERT_FILE", &bundle)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    // `; true`: the probe's own refusal is an answer, not a failure of the run.
+    let probe_it = format!("/tls-probe 10.0.2.2:{port} 10.0.2.2; true");
+
+    // Without --host-ca the guest trusts its image's CAs only: the server is refused.
+    let untrusted = run(&[], &probe_it);
+    assert!(
+        untrusted.starts_with("refused: tls: ") && untrusted.contains("UnknownIssuer"),
+        "{untrusted}"
+    );
+
+    // With it: the same client, unchanged, trusts it; the bundle is the host's, read-only.
+    let script = format!(
+        "echo \"$SSL_CERT_FILE $NODE_EXTRA_CA_CERTS $REQUESTS_CA_BUNDLE\"; {probe_it}; \
+         grep -c 'BEGIN CERTIFICATE' \"$SSL_CERT_FILE\"; \
+         if echo x >> \"$SSL_CERT_FILE\"; then echo writable; else echo read-only; fi"
+    );
+    let trusted = run(&["--host-ca"], &script);
+    let bundle_in_guest = "/run/krunbox/host-ca/ca-certificates.crt";
+    assert_eq!(
+        trusted.lines().collect::<Vec<_>>(),
+        [
+            format!("{bundle_in_guest} {bundle_in_guest} {bundle_in_guest}").as_str(),
+            "HTTP/1.0 200 trusted",
+            "1",
+            "read-only",
+        ],
+        "{trusted}"
+    );
+    // A command that names its own bundle keeps it.
+    let own = run(
+        &["--host-ca", "-e", "SSL_CERT_FILE=/etc/own.pem"],
+        "echo $SSL_CERT_FILE",
+    );
+    assert_eq!(own, "/etc/own.pem\n");
+    // A host "bundle" without certificates is refused before anything boots.
+    std::fs::write(&bundle, "no certificates here\n").unwrap();
+    let out = k
+        .krunbox(["run", "--host-ca", "--", "true"])
+        .env("SSL_CERT_FILE", &bundle)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("is not a CA bundle"),
+        "{}",
+        text(&out.stderr)
+    );
+    k.assert_nothing_left(CLEANUP);
+}

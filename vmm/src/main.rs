@@ -12,6 +12,7 @@ mod cli;
 mod elf;
 mod guest_init;
 mod guest_kernel;
+mod host_ca;
 mod image;
 mod initramfs;
 mod lock;

@@ -35,6 +35,23 @@ pub fn validate(kind: &'static str, name: &str) -> Result<(), InvalidName> {
     }
 }
 
+/// The valid names among the entries of `dir`, sorted (a missing `dir` has none): what a
+/// store of named directories lists, leaving out hidden staging and removal directories.
+pub fn entries(dir: &std::path::Path) -> std::io::Result<Vec<String>> {
+    let listing = match std::fs::read_dir(dir) {
+        Ok(listing) => listing,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut names: Vec<String> = listing
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|n| is_valid(n))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

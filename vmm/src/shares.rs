@@ -39,6 +39,9 @@ pub enum ShareError {
     /// The current directory.
     #[error("--workspace: {0}")]
     Workspace(String),
+    /// The host's CAs (`--host-ca`).
+    #[error(transparent)]
+    HostCa(#[from] crate::host_ca::HostCaError),
     /// A named volume.
     #[error("-v {spec:?}: {source}")]
     Volume {
@@ -63,6 +66,8 @@ pub struct Shares {
     pub workdir: Option<String>,
     /// Who commands run as unless told otherwise (the workspace's owner).
     pub user: Option<(u32, u32)>,
+    /// The guest path of a CA bundle every command trusts (`--host-ca`).
+    pub ca_bundle: Option<String>,
 }
 
 /// Resolves `-v` arguments (a bare name is a named volume, found or created by `volume`;

@@ -205,19 +205,8 @@ impl VolumeStore {
 
     /// Every volume, by name.
     pub fn list(&self) -> Result<Vec<Volume>, VolumeError> {
-        let entries = match std::fs::read_dir(&self.root) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io("list", &self.root)(e)),
-        };
-        let mut all: Vec<Volume> = entries
-            .filter_map(Result::ok)
-            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-            .filter(|n| names::is_valid(n))
-            .filter_map(|n| self.open(&n).ok())
-            .collect();
-        all.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(all)
+        let names = names::entries(&self.root).map_err(io("list", &self.root))?;
+        Ok(names.iter().filter_map(|n| self.open(n).ok()).collect())
     }
 
     /// The volume whose `data/` is `path`, if `path` is one of ours.

@@ -38,6 +38,7 @@ pub fn guest_boot(spec: &VmSpec) -> GuestBoot {
             .as_ref()
             .map(|_| krunbox_protocol::SSH_AGENT_VSOCK_PORT),
         network: matches!(spec.network, Network::User(_)).then(super::net::guest_network),
+        ca_bundle: spec.ca_bundle.clone().map(Into::into),
         ..GuestBoot::default()
     }
 }

@@ -141,6 +141,8 @@ pub struct VmSpec {
     /// connections to vsock port [`krunbox_protocol::SSH_AGENT_VSOCK_PORT`] of the host reach
     /// it, and guest-init offers them as `SSH_AUTH_SOCK` (the keys never leave the agent).
     pub ssh_agent: Option<PathBuf>,
+    /// The guest path of a CA bundle (in one of the shares) every exec trusts.
+    pub ca_bundle: Option<String>,
 }
 
 impl VmSpec {
@@ -159,6 +161,7 @@ impl VmSpec {
             guest_log_level: None,
             network: Network::default(),
             ssh_agent: None,
+            ca_bundle: None,
         }
     }
 

@@ -198,6 +198,7 @@ pub fn run(args: RunArgs) -> Result<i32, RunError> {
     spec.hostname = args.hostname.clone();
     spec.shares = shares.dirs;
     spec.ssh_agent = ssh_agent;
+    spec.ca_bundle = shares.ca_bundle.clone();
     spec.network = network;
     spec.accel = args.vm.accel();
     spec.guest_log_level = std::env::var("KRUNBOX_GUEST_LOG")

@@ -17,6 +17,13 @@ pub struct ShareArgs {
     /// the guest writes belongs to you on the host.
     #[arg(long)]
     pub workspace: bool,
+    /// Trust the host's CA certificates in the guest ($SSL_CERT_FILE, else the system's
+    /// bundle; macOS: the system keychains), so TLS through a proxy that intercepts it works:
+    /// the bundle is shared read-only at /run/krunbox/host-ca/ca-certificates.crt and every
+    /// command gets SSL_CERT_FILE, NODE_EXTRA_CA_CERTS, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE and
+    /// GIT_SSL_CAINFO pointing at it (unless it sets them).
+    #[arg(long)]
+    pub host_ca: bool,
 }
 
 impl ShareArgs {
@@ -25,16 +32,27 @@ impl ShareArgs {
         let cwd = std::env::current_dir()
             .map_err(|e| ShareError::Workspace(format!("the current directory: {e}")))?;
         let mut store = None;
-        shares::resolve(&self.volumes, self.workspace, &cwd, &mut |name, owner| {
-            let store = match &store {
-                Some(store) => store,
-                None => store.insert(VolumeStore::new()?),
-            };
-            let (volume, created) = store.create(name, owner)?;
-            if created {
-                eprintln!("krunbox: created volume {name}");
-            }
-            Ok(volume.data())
-        })
+        let mut shares =
+            shares::resolve(&self.volumes, self.workspace, &cwd, &mut |name, owner| {
+                let store = match &store {
+                    Some(store) => store,
+                    None => store.insert(VolumeStore::new()?),
+                };
+                let (volume, created) = store.create(name, owner)?;
+                if created {
+                    eprintln!("krunbox: created volume {name}");
+                }
+                Ok(volume.data())
+            })?;
+        if self.host_ca {
+            let ca = crate::host_ca::prepare()?;
+            tracing::debug!(
+                certificates = ca.certificates,
+                "the host's CAs go to the guest"
+            );
+            shares.dirs.push(ca.share);
+            shares.ca_bundle = Some(ca.guest_bundle);
+        }
+        Ok(shares)
     }
 }

@@ -25,10 +25,10 @@ use super::{io, kernels_dir, modinfo, set_current, KernelError};
 
 /// The modules a guest of the QEMU backend needs (their dependencies are added):
 /// virtio-pci, vsock over virtio, virtio-fs, overlayfs for copy-on-write roots,
-/// virtio-balloon (free page reporting gives memory the guest frees back to the host), and
+/// virtio-balloon (free page reporting gives memory the guest frees back to the host),
 /// virtio-net (the guest's interface to the host's user-mode network stack; it brings
-/// `net_failover` and `failover` by its `depends=`). A kernel prepared before a module was
-/// added here is prepared again.
+/// `net_failover` and `failover` by its `depends=`) and virtio-rng (entropy from the host). A
+/// kernel prepared before a module was added here is prepared again.
 pub const GUEST_MODULES: &[&str] = &[
     "virtio_ring",
     "virtio_pci_modern_dev",
@@ -44,6 +44,7 @@ pub const GUEST_MODULES: &[&str] = &[
     "overlay",
     "virtio_balloon",
     "virtio_net",
+    "virtio_rng",
 ];
 
 /// What `cargo xtask kvm-host` loads after [`GUEST_MODULES`] to make a guest of QEMU's TCG a

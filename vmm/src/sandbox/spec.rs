@@ -51,6 +51,9 @@ pub struct SandboxSpec {
     /// The host's SSH agent socket to forward into the guest (`create --ssh`).
     #[serde(default)]
     pub ssh_agent: Option<PathBuf>,
+    /// The guest path of the host's CA bundle every exec trusts (`create --host-ca`).
+    #[serde(default)]
+    pub ca_bundle: Option<String>,
 }
 
 impl SandboxSpec {
@@ -65,6 +68,7 @@ impl SandboxSpec {
         spec.network = self.network.clone();
         spec.shares = self.shares.clone();
         spec.ssh_agent = self.ssh_agent.clone();
+        spec.ca_bundle = self.ca_bundle.clone();
         spec.accel = self.accel;
         spec.guest_log_level = std::env::var("KRUNBOX_GUEST_LOG")
             .ok()

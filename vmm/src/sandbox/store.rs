@@ -98,19 +98,8 @@ impl Store {
 
     /// Every sandbox, by name.
     pub fn list(&self) -> Result<Vec<Sandbox>, SandboxError> {
-        let entries = match std::fs::read_dir(&self.root) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io("list", &self.root)(e)),
-        };
-        let mut all: Vec<Sandbox> = entries
-            .filter_map(Result::ok)
-            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-            .filter(|n| name::validate(n).is_ok())
-            .filter_map(|n| self.open(&n).ok())
-            .collect();
-        all.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(all)
+        let names = crate::names::entries(&self.root).map_err(io("list", &self.root))?;
+        Ok(names.iter().filter_map(|n| self.open(n).ok()).collect())
     }
 }
 
@@ -282,6 +271,7 @@ mod tests {
             boot_timeout_secs: 60,
             created_at: 1,
             ssh_agent: None,
+            ca_bundle: None,
         }
     }
 

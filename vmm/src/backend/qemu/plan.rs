@@ -238,6 +238,10 @@ pub fn build(spec: &VmSpec, layout: &Layout, inputs: &Inputs) -> Result<LaunchPl
         // gives memory back to the host (needs the guest's virtio_balloon driver).
         "-device".into(),
         "virtio-balloon-pci,free-page-reporting=on".into(),
+        // Entropy from the host: without it the guest's random pool may stay uninitialised
+        // for minutes under TCG and getrandom(2) blocks (TLS clients, Node.js, Python).
+        "-device".into(),
+        "virtio-rng-pci".into(),
     ];
     if user_network.is_some() {
         let mac = net::mac_text(net::GUEST_MAC);
@@ -426,6 +430,7 @@ mod tests {
             "-serial file:/run/krunbox/abc/console.pipe",
             "-device vhost-user-vsock-pci,chardev=vsock",
             "-device virtio-balloon-pci,free-page-reporting=on",
+            "-device virtio-rng-pci",
             "-device vhost-user-fs-pci,chardev=fs0,tag=rootfs",
             "-device vhost-user-fs-pci,chardev=fs1,tag=share1",
             "-netdev stream,id=net0,server=off,addr.type=unix,addr.path=/run/krunbox/abc/net.sock",

@@ -100,6 +100,7 @@ pub fn create(args: CreateArgs) -> Result<i32, SandboxCliError> {
         boot_timeout_secs: args.boot_timeout,
         created_at: now(),
         ssh_agent,
+        ca_bundle: shares.ca_bundle.clone(),
     };
     let sandbox = Store::new()?.create(&spec)?;
     println!("{}", sandbox.name());
