@@ -34,15 +34,21 @@ async fn measure(
     let address = AgentAddress::Unix(socket.to_owned());
     let client = Client::connect_with_retry(&address, Duration::from_secs(10)).await?;
 
-    // Exec round trip vs host spawn.
+    // Exec round trip vs host spawn, and where it goes: the protocol's own round trip (a ping:
+    // encode, socket, dispatch, reply), the exec's start (the request through the agent's
+    // spawner to the child running: ExecStarted) and the rest (the child, the reaper, the exit
+    // report).
     let mut agent_samples = Vec::with_capacity(iterations);
+    let mut start_samples = Vec::with_capacity(iterations);
+    let mut ping_samples = Vec::with_capacity(iterations);
     for _ in 0..iterations {
         let started = Instant::now();
-        let output = client
-            .exec(ExecSpec::new(["true"]))
-            .await?
-            .collect()
-            .await?;
+        client.ping().await?;
+        ping_samples.push(started.elapsed());
+        let started = Instant::now();
+        let execution = client.exec(ExecSpec::new(["true"])).await?;
+        start_samples.push(started.elapsed());
+        let output = execution.collect().await?;
         agent_samples.push(started.elapsed());
         if output.status.shell_code() != 0 {
             bail!("`true` failed in the agent: {:?}", output.status);
@@ -79,6 +85,29 @@ async fn measure(
         "1.00x".into(),
     ]);
     latency.print(&format!("Exec round trip ({iterations} runs)"));
+
+    ping_samples.sort();
+    start_samples.sort();
+    let p50 = |samples: &[Duration]| percentile(samples, 50.0);
+    let mut steps = Table::new(&["step of an exec (p50)", "time", "share"]);
+    let share = |part: Duration| format!("{:.0} %", 100.0 * part.as_secs_f64() / a50.as_secs_f64());
+    let rest = a50.saturating_sub(p50(&start_samples));
+    for (name, part) in [
+        (
+            "protocol round trip alone (ping: encode, socket, dispatch)",
+            p50(&ping_samples),
+        ),
+        (
+            "exec start (request -> spawner -> child runs: ExecStarted)",
+            p50(&start_samples),
+        ),
+        ("the child, reaping, the exit report", rest),
+    ] {
+        steps.row(vec![name.into(), millis(part), share(part)]);
+    }
+    steps.print("Where an exec's time goes (the ping is part of the exec start)");
+
+    concurrent(&client, 1000, 16).await?;
 
     // Stdout throughput vs reading the same command's pipe on the host.
     let bytes = megabytes * 1024 * 1024;
@@ -143,5 +172,84 @@ async fn measure(
         ratio(get.as_secs_f64(), host_copy.as_secs_f64()),
     ]);
     throughput.print("Throughput (agent over unix socket vs the same bytes on the host)");
+    Ok(())
+}
+
+/// `total` execs of `true` from `clients` concurrent tasks on the one connection, next to the
+/// same spawns from as many host threads: total time and p99.
+async fn concurrent(client: &Client, total: usize, clients: usize) -> anyhow::Result<()> {
+    // The first `total % clients` take one more, so exactly `total` run.
+    let share_of = |i: usize| total / clients + usize::from(i < total % clients);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(clients);
+    for i in 0..clients {
+        let each = share_of(i);
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::with_capacity(each);
+            for _ in 0..each {
+                let one = Instant::now();
+                let output = client
+                    .exec(ExecSpec::new(["true"]))
+                    .await?
+                    .collect()
+                    .await?;
+                samples.push(one.elapsed());
+                if output.status.shell_code() != 0 {
+                    bail!("`true` failed in the agent: {:?}", output.status);
+                }
+            }
+            Ok::<_, anyhow::Error>(samples)
+        }));
+    }
+    let mut agent_samples = Vec::with_capacity(total);
+    for task in tasks {
+        agent_samples.extend(task.await.context("join an exec task")??);
+    }
+    let agent_total = started.elapsed();
+    let started = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|i| {
+            let each = share_of(i);
+            std::thread::spawn(move || {
+                let mut samples = Vec::with_capacity(each);
+                for _ in 0..each {
+                    let one = Instant::now();
+                    let ok = Command::new("true").status().is_ok_and(|s| s.success());
+                    samples.push(one.elapsed());
+                    if !ok {
+                        return Err(anyhow::anyhow!("`true` failed on the host"));
+                    }
+                }
+                Ok(samples)
+            })
+        })
+        .collect();
+    let mut host_samples = Vec::with_capacity(total);
+    for thread in threads {
+        let samples = thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("a spawning thread panicked"))??;
+        host_samples.extend(samples);
+    }
+    let host_total = started.elapsed();
+    agent_samples.sort();
+    host_samples.sort();
+    let mut table = Table::new(&["clients", "total", "p99", "total ratio"]);
+    table.row(vec![
+        format!("agent, {clients} tasks on one connection"),
+        millis(agent_total),
+        millis(percentile(&agent_samples, 99.0)),
+        ratio(agent_total.as_secs_f64(), host_total.as_secs_f64()),
+    ]);
+    table.row(vec![
+        format!("host, {clients} threads"),
+        millis(host_total),
+        millis(percentile(&host_samples, 99.0)),
+        "1.00x".into(),
+    ]);
+    table.print(&format!(
+        "{total} execs of `true` at once from {clients} clients"
+    ));
     Ok(())
 }
