@@ -447,6 +447,23 @@ impl Captured {
 /// itself the "parent killed" path that must leave nothing behind.
 pub struct Running(pub Child);
 
+impl Running {
+    /// Spawns `cmd` with stdin empty and stdout and stderr captured: the child, its stdout and
+    /// its stderr.
+    pub fn captured(cmd: &mut Command) -> (Self, Captured, Captured) {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map(Running)
+            .expect("spawn");
+        let stdout = Captured::start(child.0.stdout.take().expect("stdout"));
+        let stderr = Captured::start(child.0.stderr.take().expect("stderr"));
+        (child, stdout, stderr)
+    }
+}
+
 impl std::ops::Deref for Running {
     type Target = Child;
     fn deref(&self) -> &Child {

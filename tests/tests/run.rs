@@ -135,22 +135,13 @@ fn sigterm_is_forwarded_and_the_command_status_returned() {
     let Some(k) = e2e("sigterm_is_forwarded_and_the_command_status_returned") else {
         return;
     };
-    let mut child = k
-        .krunbox([
-            "run",
-            "--",
-            "sh",
-            "-c",
-            "trap 'echo got-term; exit 42' TERM; echo ready; while true; do sleep 0.1; done",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map(Running)
-        .unwrap();
-    let stdout = Captured::start(child.stdout.take().unwrap());
-    let stderr = Captured::start(child.stderr.take().unwrap());
+    let (mut child, stdout, stderr) = Running::captured(&mut k.krunbox([
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "trap 'echo got-term; exit 42' TERM; echo ready; while true; do sleep 0.1; done",
+    ]));
     stdout.wait_for_beside("ready\n", RUN_LIMIT, Some(&stderr));
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let status = wait_timeout(&mut child, RUN_LIMIT);
@@ -164,22 +155,13 @@ fn ctrl_c_is_forwarded_and_a_second_one_stops_the_vm() {
     let Some(k) = e2e("ctrl_c_is_forwarded_and_a_second_one_stops_the_vm") else {
         return;
     };
-    let mut child = k
-        .krunbox([
-            "run",
-            "--",
-            "sh",
-            "-c",
-            "trap 'echo got-int' INT; echo ready; while true; do sleep 0.1; done",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map(Running)
-        .unwrap();
-    let stdout = Captured::start(child.stdout.take().unwrap());
-    let stderr = Captured::start(child.stderr.take().unwrap());
+    let (mut child, stdout, stderr) = Running::captured(&mut k.krunbox([
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "trap 'echo got-int' INT; echo ready; while true; do sleep 0.1; done",
+    ]));
     stdout.wait_for_beside("ready\n", RUN_LIMIT, Some(&stderr));
     let pid = Pid::from_raw(child.id() as i32);
     kill(pid, Signal::SIGINT).unwrap();

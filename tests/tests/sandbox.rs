@@ -337,23 +337,14 @@ fn pause_freezes_the_vm_and_resume_goes_on_where_it_stopped_with_the_clock_right
     b.ok(&["create", "--name", "pz", "--memory", "256"]);
     b.ok(&["start", "pz"]);
     let offset_before = guest_clock_offset(&b, "pz");
-    let mut counter = b
-        .cmd(&[
-            "exec",
-            "pz",
-            "--",
-            "sh",
-            "-c",
-            "i=0; while :; do i=$((i+1)); echo $i; sleep 0.2; done",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map(Running)
-        .unwrap();
-    let counted = Captured::start(counter.0.stdout.take().unwrap());
-    let counter_err = Captured::start(counter.0.stderr.take().unwrap());
+    let (counter, counted, counter_err) = Running::captured(&mut b.cmd(&[
+        "exec",
+        "pz",
+        "--",
+        "sh",
+        "-c",
+        "i=0; while :; do i=$((i+1)); echo $i; sleep 0.2; done",
+    ]));
     counted.wait_for_beside("\n3\n", Duration::from_secs(60), Some(&counter_err));
 
     assert_eq!(b.ok(&["pause", "pz"]), "pz\n");

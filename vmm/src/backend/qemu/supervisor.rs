@@ -402,10 +402,10 @@ impl Supervisor {
         if let Some(vmm) = &mut self.vmm {
             if matches!(vmm.try_wait(), Ok(None)) {
                 tracing::info!(?sig, "signalling qemu");
-                let _ = signal::kill(pid_of(vmm), sig);
                 if sig == Signal::SIGTERM {
-                    // A paused QEMU only acts on SIGTERM once thawed.
-                    let _ = signal::kill(pid_of(vmm), Signal::SIGCONT);
+                    terminate(vmm);
+                } else {
+                    let _ = signal::kill(pid_of(vmm), sig);
                 }
             }
         }
@@ -448,6 +448,13 @@ fn take_requests(pending: &mut Vec<u8>) -> Vec<Request> {
     requests
 }
 
+/// SIGTERM, and SIGCONT after it: a paused (stopped) process acts on SIGTERM only once
+/// continued.
+fn terminate(child: &Child) {
+    let _ = signal::kill(pid_of(child), Signal::SIGTERM);
+    let _ = signal::kill(pid_of(child), Signal::SIGCONT);
+}
+
 fn pid_of(child: &Child) -> Pid {
     Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX))
 }
@@ -466,9 +473,7 @@ fn stop(name: &str, child: &mut Child) {
     if !matches!(child.try_wait(), Ok(None)) {
         return;
     }
-    let _ = signal::kill(pid_of(child), Signal::SIGTERM);
-    // A paused (stopped) process acts on SIGTERM only once continued.
-    let _ = signal::kill(pid_of(child), Signal::SIGCONT);
+    terminate(child);
     let deadline = Instant::now() + TERM_GRACE;
     while Instant::now() < deadline {
         if !matches!(child.try_wait(), Ok(None)) {
