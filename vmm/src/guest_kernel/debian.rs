@@ -21,7 +21,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{io, kernels_dir, modinfo, set_current, KernelError};
+use super::{io, kernels_dir, modinfo, put_in_place, set_current, KernelError};
 
 /// The modules a guest of the QEMU backend needs (their dependencies are added):
 /// virtio-pci, vsock over virtio, virtio-fs, overlayfs for copy-on-write roots,
@@ -230,17 +230,8 @@ pub fn fetch(data: &Path) -> Result<PreparedKernel, KernelError> {
             std::fs::write(&dest, bytes).map_err(io("write", &dest))?;
         }
     }
-    if dir.exists() {
-        // Prepared before GUEST_MODULES grew: moved aside first (a VM booting from it keeps
-        // its open files), then removed.
-        let old = kernels.join(format!(".old-{abi}-{}", std::process::id()));
-        std::fs::rename(&dir, &old).map_err(io("move aside", &dir))?;
-        if let Err(err) = std::fs::remove_dir_all(&old) {
-            tracing::warn!(%err, dir = %old.display(), "cannot remove the previous kernel");
-        }
-    }
-    std::fs::rename(&staged, &dir).map_err(io("move the kernel into", &dir))?;
-    set_current(&kernels, &abi)?;
+    // One prepared before GUEST_MODULES grew is replaced.
+    put_in_place(&staged, &kernels, &abi)?;
     load(&dir, &abi).ok_or_else(|| KernelError::NotInPackage {
         what: "vmlinuz after unpacking".into(),
         package,

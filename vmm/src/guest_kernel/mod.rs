@@ -87,6 +87,22 @@ fn set_current(dir: &Path, name: &str) -> Result<(), KernelError> {
     std::fs::rename(&tmp, &current).map_err(io("write", &current))
 }
 
+/// Makes the kernel staged in `staged` the one called `name` in `dir` and the current one
+/// there. A kernel of that name already in place is moved aside first (a VM booting from it
+/// keeps its open files), then removed.
+fn put_in_place(staged: &Path, dir: &Path, name: &str) -> Result<(), KernelError> {
+    let target = dir.join(name);
+    if target.exists() {
+        let old = dir.join(format!(".old-{name}-{}", std::process::id()));
+        std::fs::rename(&target, &old).map_err(io("move aside", &target))?;
+        if let Err(err) = std::fs::remove_dir_all(&old) {
+            tracing::warn!(%err, dir = %old.display(), "cannot remove the previous kernel");
+        }
+    }
+    std::fs::rename(staged, &target).map_err(io("move the kernel into", &target))?;
+    set_current(dir, name)
+}
+
 /// The kernel `dir/current` names, if any.
 fn current(dir: &Path) -> Option<String> {
     let name = std::fs::read_to_string(dir.join("current")).ok()?;

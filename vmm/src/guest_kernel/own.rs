@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{current, io, kernels_dir, set_current, KernelError};
+use super::{current, io, kernels_dir, put_in_place, KernelError};
 
 /// The directory of krunbox's own kernels under `$DATA/kernels`.
 pub const OWN_DIR: &str = "krunbox";
@@ -69,21 +69,11 @@ pub fn install(data: &Path, build: &Path) -> Result<OwnKernel, KernelError> {
         let to = staging.path().join(name);
         std::fs::copy(&from, &to).map_err(io("copy", &from))?;
     }
-    let dir = own.join(&release);
-    if dir.exists() {
-        // A VM booting from the old files keeps them open; the directory is moved aside first.
-        let old = own.join(format!(".old-{release}-{}", std::process::id()));
-        std::fs::rename(&dir, &old).map_err(io("move aside", &dir))?;
-        if let Err(err) = std::fs::remove_dir_all(&old) {
-            tracing::warn!(%err, dir = %old.display(), "cannot remove the previous kernel");
-        }
-    }
     // Renamed away, the staging directory leaves nothing for its drop to remove.
-    std::fs::rename(staging.path(), &dir).map_err(io("move the kernel into", &dir))?;
-    set_current(&own, &release)?;
+    put_in_place(staging.path(), &own, &release)?;
     installed(data).ok_or_else(|| KernelError::NotABuild {
         path: build.to_owned(),
-        why: format!("{} vanished after installing", dir.display()),
+        why: format!("{} vanished after installing", own.join(&release).display()),
     })
 }
 
