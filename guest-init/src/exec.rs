@@ -253,7 +253,7 @@ async fn feed_stdin(
     while let Some(message) = rx.recv().await {
         match message {
             StdinMessage::Data(data) => {
-                let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+                let len = data.len();
                 if let Err(overrun) = window.received(len) {
                     tracing::warn!(%overrun, "host ignored the stdin window; closing stdin");
                     return;

@@ -285,7 +285,7 @@ async fn write_file(
     loop {
         match inbox.recv().await {
             Some(Body::FileChunk(chunk)) => {
-                let len = u32::try_from(chunk.data.len()).unwrap_or(u32::MAX);
+                let len = chunk.data.len();
                 window
                     .received(len)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;

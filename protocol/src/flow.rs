@@ -1,9 +1,14 @@
 //! Per-operation flow control (credit windows), used by both the client and the agent.
 //!
-//! The sender of a data stream holds a [`SendWindow`]: it may only send as many payload bytes
-//! as it has credit for, and waits otherwise. The receiver holds a [`RecvWindow`]: it counts
-//! what arrives (a peer overrunning its credit is a protocol violation) and, as the consumer
-//! takes data, returns credit in batches with a `WindowUpdate` frame.
+//! The sender of a data stream holds a [`SendWindow`]: it may only send frames it has credit
+//! for, and waits otherwise. The receiver holds a [`RecvWindow`]: it counts what arrives (a
+//! peer overrunning its credit is a protocol violation) and, as the consumer takes frames,
+//! returns credit in batches with a `WindowUpdate` frame.
+//!
+//! Credit is counted in [`frame_cost`]: a data frame costs its payload plus [`FRAME_CHARGE`].
+//! The charge bounds the number of frames in flight as well as their bytes, so a peer sending
+//! empty or one-byte frames can queue at most `INITIAL_WINDOW / FRAME_CHARGE` (16 Ki) of them
+//! at the receiver, not a million.
 
 use std::sync::Mutex;
 
@@ -14,6 +19,25 @@ pub const INITIAL_WINDOW: u32 = 1024 * 1024;
 
 /// Credit is returned once this much was consumed, to keep update frames rare.
 pub const UPDATE_THRESHOLD: u32 = INITIAL_WINDOW / 4;
+
+/// What every data frame costs on top of its payload. Queuing a frame costs the receiver a
+/// few hundred bytes whatever its payload (the envelope, a channel slot, a buffer handle), so
+/// a window of [`INITIAL_WINDOW`] holds at most 16 Ki frames: a few MiB per operation.
+pub const FRAME_CHARGE: u32 = 64;
+
+/// The credit one data frame of `payload` bytes takes.
+///
+/// ```
+/// use krunbox_protocol::flow::{frame_cost, FRAME_CHARGE};
+/// assert_eq!(frame_cost(0), FRAME_CHARGE);
+/// assert_eq!(frame_cost(100), 100 + FRAME_CHARGE);
+/// assert_eq!(frame_cost(usize::MAX), u32::MAX);
+/// ```
+pub fn frame_cost(payload: usize) -> u32 {
+    u32::try_from(payload)
+        .unwrap_or(u32::MAX)
+        .saturating_add(FRAME_CHARGE)
+}
 
 #[derive(Debug)]
 struct Credit {
@@ -26,9 +50,11 @@ struct Credit {
 /// ```
 /// # tokio_test_block(async {
 /// use krunbox_protocol::flow::SendWindow;
-/// let window = SendWindow::new(10);
+/// use krunbox_protocol::flow::FRAME_CHARGE;
+/// let window = SendWindow::new(FRAME_CHARGE + 10);
+/// // One frame of at most 10 bytes: its charge is taken too.
 /// assert_eq!(window.acquire(64).await, Some(10));
-/// window.grant(5);
+/// window.grant(FRAME_CHARGE + 5);
 /// assert_eq!(window.acquire(3).await, Some(3));
 /// window.close();
 /// assert_eq!(window.acquire(3).await, None);
@@ -55,9 +81,14 @@ impl SendWindow {
         }
     }
 
-    /// Waits for credit and takes up to `want` bytes of it; `None` once the window is closed
+    /// Waits for credit for one frame and takes it: [`FRAME_CHARGE`] plus up to `want` bytes
+    /// of payload, at least one. Returns the payload allowed; `None` once the window is closed
     /// (the operation ended or the connection dropped).
+    ///
+    /// The frame's charge is spent even if it carries less (an end-of-stream frame carries
+    /// nothing); unused payload credit goes back with [`grant`](Self::grant).
     pub async fn acquire(&self, want: usize) -> Option<usize> {
+        let charge = u64::from(FRAME_CHARGE);
         loop {
             let notified = self.changed.notified();
             {
@@ -65,10 +96,10 @@ impl SendWindow {
                 if credit.closed {
                     return None;
                 }
-                if credit.available > 0 {
-                    let take = credit.available.min(want as u64);
-                    credit.available -= take;
-                    return Some(take as usize);
+                if credit.available > charge {
+                    let payload = (credit.available - charge).min(want.max(1) as u64);
+                    credit.available -= charge + payload;
+                    return Some(payload as usize);
                 }
             }
             notified.await;
@@ -101,11 +132,13 @@ impl SendWindow {
 ///
 /// ```
 /// use krunbox_protocol::flow::{RecvWindow, INITIAL_WINDOW, UPDATE_THRESHOLD};
+/// use krunbox_protocol::flow::frame_cost;
 /// let mut window = RecvWindow::new();
 /// assert!(window.received(1000).is_ok());
 /// assert_eq!(window.consumed(1000), None);
-/// assert_eq!(window.consumed(UPDATE_THRESHOLD), Some(UPDATE_THRESHOLD + 1000));
-/// assert!(window.received(INITIAL_WINDOW * 2).is_err());
+/// let big = UPDATE_THRESHOLD as usize;
+/// assert_eq!(window.consumed(big), Some(frame_cost(1000) + frame_cost(big)));
+/// assert!(window.received(INITIAL_WINDOW as usize * 2).is_err());
 /// ```
 #[derive(Debug)]
 pub struct RecvWindow {
@@ -130,9 +163,9 @@ impl RecvWindow {
         }
     }
 
-    /// Records `bytes` of payload arriving.
-    pub fn received(&mut self, bytes: u32) -> Result<(), WindowOverrun> {
-        let bytes = u64::from(bytes);
+    /// Records one data frame of `payload` bytes arriving.
+    pub fn received(&mut self, payload: usize) -> Result<(), WindowOverrun> {
+        let bytes = u64::from(frame_cost(payload));
         if bytes > self.outstanding {
             return Err(WindowOverrun {
                 excess: bytes - self.outstanding,
@@ -142,9 +175,10 @@ impl RecvWindow {
         Ok(())
     }
 
-    /// Records `bytes` consumed; returns the credit to grant the peer now, if any.
-    pub fn consumed(&mut self, bytes: u32) -> Option<u32> {
-        self.unacknowledged = self.unacknowledged.saturating_add(bytes);
+    /// Records one data frame of `payload` bytes consumed; returns the credit to grant the
+    /// peer now, if any.
+    pub fn consumed(&mut self, payload: usize) -> Option<u32> {
+        self.unacknowledged = self.unacknowledged.saturating_add(frame_cost(payload));
         if self.unacknowledged < UPDATE_THRESHOLD {
             return None;
         }

@@ -5,13 +5,21 @@
 //! [`Hello`](crate::messages::Hello) naming the range it speaks; the agent answers with the
 //! newest generation in both ranges. An old agent baked into an image keeps working with a
 //! newer host as long as the host still speaks the agent's generation.
+//!
+//! - Generation 1: the messages frozen in `tests/generations/gen1.txt`; flow control counts
+//!   payload only.
+//! - Generation 2: the same messages; flow control charges every data frame
+//!   [`FRAME_CHARGE`](crate::flow::FRAME_CHARGE) on top of its payload. The host no longer
+//!   speaks generation 1: under it a hostile agent could queue a million empty frames per
+//!   operation, and a generation-1 agent would overrun a charged window. Such an agent is
+//!   refused at the handshake with [`NoCommonGeneration`] rather than failing mid-stream.
 
 use std::ops::RangeInclusive;
 
 /// The newest generation this build speaks.
-pub const CURRENT_GENERATION: u32 = 1;
+pub const CURRENT_GENERATION: u32 = 2;
 /// The oldest generation this build still speaks.
-pub const OLDEST_GENERATION: u32 = 1;
+pub const OLDEST_GENERATION: u32 = 2;
 
 /// The generations this build speaks.
 pub const SUPPORTED: RangeInclusive<u32> = OLDEST_GENERATION..=CURRENT_GENERATION;

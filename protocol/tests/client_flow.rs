@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use krunbox_protocol::client::{Client, ClientError, ExecSpec};
+use krunbox_protocol::flow::{frame_cost, FRAME_CHARGE};
 use krunbox_protocol::frame::FrameCodec;
+use krunbox_protocol::generation::CURRENT_GENERATION;
 use krunbox_protocol::messages::*;
 use krunbox_protocol::INITIAL_WINDOW;
 use tokio::io::DuplexStream;
@@ -80,7 +82,7 @@ async fn handshake_refuses_an_agent_of_an_unknown_generation() {
 
 #[tokio::test]
 async fn stdin_never_exceeds_the_granted_window() {
-    let (client, mut peer) = scripted_agent(1).await;
+    let (client, mut peer) = scripted_agent(CURRENT_GENERATION).await;
     let client = client.await.expect("join").expect("handshake");
 
     let (id, mut exec) = start_exec(&client, &mut peer, ExecSpec::new(["cat"]).stdin(true)).await;
@@ -92,26 +94,29 @@ async fn stdin_never_exceeds_the_granted_window() {
         stdin
     });
 
-    // Without a grant, exactly the initial window arrives and then the client waits.
+    // Without a grant, the initial window arrives (payload plus each frame's charge) and then
+    // the client waits.
     let mut received = 0usize;
-    while received < INITIAL_WINDOW as usize {
+    let mut spent = 0u64;
+    while spent + u64::from(FRAME_CHARGE) < u64::from(INITIAL_WINDOW) {
         let frame = peer.next().await.expect("frame").expect("valid");
         if let Some(Body::StdinData(data)) = frame.body {
             received += data.data.len();
+            spent += u64::from(frame_cost(data.data.len()));
         }
     }
-    assert_eq!(received, INITIAL_WINDOW as usize);
+    assert_eq!(spent, u64::from(INITIAL_WINDOW));
     let stalled = tokio::time::timeout(Duration::from_millis(200), peer.next()).await;
     assert!(
         stalled.is_err(),
         "client sent beyond its window: {stalled:?}"
     );
 
-    // Granting the rest lets the write finish.
+    // Granting the rest (with room for every frame's charge) lets the write finish.
     peer.send(Envelope::new(
         id,
         Body::Window(WindowUpdate {
-            bytes: (total - received) as u32,
+            bytes: (total - received) as u32 * 2,
         }),
     ))
     .await
@@ -128,12 +133,13 @@ async fn stdin_never_exceeds_the_granted_window() {
 
 #[tokio::test]
 async fn output_is_acknowledged_as_it_is_consumed() {
-    let (client, mut peer) = scripted_agent(1).await;
+    let (client, mut peer) = scripted_agent(CURRENT_GENERATION).await;
     let client = client.await.expect("join").expect("handshake");
     let (id, mut exec) = start_exec(&client, &mut peer, ExecSpec::new(["yes"])).await;
 
-    let chunk = vec![b'y'; 32 * 1024];
-    let chunks = INITIAL_WINDOW as usize / chunk.len();
+    // 32 frames whose cost (payload plus charge) fills the window exactly.
+    let chunks = 32;
+    let chunk = vec![b'y'; (INITIAL_WINDOW / chunks - FRAME_CHARGE) as usize];
     for _ in 0..chunks {
         peer.send(Envelope::new(
             id,
@@ -147,7 +153,7 @@ async fn output_is_acknowledged_as_it_is_consumed() {
         .expect("send output");
     }
     let mut consumed = 0usize;
-    while consumed < INITIAL_WINDOW as usize {
+    while consumed < chunks as usize * chunk.len() {
         match exec.next_event().await.expect("event") {
             Some(krunbox_protocol::client::ExecEvent::Output { data, .. }) => {
                 consumed += data.len()
@@ -172,12 +178,13 @@ async fn output_is_acknowledged_as_it_is_consumed() {
 
 #[tokio::test]
 async fn output_beyond_the_window_aborts_the_operation() {
-    let (client, mut peer) = scripted_agent(1).await;
+    let (client, mut peer) = scripted_agent(CURRENT_GENERATION).await;
     let client = client.await.expect("join").expect("handshake");
     let (id, mut exec) = start_exec(&client, &mut peer, ExecSpec::new(["yes"])).await;
     // Nothing is consumed, so no credit returns: one chunk past the window is an overrun.
-    let chunk = vec![b'y'; 64 * 1024];
-    for _ in 0..(INITIAL_WINDOW as usize / chunk.len() + 1) {
+    let chunk = vec![b'y'; (64 * 1024 - FRAME_CHARGE) as usize];
+    let fitting = INITIAL_WINDOW / frame_cost(chunk.len());
+    for _ in 0..=fitting {
         peer.send(Envelope::new(
             id,
             Body::Output(OutputChunk {
@@ -200,8 +207,57 @@ async fn output_beyond_the_window_aborts_the_operation() {
         }
     };
     assert_eq!(
-        delivered, INITIAL_WINDOW as usize,
+        delivered,
+        fitting as usize * chunk.len(),
         "everything within the window is delivered"
+    );
+    assert_eq!(
+        err.remote_kind(),
+        Some(ErrorKind::ProtocolViolation),
+        "{err}"
+    );
+}
+
+/// A hostile agent floods empty output frames, which carry no payload to count: each still
+/// costs its charge, so the client queues at most `INITIAL_WINDOW / FRAME_CHARGE` of them and
+/// aborts the operation at the next one.
+#[tokio::test]
+async fn a_flood_of_empty_frames_is_bounded_by_the_window() {
+    let (client, mut peer) = scripted_agent(CURRENT_GENERATION).await;
+    let client = client.await.expect("join").expect("handshake");
+    let (id, mut exec) = start_exec(&client, &mut peer, ExecSpec::new(["yes"])).await;
+    let fitting = INITIAL_WINDOW / FRAME_CHARGE;
+    let flood = tokio::spawn(async move {
+        for _ in 0..fitting * 4 {
+            let frame = Envelope::new(
+                id,
+                Body::Output(OutputChunk {
+                    stream: OutputStream::Stdout as i32,
+                    data: Default::default(),
+                    eof: false,
+                }),
+            );
+            if peer.send(frame).await.is_err() {
+                break;
+            }
+        }
+        peer
+    });
+    let _peer = flood.await.expect("flood");
+    let mut queued = 0u32;
+    let err = loop {
+        match exec.next_event().await {
+            Ok(Some(krunbox_protocol::client::ExecEvent::Output { data, .. })) => {
+                assert!(data.is_empty());
+                queued += 1;
+            }
+            Ok(other) => panic!("unexpected event {other:?}"),
+            Err(err) => break err,
+        }
+    };
+    assert_eq!(
+        queued, fitting,
+        "the frames within the window are delivered"
     );
     assert_eq!(
         err.remote_kind(),
@@ -212,7 +268,7 @@ async fn output_beyond_the_window_aborts_the_operation() {
 
 #[tokio::test]
 async fn a_dropped_connection_fails_pending_operations() {
-    let (client, mut peer) = scripted_agent(1).await;
+    let (client, mut peer) = scripted_agent(CURRENT_GENERATION).await;
     let client = client.await.expect("join").expect("handshake");
     let ping = tokio::spawn({
         let client = client.clone();
@@ -228,7 +284,7 @@ async fn a_dropped_connection_fails_pending_operations() {
 
 #[tokio::test]
 async fn agent_errors_surface_with_their_kind() {
-    let (client, mut peer) = scripted_agent(1).await;
+    let (client, mut peer) = scripted_agent(CURRENT_GENERATION).await;
     let client = client.await.expect("join").expect("handshake");
     let stat = tokio::spawn({
         let client = client.clone();

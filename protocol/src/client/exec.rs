@@ -151,10 +151,11 @@ struct OutputCredit {
 }
 
 impl OutputCredit {
-    async fn consumed(&self, bytes: usize) {
+    /// One output frame of `payload` bytes was taken by the consumer.
+    async fn consumed(&self, payload: usize) {
         let grant = {
             let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
-            window.consumed(u32::try_from(bytes).unwrap_or(u32::MAX))
+            window.consumed(payload)
         };
         if let Some(bytes) = grant {
             // A failure here means the connection is gone; the next recv reports it.
@@ -419,15 +420,19 @@ impl OutputReader {
 impl Drop for OutputReader {
     fn drop(&mut self) {
         // Release the credit of what was never read, so the process can finish.
-        let mut unread = 0usize;
+        let mut unread = Vec::new();
         while let Ok(chunk) = self.chunks.try_recv() {
-            unread += chunk.len();
+            unread.push(chunk.len());
         }
         self.chunks.close();
-        if unread > 0 {
+        if !unread.is_empty() {
             let credit = self.credit.clone();
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move { credit.consumed(unread).await });
+                handle.spawn(async move {
+                    for payload in unread {
+                        credit.consumed(payload).await;
+                    }
+                });
             }
         }
     }

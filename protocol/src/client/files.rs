@@ -256,7 +256,7 @@ impl Client {
         loop {
             match rx.recv().await {
                 Some(Body::FileChunk(chunk)) => {
-                    let len = u32::try_from(chunk.data.len()).unwrap_or(u32::MAX);
+                    let len = chunk.data.len();
                     sink.write_all(&chunk.data)
                         .await
                         .map_err(|source| ClientError::LocalIo { operation, source })?;

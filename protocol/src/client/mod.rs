@@ -157,13 +157,13 @@ impl Shared {
 }
 
 /// The flow-controlled payload size of a data frame.
-fn payload_len(body: &Body) -> Option<u32> {
-    let len = match body {
-        Body::Output(chunk) => chunk.data.len(),
-        Body::FileChunk(chunk) => chunk.data.len(),
-        _ => return None,
-    };
-    Some(u32::try_from(len).unwrap_or(u32::MAX))
+/// The payload of a flow-controlled data frame; `None` for every other frame.
+fn payload_len(body: &Body) -> Option<usize> {
+    match body {
+        Body::Output(chunk) => Some(chunk.data.len()),
+        Body::FileChunk(chunk) => Some(chunk.data.len()),
+        _ => None,
+    }
 }
 
 /// Keeps an operation registered until dropped.
