@@ -14,8 +14,9 @@
 //!    `password`, or `identitytoken`). Credential helpers (`credsStore`) are not run;
 //! 3. anonymous.
 //!
-//! The registry answers with a challenge; oci-client then either sends Basic credentials or
-//! exchanges them for a bearer token at the realm it names.
+//! The registry answers with a challenge; [`crate::registry_http`] then either sends Basic
+//! credentials or exchanges them for a bearer token at the realm it names
+//! ([`crate::registry_token`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

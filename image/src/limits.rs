@@ -7,6 +7,8 @@
 //! | path depth of an entry (components) | 256 | `KRUNBOX_UNPACK_MAX_DEPTH` |
 //! | the headers of one tar entry (its header, GNU long name/link, PAX extensions, sparse map) | 256 KiB | none |
 //! | a manifest, index or config (registry or local) | 4 MiB ([`MAX_JSON_BLOB`]) | none |
+//! | a registry token server's answer | 256 KiB ([`MAX_TOKEN_RESPONSE`]) | none |
+//! | the body of a registry's error answer (read for its message) | 64 KiB ([`MAX_ERROR_BODY`]) | none |
 //!
 //! The tar crate reads GNU long names and PAX extension records wholly into memory, so the
 //! entry-header limit is what keeps a small gzip announcing a multi-GiB long name from
@@ -20,6 +22,13 @@ use std::rc::Rc;
 
 /// The largest manifest, index or config krunbox reads into memory (registry or local).
 pub const MAX_JSON_BLOB: u64 = 4 * 1024 * 1024;
+
+/// The largest answer of a registry's token server krunbox reads (tokens are JWTs of a few
+/// KiB).
+pub const MAX_TOKEN_RESPONSE: u64 = 256 * 1024;
+
+/// The most of a registry's error answer krunbox reads for its message.
+pub const MAX_ERROR_BODY: u64 = 64 * 1024;
 
 /// The most bytes the headers of one tar entry may take: its own 512-byte header, a GNU long
 /// name and long link and a PAX extension header (up to 64 KiB each in practice) and a GNU

@@ -1,4 +1,4 @@
-//! Pulling images from a registry with the OCI distribution API (oci-client).
+//! Pulling images from a registry with the OCI distribution API ([`RegistrySession`]).
 //!
 //! 1. Take the store's shared lock for the whole pull (prune waits; other pulls proceed).
 //! 2. Fetch the manifest by tag or digest; a pinned digest must match the bytes received.
@@ -20,17 +20,15 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::{StreamExt, TryStreamExt};
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::manifest::OciDescriptor;
 use tokio::io::AsyncWriteExt;
 
 use crate::auth::{self, AuthError, Credentials};
 use crate::digest::{Digest, Hasher};
 use crate::limits::MAX_JSON_BLOB;
 use crate::manifest::{Descriptor, ManifestDocument, ManifestError};
-use crate::manifest_fetch::{ManifestFetchError, ManifestFetcher};
 use crate::platform::Platform;
 use crate::reference::Reference;
+use crate::registry_http::{Access, RegistryError, RegistrySession};
 use crate::store::{ImageRecord, Store, StoreError};
 
 /// How to pull.
@@ -63,34 +61,15 @@ impl Default for PullOptions {
 /// Why a pull failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
-    /// Talking to the registry failed (network, auth, not found...).
+    /// Talking to the registry failed: network, authentication, a manifest over the size
+    /// limit, an error answer (not found, denied).
     #[error("pulling {reference}: {source}")]
     Registry {
         /// What was pulled.
         reference: String,
-        /// The client error.
-        #[source]
-        source: oci_client::errors::OciDistributionError,
-    },
-    /// Downloading a blob failed midway.
-    #[error("downloading blob {digest} of {reference}: {source}")]
-    Blob {
-        /// The image.
-        reference: String,
-        /// The blob.
-        digest: Digest,
-        /// The client error.
-        #[source]
-        source: oci_client::errors::OciDistributionError,
-    },
-    /// Fetching a manifest or index failed (including one over the size limit).
-    #[error("pulling {reference}: {source}")]
-    ManifestFetch {
-        /// What was pulled.
-        reference: String,
         /// Why.
         #[source]
-        source: ManifestFetchError,
+        source: RegistryError,
     },
     /// The manifest bytes do not match the pinned or listed digest.
     #[error("manifest of {reference} failed verification: expected {expected}, got {actual}")]
@@ -170,8 +149,7 @@ struct Puller<'a> {
     store: &'a Store,
     reference: &'a Reference,
     name: String,
-    client: oci_client::Client,
-    auth: oci_client::secrets::RegistryAuth,
+    credentials: Credentials,
     platform: Platform,
     options: &'a PullOptions,
     insecure: bool,
@@ -185,17 +163,6 @@ impl<'a> Puller<'a> {
     ) -> Result<Self, PullError> {
         let insecure = reference.is_loopback_registry()
             || options.insecure_registries.contains(&reference.registry);
-        let protocol = if insecure {
-            ClientProtocol::HttpsExcept(vec![reference.registry.clone()])
-        } else {
-            ClientProtocol::Https
-        };
-        let client = oci_client::Client::new(ClientConfig {
-            protocol,
-            max_concurrent_download: options.max_concurrent_downloads.max(1),
-            connect_timeout: Some(std::time::Duration::from_secs(30)),
-            ..Default::default()
-        });
         let credentials = match &options.credentials {
             Some(c) => c.clone(),
             None => auth::credentials_for(&reference.registry)?,
@@ -205,8 +172,7 @@ impl<'a> Puller<'a> {
             store,
             reference,
             name: reference.to_string(),
-            client,
-            auth: credentials.to_oci(),
+            credentials,
             platform: options
                 .platform
                 .clone()
@@ -214,6 +180,13 @@ impl<'a> Puller<'a> {
             options,
             insecure,
         })
+    }
+
+    fn registry_err(&self) -> impl FnOnce(RegistryError) -> PullError + '_ {
+        move |source| PullError::Registry {
+            reference: self.name.clone(),
+            source,
+        }
     }
 
     fn manifest_err(&self) -> impl FnOnce(ManifestError) -> PullError + '_ {
@@ -226,16 +199,14 @@ impl<'a> Puller<'a> {
     /// Fetches a manifest or index; verifies it against `expected` when given.
     async fn fetch_manifest(
         &self,
-        fetcher: &ManifestFetcher,
+        session: &RegistrySession,
         reference: &Reference,
         expected: Option<&Digest>,
     ) -> Result<(Vec<u8>, Digest, ManifestDocument), PullError> {
-        let bytes = fetcher.fetch(&reference.to_oci()).await.map_err(|source| {
-            PullError::ManifestFetch {
-                reference: self.name.clone(),
-                source,
-            }
-        })?;
+        let bytes = session
+            .manifest(reference)
+            .await
+            .map_err(self.registry_err())?;
         let actual = Digest::of(&bytes);
         if let Some(expected) = expected {
             if *expected != actual {
@@ -252,19 +223,16 @@ impl<'a> Puller<'a> {
     }
 
     async fn run(self) -> Result<ImageRecord, PullError> {
-        let fetcher = ManifestFetcher::new(
-            &self.client,
-            &self.reference.to_oci(),
-            &self.auth,
+        let session = RegistrySession::open(
+            self.reference,
+            &self.credentials,
+            Access::Pull,
             self.insecure,
         )
         .await
-        .map_err(|source| PullError::ManifestFetch {
-            reference: self.name.clone(),
-            source,
-        })?;
+        .map_err(self.registry_err())?;
         let (bytes, digest, document) = self
-            .fetch_manifest(&fetcher, self.reference, self.reference.digest.as_ref())
+            .fetch_manifest(&session, self.reference, self.reference.digest.as_ref())
             .await?;
         let (index, manifest_bytes, manifest_digest, manifest) = match document {
             ManifestDocument::Image(manifest) => (None, bytes, digest, manifest),
@@ -276,7 +244,7 @@ impl<'a> Puller<'a> {
                 tracing::debug!(platform = %self.platform, manifest = %chosen.digest, "resolved index");
                 let pinned = self.reference.with_digest(chosen.digest.clone());
                 let (m_bytes, m_digest, m_doc) = self
-                    .fetch_manifest(&fetcher, &pinned, Some(&chosen.digest))
+                    .fetch_manifest(&session, &pinned, Some(&chosen.digest))
                     .await?;
                 let ManifestDocument::Image(manifest) = m_doc else {
                     return Err(PullError::Manifest {
@@ -309,7 +277,10 @@ impl<'a> Puller<'a> {
         let this = &self;
         let progress = &progress;
         futures_util::stream::iter(blobs)
-            .map(|descriptor| async move { this.download(&descriptor, progress).await })
+            .map(|descriptor| {
+                let session = &session;
+                async move { this.download(session, &descriptor, progress).await }
+            })
             .buffer_unordered(self.options.max_concurrent_downloads.max(1))
             .try_collect::<Vec<()>>()
             .await?;
@@ -359,6 +330,7 @@ impl<'a> Puller<'a> {
     /// Downloads one blob into a temp file and moves it into the store once verified.
     async fn download(
         &self,
+        session: &RegistrySession,
         descriptor: &Descriptor,
         progress: &Progress,
     ) -> Result<(), PullError> {
@@ -368,26 +340,12 @@ impl<'a> Puller<'a> {
             return Ok(());
         }
         let bar = progress.bar(digest, descriptor.size);
-        let oci_descriptor = OciDescriptor {
-            media_type: descriptor.media_type.clone(),
-            digest: digest.to_string(),
-            size: i64::try_from(descriptor.size).unwrap_or(i64::MAX),
-            ..Default::default()
-        };
-        let blob_err = |source: oci_client::errors::OciDistributionError| PullError::Blob {
-            reference: self.name.clone(),
-            digest: digest.clone(),
-            source,
-        };
         let write_err = |source: std::io::Error| PullError::Write {
             digest: digest.clone(),
             source,
         };
-        let mut stream = self
-            .client
-            .pull_blob_stream(&self.reference.to_oci(), &oci_descriptor)
-            .await
-            .map_err(blob_err)?;
+        let stream = session.blob(digest).await.map_err(self.registry_err())?;
+        let mut stream = std::pin::pin!(stream);
         let temp = self.store.temp_blob()?;
         let mut out = tokio::fs::File::from_std(temp.as_file().try_clone().map_err(write_err)?);
         let mut hasher = Hasher::default();
@@ -396,7 +354,7 @@ impl<'a> Puller<'a> {
             let chunk = chunk.map_err(|source| PullError::BlobTransfer {
                 reference: self.name.clone(),
                 digest: digest.clone(),
-                source,
+                source: std::io::Error::other(source),
             })?;
             received += chunk.len() as u64;
             if received > descriptor.size {

@@ -1,5 +1,10 @@
 //! Pushing an OCI image layout to a registry — how tests, benchmarks and CI put images into
 //! the local registry without Docker (the same job as `skopeo copy oci:DIR docker://REF`).
+//!
+//! Uploads go through oci-client. Authentication does not: a bearer token is had through
+//! [`RegistrySession`] (whose token answer is bounded) and handed to oci-client as is, so
+//! oci-client never reads a token server's answer itself. oci-client still reads the body of a
+//! refused upload without a limit; pushes go to a registry the user named.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +15,7 @@ use crate::auth::Credentials;
 use crate::digest::Digest;
 use crate::manifest::{Index, ManifestDocument, REF_NAME_ANNOTATION};
 use crate::reference::Reference;
+use crate::registry_http::{Access, RegistryError, RegistrySession};
 
 /// Why a push failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +43,14 @@ pub enum PushError {
         reference: String,
         /// The client error.
         source: oci_client::errors::OciDistributionError,
+    },
+    /// Authenticating with the registry failed.
+    #[error("pushing to {reference}: {source}")]
+    Auth {
+        /// The target.
+        reference: String,
+        /// Why.
+        source: RegistryError,
     },
 }
 
@@ -79,7 +93,21 @@ pub async fn push_layout(
         use_monolithic_push: true,
         ..Default::default()
     });
-    let auth = credentials.to_oci();
+    let session = RegistrySession::open(
+        target,
+        credentials,
+        Access::Push,
+        target.is_loopback_registry(),
+    )
+    .await
+    .map_err(|source| PushError::Auth {
+        reference: target.to_string(),
+        source,
+    })?;
+    let auth = match session.bearer_token() {
+        Some(token) => Credentials::Bearer(token.to_owned()).to_oci(),
+        None => credentials.to_oci(),
+    };
     let registry_err = |source| PushError::Registry {
         reference: target.to_string(),
         source,

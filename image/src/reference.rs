@@ -154,6 +154,12 @@ impl Reference {
         }
     }
 
+    /// The host (with port) the registry's API answers at; Docker Hub's API has a name of its
+    /// own, which oci-client knows.
+    pub(crate) fn api_host(&self) -> String {
+        self.to_oci().resolve_registry().to_owned()
+    }
+
     /// The oci-client spelling.
     pub(crate) fn to_oci(&self) -> oci_client::Reference {
         match (&self.tag, &self.digest) {

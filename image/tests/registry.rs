@@ -206,11 +206,8 @@ async fn registry_with_auth_challenge_needs_credentials() {
     assert!(
         matches!(
             anonymous,
-            PullError::ManifestFetch {
-                source: krunbox_image::manifest_fetch::ManifestFetchError::Status {
-                    status: 401,
-                    ..
-                },
+            PullError::Registry {
+                source: krunbox_image::registry_http::RegistryError::Status { status: 401, .. },
                 ..
             }
         ),

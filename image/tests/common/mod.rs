@@ -193,3 +193,122 @@ impl Proxy {
         self.forwarded.load(Ordering::SeqCst)
     }
 }
+
+/// One HTTP request as [`scripted_server`] saw it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The request line's target, with its query.
+    pub target: String,
+    /// Header names in lower case, values as sent.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What [`scripted_server`] answers.
+pub enum Answer {
+    /// A whole answer: status line text ("200 OK"), extra header lines, body.
+    Fixed(&'static str, String, Vec<u8>),
+    /// An endless body of spaces (about 4 GiB), announced by `Content-Length` or chunked.
+    Endless(&'static str, String, bool),
+}
+
+/// An HTTP/1.1 server on 127.0.0.1 answering each request (one per connection) with what
+/// `route` says: a registry, a token server, or a hostile one of either.
+pub async fn scripted_server(
+    route: impl Fn(&Request) -> Answer + Send + Sync + 'static,
+) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let route = Arc::new(route);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let route = route.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let mut lines = text.split("\r\n");
+                let target = lines
+                    .next()
+                    .and_then(|l| l.split(' ').nth(1))
+                    .unwrap_or("")
+                    .to_owned();
+                let headers = lines
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                    .collect();
+                let request = Request { target, headers };
+                match route(&request) {
+                    Answer::Fixed(status, extra, body) => {
+                        let head = format!(
+                            "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = conn.write_all(head.as_bytes()).await;
+                        let _ = conn.write_all(&body).await;
+                    }
+                    Answer::Endless(status, extra, announce_length) => {
+                        let framing = if announce_length {
+                            format!("Content-Length: {}\r\n", 4u64 << 30)
+                        } else {
+                            "Transfer-Encoding: chunked\r\n".to_owned()
+                        };
+                        let head = format!(
+                            "HTTP/1.1 {status}\r\n{extra}{framing}Connection: close\r\n\r\n"
+                        );
+                        if conn.write_all(head.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        let piece = vec![b' '; 64 * 1024];
+                        for _ in 0..(1 << 16) {
+                            let sent = if announce_length {
+                                conn.write_all(&piece).await
+                            } else {
+                                let mut chunk = format!("{:x}\r\n", piece.len()).into_bytes();
+                                chunk.extend_from_slice(&piece);
+                                chunk.extend_from_slice(b"\r\n");
+                                conn.write_all(&chunk).await
+                            };
+                            if sent.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The most memory this process has held (VmHWM), in bytes.
+pub fn peak_memory() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc/self/status");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("a number of kB");
+    kib * 1024
+}
