@@ -342,3 +342,43 @@ async fn a_connection_that_never_answers_does_not_use_up_the_whole_wait() {
     );
     drop(agent.await.expect("agent"));
 }
+
+/// An agent of a generation the host no longer speaks refuses the handshake: the host says
+/// so at once instead of asking again until its boot wait is over.
+#[tokio::test]
+async fn an_agent_that_refuses_the_handshake_is_not_asked_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("agent.sock");
+    let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+    let agent = tokio::spawn(async move {
+        let mut connections = 0;
+        while let Ok((conn, _)) = listener.accept().await {
+            connections += 1;
+            let mut peer = Framed::new(conn, FrameCodec::new());
+            let _hello = peer.next().await;
+            let reply = ErrorReply::new(
+                ErrorKind::Unsupported,
+                "no common protocol generation: host speaks 2..=2, agent speaks 1..=1",
+            );
+            let _ = peer.send(Envelope::new(0, Body::Error(reply))).await;
+            if connections > 1 {
+                return connections;
+            }
+        }
+        connections
+    });
+    let address = krunbox_protocol::transport::AgentAddress::Unix(path);
+    let started = std::time::Instant::now();
+    let err = Client::connect_with_retry(&address, Duration::from_secs(60))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(err.remote_kind(), Some(ErrorKind::Unsupported), "{err}");
+    assert!(err.to_string().contains("generation"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    agent.abort();
+}

@@ -217,7 +217,11 @@ impl Client {
             let limit = attempt_limit.min(remaining);
             let last = match tokio::time::timeout(limit, attempt).await {
                 Ok(Ok(client)) => return Ok(client),
-                Ok(Err(err @ ClientError::Generation(_))) => return Err(err),
+                // The agent answered and refused (an older agent says it speaks no common
+                // generation this way): asking again cannot change its mind.
+                Ok(Err(err @ (ClientError::Generation(_) | ClientError::Remote { .. }))) => {
+                    return Err(err)
+                }
                 Ok(Err(err)) => err.to_string(),
                 Err(_) => {
                     attempt_limit = (attempt_limit * 2).min(LAST_ATTEMPT_LIMIT);
