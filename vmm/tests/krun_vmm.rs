@@ -126,6 +126,50 @@ fn libkrun_accepts_the_configuration_and_the_lifeline_removes_the_run_directory(
     assert!(!run.dir.exists(), "the run directory outlived the lifeline");
 }
 
+/// The confinement of `backend/krun/confine.rs` is in place before libkrun would start its
+/// virtio-fs workers: a seccomp filter on every thread and, as root, no `CAP_MKNOD` or
+/// `CAP_SETFCAP` in any set. (The attack itself, a guest root planting setuid files and
+/// device nodes in a share, runs on libkrun in the KVM host: `adversarial` `virtiofs::`.)
+#[test]
+fn the_configured_child_is_confined_before_it_would_enter() {
+    let run = RunDir::new();
+    run.write_config(|_| {});
+    let (mut child, mut stdout) = run.spawn();
+    let event = first_event(&mut stdout);
+    assert_eq!(
+        event,
+        serde_json::json!({"event": "configured"}),
+        "{}",
+        stderr_of(&mut child)
+    );
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap();
+    for task in tasks {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_else(|| panic!("{name} in {status}"))
+        };
+        // 2: a filter (SECCOMP_MODE_FILTER).
+        assert_eq!(field("Seccomp:"), "2", "{status}");
+        if nix::unistd::geteuid().is_root() {
+            const MKNOD: u64 = 1 << 27;
+            const SETFCAP: u64 = 1 << 31;
+            for set in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:"] {
+                let bits = u64::from_str_radix(&field(set), 16).unwrap();
+                assert_eq!(bits & (MKNOD | SETFCAP), 0, "{set} {bits:x}");
+            }
+            // Everything libkrun's virtio-fs needs to serve guest ids stays.
+            let bounding = u64::from_str_radix(&field("CapBnd:"), 16).unwrap();
+            assert_ne!(bounding & (1 << 7), 0, "CAP_SETUID kept");
+        }
+    }
+    drop(child.stdin.take());
+    assert_eq!(exit_code(&mut child), Some(128 + 15));
+}
+
 #[test]
 fn the_user_network_helper_runs_beside_libkrun_and_ends_with_it() {
     let run = RunDir::new();

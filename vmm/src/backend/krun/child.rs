@@ -20,6 +20,9 @@
 //!   not see a signal.
 //! - With `--ssh`, the child starts the filtering SSH agent relay
 //!   ([`crate::backend::ssh_agent_relay`]) on its own thread before configuring libkrun.
+//! - Before anything else, the child confines what its in-process virtio-fs may do to
+//!   host files ([`super::confine`]: no setuid/setgid modes, no device nodes or file
+//!   capabilities).
 //! - The child runs in its own process group: Ctrl-C reaches `krunbox run`, which forwards it
 //!   to the guest command, and not the VMM.
 
@@ -63,6 +66,11 @@ pub enum Event {
 /// configuring libkrun and waits to be stopped.
 pub fn main(run_dir: &Path, no_enter: bool) -> i32 {
     init_logging();
+    // First, before any thread starts: capabilities are per thread, and every thread started
+    // later (libkrun's virtio-fs workers among them) inherits the confinement.
+    if let Err(err) = super::confine::confine_share_writes() {
+        return fail(err.to_string());
+    }
     let layout = Layout::new(run_dir.to_owned());
     let config = match KrunVmConfig::read(&layout.config()) {
         Ok(config) if config.run_dir == run_dir => config,

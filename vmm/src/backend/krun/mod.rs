@@ -28,6 +28,7 @@ pub mod api;
 pub mod child;
 pub mod config;
 pub mod configure;
+pub mod confine;
 pub mod kernel_format;
 pub mod probe;
 pub mod vm;
