@@ -870,3 +870,127 @@ fn twenty_sandboxes_start_in_parallel_and_leave_nothing_when_removed() {
     );
     b.assert_nothing_left();
 }
+
+/// The warm pool whose VM a `run --timings=json` took (`None`: it booted its own).
+fn warm_pool_of(out: &Output) -> Option<String> {
+    let stderr = text(&out.stderr);
+    let line = stderr
+        .lines()
+        .rfind(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no timings in: {stderr}"));
+    let timings: serde_json::Value = serde_json::from_str(line).expect("timings JSON");
+    timings["warm_pool"].as_str().map(str::to_owned)
+}
+
+/// Waits until pool `name` has `ready` members ready; its `pool ls` entry then.
+fn wait_for_pool(b: &Boxes, name: &str, ready: u64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let listed: serde_json::Value =
+            serde_json::from_str(&b.ok(&["pool", "ls", "--format", "json"])).expect("JSON");
+        let pool = listed
+            .as_array()
+            .and_then(|pools| pools.iter().find(|p| p["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no pool {name} in {listed}"));
+        if pool["ready"].as_u64() == Some(ready) {
+            return pool;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pool {name} never had {ready} ready: {pool}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_pooled_run_behaves_like_a_cold_one_and_never_reuses_a_vm() {
+    let Some(b) = Boxes::new("a_pooled_run_behaves_like_a_cold_one_and_never_reuses_a_vm") else {
+        return;
+    };
+    let share = tempfile::tempdir().unwrap();
+    std::fs::write(share.path().join("in.txt"), "from the host\n").unwrap();
+    let volume = format!("{}:/s:ro", share.path().display());
+    b.ok(&["pool", "start", "--name", "p", "--size", "1", "-v", &volume]);
+    let pool = wait_for_pool(&b, "p", 1);
+    assert_eq!(pool["size"], 1, "{pool}");
+    assert_eq!(pool["keeper_running"], true, "{pool}");
+
+    // What the previous run left in its VM (here /tmp/left) must never be seen by the next.
+    let script = "echo $GREETING; id -u; pwd; cat /s/in.txt; \
+                  cat /tmp/left 2>/dev/null || echo clean; echo dirty > /tmp/left; \
+                  echo boot $(cat /proc/sys/kernel/random/boot_id) >&2; exit 7";
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--timings=json",
+            "-e",
+            "GREETING=hi",
+            "-w",
+            "/s",
+            "-u",
+            "65534",
+            "-v",
+            &volume,
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "sh", "-c", script]);
+        b.out(&args)
+    };
+    let boot_of = |out: &Output| {
+        text(&out.stderr)
+            .lines()
+            .find_map(|l| l.strip_prefix("boot ").map(str::to_owned))
+            .unwrap_or_else(|| panic!("no boot id: {}", text(&out.stderr)))
+    };
+    let expected = "hi\n65534\n/s\nfrom the host\nclean\n";
+
+    let first = run(&[]);
+    assert_eq!(first.status.code(), Some(7), "{}", text(&first.stderr));
+    assert_eq!(
+        warm_pool_of(&first).as_deref(),
+        Some("p"),
+        "the first run is warm"
+    );
+    assert_eq!(text(&first.stdout), expected);
+
+    // The keeper boots a new member; the next run gets that one, never the first's.
+    wait_for_pool(&b, "p", 1);
+    let second = run(&[]);
+    assert_eq!(second.status.code(), Some(7), "{}", text(&second.stderr));
+    assert_eq!(warm_pool_of(&second).as_deref(), Some("p"));
+    assert_eq!(
+        text(&second.stdout),
+        expected,
+        "nothing of the first run is left"
+    );
+    assert_ne!(
+        boot_of(&first),
+        boot_of(&second),
+        "a pool VM was used twice"
+    );
+
+    // A cold run of the same command behaves the same.
+    let cold = run(&["--no-pool"]);
+    assert_eq!(cold.status.code(), Some(7), "{}", text(&cold.stderr));
+    assert_eq!(warm_pool_of(&cold), None);
+    assert_eq!(text(&cold.stdout), expected);
+
+    // Other VM settings than the pool's (here: no share) boot their own VM.
+    wait_for_pool(&b, "p", 1);
+    let other = b.out(&["run", "--timings=json", "--", "true"]);
+    assert!(other.status.success(), "{}", text(&other.stderr));
+    assert_eq!(
+        warm_pool_of(&other),
+        None,
+        "a VM with other shares was taken"
+    );
+
+    b.ok(&["pool", "stop", "p"]);
+    assert_eq!(b.ok(&["pool", "ls", "--format", "json"]).trim(), "[]");
+    assert!(
+        !b.data.path().join("pools/p").exists(),
+        "the pool's directory outlived it"
+    );
+    b.assert_nothing_left();
+}

@@ -18,6 +18,7 @@ mod initramfs;
 mod lock;
 mod names;
 mod paths;
+mod pool;
 mod private_dir;
 mod rundir;
 mod sandbox;
@@ -52,6 +53,7 @@ fn main() {
         cli::Command::Doctor => Ok(cli::doctor::run()),
         cli::Command::Kernel(command) => cli::kernel::run(&command).map_err(Into::into),
         cli::Command::Volume(command) => cli::volume::run(command).map_err(Into::into),
+        cli::Command::Pool(command) => cli::pool::run(command).map_err(Into::into),
         cli::Command::Create(args) => cli::sandbox::create(*args).map_err(Into::into),
         cli::Command::Start(args) => cli::sandbox::start(args).map_err(Into::into),
         cli::Command::Exec(args) => cli::sandbox::exec(args).map_err(Into::into),

@@ -7,8 +7,8 @@
 //! sandbox would lose or forge.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
-use std::process::{ChildStdout, Command};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 
 use serde::de::DeserializeOwned;
@@ -21,6 +21,12 @@ pub enum Job {
     #[command(name = Job::SANDBOX_MONITOR, hide = true)]
     SandboxMonitor {
         /// The sandbox's directory.
+        dir: PathBuf,
+    },
+    /// Internal: keeps one warm pool filled (started by `krunbox pool start`).
+    #[command(name = Job::POOL_KEEPER, hide = true)]
+    PoolKeeper {
+        /// The pool's directory.
         dir: PathBuf,
     },
     /// Internal: supervises one QEMU VM (started by krunbox itself).
@@ -49,6 +55,8 @@ pub enum Job {
 impl Job {
     /// `krunbox __sandbox-monitor DIR`.
     pub const SANDBOX_MONITOR: &'static str = "__sandbox-monitor";
+    /// `krunbox __pool-keeper DIR`.
+    pub const POOL_KEEPER: &'static str = "__pool-keeper";
     /// `krunbox __qemu-supervisor RUNDIR` (the plan on stdin).
     pub const QEMU_SUPERVISOR: &'static str = "__qemu-supervisor";
     /// `krunbox __net --socket PATH --config JSON ...`.
@@ -61,11 +69,63 @@ impl Job {
     pub fn main(&self) -> i32 {
         match self {
             Job::SandboxMonitor { dir } => crate::sandbox::monitor::main(dir),
+            Job::PoolKeeper { dir } => crate::pool::keeper::main(dir),
             Job::QemuSupervisor { run_dir } => crate::backend::qemu::supervisor::main(run_dir),
             Job::Net(args) => crate::backend::net::main(args),
             Job::KrunVmm { run_dir, no_enter } => {
                 crate::backend::krun::child::main(run_dir, *no_enter)
             }
+        }
+    }
+}
+
+/// Starts `krunbox JOB DIR` detached: in a session of its own (no terminal signals, and it
+/// outlives this process), stdin from /dev/null, stderr appended to `log`, and its stdout read
+/// as events on a thread called `thread`. A failure names what could not be done.
+pub fn spawn_detached<E>(
+    job: &str,
+    dir: &Path,
+    log: &Path,
+    thread: &str,
+) -> Result<(Child, mpsc::Receiver<E>), String>
+where
+    E: DeserializeOwned + Send + 'static,
+{
+    use std::os::unix::process::CommandExt;
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
+    let (exe, mut command) = self::command(job).map_err(|e| format!("cannot find krunbox: {e}"))?;
+    command
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log_file);
+    // SAFETY: between fork and exec the closure only calls setsid(2), which is
+    // async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
+    let events = child
+        .stdout
+        .take()
+        .ok_or_else(|| std::io::Error::other("its stdout is not a pipe"))
+        .and_then(|out| read_events::<E>(out, thread));
+    match events {
+        Ok(events) => Ok((child, events)),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!("cannot read the events of {}: {e}", exe.display()))
         }
     }
 }

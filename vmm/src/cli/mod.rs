@@ -4,6 +4,7 @@ pub mod doctor;
 pub mod images;
 pub mod kernel;
 pub mod net_args;
+pub mod pool;
 pub mod run;
 pub mod sandbox;
 pub mod session;
@@ -63,6 +64,9 @@ pub enum Command {
     Stats(sandbox::StatsArgs),
     /// Show what this host can run, per backend, and why.
     Doctor,
+    /// Keep booted VMs ready for `krunbox run` (warm pools).
+    #[command(subcommand)]
+    Pool(pool::PoolCommand),
     /// Manage named volumes (directories kept across sandboxes, shared with `-v NAME:/path`).
     #[command(subcommand)]
     Volume(volume::VolumeCommand),

@@ -109,6 +109,9 @@ pub struct RunArgs {
     /// one JSON object of milliseconds).
     #[arg(long, value_enum, value_name = "FORMAT", num_args = 0..=1, default_missing_value = "text")]
     pub timings: Option<TimingsFormat>,
+    /// Boot a VM even when a warm pool (`krunbox pool`) has a booted one of these settings.
+    #[arg(long)]
+    pub no_pool: bool,
     /// Seconds to wait for the guest agent to come up before giving up.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub boot_timeout: u64,
@@ -161,6 +164,12 @@ pub enum RunError {
     /// Starting or running the command.
     #[error(transparent)]
     Session(#[from] SessionError),
+    /// A warm pool.
+    #[error(transparent)]
+    Pool(#[from] crate::pool::PoolError),
+    /// A warm pool's VM.
+    #[error(transparent)]
+    PoolMember(#[from] crate::sandbox::SandboxError),
 }
 
 impl From<ImageError> for RunError {
@@ -204,6 +213,11 @@ pub fn run(args: RunArgs) -> Result<i32, RunError> {
     spec.guest_log_level = std::env::var("KRUNBOX_GUEST_LOG")
         .ok()
         .filter(|l| !l.is_empty());
+    if !args.no_pool {
+        if let Some(claimed) = crate::pool::claim::claim(&spec, backend.kind())? {
+            return run_warm(&args, &command, claimed, run_started);
+        }
+    }
     let started = Instant::now();
     // A signal while the backend starts the VM must not kill krunbox before it can stop the
     // VM it is starting: note it, and act once `start` returns.
@@ -231,17 +245,7 @@ pub fn run(args: RunArgs) -> Result<i32, RunError> {
         return Ok(128 + sig as i32);
     }
 
-    let options = CommandOptions {
-        command: command.config.argv.clone(),
-        env: split_env(&command.config.env),
-        workdir: Some(command.config.workdir.clone()),
-        user: command.user,
-        tty: args.tty,
-        interactive: args.interactive,
-        power_off_on_exit: true,
-        second_interrupt: SecondInterrupt::StopVm,
-        agent_timeout: Duration::from_secs(args.boot_timeout),
-    };
+    let options = command.options(&args, true, SecondInterrupt::StopVm);
     let outcome = session::block_on(Session::new(options, vm.as_mut()).run_marked());
     // The VM handle's drop waits for the cleanup.
     drop(vm);
@@ -256,13 +260,52 @@ pub fn run(args: RunArgs) -> Result<i32, RunError> {
             vmm_running,
             gone: Instant::now(),
         };
-        let timings = Timings::new(&run, &marks).render(format);
-        match format {
-            TimingsFormat::Text => eprintln!("krunbox: {timings}"),
-            TimingsFormat::Json => eprintln!("{timings}"),
-        }
+        print_timings(&Timings::new(&run, &marks), format);
     }
     Ok(result?)
+}
+
+/// The rest of a run in a warm pool's booted VM: the command, attached as `exec` attaches;
+/// then the VM is thrown away (its pool's keeper boots another).
+fn run_warm(
+    args: &RunArgs,
+    command: &GuestCommand,
+    claimed: crate::pool::claim::Claimed,
+    run_started: Instant,
+) -> Result<i32, RunError> {
+    let claimed_at = Instant::now();
+    let attached = crate::sandbox::attach::AttachedVm::new(claimed.member.clone());
+    let mut vm = match attached {
+        Ok(vm) => vm,
+        Err(err) => {
+            claimed.finish();
+            return Err(err.into());
+        }
+    };
+    // A second Ctrl-C leaves the command; the VM goes with the claim either way.
+    let options = command.options(args, false, SecondInterrupt::Detach);
+    let outcome = session::block_on(Session::new(options, &mut vm).run_marked());
+    let pool = claimed.pool.clone();
+    claimed.finish();
+    let (result, marks) = outcome?;
+    if let Some(format) = args.timings {
+        let run = RunMarks {
+            start: run_started,
+            vmm_called: claimed_at,
+            vmm_running: claimed_at,
+            gone: Instant::now(),
+        };
+        print_timings(&Timings::warm(&run, &marks, &pool), format);
+    }
+    Ok(result?)
+}
+
+fn print_timings(timings: &Timings, format: TimingsFormat) {
+    let rendered = timings.render(format);
+    match format {
+        TimingsFormat::Text => eprintln!("krunbox: {rendered}"),
+        TimingsFormat::Json => eprintln!("{rendered}"),
+    }
 }
 
 /// `KEY=VALUE` strings as pairs.
@@ -284,6 +327,26 @@ struct GuestCommand {
 }
 
 impl GuestCommand {
+    /// The session's options for this command.
+    fn options(
+        &self,
+        args: &RunArgs,
+        power_off_on_exit: bool,
+        second_interrupt: SecondInterrupt,
+    ) -> CommandOptions {
+        CommandOptions {
+            command: self.config.argv.clone(),
+            env: split_env(&self.config.env),
+            workdir: Some(self.config.workdir.clone()),
+            user: self.user,
+            tty: args.tty,
+            interactive: args.interactive,
+            power_off_on_exit,
+            second_interrupt,
+            agent_timeout: Duration::from_secs(args.boot_timeout),
+        }
+    }
+
     /// `-w` and `-u` win over the workspace (its path, its owner), which wins over the image.
     fn for_image(
         args: &RunArgs,

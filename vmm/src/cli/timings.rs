@@ -65,6 +65,9 @@ pub struct Timings {
     pub power_off_ms: Option<u64>,
     /// Everything.
     pub total_ms: u64,
+    /// The warm pool whose booted VM the run took (then there was no VMM start or boot:
+    /// "agent start" is attaching to the VM's agent).
+    pub warm_pool: Option<String>,
 }
 
 fn ms(duration: Duration) -> u64 {
@@ -110,6 +113,20 @@ impl Timings {
             command_ms: between(session.exec_started, session.exited),
             power_off_ms: between(session.exited, Some(run.gone)),
             total_ms: ms(run.gone.saturating_duration_since(run.start)),
+            warm_pool: None,
+        }
+    }
+
+    /// The steps of a run in a warm pool's VM (`run.vmm_called` and `run.vmm_running`: when
+    /// it was claimed). The guest's boot clock says when that VM booted, not this run: unused.
+    pub fn warm(run: &RunMarks, session: &SessionMarks, pool: &str) -> Self {
+        let session = SessionMarks {
+            guest_clock: None,
+            ..*session
+        };
+        Self {
+            warm_pool: Some(pool.to_owned()),
+            ..Self::new(run, &session)
         }
     }
 
@@ -132,7 +149,15 @@ impl Timings {
                     .iter()
                     .filter_map(|(name, value)| value.map(|v| format!("{name} {v} ms")))
                     .collect();
-                format!("timings: {}; total {} ms", listed.join(", "), self.total_ms)
+                let warm = match &self.warm_pool {
+                    Some(pool) => format!(" (warm: a booted VM of pool {pool})"),
+                    None => String::new(),
+                };
+                format!(
+                    "timings{warm}: {}; total {} ms",
+                    listed.join(", "),
+                    self.total_ms
+                )
             }
         }
     }
@@ -177,8 +202,14 @@ mod tests {
                 command_ms: Some(30),
                 power_off_ms: Some(400),
                 total_ms: 2000,
+                warm_pool: None,
             }
         );
+        // In a warm pool's VM the guest's boot clock is about its boot, long ago: not used.
+        let warm = Timings::warm(&run, &session, "p");
+        assert_eq!(warm.warm_pool.as_deref(), Some("p"));
+        assert_eq!(warm.kernel_init_ms, None);
+        assert!(warm.render(TimingsFormat::Text).contains("pool p"));
         let sum: u64 = [
             timings.prepare_ms,
             timings.vmm_start_ms,

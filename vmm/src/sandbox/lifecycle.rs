@@ -2,8 +2,6 @@
 //! sandbox's own lock so two of them never interleave on one sandbox (and never wait on
 //! another sandbox).
 
-use std::os::unix::process::CommandExt;
-use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -35,59 +33,17 @@ pub fn start(sandbox: &Sandbox) -> Result<Option<u64>, SandboxError> {
     }
     let spec = sandbox.spec()?;
     let log_path = sandbox.file(MONITOR_LOG_FILE);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|source| SandboxError::Io {
-            action: "open",
-            path: log_path.clone(),
-            source,
-        })?;
-    let (exe, mut command) =
-        self_spawn::command(Job::SANDBOX_MONITOR).map_err(|source| SandboxError::Io {
-            action: "find",
-            path: "the krunbox executable".into(),
-            source,
-        })?;
-    command
-        .arg(sandbox.dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log);
-    // SAFETY: between fork and exec the closure only calls setsid(2), which is
-    // async-signal-safe and touches no memory of the parent.
-    unsafe {
-        command.pre_exec(|| {
-            // Its own session: no terminal signals, and it outlives this process.
-            nix::unistd::setsid()
-                .map(drop)
-                .map_err(std::io::Error::from)
-        });
-    }
-    let mut child = command.spawn().map_err(|source| SandboxError::Io {
-        action: "run",
-        path: exe.clone(),
-        source,
-    })?;
     // The monitor answers once (ready or failed), then points its stdout elsewhere.
-    let events = child
-        .stdout
-        .take()
-        .ok_or_else(|| std::io::Error::other("its stdout is not a pipe"))
-        .and_then(|out| self_spawn::read_events::<Event>(out, "monitor-events"));
-    let rx = match events {
-        Ok(rx) => rx,
-        Err(source) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(SandboxError::Io {
-                action: "read the events of",
-                path: exe,
-                source,
-            });
-        }
-    };
+    let (mut child, rx) = self_spawn::spawn_detached::<Event>(
+        Job::SANDBOX_MONITOR,
+        sandbox.dir(),
+        &log_path,
+        "monitor-events",
+    )
+    .map_err(|message| SandboxError::StartFailed {
+        name: sandbox.name().to_owned(),
+        message,
+    })?;
     let limit = Duration::from_secs(spec.boot_timeout_secs) + START_MARGIN;
     let answer = rx.recv_timeout(limit);
     // The monitor is not our child for long: it runs on; reap it only if it already ended.

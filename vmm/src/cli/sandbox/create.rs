@@ -56,22 +56,60 @@ pub struct CreateArgs {
 pub fn create(args: CreateArgs) -> Result<i32, SandboxCliError> {
     let name = args.name.clone().unwrap_or_else(name::generate);
     name::validate(&name).map_err(SandboxError::from)?;
-    let ssh_agent = args.vm.ssh.resolve()?;
-    let network = args.vm.net.network()?;
+    let hostname = args.hostname.clone().unwrap_or_else(|| name.clone());
+    let spec = sandbox_spec(
+        name,
+        args.image.as_deref(),
+        &args.vm,
+        &ExecDefaults {
+            env: &args.env,
+            workdir: args.workdir.clone(),
+            user: args.user.clone(),
+        },
+        hostname,
+        args.boot_timeout,
+    )?;
+    let sandbox = Store::new()?.create(&spec)?;
+    println!("{}", sandbox.name());
+    Ok(0)
+}
+
+/// `-e`, `-w` and `-u` of a sandbox: what every `exec` gets unless it says otherwise.
+pub struct ExecDefaults<'a> {
+    /// `-e KEY=VALUE`.
+    pub env: &'a [String],
+    /// `-w`.
+    pub workdir: Option<String>,
+    /// `-u`.
+    pub user: Option<String>,
+}
+
+/// The sandbox `name` of IMAGE with these VM settings, the image pulled (or imported) now so
+/// that `start` finds it in the store: what `krunbox create` records, and what every member of
+/// a warm pool is made from.
+pub fn sandbox_spec(
+    name: String,
+    image: Option<&str>,
+    vm: &VmArgs,
+    defaults: &ExecDefaults<'_>,
+    hostname: String,
+    boot_timeout: u64,
+) -> Result<SandboxSpec, SandboxCliError> {
+    let ssh_agent = vm.ssh.resolve()?;
+    let network = vm.net.network()?;
     let options = crate::image::ImageOptions {
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         ..Default::default()
     };
-    // Pulled (or imported) now, so `start` finds it in the store.
-    let root = crate::image::prepare(args.image.as_deref(), &options)?;
-    let shares = args.vm.shares.resolve()?;
+    let root = crate::image::prepare(image, &options)?;
+    let shares = vm.shares.resolve()?;
     // Docker's rules for Env, WorkingDir and User; `exec` always names its own command.
     let overrides = RunOverrides {
         entrypoint: Some(String::new()),
         command: vec!["sh".into()],
-        env: args.env.clone(),
-        workdir: args.workdir.clone().or_else(|| shares.workdir.clone()),
-        user: args
+        env: defaults.env.to_vec(),
+        workdir: defaults.workdir.clone().or_else(|| shares.workdir.clone()),
+        user: defaults
             .user
             .clone()
             .or_else(|| shares.user.map(|(uid, gid)| format!("{uid}:{gid}"))),
@@ -81,28 +119,25 @@ pub fn create(args: CreateArgs) -> Result<i32, SandboxCliError> {
     if !config.env.iter().any(|e| e.starts_with("HOME=")) {
         config.env.push(format!("HOME={}", user.home));
     }
-    let spec = SandboxSpec {
-        hostname: args.hostname.clone().unwrap_or_else(|| name.clone()),
+    Ok(SandboxSpec {
+        hostname,
         name,
-        image: args.image.clone(),
+        image: image.map(str::to_owned),
         rootfs: root.rootfs.clone(),
         overlay: root.overlay,
         shares: shares.dirs.clone(),
         network,
-        cpus: args.vm.cpus,
-        memory_mib: args.vm.memory,
+        cpus: vm.cpus,
+        memory_mib: vm.memory,
         env: split_env(&config.env),
         workdir: Some(config.workdir),
         user: (user.uid != 0 || user.gid != 0).then_some((user.uid, user.gid)),
-        kernel: args.vm.kernel.clone(),
-        backend: args.vm.backend_kind(),
-        accel: args.vm.accel(),
-        boot_timeout_secs: args.boot_timeout,
+        kernel: vm.kernel.clone(),
+        backend: vm.backend_kind(),
+        accel: vm.accel(),
+        boot_timeout_secs: boot_timeout,
         created_at: now(),
         ssh_agent,
         ca_bundle: shares.ca_bundle.clone(),
-    };
-    let sandbox = Store::new()?.create(&spec)?;
-    println!("{}", sandbox.name());
-    Ok(0)
+    })
 }

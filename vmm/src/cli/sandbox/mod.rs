@@ -12,7 +12,7 @@ mod logs;
 mod stats;
 
 pub use cp::{cp, CpArgs};
-pub use create::{create, CreateArgs};
+pub use create::{create, sandbox_spec, CreateArgs, ExecDefaults};
 pub use exec::{exec, ExecArgs};
 pub use lifecycle::{
     pause, resume, rm, start, stop, PauseArgs, ResumeArgs, RmArgs, StartArgs, StopArgs,
@@ -66,6 +66,9 @@ pub enum SandboxCliError {
         /// What failed (not a `source`: the message already has it).
         error: krunbox_protocol::client::ClientError,
     },
+    /// A warm pool.
+    #[error(transparent)]
+    Pool(#[from] crate::pool::PoolError),
     /// Some of several sandboxes failed (each was reported).
     #[error("{0} of the sandboxes failed")]
     Some(usize),

@@ -1,0 +1,205 @@
+//! The pool's keeper: `krunbox __pool-keeper POOLDIR`, detached, one per pool.
+//!
+//! Every [`TICK`] it removes the members that are spent (claimed and let go) or dead, and, while
+//! fewer than `size` are ready or booting, creates and starts one more (one at a time: a boot
+//! takes the machine's CPU). After `krunbox pool stop` it boots nothing, removes every member
+//! no run holds, waits for the ones in use to be let go, removes the pool and exits.
+//!
+//! A member that fails to boot is removed and the failure logged; the keeper waits
+//! [`RETRY_AFTER_FAILURE`] before the next attempt, so a broken image does not spin.
+
+use std::time::{Duration, Instant};
+
+use super::claim::{self, MemberState};
+use super::{Pool, PoolError, KEEPER_LOG_FILE};
+use crate::sandbox::lifecycle;
+
+/// How often the keeper looks at its members.
+const TICK: Duration = Duration::from_millis(100);
+/// How long the warm-up exec may take.
+const WARM_UP_LIMIT: Duration = Duration::from_secs(30);
+/// The pause after a member failed to boot.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
+/// A member's guest is thrown away, so it gets no time for a clean power-off: its monitor
+/// stops the VM at once.
+const STOP_GRACE: Duration = Duration::ZERO;
+
+/// What the keeper tells `krunbox pool start`, one JSON line on stdout.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// The keeper holds the pool and begins filling it.
+    Keeping,
+    /// The keeper cannot keep the pool.
+    Failed {
+        /// Why.
+        message: String,
+    },
+}
+
+/// Runs the keeper of the pool in `dir`; returns its exit status.
+pub fn main(dir: &std::path::Path) -> i32 {
+    init_logging(dir);
+    match keep(dir) {
+        Ok(()) => 0,
+        Err(err) => {
+            tracing::error!(%err, "the keeper stops");
+            crate::self_spawn::emit(&Event::Failed {
+                message: err.to_string(),
+            });
+            1
+        }
+    }
+}
+
+fn keep(dir: &std::path::Path) -> Result<(), PoolError> {
+    let pool = Pool::at_dir(dir)?;
+    let Some(_keeper) = pool.lock_as_keeper()? else {
+        return Err(PoolError::Keeper {
+            name: pool.name(),
+            problem: "is already running".into(),
+            log: pool.dir().join(KEEPER_LOG_FILE),
+        });
+    };
+    let spec = pool.spec()?;
+    crate::self_spawn::emit(&Event::Keeping);
+    // From here on the starter has its answer; nobody reads stdout any more.
+    let mut next_boot = Instant::now();
+    let mut serial = 0u64;
+    loop {
+        let stopping = pool.stop_requested();
+        let alive = sweep(&pool, stopping)?;
+        if stopping {
+            if pool.member_list()?.is_empty() {
+                tracing::info!(pool = %spec.name, "pool emptied; the keeper exits");
+                return pool.remove();
+            }
+        } else if alive < spec.size && Instant::now() >= next_boot {
+            serial += 1;
+            if let Err(err) = boot_member(&pool, &spec, serial) {
+                tracing::warn!(%err, "a pool member did not boot; retrying in {RETRY_AFTER_FAILURE:?}");
+                next_boot = Instant::now() + RETRY_AFTER_FAILURE;
+            }
+            continue;
+        }
+        std::thread::sleep(TICK);
+    }
+}
+
+/// Removes the spent and dead members (and, when `stopping`, every member no run holds);
+/// returns how many are ready or booting.
+fn sweep(pool: &Pool, stopping: bool) -> Result<usize, PoolError> {
+    let mut alive = 0;
+    for member in pool.member_list()? {
+        match claim::member_state(&member)? {
+            MemberState::Ready | MemberState::Booting if !stopping => alive += 1,
+            MemberState::InUse => {}
+            MemberState::Ready | MemberState::Booting | MemberState::Used | MemberState::Dead => {
+                remove(&member)?
+            }
+        }
+    }
+    Ok(alive)
+}
+
+/// The keeper's emptying, done by `krunbox pool stop` when the keeper is gone (killed): every
+/// member removed as soon as no run holds it, then the pool.
+pub fn empty_without_keeper(pool: &Pool) -> Result<(), PoolError> {
+    // Held, so that no keeper starts meanwhile.
+    let Some(_keeper) = pool.lock_as_keeper()? else {
+        return Ok(());
+    };
+    while !pool.member_list()?.is_empty() {
+        sweep(pool, true)?;
+        std::thread::sleep(TICK);
+    }
+    pool.clone().remove()
+}
+
+/// Creates member number `serial` and starts it (waiting for its agent).
+fn boot_member(pool: &Pool, spec: &super::PoolSpec, serial: u64) -> Result<(), PoolError> {
+    let mut member = spec.member.clone();
+    member.name = format!("{}-{}-{serial}", spec.name, std::process::id());
+    member.created_at = crate::sandbox::spec::now();
+    let sandbox = pool.members().create(&member)?;
+    // Held until the member is warmed up, so no run claims it before.
+    let _claim = claim::take_for_keeper(&sandbox)?;
+    match lifecycle::start(&sandbox) {
+        Ok(boot_ms) => {
+            if let Err(err) = warm_up(&sandbox) {
+                tracing::debug!(member = sandbox.name(), %err, "no warm-up exec");
+            }
+            tracing::info!(member = sandbox.name(), ?boot_ms, "member ready");
+            Ok(())
+        }
+        Err(err) => {
+            let _ = lifecycle::remove(sandbox, true);
+            Err(err.into())
+        }
+    }
+}
+
+/// Runs `true` once in a freshly booted member, before any run can claim it (the keeper
+/// holds its claim lock until then): a guest's first exec pays for its cold page cache and guest-init's first spawn, about a
+/// hundred milliseconds under TCG, which the run then does not. An image without `true` just
+/// goes without.
+fn warm_up(member: &crate::sandbox::store::Sandbox) -> Result<(), String> {
+    use krunbox_protocol::client::{Client, ExecSpec};
+    let address: krunbox_protocol::transport::AgentAddress = member
+        .state()
+        .map_err(|e| e.to_string())?
+        .and_then(|state| state.agent)
+        .ok_or("no agent address")?
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let attempt = async {
+            let client = Client::connect(&address).await?;
+            client.exec(ExecSpec::new(["true"])).await?.collect().await
+        };
+        match tokio::time::timeout(WARM_UP_LIMIT, attempt).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err(format!("no answer within {WARM_UP_LIMIT:?}")),
+        }
+    })
+}
+
+/// Stops and removes a member no run holds (a run may claim a ready one meanwhile: then it
+/// is left to that run).
+fn remove(member: &crate::sandbox::store::Sandbox) -> Result<(), PoolError> {
+    let Some(_held) = claim::take_for_keeper(member)? else {
+        return Ok(());
+    };
+    if claim::member_state(member)? == MemberState::Ready {
+        // Ready members are removed only when the pool stops; mark it, so no run takes it.
+        member.request_stop()?;
+    }
+    lifecycle::stop(member, STOP_GRACE)?;
+    lifecycle::remove(member.clone(), true)?;
+    tracing::debug!(member = member.name(), "member removed");
+    Ok(())
+}
+
+fn init_logging(dir: &std::path::Path) {
+    let path = dir.join(KEEPER_LOG_FILE);
+    let Ok(file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    else {
+        return;
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KRUNBOX_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .try_init();
+}
