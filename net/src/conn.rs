@@ -66,6 +66,22 @@ impl Conn {
         }
     }
 
+    /// Records that the gateway reset this connection, and why.
+    pub fn record_reset(&self, why: &str) {
+        use crate::audit::{record, Verdict};
+        match &self.flow {
+            Some(flow) => record(
+                "tcp",
+                flow.guest,
+                host_side(flow.dest),
+                &[],
+                Verdict::Reset,
+                why,
+            ),
+            None => record("published", "-", &self.label, &[], Verdict::Reset, why),
+        }
+    }
+
     /// Moves what can move between `socket` and the host side; notes the time if any did.
     pub fn pump(&mut self, socket: &mut tcp::Socket) {
         let moved = self.guest_to_host(socket) + self.host_to_guest(socket);

@@ -38,6 +38,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, warn};
 
+use crate::audit::{self, Verdict};
 use crate::config::{NetConfig, PublishedPort, GATEWAY_IP, GATEWAY_MAC, GUEST_IP, PREFIX_LEN};
 pub use crate::conn::host_side;
 use crate::conn::{new_tcp_socket, Conn};
@@ -327,9 +328,13 @@ impl Gateway {
             if self.unforwarded_logged.len() < 1024
                 && self.unforwarded_logged.insert((protocol, dest))
             {
-                info!(
-                    target: "egress",
-                    "{protocol} {GUEST_IP} -> {dest}: deny (only TCP and DNS are forwarded)"
+                audit::record(
+                    protocol,
+                    GUEST_IP,
+                    dest,
+                    &[],
+                    Verdict::Deny,
+                    "only TCP and DNS are forwarded",
                 );
             }
         }
@@ -351,11 +356,16 @@ impl Gateway {
         let open = self.guest_connections();
         if open >= self.limits.max_guest_connections {
             if self.connection_cap.first() {
-                info!(
-                    target: "egress",
-                    "tcp {} -> {dest}: reset (the guest has {open} connections open, the \
-                     gateway's cap; new ones are reset until one closes)",
-                    flow.guest
+                audit::record(
+                    "tcp",
+                    flow.guest,
+                    dest,
+                    &[],
+                    Verdict::Reset,
+                    &format!(
+                        "the guest has {open} connections open, the gateway's cap; new ones \
+                         are reset until one closes"
+                    ),
                 );
             }
             return false;
@@ -366,12 +376,8 @@ impl Gateway {
                 .policy
                 .decide(dest, &self.names, is_host_address(*dest.ip()), now);
         let names: Vec<&str> = self.names.names_of(*dest.ip(), now).collect();
-        let names = if names.is_empty() {
-            String::new()
-        } else {
-            format!(" [{}]", names.join(", "))
-        };
-        info!(target: "egress", "tcp {} -> {dest}{names}: {decision}", flow.guest);
+        let (verdict, rule) = audit::of(&decision);
+        audit::record("tcp", flow.guest, dest, &names, verdict, rule);
         if !decision.is_allowed() {
             return false;
         }
@@ -437,11 +443,13 @@ impl Gateway {
                             self.flows.insert(flow, handle);
                         }
                     }
-                    Err(e) => info!(
-                        target: "egress",
-                        "tcp {} -> {}: host connect failed ({e}); refused",
+                    Err(e) => audit::record(
+                        "tcp",
                         flow.guest,
-                        host_side(flow.dest)
+                        host_side(flow.dest),
+                        &[],
+                        Verdict::Reset,
+                        &format!("the host's connection failed: {e}"),
                     ),
                 }
                 self.device.rx.push_back(syn);
@@ -468,11 +476,13 @@ impl Gateway {
         let open = self.conns.len() - self.flows.len();
         if open >= self.limits.max_inbound_connections {
             if self.inbound_cap.first() {
-                info!(
-                    target: "egress",
-                    "published {peer} -> {}: closed ({open} published connections open, the \
-                     gateway's cap)",
-                    port.host
+                audit::record(
+                    "published",
+                    peer,
+                    port.host,
+                    &[],
+                    Verdict::Reset,
+                    &format!("{open} published connections open, the gateway's cap"),
                 );
             }
             return;
@@ -485,7 +495,14 @@ impl Gateway {
             Ok(()) => {
                 let handle = self.sockets.add(socket);
                 let label = format!("{peer} -> {} -> guest:{}", port.host, port.guest_port);
-                info!(target: "egress", "published {label}");
+                audit::record(
+                    "published",
+                    peer,
+                    port.host,
+                    &[],
+                    Verdict::Allow,
+                    &format!("published to the guest's port {}", port.guest_port),
+                );
                 let conn = Conn::attach(stream, label, None, self.wake.clone());
                 self.conns.insert(handle, conn);
             }
@@ -529,20 +546,16 @@ impl Gateway {
                 tcp::State::Listen | tcp::State::SynReceived | tcp::State::SynSent
             );
             if handshaking && now.duration_since(conn.created) > limits.handshake_timeout {
-                info!(
-                    target: "egress",
-                    "tcp {}: reset (no handshake within {} s)",
-                    conn.label,
+                conn.record_reset(&format!(
+                    "no handshake within {} s",
                     limits.handshake_timeout.as_secs_f32()
-                );
+                ));
                 socket.abort();
             } else if !handshaking && now.duration_since(conn.last_activity) > limits.idle_timeout {
-                info!(
-                    target: "egress",
-                    "tcp {}: reset (idle for {} s, the gateway's idle timeout)",
-                    conn.label,
+                conn.record_reset(&format!(
+                    "idle for {} s, the gateway's idle timeout",
                     limits.idle_timeout.as_secs_f32()
-                );
+                ));
                 socket.abort();
             }
         }

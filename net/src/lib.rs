@@ -15,6 +15,7 @@
 //! (`host.krunbox.internal`), reachable only where the policy allows it. IPv4 and TCP only;
 //! other UDP than DNS, ICMP and IPv6 are not forwarded.
 
+pub mod audit;
 pub mod config;
 pub mod conn;
 pub mod device;

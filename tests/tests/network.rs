@@ -179,6 +179,38 @@ fn an_allowlist_allows_exactly_what_it_names_and_logs_every_decision() {
             "no line with {needles:?} in {decisions}"
         );
     }
+    // The same decisions as records, one JSON object each (the audit log).
+    let records: Vec<serde_json::Value> =
+        ok(&["logs", "--network", "--format", "json", "allowlist"])
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+            .collect();
+    let find = |proto: &str, destination: &str, decision: &str| {
+        records.iter().find(|r| {
+            r["proto"] == proto && r["destination"] == destination && r["decision"] == decision
+        })
+    };
+    let denied_record = find("tcp", &format!("127.0.0.1:{denied}"), "deny")
+        .unwrap_or_else(|| panic!("no denial record in {records:#?}"));
+    assert_eq!(denied_record["sandbox"], "allowlist", "{denied_record}");
+    assert_eq!(
+        denied_record["rule"], "not in the allowlist",
+        "{denied_record}"
+    );
+    assert!(
+        denied_record["source"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("10.0.2.15:")),
+        "{denied_record}"
+    );
+    assert!(denied_record["timestamp"].is_string(), "{denied_record}");
+    let by_name_record = find("tcp", &format!("127.0.0.1:{by_name}"), "allow")
+        .unwrap_or_else(|| panic!("no allow record in {records:#?}"));
+    assert_eq!(by_name_record["name"], "service.test", "{by_name_record}");
+    assert!(
+        find("dns", "other.test", "deny").is_some(),
+        "no DNS denial record in {records:#?}"
+    );
     ok(&["rm", "-f", "allowlist"]);
     k.assert_nothing_left(CLEANUP);
 }

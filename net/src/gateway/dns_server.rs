@@ -8,9 +8,10 @@ use std::net::Ipv4Addr;
 
 use smoltcp::socket::udp;
 use smoltcp::wire::IpEndpoint;
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::{guest_side, Gateway, Job};
+use crate::audit::{self, Verdict};
 use crate::config::HOST_ALIAS;
 use crate::dns::{self, Answer, Question, DEFAULT_TTL};
 use crate::policy::{answer_lifetime, is_host_address, AnswerUse, Decision};
@@ -27,7 +28,7 @@ impl Gateway {
         let resolved = match result {
             Ok(resolved) => resolved,
             Err(e) => {
-                info!(target: "egress", "dns {name}: {e}");
+                audit::record_dns(name, Verdict::Answer, &e.to_string());
                 return match e {
                     ResolveError::NoSuchName => Answer::NoSuchName,
                     ResolveError::Failed(_) => Answer::ServerFailure,
@@ -45,19 +46,26 @@ impl Gateway {
             {
                 Ok(AnswerUse::Public) => {
                     if !self.names.record(name, ip, now + lifetime, now) {
-                        info!(
-                            target: "egress",
-                            "dns {name} -> {ip}: too many answers remembered; it authorizes \
-                             nothing until older ones expire"
+                        audit::record_dns(
+                            name,
+                            Verdict::Reset,
+                            &format!(
+                                "{ip}: too many answers remembered; it authorizes nothing \
+                                 until older ones expire"
+                            ),
                         );
                     }
                     given.push(ip);
                 }
                 Ok(AnswerUse::AllowedInternal) => given.push(ip),
-                Err(why) => info!(target: "egress", "{why}"),
+                Err(why) => audit::record_dns(name, Verdict::Deny, &why.to_string()),
             }
         }
-        info!(target: "egress", "dns {name} -> {given:?} (for {} s)", lifetime.as_secs());
+        audit::record_dns(
+            name,
+            Verdict::Answer,
+            &format!("{given:?} for {} s", lifetime.as_secs()),
+        );
         Answer::Addresses {
             addresses: given.into_iter().map(guest_side).collect(),
             ttl: lifetime,
@@ -92,7 +100,8 @@ impl Gateway {
             (fixed.map(|h| h.ip), self.config.policy.decide_name(&name))
         };
         if !decision.is_allowed() {
-            info!(target: "egress", "dns {name}: {decision}");
+            let (verdict, rule) = audit::of(&decision);
+            audit::record_dns(&name, verdict, rule);
             self.reply_dns(from, &query, &Answer::NoSuchName);
             return;
         }
@@ -100,7 +109,7 @@ impl Gateway {
             (Question::A(_), Some(ip)) => {
                 // The CLI user's own mapping (--add-host): trusted, whatever the address.
                 self.names.record_fixed(&name, ip);
-                info!(target: "egress", "dns {name} -> {ip} (fixed)");
+                audit::record_dns(&name, Verdict::Answer, &format!("{ip} (fixed: --add-host)"));
                 let answer = Answer::Addresses {
                     addresses: vec![guest_side(ip)],
                     ttl: DEFAULT_TTL,
@@ -109,11 +118,13 @@ impl Gateway {
             }
             (Question::A(_), None) if self.pending_dns >= self.limits.max_pending_dns => {
                 if self.dns_cap.first() {
-                    info!(
-                        target: "egress",
-                        "dns {name}: SERVFAIL ({} queries are being resolved, the gateway's \
-                         cap)",
-                        self.pending_dns
+                    audit::record_dns(
+                        &name,
+                        Verdict::Reset,
+                        &format!(
+                            "SERVFAIL: {} queries are being resolved, the gateway's cap",
+                            self.pending_dns
+                        ),
                     );
                 }
                 self.reply_dns(from, &query, &Answer::ServerFailure);

@@ -108,6 +108,12 @@ pub struct UserNetwork {
     /// Where the gateway logs its decisions (egress, DNS, published connections) besides the
     /// run directory's `net.log`, which goes with the VM.
     pub log: Option<PathBuf>,
+    /// How `log` is written.
+    #[serde(default)]
+    pub log_format: net::LogFormat,
+    /// The sandbox the network is of, named in its JSON records.
+    #[serde(default)]
+    pub sandbox: Option<String>,
 }
 
 /// What VM to start.

@@ -54,6 +54,14 @@ pub fn helper_args(
     if let Some(log) = &network.log {
         args.push("--log".into());
         args.push(log.to_string_lossy().into_owned());
+        if network.log_format == LogFormat::Json {
+            args.push("--log-format".into());
+            args.push("json".into());
+        }
+    }
+    if let Some(sandbox) = &network.sandbox {
+        args.push("--sandbox".into());
+        args.push(sandbox.clone());
     }
     if lifeline_stdin {
         args.push("--lifeline-stdin".into());
@@ -73,14 +81,45 @@ pub struct HelperArgs {
     /// Also append the gateway's decisions to this file.
     #[arg(long)]
     pub log: Option<PathBuf>,
+    /// How `--log` is written.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// The sandbox this network is of (named in JSON records).
+    #[arg(long)]
+    pub sandbox: Option<String>,
     /// Exit when stdin reaches its end (the parent is gone).
     #[arg(long)]
     pub lifeline_stdin: bool,
 }
 
+/// How a network log is written.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line of words per decision.
+    #[default]
+    Text,
+    /// One JSON object per decision: timestamp, sandbox, proto, source, destination, name,
+    /// decision, rule, message (`krunbox_net::audit`).
+    Json,
+}
+
 /// Runs the helper; returns its exit status.
 pub fn main(args: &HelperArgs) -> i32 {
-    init_logging(args.log.as_deref());
+    init_logging(args.log.as_deref(), args.log_format);
+    if let Some(sandbox) = &args.sandbox {
+        krunbox_net::audit::set_sandbox(sandbox);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -152,7 +191,7 @@ async fn serve(args: &HelperArgs) -> Result<(), String> {
 /// Logs to stderr (the run directory's `net.log`), and to `--log` too; each is capped at
 /// [`MAX_LOG_BYTES`](krunbox_net::log_cap::MAX_LOG_BYTES) (the guest's actions write these
 /// lines), after which one line says the log was truncated.
-fn init_logging(log: Option<&Path>) {
+fn init_logging(log: Option<&Path>, format: LogFormat) {
     use krunbox_net::log_cap::{CappedWriter, MAX_LOG_BYTES};
     use std::sync::Mutex;
     use tracing_subscriber::layer::SubscriberExt;
@@ -179,11 +218,36 @@ fn init_logging(log: Option<&Path>) {
         })
         .map(|file| {
             let existing = file.metadata().map(|m| m.len()).unwrap_or(0);
-            let capped = CappedWriter::new(file, MAX_LOG_BYTES).after(existing);
-            tracing_subscriber::fmt::layer()
-                .with_writer(Mutex::new(capped))
-                .with_ansi(false)
-                .with_filter(filter())
+            let capped = Mutex::new(CappedWriter::new(file, MAX_LOG_BYTES).after(existing));
+            match format {
+                // The message alone: the record's fields say the same again.
+                LogFormat::Text => tracing_subscriber::fmt::layer()
+                    .with_writer(capped)
+                    .with_ansi(false)
+                    .fmt_fields(tracing_subscriber::fmt::format::debug_fn(
+                        |writer, field, value| {
+                            if field.name() == "message" {
+                                write!(writer, "{value:?}")
+                            } else {
+                                Ok(())
+                            }
+                        },
+                    ))
+                    .with_filter(filter())
+                    .boxed(),
+                // The decisions alone, each one object with its fields at the top.
+                LogFormat::Json => tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_writer(capped)
+                    .with_filter(
+                        tracing_subscriber::filter::Targets::new()
+                            .with_target("egress", tracing::Level::INFO),
+                    )
+                    .boxed(),
+            }
         });
     let _ = tracing_subscriber::registry()
         .with(stderr)

@@ -7,6 +7,7 @@ use krunbox_net::config::{PublishedPort, SpecError, StaticHost};
 use krunbox_net::policy::{HostRule, NetRule, RuleError};
 use krunbox_net::NetConfig;
 
+use crate::backend::net::LogFormat;
 use crate::backend::{Network, UserNetwork};
 
 /// A test and advanced knob: the DNS server (`IP:PORT`) that resolves the guest's queries
@@ -87,6 +88,15 @@ pub struct NetArgs {
     /// or reason; DNS answers; published connections) to this file.
     #[arg(long = "network-log", value_name = "FILE")]
     pub network_log: Option<PathBuf>,
+    /// How --network-log is written: `text`, or `json` (one object per decision: timestamp,
+    /// sandbox, proto, source, destination, name, decision, rule, message).
+    #[arg(
+        long = "network-log-format",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        requires = "network_log"
+    )]
+    pub network_log_format: LogFormat,
 }
 
 impl NetArgs {
@@ -128,7 +138,12 @@ impl NetArgs {
             Some(path) if path.is_relative() => std::env::current_dir().ok().map(|d| d.join(path)),
             other => other.clone(),
         };
-        Ok(Network::User(UserNetwork { config, log }))
+        Ok(Network::User(UserNetwork {
+            config,
+            log,
+            log_format: self.network_log_format,
+            sandbox: None,
+        }))
     }
 }
 

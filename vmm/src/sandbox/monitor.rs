@@ -151,8 +151,11 @@ fn start_vm(
     vm_spec.rootfs = root.rootfs.clone();
     vm_spec.root_overlay = root.overlay;
     if let crate::backend::Network::User(network) = &mut vm_spec.network {
-        // The sandbox keeps its network's decisions across restarts.
+        // The sandbox keeps its network's decisions across restarts, as JSON records
+        // (`krunbox logs --network` shows them as text, or as they are with --format json).
         network.log = Some(sandbox.file(crate::sandbox::store::NETWORK_LOG_FILE));
+        network.log_format = crate::backend::net::LogFormat::Json;
+        network.sandbox = Some(sandbox.name().to_owned());
     }
     let volumes = crate::volumes::VolumeStore::new()
         .and_then(|store| store.lease_all(vm_spec.shares.iter().map(|d| d.host_path.as_path())))

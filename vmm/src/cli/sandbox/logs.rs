@@ -21,9 +21,41 @@ pub struct LogsArgs {
     /// denied with the rule or reason, DNS answers, published connections.
     #[arg(long, conflicts_with = "monitor")]
     pub network: bool,
+    /// With --network: `text` (one line per decision), or `json` (one object per decision:
+    /// timestamp, sandbox, proto, source, destination, name, decision, rule, message).
+    #[arg(long, value_enum, requires = "network", default_value_t = NetworkLogFormat::Text)]
+    pub format: NetworkLogFormat,
     /// The sandbox.
     #[arg(value_name = "NAME")]
     pub name: String,
+}
+
+/// How `logs --network` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetworkLogFormat {
+    /// One line per decision: its time and what happened.
+    Text,
+    /// The records as they are kept: one JSON object per line.
+    Json,
+}
+
+/// A line of a sandbox's network log as `format` prints it; `None` to leave it out. The log
+/// holds JSON records; a line that is not one (an older sandbox's text log) is printed as
+/// text and left out of JSON.
+fn network_line(line: &str, format: NetworkLogFormat) -> Option<String> {
+    let record = serde_json::from_str::<serde_json::Value>(line)
+        .ok()
+        .filter(serde_json::Value::is_object);
+    match (format, record) {
+        (NetworkLogFormat::Json, Some(_)) => Some(line.to_owned()),
+        (NetworkLogFormat::Json, None) => None,
+        (NetworkLogFormat::Text, Some(record)) => Some(format!(
+            "{} {}",
+            record["timestamp"].as_str().unwrap_or("-"),
+            record["message"].as_str().unwrap_or_default()
+        )),
+        (NetworkLogFormat::Text, None) => Some(line.to_owned()),
+    }
 }
 
 /// `krunbox logs`.
@@ -52,12 +84,26 @@ pub fn logs(args: LogsArgs) -> Result<i32, SandboxCliError> {
         }
     };
     let mut out = std::io::stdout().lock();
-    let copy = |file: &mut std::fs::File, out: &mut std::io::StdoutLock<'_>| {
-        std::io::copy(file, out).map_err(|source| SandboxError::Io {
-            action: "print",
-            path: path.clone(),
-            source,
-        })
+    let print_err = |source| SandboxError::Io {
+        action: "print",
+        path: path.clone(),
+        source,
+    };
+    // The network log is read in whole lines (a partial last line waits for the rest).
+    let mut pending = String::new();
+    let mut copy = |file: &mut std::fs::File, out: &mut std::io::StdoutLock<'_>| {
+        if !args.network {
+            return std::io::copy(file, out).map(drop).map_err(print_err);
+        }
+        std::io::Read::read_to_string(file, &mut pending).map_err(print_err)?;
+        let complete = pending.rfind('\n').map_or(0, |at| at + 1);
+        for line in pending[..complete].lines() {
+            if let Some(shown) = network_line(line, args.format) {
+                writeln!(out, "{shown}").map_err(print_err)?;
+            }
+        }
+        pending.drain(..complete);
+        Ok(())
     };
     copy(&mut file, &mut out)?;
     if args.follow {
@@ -70,4 +116,28 @@ pub fn logs(args: LogsArgs) -> Result<i32, SandboxCliError> {
         copy(&mut file, &mut out)?;
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_records_print_as_text_or_as_they_are() {
+        let record = r#"{"timestamp":"2026-12-01T18:00:00Z","message":"tcp a -> b: deny (x)","decision":"deny"}"#;
+        assert_eq!(
+            network_line(record, NetworkLogFormat::Text).as_deref(),
+            Some("2026-12-01T18:00:00Z tcp a -> b: deny (x)")
+        );
+        assert_eq!(
+            network_line(record, NetworkLogFormat::Json).as_deref(),
+            Some(record)
+        );
+        let old = "2026-01-01T00:00:00Z INFO egress: tcp a -> b: allow (y)";
+        assert_eq!(
+            network_line(old, NetworkLogFormat::Text).as_deref(),
+            Some(old)
+        );
+        assert_eq!(network_line(old, NetworkLogFormat::Json), None);
+    }
 }
