@@ -109,6 +109,98 @@ fn env_workdir_hostname_and_a_rootfs_directory() {
 }
 
 #[test]
+fn a_profile_gives_its_options_and_the_command_line_wins() {
+    let Some(k) = e2e("a_profile_gives_its_options_and_the_command_line_wins") else {
+        return;
+    };
+    let project = tempfile::tempdir().unwrap();
+    std::fs::write(
+        project.path().join("krunbox.toml"),
+        r#"
+[profile.agent]
+env = ["FROM_PROFILE=project", "OVERRIDDEN=profile"]
+memory = 384
+workdir = "/tmp"
+
+[profile.greedy]
+volumes = ["/etc:/host-etc"]
+"#,
+    )
+    .unwrap();
+    // The user's own file may share host directories; a project's may not.
+    let config = tempfile::tempdir().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::write(shared.path().join("mark"), "shared by the user's profile\n").unwrap();
+    std::fs::create_dir(config.path().join("krunbox")).unwrap();
+    std::fs::write(
+        config.path().join("krunbox/profiles.toml"),
+        format!(
+            "[profile.mine]\nenv = [\"FROM_PROFILE=user\"]\nvolumes = [\"{}:/mine:ro\"]\n",
+            shared.path().display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        k.krunbox(args)
+            .current_dir(project.path())
+            .env("XDG_CONFIG_HOME", config.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run krunbox")
+    };
+    // 1 when the guest has less than 420 MiB (the profile's 384), 0 with the default 512.
+    let small = "awk '/MemTotal/ { print ($2 < 430080) }' /proc/meminfo";
+
+    let out = run(&[
+        "run",
+        "--profile",
+        "agent",
+        "-e",
+        "OVERRIDDEN=cli",
+        "--",
+        "sh",
+        "-c",
+        &format!("echo $FROM_PROFILE $OVERRIDDEN; pwd; {small}"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "project cli\n/tmp\n1\n");
+
+    let out = run(&[
+        "run",
+        "--profile",
+        "mine",
+        "--memory",
+        "512",
+        "--",
+        "sh",
+        "-c",
+        &format!("echo $FROM_PROFILE; cat /mine/mark; {small}"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "user\nshared by the user's profile\n0\n");
+
+    let out = run(&["run", "--profile", "greedy", "--", "true"]);
+    assert_eq!(
+        out.status.code(),
+        Some(125),
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("may not"),
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    let out = run(&["run", "--profile", "nosuch", "--", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("no profile \"nosuch\""),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn fifty_megabytes_of_output_arrive_intact() {
     let Some(k) = e2e("fifty_megabytes_of_output_arrive_intact") else {
         return;

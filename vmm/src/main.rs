@@ -32,7 +32,14 @@ use clap::Parser;
 const FAILURE: i32 = 125;
 
 fn main() {
-    let cli = cli::Cli::parse();
+    let argv = match cli::profile::expand(std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(err) => {
+            eprintln!("krunbox: {err}");
+            std::process::exit(FAILURE);
+        }
+    };
+    let cli = cli::Cli::parse_from(argv);
     if let cli::Command::Internal(job) = &cli.command {
         // A copy of krunbox started for one job, which sets up its own logging.
         std::process::exit(job.main());

@@ -5,6 +5,7 @@ pub mod images;
 pub mod kernel;
 pub mod net_args;
 pub mod pool;
+pub mod profile;
 pub mod run;
 pub mod sandbox;
 pub mod session;
@@ -18,7 +19,8 @@ pub mod volume;
 
 /// krunbox runs commands in micro-VMs, each with its own kernel.
 #[derive(Debug, clap::Parser)]
-#[command(name = "krunbox", version, about, long_about = None)]
+// A later option replaces an earlier one: a profile's options come first (`cli::profile`).
+#[command(name = "krunbox", version, about, long_about = None, args_override_self = true)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]

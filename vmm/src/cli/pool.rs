@@ -107,7 +107,7 @@ fn start(args: &StartArgs) -> Result<i32, SandboxCliError> {
     }
     let member = sandbox_spec(
         args.name.clone(),
-        args.image.as_deref(),
+        args.vm.image(&args.image).as_deref(),
         &args.vm,
         &ExecDefaults {
             env: &[],

@@ -191,7 +191,7 @@ pub fn run(args: RunArgs) -> Result<i32, RunError> {
         progress: std::io::stderr().is_terminal(),
     };
     // Held until the VM is gone: the lease keeps rmi/prune away from the image.
-    let root = crate::image::prepare(args.image.as_deref(), &options)?;
+    let root = crate::image::prepare(args.vm.image(&args.image).as_deref(), &options)?;
     tracing::debug!(image = %root.name, rootfs = %root.rootfs.display(), overlay = root.overlay, "image ready");
     let shares = args.vm.shares.resolve()?;
     // Held until the VM is gone: `krunbox volume rm` refuses a volume in use.

@@ -68,10 +68,23 @@ pub struct VmArgs {
     /// Hardware acceleration for the QEMU backend.
     #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
     pub accel: AccelChoice,
+    /// Take options from the profile NAME (your ~/.config/krunbox/profiles.toml, else the
+    /// project's krunbox.toml), as if given before the others: options given here win, and
+    /// -e, -v and the network rules add up. See the README, "Profiles".
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// The image a profile names (set by --profile; IMAGE given here wins).
+    #[arg(long, value_name = "IMAGE", hide = true)]
+    pub profile_image: Option<String>,
 }
 
 impl VmArgs {
     /// The backend asked for (`None`: the automatic choice).
+    /// IMAGE as given, else the profile's.
+    pub fn image(&self, given: &Option<String>) -> Option<String> {
+        given.clone().or_else(|| self.profile_image.clone())
+    }
+
     pub fn backend_kind(&self) -> Option<BackendKind> {
         match self.backend {
             BackendChoice::Auto => None,

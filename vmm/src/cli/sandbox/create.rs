@@ -59,7 +59,7 @@ pub fn create(args: CreateArgs) -> Result<i32, SandboxCliError> {
     let hostname = args.hostname.clone().unwrap_or_else(|| name.clone());
     let spec = sandbox_spec(
         name,
-        args.image.as_deref(),
+        args.vm.image(&args.image).as_deref(),
         &args.vm,
         &ExecDefaults {
             env: &args.env,
