@@ -138,6 +138,24 @@ pub fn command(subcommand: &str) -> std::io::Result<(PathBuf, Command)> {
     Ok((exe, command))
 }
 
+/// A job's logging: to `writer` (its log file, or the stderr its starter pointed at one),
+/// without colours, at `KRUNBOX_LOG`'s filter (default `info`). The `log` crate is not
+/// captured: libkrun installs its own `log` logger, which panics if one is already set.
+pub fn init_job_logging<W>(writer: W)
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(writer)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KRUNBOX_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .finish();
+    let _ = tracing::subscriber::set_global_default(subscriber);
+}
+
 /// Reports `event` to the starting process: one JSON line on stdout, flushed. A parent that is
 /// gone (EPIPE; Rust ignores SIGPIPE) is not an error here: each job watches its lifeline.
 pub fn emit<E: Serialize>(event: &E) {

@@ -78,6 +78,21 @@ impl RunDir {
     }
 }
 
+impl RunDir {
+    /// [`spawn`](Self::spawn), and the child's first word, which must be `configured`.
+    fn spawn_configured(&self) -> (Child, BufReader<ChildStdout>) {
+        let (mut child, mut stdout) = self.spawn();
+        let event = first_event(&mut stdout);
+        assert_eq!(
+            event,
+            serde_json::json!({"event": "configured"}),
+            "{}",
+            stderr_of(&mut child)
+        );
+        (child, stdout)
+    }
+}
+
 fn first_event(stdout: &mut BufReader<ChildStdout>) -> serde_json::Value {
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
@@ -112,14 +127,7 @@ fn libkrun_accepts_the_configuration_and_the_lifeline_removes_the_run_directory(
     let run = RunDir::new();
     // The read-only root of a shared image.
     run.write_config(|config| config["root_read_only"] = true.into());
-    let (mut child, mut stdout) = run.spawn();
-    let event = first_event(&mut stdout);
-    assert_eq!(
-        event,
-        serde_json::json!({"event": "configured"}),
-        "{}",
-        stderr_of(&mut child)
-    );
+    let (mut child, _stdout) = run.spawn_configured();
     assert!(run.dir.exists());
     drop(child.stdin.take());
     assert_eq!(exit_code(&mut child), Some(128 + 15));
@@ -134,14 +142,7 @@ fn libkrun_accepts_the_configuration_and_the_lifeline_removes_the_run_directory(
 fn the_configured_child_is_confined_before_it_would_enter() {
     let run = RunDir::new();
     run.write_config(|_| {});
-    let (mut child, mut stdout) = run.spawn();
-    let event = first_event(&mut stdout);
-    assert_eq!(
-        event,
-        serde_json::json!({"event": "configured"}),
-        "{}",
-        stderr_of(&mut child)
-    );
+    let (mut child, _stdout) = run.spawn_configured();
     let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap();
     for task in tasks {
         let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
@@ -187,14 +188,7 @@ fn the_user_network_helper_runs_beside_libkrun_and_ends_with_it() {
             "log": null
         }});
     });
-    let (mut child, mut stdout) = run.spawn();
-    let event = first_event(&mut stdout);
-    assert_eq!(
-        event,
-        serde_json::json!({"event": "configured"}),
-        "{}",
-        stderr_of(&mut child)
-    );
+    let (mut child, _stdout) = run.spawn_configured();
     // libkrun took the card (krun_add_net_unixstream); the helper listens for it and has
     // bound the published port.
     assert!(run.dir.join("net.sock").exists());
@@ -220,11 +214,7 @@ fn a_network_helper_that_dies_ends_the_vm_and_says_so() {
             "log": null
         }});
     });
-    let (mut child, mut stdout) = run.spawn();
-    assert_eq!(
-        first_event(&mut stdout),
-        serde_json::json!({"event": "configured"})
-    );
+    let (mut child, mut stdout) = run.spawn_configured();
     // The helper is the child's child with `__net` on its command line.
     let helper = std::fs::read_dir("/proc")
         .unwrap()
@@ -258,11 +248,7 @@ fn a_network_helper_that_dies_ends_the_vm_and_says_so() {
 fn sigterm_as_sent_when_the_parent_dies_removes_the_run_directory() {
     let run = RunDir::new();
     run.write_config(|config| config["network"] = "Disabled".into());
-    let (mut child, mut stdout) = run.spawn();
-    assert_eq!(
-        first_event(&mut stdout),
-        serde_json::json!({"event": "configured"})
-    );
+    let (mut child, _stdout) = run.spawn_configured();
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     assert_eq!(exit_code(&mut child), Some(128 + 15));

@@ -34,18 +34,21 @@ pub enum MemberState {
 
 /// `member`'s state, without taking anything.
 pub fn member_state(member: &Sandbox) -> Result<MemberState, PoolError> {
-    if member.file(CLAIMED_FILE).exists() {
-        let lock = member.file(CLAIM_LOCK_FILE);
-        let held = crate::lock::try_exclusive_existing(&lock)
+    let held = || {
+        crate::lock::try_exclusive_existing(&member.file(CLAIM_LOCK_FILE))
             .map(|guard| guard.is_none())
-            .unwrap_or(false);
-        return Ok(if held {
+            .unwrap_or(false)
+    };
+    if member.file(CLAIMED_FILE).exists() {
+        return Ok(if held() {
             MemberState::InUse
         } else {
             MemberState::Used
         });
     }
     Ok(match member.status()? {
+        // Booted, and still the keeper's while it warms the member up.
+        Status::Running if held() => MemberState::Booting,
         Status::Running => MemberState::Ready,
         status if status.is_running() => MemberState::Booting,
         _ if member.monitor_alive()? => MemberState::Booting,

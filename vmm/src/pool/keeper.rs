@@ -39,7 +39,8 @@ pub enum Event {
 
 /// Runs the keeper of the pool in `dir`; returns its exit status.
 pub fn main(dir: &std::path::Path) -> i32 {
-    init_logging(dir);
+    // stderr is keeper.log (set up by `krunbox pool start`).
+    crate::self_spawn::init_job_logging(std::io::stderr);
     match keep(dir) {
         Ok(()) => 0,
         Err(err) => {
@@ -144,7 +145,7 @@ fn boot_member(pool: &Pool, spec: &super::PoolSpec, serial: u64) -> Result<(), P
 /// hundred milliseconds under TCG, which the run then does not. An image without `true` just
 /// goes without.
 fn warm_up(member: &crate::sandbox::store::Sandbox) -> Result<(), String> {
-    use krunbox_protocol::client::{Client, ExecSpec};
+    use krunbox_protocol::client::ExecSpec;
     let address: krunbox_protocol::transport::AgentAddress = member
         .state()
         .map_err(|e| e.to_string())?
@@ -152,21 +153,10 @@ fn warm_up(member: &crate::sandbox::store::Sandbox) -> Result<(), String> {
         .ok_or("no agent address")?
         .parse()
         .map_err(|e| format!("{e}"))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    runtime.block_on(async {
-        let attempt = async {
-            let client = Client::connect(&address).await?;
-            client.exec(ExecSpec::new(["true"])).await?.collect().await
-        };
-        match tokio::time::timeout(WARM_UP_LIMIT, attempt).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(err)) => Err(err.to_string()),
-            Err(_) => Err(format!("no answer within {WARM_UP_LIMIT:?}")),
-        }
+    crate::sandbox::attach::with_agent(&address, WARM_UP_LIMIT, |client| async move {
+        client.exec(ExecSpec::new(["true"])).await?.collect().await
     })
+    .map(drop)
 }
 
 /// Stops and removes a member no run holds (a run may claim a ready one meanwhile: then it
@@ -183,23 +173,4 @@ fn remove(member: &crate::sandbox::store::Sandbox) -> Result<(), PoolError> {
     lifecycle::remove(member.clone(), true)?;
     tracing::debug!(member = member.name(), "member removed");
     Ok(())
-}
-
-fn init_logging(dir: &std::path::Path) {
-    let path = dir.join(KEEPER_LOG_FILE);
-    let Ok(file) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-    else {
-        return;
-    };
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::sync::Mutex::new(file))
-        .with_ansi(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KRUNBOX_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .try_init();
 }

@@ -15,6 +15,30 @@ use crate::backend::{BackendError, VmExit, VmHandle};
 /// How often the sandbox's liveness is checked (a lock probe).
 const CHECK_EVERY: Duration = Duration::from_millis(250);
 
+/// Connects to the agent at `address` and runs `job` with the client, on a runtime of its
+/// own, all within `limit`: a one-off request from a process that has no runtime (`stop`'s
+/// power-off, a pool member's warm-up). Errors are messages, for logs.
+pub fn with_agent<T, F, Fut>(address: &AgentAddress, limit: Duration, job: F) -> Result<T, String>
+where
+    F: FnOnce(krunbox_protocol::client::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, krunbox_protocol::client::ClientError>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let attempt = async {
+            let client = krunbox_protocol::client::Client::connect(address).await?;
+            job(client).await
+        };
+        match tokio::time::timeout(limit, attempt).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {limit:?}")),
+        }
+    })
+}
+
 /// An attachment to a running sandbox.
 pub struct AttachedVm {
     sandbox: Sandbox,

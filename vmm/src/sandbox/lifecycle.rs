@@ -133,20 +133,8 @@ fn terminate_monitor(sandbox: &Sandbox, pid: Option<u32>) -> Result<(), SandboxE
 }
 
 fn request_power_off(address: &AgentAddress) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    runtime.block_on(async {
-        let attempt = async {
-            let client = krunbox_protocol::client::Client::connect(address)
-                .await
-                .map_err(|e| e.to_string())?;
-            client.shutdown(0).await.map_err(|e| e.to_string())
-        };
-        tokio::time::timeout(SHUTDOWN_REQUEST_TIMEOUT, attempt)
-            .await
-            .map_err(|_| "timed out".to_owned())?
+    super::attach::with_agent(address, SHUTDOWN_REQUEST_TIMEOUT, |client| async move {
+        client.shutdown(0).await
     })
 }
 

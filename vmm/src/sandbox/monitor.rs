@@ -57,14 +57,7 @@ fn detach_stdout() {
 /// Runs the monitor for the sandbox in `dir`; returns the process exit code.
 pub fn main(dir: &std::path::Path) -> i32 {
     // stderr is monitor.log (set up by `krunbox start`).
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KRUNBOX_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .try_init();
+    crate::self_spawn::init_job_logging(std::io::stderr);
     let sandbox = match Sandbox::at_dir(dir) {
         Ok(sandbox) => sandbox,
         Err(err) => {

@@ -65,7 +65,8 @@ pub enum Event {
 /// Runs the child; returns its exit status if the VM never ran. With `no_enter`, stops after
 /// configuring libkrun and waits to be stopped.
 pub fn main(run_dir: &Path, no_enter: bool) -> i32 {
-    init_logging();
+    // To stderr, the VMM log; libkrun's own `log` logger stays free (`krun_init_log`).
+    crate::self_spawn::init_job_logging(std::io::stderr);
     // First, before any thread starts: capabilities are per thread, and every thread started
     // later (libkrun's virtio-fs workers among them) inherits the confinement.
     if let Err(err) = super::confine::confine_share_writes() {
@@ -206,20 +207,6 @@ fn fail(message: String) -> i32 {
     tracing::error!(%message, "the VM did not start");
     emit(&Event::Failed { message });
     START_FAILED
-}
-
-/// Our tracing to stderr (the VMM log), without capturing the `log` crate: libkrun installs
-/// its own `log` logger in `krun_init_log`, which panics if one is already set.
-fn init_logging() {
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KRUNBOX_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .finish();
-    let _ = tracing::subscriber::set_global_default(subscriber);
 }
 
 /// Starts the two watchers that end the VM when the parent goes away.

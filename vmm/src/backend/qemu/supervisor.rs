@@ -180,14 +180,7 @@ pub fn main(run_dir: &Path) -> i32 {
 
 fn init_logging(path: &Path) {
     if let Ok(file) = std::fs::File::create(path) {
-        let _ = tracing_subscriber::fmt()
-            .with_writer(std::sync::Mutex::new(file))
-            .with_ansi(false)
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_env("KRUNBOX_LOG")
-                    .unwrap_or_else(|_| "info".into()),
-            )
-            .try_init();
+        crate::self_spawn::init_job_logging(std::sync::Mutex::new(file));
     }
 }
 
