@@ -6,12 +6,10 @@
 //!   and power off.
 //! - `guest-init --listen unix:PATH` (or `vsock:PORT`): host mode, serving the same protocol
 //!   without touching the system — how tests and benchmarks drive the agent without a VM.
-//! - `guest-init exec-helper ...`: internal trampoline used to start commands (see helper.rs).
 
 mod agent;
 mod exec;
 mod files;
-mod helper;
 mod listener;
 mod modules;
 mod mounts;
@@ -93,10 +91,6 @@ fn init_logging(filter: &str) {
 fn main() {
     agent::note_init_started();
     let args: Vec<String> = std::env::args().collect();
-    // The trampoline must stay single-threaded: nothing else may run before it.
-    if args.get(1).map(String::as_str) == Some("exec-helper") {
-        std::process::exit(helper::run(&args[2..]));
-    }
     let options = match parse_options(&args[1..]) {
         Ok(options) => options,
         Err(message) => {

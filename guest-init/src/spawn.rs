@@ -1,20 +1,36 @@
-//! Starting a command through the exec helper with `posix_spawn` (see `helper.rs` for why).
+//! Starting a command: `clone(CLONE_VM | CLONE_VFORK)` into a child that only makes system
+//! calls, then `execve`.
+//!
+//! Why not `fork`: in a multi-threaded program (the agent runs tokio) a forked child can
+//! deadlock on a lock, malloc's among them, that another thread held at the fork. Why not
+//! `posix_spawn`: it cannot set a session, a controlling terminal, credentials or a working
+//! directory. So the child is made the way `posix_spawn` makes its own: it runs on the
+//! agent's memory while the calling thread waits (`CLONE_VFORK`) until it execs or exits, on a
+//! stack of its own, with every signal blocked until it has reset their handlers. Everything
+//! it needs is prepared beforehand in a [`Plan`], so it never allocates or takes a lock; it
+//! calls the kernel directly for credentials (libc's `setuid` would try to change every
+//! thread of the agent). A failure is left in the shared plan as the stage and errno, and the
+//! child `_exit`s 127.
+//!
+//! (Until generation 2 the agent `posix_spawn`ed its own binary as a single-threaded
+//! trampoline that did those steps: a second exec of guest-init per command, about 80 % of
+//! an exec's time.)
 
-use std::ffi::CString;
+use std::ffi::{c_char, c_int, c_void, CString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use krunbox_protocol::messages::SpawnStage;
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::spawn::{posix_spawn, PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
-use nix::sys::signal::SigSet;
+use nix::fcntl::{fcntl, FcntlArg};
 use nix::unistd::Pid;
 
-use crate::helper::HelperArgs;
 use crate::reaper::{ChildExit, ProcessTable};
 
-/// The fd the status pipe gets in the helper.
-const HELPER_STATUS_FD: RawFd = 3;
+/// The child's stack (it runs a few system calls and a `PATH` search on it).
+const CHILD_STACK: usize = 64 * 1024;
+/// The longest `PATH` candidate tried (Linux's `PATH_MAX`).
+const PATH_MAX: usize = 4096;
 
 /// Why a command could not be started.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,8 +69,8 @@ pub struct Spawned {
     pub exit: tokio::sync::oneshot::Receiver<ChildExit>,
 }
 
-/// Returns a close-on-exec duplicate at fd ≥ 10 when `fd` is low, so that the helper's
-/// `dup2`s onto 0–3 never collide with a source descriptor.
+/// Returns a close-on-exec duplicate at fd ≥ 10 when `fd` is low, so that the child's
+/// `dup2`s onto 0–2 never collide with a source descriptor.
 fn above_stdio(fd: OwnedFd) -> Result<OwnedFd, Errno> {
     if fd.as_raw_fd() >= 10 {
         return Ok(fd);
@@ -68,104 +84,268 @@ fn c_string(s: &str) -> Result<CString, SpawnError> {
     CString::new(s).map_err(|_| SpawnError::new(SpawnStage::Validate, Errno::EINVAL))
 }
 
-/// Starts `command` with `stdio`, registered in `table`; waits until the command was exec'd
+/// Everything the child reads, prepared by the parent; the pointers point into the owned
+/// strings beside them, which live as long as the plan.
+struct Plan {
+    _argv: Vec<CString>,
+    _envp: Vec<CString>,
+    argv: Vec<*const c_char>,
+    envp: Vec<*const c_char>,
+    /// `argv[0]`.
+    file: CString,
+    /// The command's own `PATH` (its environment's, else the default), for a bare name.
+    path: Vec<u8>,
+    cwd: Option<CString>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    /// Drop the supplementary groups (a command run as another user, by root).
+    single_group: bool,
+    pty: bool,
+    stdio: [RawFd; 3],
+    /// Set by the child when a step failed: `stage << 32 | errno`.
+    failure: AtomicI64,
+}
+
+impl Plan {
+    fn new(command: &Command, stdio: [RawFd; 3]) -> Result<Self, SpawnError> {
+        let argv_owned: Vec<CString> = command
+            .argv
+            .iter()
+            .map(|a| c_string(a))
+            .collect::<Result<_, _>>()?;
+        let envp_owned: Vec<CString> = command
+            .env
+            .iter()
+            .map(|(k, v)| {
+                if k.is_empty() || k.contains('=') {
+                    return Err(SpawnError::new(SpawnStage::Validate, Errno::EINVAL));
+                }
+                c_string(&format!("{k}={v}"))
+            })
+            .collect::<Result<_, _>>()?;
+        let file = argv_owned
+            .first()
+            .cloned()
+            .ok_or(SpawnError::new(SpawnStage::Validate, Errno::EINVAL))?;
+        let path = command
+            .env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_bytes().to_vec())
+            .unwrap_or_else(|| b"/usr/local/bin:/bin:/usr/bin".to_vec());
+        let pointers = |strings: &[CString]| {
+            strings
+                .iter()
+                .map(|s| s.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect::<Vec<_>>()
+        };
+        Ok(Self {
+            argv: pointers(&argv_owned),
+            envp: pointers(&envp_owned),
+            _argv: argv_owned,
+            _envp: envp_owned,
+            file,
+            path,
+            cwd: command.cwd.as_deref().map(c_string).transpose()?,
+            uid: command.uid,
+            gid: command.gid,
+            single_group: (command.uid.is_some() || command.gid.is_some())
+                && nix::unistd::Uid::effective().is_root(),
+            pty: command.pty,
+            stdio,
+            failure: AtomicI64::new(0),
+        })
+    }
+}
+
+/// Starts `command` with `stdio`, registered in `table`; returns once the command was exec'd
 /// (or failed before that).
 pub async fn spawn(
     table: &ProcessTable,
     command: &Command,
     stdio: Stdio,
 ) -> Result<Spawned, SpawnError> {
-    let (pid, exit, status_read) = start_helper(table, command, stdio)?;
-    // The helper writes `<stage> <errno>` on failure; end of file means the command runs.
-    let report = tokio::task::spawn_blocking(move || read_report(&status_read))
-        .await
-        .unwrap_or_default();
-    if let Some((stage, errno)) = report.trim().split_once(' ') {
-        let stage = stage
-            .parse::<i32>()
-            .ok()
-            .and_then(|s| SpawnStage::try_from(s).ok())
-            .unwrap_or(SpawnStage::Unspecified);
-        let errno = Errno::from_raw(errno.parse().unwrap_or(0));
-        // The helper exits right after reporting; the reaper collects it.
+    let setup = |e| SpawnError::new(SpawnStage::Setup, e);
+    let stdin = above_stdio(stdio.stdin).map_err(setup)?;
+    let stdout = above_stdio(stdio.stdout).map_err(setup)?;
+    let stderr = above_stdio(stdio.stderr).map_err(setup)?;
+    let plan = Plan::new(
+        command,
+        [stdin.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()],
+    )?;
+    let (pid, exit) = table
+        .spawn_tracked(|| clone_child(&plan))
+        .map_err(|e| SpawnError::new(SpawnStage::Spawn, e))?;
+    drop((stdin, stdout, stderr));
+    let failure = plan.failure.load(Ordering::Acquire);
+    if failure != 0 {
+        let stage = SpawnStage::try_from((failure >> 32) as i32).unwrap_or(SpawnStage::Unspecified);
+        let errno = Errno::from_raw((failure & 0xffff_ffff) as i32);
+        // The child has exited; the reaper collects it.
         drop(exit);
         return Err(SpawnError::new(stage, errno));
     }
     Ok(Spawned { pid, exit })
 }
 
-fn read_report(status_read: &OwnedFd) -> String {
-    let mut buf = [0u8; 32];
-    let mut len = 0;
-    while len < buf.len() {
-        match nix::unistd::read(status_read, &mut buf[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(Errno::EINTR) => continue,
-            Err(_) => break,
-        }
+/// Makes the child and waits (`CLONE_VFORK`) until it exec'd or exited.
+fn clone_child(plan: &Plan) -> Result<Pid, Errno> {
+    let mut stack = vec![0u8; CHILD_STACK];
+    // The stack grows down on every architecture guest-init runs on; 16-byte aligned.
+    let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
+    let all = nix::sys::signal::SigSet::all();
+    let mut previous = nix::sys::signal::SigSet::empty();
+    // Blocked from here until the child reset its handlers: a handler of the agent running in
+    // the child would run on the agent's memory.
+    nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&all),
+        Some(&mut previous),
+    )?;
+    // SAFETY: `child_main` only makes system calls and reads `plan`, which outlives the call
+    // (CLONE_VFORK suspends this thread until the child execs or exits, so neither `plan` nor
+    // `stack` can go away under it); `top` is the aligned top of `stack`, used by the child
+    // alone.
+    let pid = unsafe {
+        libc::clone(
+            child_main,
+            top as *mut c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            plan as *const Plan as *mut c_void,
+        )
+    };
+    let clone_errno = Errno::last();
+    let _ = nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&previous),
+        None,
+    );
+    drop(stack);
+    if pid < 0 {
+        return Err(clone_errno);
     }
-    String::from_utf8_lossy(&buf[..len]).into_owned()
+    Ok(Pid::from_raw(pid))
 }
 
-/// `posix_spawn`s the helper; returns its pid, exit receiver and the status pipe's read end.
-fn start_helper(
-    table: &ProcessTable,
-    command: &Command,
-    stdio: Stdio,
-) -> Result<(Pid, tokio::sync::oneshot::Receiver<ChildExit>, OwnedFd), SpawnError> {
-    let setup = |e| SpawnError::new(SpawnStage::Setup, e);
-    let (status_read, status_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(setup)?;
-    let stdin = above_stdio(stdio.stdin).map_err(setup)?;
-    let stdout = above_stdio(stdio.stdout).map_err(setup)?;
-    let stderr = above_stdio(stdio.stderr).map_err(setup)?;
-    let status_write = above_stdio(status_write).map_err(setup)?;
-
-    let helper = HelperArgs {
-        status_fd: HELPER_STATUS_FD,
-        pty: command.pty,
-        uid: command.uid,
-        gid: command.gid,
-        cwd: command.cwd.clone(),
-        argv: command.argv.clone(),
+/// The child: only system calls from here to `execve` (see the module documentation).
+extern "C" fn child_main(arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is the `&Plan` `clone_child` passed, alive while this runs.
+    let plan = unsafe { &*(arg as *const Plan) };
+    let stage = match prepare_and_exec(plan) {
+        Ok(never) => match never {},
+        Err(stage) => stage,
     };
-    let mut args = vec![c_string("guest-init")?, c_string("exec-helper")?];
-    for arg in helper.to_args() {
-        args.push(c_string(&arg)?);
-    }
-    let env: Vec<CString> = command
-        .env
-        .iter()
-        .map(|(k, v)| {
-            if k.is_empty() || k.contains('=') {
-                return Err(SpawnError::new(SpawnStage::Validate, Errno::EINVAL));
+    let errno = Errno::last_raw();
+    plan.failure.store(
+        ((stage as i64) << 32) | i64::from(errno as u32),
+        Ordering::Release,
+    );
+    // SAFETY: ends the child process at once, without running anything of the agent's.
+    unsafe { libc::_exit(127) }
+}
+
+enum Never {}
+
+/// The steps before the command; the failed step's stage (errno says why).
+fn prepare_and_exec(plan: &Plan) -> Result<Never, SpawnStage> {
+    // SAFETY (every block below): system calls with scalar arguments or pointers into
+    // `plan`, which the parent keeps alive; none touches memory shared with the agent's
+    // threads.
+    let ok = |rc: libc::c_long| rc >= 0;
+    unsafe {
+        // Every handler back to its default, then nothing blocked: the command starts clean.
+        let default = [0u64; 4];
+        for signal in 1..=64 {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                default.as_ptr(),
+                std::ptr::null::<u64>(),
+                8,
+            );
+        }
+        let none = 0u64;
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &none as *const u64,
+            std::ptr::null::<u64>(),
+            8,
+        );
+        for (target, &source) in plan.stdio.iter().enumerate() {
+            if libc::dup2(source, target as c_int) < 0 {
+                return Err(SpawnStage::Setup);
             }
-            c_string(&format!("{k}={v}"))
-        })
-        .collect::<Result<_, _>>()?;
-
-    let mut actions = PosixSpawnFileActions::init().map_err(setup)?;
-    for (fd, target) in [
-        (stdin.as_raw_fd(), 0),
-        (stdout.as_raw_fd(), 1),
-        (stderr.as_raw_fd(), 2),
-        (status_write.as_raw_fd(), HELPER_STATUS_FD),
-    ] {
-        actions.add_dup2(fd, target).map_err(setup)?;
+        }
+        if libc::setsid() < 0 {
+            return Err(SpawnStage::ControllingTerminal);
+        }
+        // The PTY slave is fd 0: make it the controlling terminal.
+        if plan.pty && libc::ioctl(0, libc::TIOCSCTTY as _, 0) != 0 {
+            return Err(SpawnStage::ControllingTerminal);
+        }
+        if let Some(gid) = plan.gid {
+            if !ok(libc::syscall(libc::SYS_setgid, gid)) {
+                return Err(SpawnStage::SetGid);
+            }
+        }
+        if plan.single_group {
+            let gid = libc::getgid();
+            if !ok(libc::syscall(
+                libc::SYS_setgroups,
+                1,
+                &gid as *const libc::gid_t,
+            )) {
+                return Err(SpawnStage::SetGid);
+            }
+        }
+        if let Some(uid) = plan.uid {
+            if !ok(libc::syscall(libc::SYS_setuid, uid)) {
+                return Err(SpawnStage::SetUid);
+            }
+        }
+        if let Some(cwd) = &plan.cwd {
+            if libc::chdir(cwd.as_ptr()) != 0 {
+                return Err(SpawnStage::Chdir);
+            }
+        }
     }
-    let mut attr = PosixSpawnAttr::init().map_err(setup)?;
-    attr.set_flags(
-        PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
-    )
-    .map_err(setup)?;
-    attr.set_sigmask(&SigSet::empty()).map_err(setup)?;
-    // Rust ignores SIGPIPE and tokio installs handlers: the command starts with defaults.
-    attr.set_sigdefault(&SigSet::all()).map_err(setup)?;
-    let self_exe = c_string("/proc/self/exe")?;
+    exec(plan);
+    Err(SpawnStage::Exec)
+}
 
-    let (pid, exit) = table
-        .spawn_tracked(|| posix_spawn(self_exe.as_c_str(), &actions, &attr, &args, &env))
-        .map_err(|e| SpawnError::new(SpawnStage::Spawn, e))?;
-    drop((stdin, stdout, stderr, status_write));
-    Ok((pid, exit, status_read))
+/// `execve` of `argv[0]`, searched in the command's `PATH` when it has no `/` (as `execvp`,
+/// but with the command's `PATH` and without allocating). Returns only on failure.
+fn exec(plan: &Plan) {
+    let file = plan.file.as_bytes();
+    // SAFETY: execve with NUL-terminated strings and null-terminated pointer arrays that the
+    // plan owns.
+    let execve = |path: *const c_char| unsafe {
+        libc::execve(path, plan.argv.as_ptr(), plan.envp.as_ptr());
+    };
+    if file.contains(&b'/') {
+        execve(plan.file.as_ptr());
+        return;
+    }
+    let mut candidate = [0u8; PATH_MAX];
+    let mut denied = false;
+    for dir in plan.path.split(|&b| b == b':') {
+        let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
+        let len = dir.len() + 1 + file.len();
+        if len >= PATH_MAX {
+            continue;
+        }
+        candidate[..dir.len()].copy_from_slice(dir);
+        candidate[dir.len()] = b'/';
+        candidate[dir.len() + 1..len].copy_from_slice(file);
+        candidate[len] = 0;
+        execve(candidate.as_ptr().cast());
+        match Errno::last() {
+            Errno::EACCES => denied = true,
+            Errno::ENOENT | Errno::ENOTDIR => {}
+            _ => return,
+        }
+    }
+    Errno::set_raw(if denied { libc::EACCES } else { libc::ENOENT });
 }

@@ -98,7 +98,7 @@ async fn measure(
             p50(&ping_samples),
         ),
         (
-            "exec start (request -> spawner -> child runs: ExecStarted)",
+            "exec start (request -> clone, exec -> ExecStarted)",
             p50(&start_samples),
         ),
         ("the child, reaping, the exit report", rest),
