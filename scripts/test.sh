@@ -38,8 +38,8 @@ else
 fi
 step "the libkrun backend, booted for real inside a KVM host (scripts/test-krun.sh)"
 ./scripts/test-krun.sh "$results"
-step "fuzz every parser of untrusted bytes (20 s each)"
-cargo xtask fuzz --seconds 20
+step "fuzz every parser of untrusted bytes (10 s each)"
+cargo xtask fuzz --seconds 10
 # One closing line for the whole suite (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$results"
