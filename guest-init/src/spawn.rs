@@ -249,10 +249,9 @@ enum Never {}
 
 /// The steps before the command; the failed step's stage (errno says why).
 fn prepare_and_exec(plan: &Plan) -> Result<Never, SpawnStage> {
-    // SAFETY (every block below): system calls with scalar arguments or pointers into
-    // `plan`, which the parent keeps alive; none touches memory shared with the agent's
-    // threads.
     let ok = |rc: libc::c_long| rc >= 0;
+    // SAFETY: system calls with scalar arguments or pointers into `plan` (which the parent
+    // keeps alive) and into this stack; none touches memory the agent's threads use.
     unsafe {
         // Every handler back to its default, then nothing blocked: the command starts clean.
         let default = [0u64; 4];

@@ -20,6 +20,8 @@
 
 /// Why the child could not confine itself (it then refuses to start the VM).
 #[derive(Debug, thiserror::Error)]
+// Only Linux has anything to confine.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub enum ConfineError {
     /// The seccomp filter could not be built or loaded.
     #[error("cannot load the seccomp filter for shares: {0}")]
