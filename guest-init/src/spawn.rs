@@ -19,6 +19,7 @@
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
 use krunbox_protocol::messages::SpawnStage;
 use nix::errno::Errno;
@@ -106,6 +107,10 @@ struct Plan {
     failure: AtomicI64,
 }
 
+// SAFETY: the raw pointers point into the heap buffers of the `CString`s the plan owns, which
+// do not move when the plan does, and nothing else refers to them.
+unsafe impl Send for Plan {}
+
 impl Plan {
     fn new(command: &Command, stdio: [RawFd; 3]) -> Result<Self, SpawnError> {
         let argv_owned: Vec<CString> = command
@@ -162,7 +167,7 @@ impl Plan {
 /// Starts `command` with `stdio`, registered in `table`; returns once the command was exec'd
 /// (or failed before that).
 pub async fn spawn(
-    table: &ProcessTable,
+    table: &Arc<ProcessTable>,
     command: &Command,
     stdio: Stdio,
 ) -> Result<Spawned, SpawnError> {
@@ -174,9 +179,16 @@ pub async fn spawn(
         command,
         [stdin.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()],
     )?;
-    let (pid, exit) = table
-        .spawn_tracked(|| clone_child(&plan))
-        .map_err(|e| SpawnError::new(SpawnStage::Spawn, e))?;
+    // On a blocking thread: CLONE_VFORK holds the calling thread until the child execs, which
+    // must not hold up the runtime's other connections and streams.
+    let table = Arc::clone(table);
+    let (spawned, plan) = tokio::task::spawn_blocking(move || {
+        let spawned = table.spawn_tracked(|| clone_child(&plan));
+        (spawned, plan)
+    })
+    .await
+    .map_err(|_| SpawnError::new(SpawnStage::Spawn, Errno::EAGAIN))?;
+    let (pid, exit) = spawned.map_err(|e| SpawnError::new(SpawnStage::Spawn, e))?;
     drop((stdin, stdout, stderr));
     let failure = plan.failure.load(Ordering::Acquire);
     if failure != 0 {
