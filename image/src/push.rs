@@ -105,7 +105,7 @@ pub async fn push_layout(
         source,
     })?;
     let auth = match session.bearer_token() {
-        Some(token) => Credentials::Bearer(token.to_owned()).to_oci(),
+        Some(token) => Credentials::Bearer(token).to_oci(),
         None => credentials.to_oci(),
     };
     let registry_err = |source| PushError::Registry {

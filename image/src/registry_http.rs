@@ -96,10 +96,22 @@ pub enum RegistryError {
 /// An authenticated conversation with one repository of one registry.
 pub struct RegistrySession {
     http: reqwest::Client,
+    /// `scheme://registry/v2/`.
+    root: String,
     /// `scheme://registry/v2/repository`.
     base: String,
-    authorization: Option<String>,
-    bearer: Option<String>,
+    /// What a token expired in the middle of a long pull is had again with.
+    login: Login,
+    /// The `Authorization` header and the bearer token in it, if any.
+    auth: std::sync::Mutex<(Option<String>, Option<String>)>,
+}
+
+/// What the session authenticated with.
+struct Login {
+    reference: Reference,
+    credentials: Credentials,
+    access: Access,
+    insecure: bool,
 }
 
 impl RegistrySession {
@@ -121,14 +133,46 @@ impl RegistrySession {
                 url: root.clone(),
                 source,
             })?;
-        let (authorization, bearer) =
+        let auth =
             Self::authenticate(&http, &root, reference, credentials, access, insecure).await?;
         Ok(Self {
             http,
             base: format!("{root}{}", reference.repository),
-            authorization,
-            bearer,
+            root,
+            login: Login {
+                reference: reference.clone(),
+                credentials: credentials.clone(),
+                access,
+                insecure,
+            },
+            auth: std::sync::Mutex::new(auth),
         })
+    }
+
+    fn auth(&self) -> std::sync::MutexGuard<'_, (Option<String>, Option<String>)> {
+        // Two strings replaced whole: a poisoned lock still holds a usable value.
+        self.auth.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks for a new token (registries' tokens last minutes; a pull of large layers lasts
+    /// longer); whether the session has a new `Authorization`.
+    async fn reauthenticate(&self) -> Result<bool, RegistryError> {
+        if matches!(self.login.credentials, Credentials::Bearer(_)) {
+            return Ok(false);
+        }
+        let login = &self.login;
+        let fresh = Self::authenticate(
+            &self.http,
+            &self.root,
+            &login.reference,
+            &login.credentials,
+            login.access,
+            login.insecure,
+        )
+        .await?;
+        let changed = fresh.1.is_some();
+        *self.auth() = fresh;
+        Ok(changed)
     }
 
     async fn authenticate(
@@ -184,8 +228,8 @@ impl RegistrySession {
     }
 
     /// The bearer token this session sends, if any (handed to oci-client for pushes).
-    pub fn bearer_token(&self) -> Option<&str> {
-        self.bearer.as_deref()
+    pub fn bearer_token(&self) -> Option<String> {
+        self.auth().1.clone()
     }
 
     /// The manifest or index `reference` names (by digest when it has one), at most
@@ -220,22 +264,42 @@ impl RegistrySession {
     }
 
     /// Sends `request` with the session's authorization; an error status becomes
-    /// [`RegistryError::Status`] with the start of its body.
+    /// [`RegistryError::Status`] with the start of its body. A 401 to a bearer token (it
+    /// expired) is answered once with a new token.
     async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        what: &'static str,
+        url: &str,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let again = request.try_clone();
+        let mut response = self.send_once(request, what, url).await?;
+        if response.status() == http::StatusCode::UNAUTHORIZED && self.auth().1.is_some() {
+            if let Some(again) = again {
+                if self.reauthenticate().await? {
+                    tracing::debug!(url, "the registry token expired; asked for a new one");
+                    response = self.send_once(again, what, url).await?;
+                }
+            }
+        }
+        error_for_status(response, what, url).await
+    }
+
+    async fn send_once(
         &self,
         mut request: reqwest::RequestBuilder,
         what: &'static str,
         url: &str,
     ) -> Result<reqwest::Response, RegistryError> {
-        if let Some(authorization) = &self.authorization {
+        let authorization = self.auth().0.clone();
+        if let Some(authorization) = authorization {
             request = request.header(http::header::AUTHORIZATION, authorization);
         }
-        let response = request.send().await.map_err(|source| RegistryError::Http {
+        request.send().await.map_err(|source| RegistryError::Http {
             what,
             url: url.to_owned(),
             source,
-        })?;
-        error_for_status(response, what, url).await
+        })
     }
 }
 

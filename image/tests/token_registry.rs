@@ -126,3 +126,79 @@ async fn a_token_is_asked_for_with_scope_service_and_credentials_and_then_sent()
         "token request: {target}"
     );
 }
+
+/// A registry whose first token stops working once the manifest is fetched (as a token that
+/// expires in the middle of a pull of large layers): the blobs are fetched with a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_expires_mid_pull_is_asked_for_again() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("layout");
+    let mut writer = LayoutWriter::create(&dir).unwrap();
+    let manifest = common::add_image(
+        &mut writer,
+        &[("hello.txt", b"behind an expiring token\n")],
+        &Platform::host_default(),
+        &["/bin/true"],
+    );
+    writer.tag(&manifest, "v1");
+    writer.finish().unwrap();
+    let issued = Arc::new(AtomicUsize::new(0));
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let serve = route(dir, manifest.digest.to_string(), asked.clone());
+    let counter = issued.clone();
+    let addr = scripted_server(move |request| {
+        let host = request.header("host").unwrap_or_default().to_owned();
+        let challenge = || {
+            Answer::Fixed(
+                "401 Unauthorized",
+                format!(
+                    "WWW-Authenticate: Bearer realm=\"http://{host}/token\",service=\"svc\"\r\n"
+                ),
+                Vec::new(),
+            )
+        };
+        if request.target.starts_with("/token") {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            return Answer::Fixed(
+                "200 OK",
+                String::new(),
+                format!(r#"{{"token":"gen-{n}"}}"#).into_bytes(),
+            );
+        }
+        // Only the newest token is good; the first goes bad once blobs are asked for.
+        let newest = format!("Bearer gen-{}", counter.load(Ordering::SeqCst));
+        let expired = request.target.contains("/blobs/") && newest == "Bearer gen-1";
+        if request.header("authorization") != Some(newest.as_str()) || expired {
+            return challenge();
+        }
+        // The layout's route, as a bearer of its token.
+        let mut inner = request.clone();
+        inner.headers.retain(|(n, _)| n != "authorization");
+        inner
+            .headers
+            .push(("authorization".into(), format!("Bearer {TOKEN}")));
+        serve(&inner)
+    })
+    .await;
+    let reference = Reference::parse(&format!("{addr}/tok/image:v1")).unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let record = pull(
+        &store,
+        &reference,
+        &PullOptions {
+            progress: false,
+            credentials: Some(Credentials::Anonymous),
+            max_concurrent_downloads: 1,
+            ..PullOptions::default()
+        },
+    )
+    .await
+    .expect("the pull goes on with a new token");
+    assert_eq!(record.manifest, manifest.digest);
+    common::assert_store_blobs_verify(store.root());
+    assert!(
+        issued.load(Ordering::SeqCst) >= 2,
+        "a second token was asked for"
+    );
+}
