@@ -30,6 +30,8 @@ use crate::reaper::{ChildExit, ProcessTable};
 
 /// The child's stack (it runs a few system calls and a `PATH` search on it).
 const CHILD_STACK: usize = 64 * 1024;
+/// The size of the kernel's signal set (64 signals), as `rt_sig*` calls take it.
+const SIGSET_BYTES: libc::c_long = 8;
 /// The longest `PATH` candidate tried (Linux's `PATH_MAX`).
 const PATH_MAX: usize = 4096;
 
@@ -181,15 +183,17 @@ pub async fn spawn(
     )?;
     // On a blocking thread: CLONE_VFORK holds the calling thread until the child execs, which
     // must not hold up the runtime's other connections and streams.
+    // The descriptors go along: they must stay open until the child has them, even if this
+    // future is dropped meanwhile (a closed number could be reused for another file).
     let table = Arc::clone(table);
     let (spawned, plan) = tokio::task::spawn_blocking(move || {
         let spawned = table.spawn_tracked(|| clone_child(&plan));
+        drop((stdin, stdout, stderr));
         (spawned, plan)
     })
     .await
     .map_err(|_| SpawnError::new(SpawnStage::Spawn, Errno::EAGAIN))?;
     let (pid, exit) = spawned.map_err(|e| SpawnError::new(SpawnStage::Spawn, e))?;
-    drop((stdin, stdout, stderr));
     let failure = plan.failure.load(Ordering::Acquire);
     if failure != 0 {
         let stage = SpawnStage::try_from((failure >> 32) as i32).unwrap_or(SpawnStage::Unspecified);
@@ -206,15 +210,24 @@ fn clone_child(plan: &Plan) -> Result<Pid, Errno> {
     let mut stack = vec![0u8; CHILD_STACK];
     // The stack grows down on every architecture guest-init runs on; 16-byte aligned.
     let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
-    let all = nix::sys::signal::SigSet::all();
-    let mut previous = nix::sys::signal::SigSet::empty();
-    // Blocked from here until the child reset its handlers: a handler of the agent running in
-    // the child would run on the agent's memory.
-    nix::sys::signal::pthread_sigmask(
-        nix::sys::signal::SigmaskHow::SIG_SETMASK,
-        Some(&all),
-        Some(&mut previous),
-    )?;
+    // Every signal blocked from here until the child reset its handlers: a handler of the
+    // agent's running in the child would run on the agent's memory. Raw, because libc's
+    // `sigfillset` leaves out the signals libc keeps for itself.
+    let all: u64 = !0;
+    let mut previous: u64 = 0;
+    // SAFETY: rt_sigprocmask on this thread with two 8-byte masks that outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK as libc::c_long,
+            &all as *const u64,
+            &mut previous as *mut u64,
+            SIGSET_BYTES,
+        )
+    };
+    if rc != 0 {
+        return Err(Errno::last());
+    }
     // SAFETY: `child_main` only makes system calls and reads `plan`, which outlives the call
     // (CLONE_VFORK suspends this thread until the child execs or exits, so neither `plan` nor
     // `stack` can go away under it); `top` is the aligned top of `stack`, used by the child
@@ -228,11 +241,16 @@ fn clone_child(plan: &Plan) -> Result<Pid, Errno> {
         )
     };
     let clone_errno = Errno::last();
-    let _ = nix::sys::signal::pthread_sigmask(
-        nix::sys::signal::SigmaskHow::SIG_SETMASK,
-        Some(&previous),
-        None,
-    );
+    // SAFETY: as above, putting back the mask saved there.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK as libc::c_long,
+            &previous as *const u64,
+            std::ptr::null::<u64>(),
+            SIGSET_BYTES,
+        );
+    }
     drop(stack);
     if pid < 0 {
         return Err(clone_errno);
@@ -266,23 +284,24 @@ fn prepare_and_exec(plan: &Plan) -> Result<Never, SpawnStage> {
     // keeps alive) and into this stack; none touches memory the agent's threads use.
     unsafe {
         // Every handler back to its default, then nothing blocked: the command starts clean.
+        // The kernel's `struct sigaction` (handler, flags, restorer, mask) all zero: SIG_DFL.
         let default = [0u64; 4];
-        for signal in 1..=64 {
+        for signal in 1..=64 as libc::c_long {
             libc::syscall(
                 libc::SYS_rt_sigaction,
                 signal,
                 default.as_ptr(),
                 std::ptr::null::<u64>(),
-                8,
+                SIGSET_BYTES,
             );
         }
         let none = 0u64;
         libc::syscall(
             libc::SYS_rt_sigprocmask,
-            libc::SIG_SETMASK,
+            libc::SIG_SETMASK as libc::c_long,
             &none as *const u64,
             std::ptr::null::<u64>(),
-            8,
+            SIGSET_BYTES,
         );
         for (target, &source) in plan.stdio.iter().enumerate() {
             if libc::dup2(source, target as c_int) < 0 {
@@ -297,7 +316,7 @@ fn prepare_and_exec(plan: &Plan) -> Result<Never, SpawnStage> {
             return Err(SpawnStage::ControllingTerminal);
         }
         if let Some(gid) = plan.gid {
-            if !ok(libc::syscall(libc::SYS_setgid, gid)) {
+            if !ok(libc::syscall(libc::SYS_setgid, gid as libc::c_long)) {
                 return Err(SpawnStage::SetGid);
             }
         }
@@ -312,7 +331,7 @@ fn prepare_and_exec(plan: &Plan) -> Result<Never, SpawnStage> {
             }
         }
         if let Some(uid) = plan.uid {
-            if !ok(libc::syscall(libc::SYS_setuid, uid)) {
+            if !ok(libc::syscall(libc::SYS_setuid, uid as libc::c_long)) {
                 return Err(SpawnStage::SetUid);
             }
         }

@@ -15,7 +15,8 @@
 //!    reqwest drops the `Authorization` header when one leaves the registry's origin.
 //!
 //! Error answers are read up to [`MAX_ERROR_BODY`] for the message. Every request has a
-//! connect timeout and a read timeout, so a registry that stops sending cannot hold a pull.
+//! connect timeout and a read timeout, and every bounded body an overall one, so a registry
+//! that stops sending, or sends a byte a minute, cannot hold a pull.
 
 use std::time::Duration;
 
@@ -33,6 +34,8 @@ use crate::registry_token::{self, BearerChallenge, TokenError};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a registry may go without sending anything while krunbox waits for bytes.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a bounded body (a manifest, a token, an error answer) may take in all.
+const WHOLE_BODY_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What a session is for: the token's scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +94,16 @@ pub enum RegistryError {
     /// Getting a bearer token failed.
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// A small answer that took too long to arrive.
+    #[error("{what} {url}: the answer did not arrive within {waited:?}")]
+    Slow {
+        /// What was asked for.
+        what: &'static str,
+        /// Where.
+        url: String,
+        /// How long krunbox waited.
+        waited: Duration,
+    },
 }
 
 /// An authenticated conversation with one repository of one registry.
@@ -343,20 +356,30 @@ pub(crate) async fn read_bounded(
     if response.content_length().is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
+    let read = async {
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|source| RegistryError::Http {
+                what,
+                url: url.to_owned(),
+                source,
+            })?
+        {
+            if (body.len() + chunk.len()) as u64 > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    };
+    // The read timeout bounds each wait; this bounds a registry that sends a byte a minute.
+    tokio::time::timeout(WHOLE_BODY_TIMEOUT, read)
         .await
-        .map_err(|source| RegistryError::Http {
+        .map_err(|_| RegistryError::Slow {
             what,
             url: url.to_owned(),
-            source,
+            waited: WHOLE_BODY_TIMEOUT,
         })?
-    {
-        if (body.len() + chunk.len()) as u64 > limit {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }

@@ -252,6 +252,9 @@ fn stop(name: &str) -> Result<(), PoolError> {
     let mut said = false;
     while pool.dir().exists() {
         if !pool.keeper_alive()? {
+            if !pool.dir().exists() {
+                break; // the keeper finished and removed it just now
+            }
             // Nobody to do it: the keeper's work, once, here.
             crate::pool::keeper::empty_without_keeper(&pool)?;
             break;

@@ -20,10 +20,13 @@
 //! replaces the first; `-e`, `-v` and the rules add up).
 //!
 //! A project's file comes with the project, perhaps from someone else: what it may ask for is
-//! limited to what keeps the sandbox within that project. It may not share host directories
-//! (named volumes and `workspace` only), forward the SSH agent, trust the host's CAs, open
-//! internal networks (`allow_net`, `add_host`) or publish ports; such a profile is refused,
-//! naming the setting, and the same settings are fine in the user's own file.
+//! limited to what keeps the sandbox within that project: a registry image, `workspace`, the
+//! allowlist of names (not the host's loopback alias), resources, `KEY=VALUE` env, user and
+//! workdir, `network = "none"`. It may not boot a host directory as the image, share host
+//! directories or the user's volumes, copy host variables, forward the SSH agent, trust the
+//! host's CAs, open internal networks (`allow_net`, `add_host`, the host alias), publish ports
+//! or ask for TSI; such a profile is refused, naming the setting, and the same settings are
+//! fine in the user's own file.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -176,12 +179,31 @@ impl Profile {
 
     /// The first setting a project's file may not make, if any.
     fn beyond_a_project(&self) -> Option<&'static str> {
-        let host_path = self
-            .volumes
-            .iter()
-            .any(|v| v.starts_with('/') || v.starts_with('.') || v.starts_with('~'));
+        use krunbox_image::source::Source;
+        // A path (or `dir:`) would be booted as a writable root: a registry reference only.
+        let image_not_a_reference = self
+            .image
+            .as_deref()
+            .is_some_and(|image| !matches!(Source::parse(image), Ok(Source::Registry(_))));
+        // A bare KEY copies the host's value into the guest.
+        let env_from_host = self.env.iter().any(|e| !e.contains('='));
+        // The gateway's own name for the host's loopback.
+        let host_alias = self.allow_host.iter().any(|rule| {
+            rule.parse::<krunbox_net::policy::HostRule>()
+                .is_ok_and(|rule| rule.matches_name(krunbox_net::config::HOST_ALIAS))
+        });
         [
-            (host_path, "volumes with a host path"),
+            (
+                image_not_a_reference,
+                "an image that is not a registry reference",
+            ),
+            // A path shares the host's files; a name, the user's volumes of other projects.
+            (!self.volumes.is_empty(), "volumes"),
+            (
+                env_from_host,
+                "env copying a host variable (KEY without =VALUE)",
+            ),
+            (host_alias, "allow_host for the host's loopback alias"),
             (self.ssh == Some(true), "ssh"),
             (self.host_ca == Some(true), "host_ca"),
             (!self.allow_net.is_empty(), "allow_net"),
@@ -310,7 +332,6 @@ mod tests {
             [profile.agent]
             image = "node:22"
             workspace = true
-            volumes = ["agent-home:/home/node"]
             allow_host = ["api.anthropic.com:443"]
             env = ["A=1"]
             cpus = 2
@@ -324,8 +345,6 @@ mod tests {
             agent.to_args("run"),
             [
                 "--workspace",
-                "-v",
-                "agent-home:/home/node",
                 "--allow-host",
                 "api.anthropic.com:443",
                 "-e",
@@ -351,8 +370,29 @@ mod tests {
     #[test]
     fn a_project_may_not_reach_outside_itself() {
         for (toml, setting) in [
-            (r#"volumes = ["/etc:/x"]"#, "volumes with a host path"),
-            (r#"volumes = ["./src:/x"]"#, "volumes with a host path"),
+            (r#"volumes = ["/etc:/x"]"#, "volumes"),
+            (r#"volumes = ["src/../..:/x"]"#, "volumes"),
+            (r#"volumes = ["agent-home:/x"]"#, "volumes"),
+            (
+                r#"image = "/""#,
+                "an image that is not a registry reference",
+            ),
+            (
+                r#"image = "dir:/home""#,
+                "an image that is not a registry reference",
+            ),
+            (
+                r#"env = ["AWS_SECRET_ACCESS_KEY"]"#,
+                "env copying a host variable (KEY without =VALUE)",
+            ),
+            (
+                r#"allow_host = ["host.krunbox.internal"]"#,
+                "allow_host for the host's loopback alias",
+            ),
+            (
+                r#"allow_host = ["*.krunbox.internal:22"]"#,
+                "allow_host for the host's loopback alias",
+            ),
             ("ssh = true", "ssh"),
             ("host_ca = true", "host_ca"),
             (r#"allow_net = ["10.0.0.0/8"]"#, "allow_net"),
@@ -379,8 +419,9 @@ mod tests {
         for expected in ["--workspace", "--ssh", "--host-ca", "--allow-host", "-v"] {
             assert!(args.iter().any(|a| a == expected), "{expected} in {args:?}");
         }
-        // A user's file: it forwards the SSH agent, which a project's may not.
-        assert_eq!(agent.beyond_a_project(), Some("ssh"));
+        // A user's file: it mounts a volume and forwards the SSH agent, which a project's may
+        // not.
+        assert!(agent.beyond_a_project().is_some());
     }
 
     #[test]

@@ -16,6 +16,8 @@ use super::{PoolError, PoolKey, Pools};
 
 const CLAIM_LOCK_FILE: &str = "claim.lock";
 const CLAIMED_FILE: &str = "claimed";
+/// Present while the keeper boots and warms the member up: not claimable yet.
+pub(super) const WARMING_FILE: &str = "warming";
 
 /// Where a member is in its one life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,15 +34,14 @@ pub enum MemberState {
     Dead,
 }
 
-/// `member`'s state, without taking anything.
+/// `member`'s state. Only a claimed member's lock is probed (to tell in use from spent): a
+/// probe of a ready member's lock would make a run that claims it at that moment miss it.
 pub fn member_state(member: &Sandbox) -> Result<MemberState, PoolError> {
-    let held = || {
-        crate::lock::try_exclusive_existing(&member.file(CLAIM_LOCK_FILE))
-            .map(|guard| guard.is_none())
-            .unwrap_or(false)
-    };
     if member.file(CLAIMED_FILE).exists() {
-        return Ok(if held() {
+        let held = crate::lock::try_exclusive_existing(&member.file(CLAIM_LOCK_FILE))
+            .map(|guard| guard.is_none())
+            .unwrap_or(false);
+        return Ok(if held {
             MemberState::InUse
         } else {
             MemberState::Used
@@ -48,7 +49,7 @@ pub fn member_state(member: &Sandbox) -> Result<MemberState, PoolError> {
     }
     Ok(match member.status()? {
         // Booted, and still the keeper's while it warms the member up.
-        Status::Running if held() => MemberState::Booting,
+        Status::Running if member.file(WARMING_FILE).exists() => MemberState::Booting,
         Status::Running => MemberState::Ready,
         status if status.is_running() => MemberState::Booting,
         _ if member.monitor_alive()? => MemberState::Booting,
@@ -72,9 +73,13 @@ impl Claimed {
         if let Err(err) = self.member.request_stop() {
             tracing::debug!(%err, "cannot mark the pool member for stopping");
         }
-        if let Ok(Some(state)) = self.member.state() {
-            let pid = nix::unistd::Pid::from_raw(state.monitor_pid as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        // Only while its monitor holds the member (its flock): a dead monitor's pid may be
+        // another process's by now.
+        if self.member.monitor_alive().unwrap_or(false) {
+            if let Ok(Some(state)) = self.member.state() {
+                let pid = nix::unistd::Pid::from_raw(state.monitor_pid as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            }
         }
     }
 }
@@ -111,14 +116,15 @@ pub fn claim(spec: &VmSpec, backend: BackendKind) -> Result<Option<Claimed>, Poo
 
 /// Claims `member` if it is ready; the lock, held for the run's life.
 pub(super) fn try_claim(member: &Sandbox) -> Result<Option<LockGuard>, PoolError> {
-    if member.file(CLAIMED_FILE).exists() {
+    let unclaimable = || member.file(CLAIMED_FILE).exists() || member.file(WARMING_FILE).exists();
+    if unclaimable() {
         return Ok(None);
     }
     let Some(lock) = crate::lock::try_exclusive(&member.file(CLAIM_LOCK_FILE))? else {
         return Ok(None);
     };
     // Checked again under the lock: another run may have claimed and let go meanwhile.
-    if member.file(CLAIMED_FILE).exists() || member.status()? != Status::Running {
+    if unclaimable() || member.status()? != Status::Running {
         return Ok(None);
     }
     let mark = member.file(CLAIMED_FILE);
@@ -132,8 +138,7 @@ pub(super) fn try_claim(member: &Sandbox) -> Result<Option<LockGuard>, PoolError
     Ok(Some(lock))
 }
 
-/// Takes `member` for the keeper (to warm it up, or to remove it): `None` while a run holds
-/// it.
-pub(super) fn take_for_keeper(member: &Sandbox) -> Result<Option<LockGuard>, PoolError> {
+/// Takes `member` for the keeper, to remove it: `None` while a run holds it.
+pub(super) fn take_for_removal(member: &Sandbox) -> Result<Option<LockGuard>, PoolError> {
     Ok(crate::lock::try_exclusive(&member.file(CLAIM_LOCK_FILE))?)
 }

@@ -88,15 +88,25 @@ fn keep(dir: &std::path::Path) -> Result<(), PoolError> {
 }
 
 /// Removes the spent and dead members (and, when `stopping`, every member no run holds);
-/// returns how many are ready or booting.
+/// returns how many are ready or booting. A member that cannot be looked at or removed now is
+/// logged and left for the next sweep: one bad member must not end the keeper.
 fn sweep(pool: &Pool, stopping: bool) -> Result<usize, PoolError> {
     let mut alive = 0;
     for member in pool.member_list()? {
-        match claim::member_state(&member)? {
+        let state = match claim::member_state(&member) {
+            Ok(state) => state,
+            Err(err) => {
+                tracing::warn!(member = member.name(), %err, "cannot read a member's state");
+                continue;
+            }
+        };
+        match state {
             MemberState::Ready | MemberState::Booting if !stopping => alive += 1,
             MemberState::InUse => {}
             MemberState::Ready | MemberState::Booting | MemberState::Used | MemberState::Dead => {
-                remove(&member)?
+                if let Err(err) = remove(&member) {
+                    tracing::warn!(member = member.name(), %err, "cannot remove a member yet");
+                }
             }
         }
     }
@@ -120,16 +130,27 @@ pub fn empty_without_keeper(pool: &Pool) -> Result<(), PoolError> {
 /// Creates member number `serial` and starts it (waiting for its agent).
 fn boot_member(pool: &Pool, spec: &super::PoolSpec, serial: u64) -> Result<(), PoolError> {
     let mut member = spec.member.clone();
-    member.name = format!("{}-{}-{serial}", spec.name, std::process::id());
+    // Unique in the pool across keepers (a keeper's pid, its count), whatever the pool's name.
+    member.name = format!("m{}-{serial}", std::process::id());
     member.created_at = crate::sandbox::spec::now();
     let sandbox = pool.members().create(&member)?;
-    // Held until the member is warmed up, so no run claims it before.
-    let _claim = claim::take_for_keeper(&sandbox)?;
+    // Until the member is warmed up, no run claims it.
+    let warming = sandbox.file(claim::WARMING_FILE);
+    std::fs::write(&warming, b"").map_err(|source| PoolError::Io {
+        action: "write",
+        path: warming.clone(),
+        source,
+    })?;
     match lifecycle::start(&sandbox) {
         Ok(boot_ms) => {
             if let Err(err) = warm_up(&sandbox) {
                 tracing::debug!(member = sandbox.name(), %err, "no warm-up exec");
             }
+            std::fs::remove_file(&warming).map_err(|source| PoolError::Io {
+                action: "remove",
+                path: warming.clone(),
+                source,
+            })?;
             tracing::info!(member = sandbox.name(), ?boot_ms, "member ready");
             Ok(())
         }
@@ -140,8 +161,8 @@ fn boot_member(pool: &Pool, spec: &super::PoolSpec, serial: u64) -> Result<(), P
     }
 }
 
-/// Runs `true` once in a freshly booted member, before any run can claim it (the keeper
-/// holds its claim lock until then): a guest's first exec pays for its cold page cache and guest-init's first spawn, about a
+/// Runs `true` once in a freshly booted member, before any run can claim it (its `warming`
+/// mark is there until then): a guest's first exec pays for its cold page cache and guest-init's first spawn, about a
 /// hundred milliseconds under TCG, which the run then does not. An image without `true` just
 /// goes without.
 fn warm_up(member: &crate::sandbox::store::Sandbox) -> Result<(), String> {
@@ -162,13 +183,9 @@ fn warm_up(member: &crate::sandbox::store::Sandbox) -> Result<(), String> {
 /// Stops and removes a member no run holds (a run may claim a ready one meanwhile: then it
 /// is left to that run).
 fn remove(member: &crate::sandbox::store::Sandbox) -> Result<(), PoolError> {
-    let Some(_held) = claim::take_for_keeper(member)? else {
+    let Some(_held) = claim::take_for_removal(member)? else {
         return Ok(());
     };
-    if claim::member_state(member)? == MemberState::Ready {
-        // Ready members are removed only when the pool stops; mark it, so no run takes it.
-        member.request_stop()?;
-    }
     lifecycle::stop(member, STOP_GRACE)?;
     lifecycle::remove(member.clone(), true)?;
     tracing::debug!(member = member.name(), "member removed");
