@@ -882,6 +882,16 @@ fn warm_pool_of(out: &Output) -> Option<String> {
     timings["warm_pool"].as_str().map(str::to_owned)
 }
 
+/// Stops pool `.1` when dropped, however the test ends.
+struct PoolGuard<'a>(&'a Boxes, &'static str);
+
+impl Drop for PoolGuard<'_> {
+    fn drop(&mut self) {
+        // Already stopped when the test got that far: "no pool named" is fine.
+        let _ = self.0.out(&["pool", "stop", self.1]);
+    }
+}
+
 /// Waits until pool `name` has `ready` members ready; its `pool ls` entry then.
 fn wait_for_pool(b: &Boxes, name: &str, ready: u64) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -912,6 +922,8 @@ fn a_pooled_run_behaves_like_a_cold_one_and_never_reuses_a_vm() {
     std::fs::write(share.path().join("in.txt"), "from the host\n").unwrap();
     let volume = format!("{}:/s:ro", share.path().display());
     b.ok(&["pool", "start", "--name", "p", "--size", "1", "-v", &volume]);
+    // A failed assertion must not leave the keeper and its VMs running.
+    let _stop = PoolGuard(&b, "p");
     let pool = wait_for_pool(&b, "p", 1);
     assert_eq!(pool["size"], 1, "{pool}");
     assert_eq!(pool["keeper_running"], true, "{pool}");
