@@ -46,5 +46,5 @@ run_as_user() {
 
 run_as_user run
 run_as_user adversarial virtiofs::
-run_as_user sandbox read_only_volumes_refuse_writes
+run_as_user sandbox read_only_volumes_refuse_writes a_pooled_run
 run_as_user own_kernel the_installed_kernel_is_the_qemu_default
