@@ -10,7 +10,6 @@ use crate::backend::{BackendKind, VmSpec};
 use crate::lock::LockGuard;
 use crate::sandbox::state::Status;
 use crate::sandbox::store::Sandbox;
-use crate::sandbox::SandboxError;
 
 use super::{PoolError, PoolKey, Pools};
 
@@ -128,13 +127,7 @@ pub(super) fn try_claim(member: &Sandbox) -> Result<Option<LockGuard>, PoolError
         return Ok(None);
     }
     let mark = member.file(CLAIMED_FILE);
-    std::fs::write(&mark, b"").map_err(|source| {
-        PoolError::Sandbox(SandboxError::Io {
-            action: "write",
-            path: mark.clone(),
-            source,
-        })
-    })?;
+    std::fs::write(&mark, b"").map_err(super::io("write", &mark))?;
     Ok(Some(lock))
 }
 

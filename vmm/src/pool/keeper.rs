@@ -136,21 +136,13 @@ fn boot_member(pool: &Pool, spec: &super::PoolSpec, serial: u64) -> Result<(), P
     let sandbox = pool.members().create(&member)?;
     // Until the member is warmed up, no run claims it.
     let warming = sandbox.file(claim::WARMING_FILE);
-    std::fs::write(&warming, b"").map_err(|source| PoolError::Io {
-        action: "write",
-        path: warming.clone(),
-        source,
-    })?;
+    std::fs::write(&warming, b"").map_err(super::io("write", &warming))?;
     match lifecycle::start(&sandbox) {
         Ok(boot_ms) => {
             if let Err(err) = warm_up(&sandbox) {
                 tracing::debug!(member = sandbox.name(), %err, "no warm-up exec");
             }
-            std::fs::remove_file(&warming).map_err(|source| PoolError::Io {
-                action: "remove",
-                path: warming.clone(),
-                source,
-            })?;
+            std::fs::remove_file(&warming).map_err(super::io("remove", &warming))?;
             tracing::info!(member = sandbox.name(), ?boot_ms, "member ready");
             Ok(())
         }

@@ -330,7 +330,10 @@ pub struct Census {
     pub booting: usize,
 }
 
-fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> PoolError + 'a {
+pub(super) fn io<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> PoolError + 'a {
     move |source| PoolError::Io {
         action,
         path: path.to_owned(),
