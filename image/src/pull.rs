@@ -44,7 +44,43 @@ pub struct PullOptions {
     pub max_concurrent_downloads: usize,
     /// Extra registries (`host:port`) to reach over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// Where to send progress as events (for a program showing its own: `krunbox serve`).
+    pub events: Option<tokio::sync::mpsc::UnboundedSender<PullEvent>>,
 }
+
+/// How far a pull is, for [`PullOptions::events`]. Byte counts are sent at most once per
+/// [`PROGRESS_STEP`] bytes of a blob, and once at its end.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum PullEvent {
+    /// A blob is downloaded: `size` bytes in all.
+    Download {
+        /// The blob.
+        digest: String,
+        /// Its size (from the manifest).
+        size: u64,
+    },
+    /// `received` of a blob's bytes arrived.
+    Progress {
+        /// The blob.
+        digest: String,
+        /// Bytes so far.
+        received: u64,
+    },
+    /// A blob arrived and its digest matched.
+    Done {
+        /// The blob.
+        digest: String,
+    },
+    /// A blob was in the store already.
+    Present {
+        /// The blob.
+        digest: String,
+    },
+}
+
+/// Bytes of a blob between two [`PullEvent::Progress`] events.
+pub const PROGRESS_STEP: u64 = 1 << 20;
 
 impl Default for PullOptions {
     fn default() -> Self {
@@ -54,6 +90,7 @@ impl Default for PullOptions {
             progress: true,
             max_concurrent_downloads: 3,
             insecure_registries: Vec::new(),
+            events: None,
         }
     }
 }
@@ -267,7 +304,7 @@ impl<'a> Puller<'a> {
             .into());
         }
 
-        let progress = Progress::new(self.options.progress);
+        let progress = Progress::new(self.options.progress, self.options.events.clone());
         // Owned descriptors keep the future `Send` (a closure over `&Descriptor` is not
         // general enough for tokio::spawn).
         let blobs: Vec<Descriptor> = std::iter::once(&manifest.config)
@@ -337,9 +374,17 @@ impl<'a> Puller<'a> {
         let digest = &descriptor.digest;
         if self.store.has_blob(digest) {
             tracing::debug!(%digest, "blob already present");
+            progress.send(PullEvent::Present {
+                digest: digest.to_string(),
+            });
             return Ok(());
         }
         let bar = progress.bar(digest, descriptor.size);
+        progress.send(PullEvent::Download {
+            digest: digest.to_string(),
+            size: descriptor.size,
+        });
+        let mut reported = 0u64;
         let write_err = |source: std::io::Error| PullError::Write {
             digest: digest.clone(),
             source,
@@ -369,6 +414,13 @@ impl<'a> Puller<'a> {
             if let Some(bar) = &bar {
                 bar.inc(chunk.len() as u64);
             }
+            if received - reported >= PROGRESS_STEP {
+                reported = received;
+                progress.send(PullEvent::Progress {
+                    digest: digest.to_string(),
+                    received,
+                });
+            }
         }
         out.flush().await.map_err(write_err)?;
         drop(out);
@@ -381,21 +433,36 @@ impl<'a> Puller<'a> {
         if let Some(bar) = bar {
             bar.finish_with_message("done");
         }
+        progress.send(PullEvent::Progress {
+            digest: digest.to_string(),
+            received,
+        });
+        progress.send(PullEvent::Done {
+            digest: digest.to_string(),
+        });
         tracing::info!(%digest, bytes = received, "blob downloaded");
         Ok(())
     }
 }
 
-/// Progress bars on stderr, only when it is a terminal.
+/// Progress bars on stderr, only when it is a terminal; events for whoever asked.
 struct Progress {
     bars: Option<Arc<indicatif::MultiProgress>>,
+    events: Option<tokio::sync::mpsc::UnboundedSender<PullEvent>>,
 }
 
 impl Progress {
-    fn new(wanted: bool) -> Self {
+    fn new(wanted: bool, events: Option<tokio::sync::mpsc::UnboundedSender<PullEvent>>) -> Self {
         let bars = (wanted && std::io::stderr().is_terminal())
             .then(|| Arc::new(indicatif::MultiProgress::new()));
-        Self { bars }
+        Self { bars, events }
+    }
+
+    /// A receiver that went away only stops the events, not the pull.
+    fn send(&self, event: PullEvent) {
+        if let Some(events) = &self.events {
+            let _ = events.send(event);
+        }
     }
 
     fn bar(&self, digest: &Digest, size: u64) -> Option<indicatif::ProgressBar> {

@@ -7,6 +7,7 @@
 //! between concurrent krunbox processes; `self_spawn` starts krunbox's own jobs (supervisor,
 //! VMM, gateway, sandbox monitor) as copies of this executable.
 
+mod api;
 mod backend;
 mod cli;
 mod elf;
@@ -58,6 +59,8 @@ fn main() {
         cli::Command::Rmi(args) => cli::images::rmi(&args).map_err(Into::into),
         cli::Command::Prune(args) => cli::images::prune(&args).map_err(Into::into),
         cli::Command::Doctor => Ok(cli::doctor::run()),
+        cli::Command::Serve(args) => cli::serve::serve(args).map_err(Into::into),
+        cli::Command::Mcp => api::mcp::serve_stdio().map_err(Into::into),
         cli::Command::Kernel(command) => cli::kernel::run(&command).map_err(Into::into),
         cli::Command::Volume(command) => cli::volume::run(command).map_err(Into::into),
         cli::Command::Pool(command) => cli::pool::run(command).map_err(Into::into),

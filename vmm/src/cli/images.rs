@@ -12,6 +12,7 @@ use krunbox_image::store::{ImageRecord, PruneReport, Store, StoreError};
 
 use super::table::{ago, human_size, print_with_header};
 use crate::image::{open_store, pull_options, ImageOptions};
+use krunbox_image::pull::PullOptions;
 
 /// Download an image from a registry (or import a local OCI layout, OCI archive or
 /// `docker save` tarball) into the image store.
@@ -100,16 +101,41 @@ fn parse_platform(s: &str) -> Result<Platform, String> {
 
 /// `krunbox pull`.
 pub fn pull(args: &PullArgs) -> Result<i32, ImagesError> {
-    let source = Source::parse(&args.image)?;
+    let progress = !args.quiet && std::io::stderr().is_terminal();
+    let record = pull_image(&args.image, args.platform.clone(), progress, None)?;
+    println!("{}", record.display_name());
+    println!("ID: {}", record.id());
+    println!("Manifest: {}", record.manifest);
+    println!(
+        "Platform: {}, {} layer(s), {}",
+        record.platform,
+        record.layers.len(),
+        human_size(record.size)
+    );
+    Ok(0)
+}
+
+/// Pulls IMAGE (or imports a local layout or archive) into the store and unpacks it, always
+/// asking the registry (`krunbox pull`, and `krunbox serve`'s pull, which takes `events`).
+pub fn pull_image(
+    image: &str,
+    platform: Option<Platform>,
+    progress: bool,
+    events: Option<tokio::sync::mpsc::UnboundedSender<krunbox_image::pull::PullEvent>>,
+) -> Result<ImageRecord, ImagesError> {
+    let source = Source::parse(image)?;
     if matches!(source, Source::RootfsDir(_)) {
-        return Err(ImagesError::NotAnImage(args.image.clone()));
+        return Err(ImagesError::NotAnImage(image.to_owned()));
     }
     let store = open_store::<ImagesError>()?;
-    let options = pull_options(&ImageOptions {
-        pull: PullPolicy::Always,
-        platform: args.platform.clone(),
-        progress: !args.quiet && std::io::stderr().is_terminal(),
-    });
+    let options = PullOptions {
+        events,
+        ..pull_options(&ImageOptions {
+            pull: PullPolicy::Always,
+            platform: platform.clone(),
+            progress,
+        })
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -122,8 +148,7 @@ pub fn pull(args: &PullArgs) -> Result<i32, ImagesError> {
                     .map_err(krunbox_image::source::PrepareError::from)?)
             }
             local => {
-                let (store, local, platform) =
-                    (store.clone(), local.clone(), args.platform.clone());
+                let (store, local) = (store.clone(), local.clone());
                 tokio::task::spawn_blocking(move || source::import_local(&store, &local, platform))
                     .await
                     .map_err(|e| ImagesError::Io(format!("import task failed: {e}")))?
@@ -132,16 +157,7 @@ pub fn pull(args: &PullArgs) -> Result<i32, ImagesError> {
         }
     })?;
     unpack_or_forget(&store, &record)?;
-    println!("{}", record.display_name());
-    println!("ID: {}", record.id());
-    println!("Manifest: {}", record.manifest);
-    println!(
-        "Platform: {}, {} layer(s), {}",
-        record.platform,
-        record.layers.len(),
-        human_size(record.size)
-    );
-    Ok(0)
+    Ok(record)
 }
 
 /// Unpacks a pulled image now, as `docker pull` does, so a layer the unpacker refuses (a

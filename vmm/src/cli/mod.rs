@@ -8,6 +8,7 @@ pub mod pool;
 pub mod profile;
 pub mod run;
 pub mod sandbox;
+pub mod serve;
 pub mod session;
 pub mod share_args;
 pub mod ssh_args;
@@ -66,6 +67,11 @@ pub enum Command {
     Stats(sandbox::StatsArgs),
     /// Show what this host can run, per backend, and why.
     Doctor,
+    /// Serve krunbox's HTTP API (for programs and the SDKs) on a Unix socket or TCP.
+    Serve(serve::ServeArgs),
+    /// Serve MCP on stdin/stdout: tools for an agent to create sandboxes, run commands in
+    /// them, read and write their files, and stop them.
+    Mcp,
     /// Keep booted VMs ready for `krunbox run` (warm pools).
     #[command(subcommand)]
     Pool(pool::PoolCommand),

@@ -24,13 +24,20 @@ pub struct ShareArgs {
     /// GIT_SSL_CAINFO pointing at it (unless it sets them).
     #[arg(long)]
     pub host_ca: bool,
+    /// The directory relative host paths and `--workspace` stand for (`None`: the current
+    /// directory); `krunbox serve` sets it to the workspace a client names.
+    #[arg(skip)]
+    pub base: Option<std::path::PathBuf>,
 }
 
 impl ShareArgs {
-    /// The shares, relative host paths resolved against the current directory.
+    /// The shares, relative host paths resolved against [`base`](Self::base).
     pub fn resolve(&self) -> Result<Shares, ShareError> {
-        let cwd = std::env::current_dir()
-            .map_err(|e| ShareError::Workspace(format!("the current directory: {e}")))?;
+        let cwd = match &self.base {
+            Some(base) => base.clone(),
+            None => std::env::current_dir()
+                .map_err(|e| ShareError::Workspace(format!("the current directory: {e}")))?,
+        };
         let mut store = None;
         let mut shares =
             shares::resolve(&self.volumes, self.workspace, &cwd, &mut |name, owner| {

@@ -8,7 +8,7 @@ use crate::cli::vm_args::VmArgs;
 
 use super::SandboxCliError;
 use crate::sandbox::spec::{now, SandboxSpec};
-use crate::sandbox::store::Store;
+use crate::sandbox::store::{Sandbox, Store};
 use crate::sandbox::{name, SandboxError};
 
 /// Create a sandbox: a named micro-VM that `krunbox start` boots and that keeps running
@@ -54,6 +54,14 @@ pub struct CreateArgs {
 
 /// `krunbox create`.
 pub fn create(args: CreateArgs) -> Result<i32, SandboxCliError> {
+    let sandbox = create_sandbox(&args)?;
+    println!("{}", sandbox.name());
+    Ok(0)
+}
+
+/// The sandbox `args` describe, recorded in the store (not started): `krunbox create`, and
+/// `krunbox serve`'s create.
+pub fn create_sandbox(args: &CreateArgs) -> Result<Sandbox, SandboxCliError> {
     let name = args.name.clone().unwrap_or_else(name::generate);
     name::validate(&name).map_err(SandboxError::from)?;
     let hostname = args.hostname.clone().unwrap_or_else(|| name.clone());
@@ -69,9 +77,7 @@ pub fn create(args: CreateArgs) -> Result<i32, SandboxCliError> {
         hostname,
         args.boot_timeout,
     )?;
-    let sandbox = Store::new()?.create(&spec)?;
-    println!("{}", sandbox.name());
-    Ok(0)
+    Ok(Store::new()?.create(&spec)?)
 }
 
 /// `-e`, `-w` and `-u` of a sandbox: what every `exec` gets unless it says otherwise.

@@ -8,6 +8,7 @@ use crate::cli::session::{self, CommandOptions, SecondInterrupt, Session};
 
 use super::SandboxCliError;
 use crate::sandbox::attach::AttachedVm;
+use crate::sandbox::spec::SandboxSpec;
 use crate::sandbox::store::Store;
 
 /// Run a command in a running sandbox, with its stdout, stderr and exit status as if it ran
@@ -63,30 +64,66 @@ fn exec_env(args: &[String]) -> Result<Vec<(String, String)>, SandboxCliError> {
     Ok(env)
 }
 
+/// What one exec in a sandbox gets: the sandbox's defaults with the exec's `-e`, `-w` and `-u`
+/// on top.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecContext {
+    /// The environment.
+    pub env: Vec<(String, String)>,
+    /// The working directory.
+    pub workdir: Option<String>,
+    /// uid and gid (`None`: root).
+    pub user: Option<(u32, u32)>,
+}
+
+impl ExecContext {
+    /// The context of an exec in the sandbox of `spec` with these overrides: `user` as
+    /// `exec -u` takes it (its HOME replaces the sandbox's), `env` pairs replacing the
+    /// sandbox's of the same name.
+    pub fn new(
+        spec: &SandboxSpec,
+        user: Option<&str>,
+        env: Vec<(String, String)>,
+        workdir: Option<String>,
+    ) -> Result<Self, SandboxCliError> {
+        let mut all = spec.env.clone();
+        let user = match user {
+            Some(user) => {
+                let user = resolve_user(&spec.rootfs, user)?;
+                all.retain(|(key, _)| key != "HOME");
+                all.push(("HOME".into(), user.home));
+                Some((user.uid, user.gid))
+            }
+            None => spec.user,
+        };
+        for (key, value) in env {
+            all.retain(|(k, _)| *k != key);
+            all.push((key, value));
+        }
+        Ok(Self {
+            env: all,
+            workdir: workdir.or(spec.workdir.clone()),
+            user,
+        })
+    }
+}
+
 /// `krunbox exec`.
 pub fn exec(args: ExecArgs) -> Result<i32, SandboxCliError> {
     let sandbox = Store::new()?.open(&args.name)?;
     let spec = sandbox.spec()?;
-    let mut env = spec.env.clone();
-    let user = match &args.user {
-        Some(user) => {
-            let user = resolve_user(&spec.rootfs, user)?;
-            env.retain(|(key, _)| key != "HOME");
-            env.push(("HOME".into(), user.home));
-            Some((user.uid, user.gid))
-        }
-        None => spec.user,
-    };
-    for (key, value) in exec_env(&args.env)? {
-        env.retain(|(k, _)| *k != key);
-        env.push((key, value));
-    }
+    let context = ExecContext::new(
+        &spec,
+        args.user.as_deref(),
+        exec_env(&args.env)?,
+        args.workdir.clone(),
+    )?;
     let mut vm = AttachedVm::new(sandbox)?;
     let options = CommandOptions {
         command: args.command.clone(),
-        env,
-        workdir: args.workdir.clone().or(spec.workdir.clone()),
-        user,
+        env: context.env,
+        workdir: context.workdir,
+        user: context.user,
         tty: args.tty,
         interactive: args.interactive,
         power_off_on_exit: false,

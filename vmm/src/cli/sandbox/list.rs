@@ -2,7 +2,7 @@
 
 use super::SandboxCliError;
 use crate::cli::table::{ago, print_table};
-use crate::sandbox::store::Store;
+use crate::sandbox::store::{Sandbox, Store};
 use crate::sandbox::SandboxError;
 
 /// List sandboxes: name, status (running, created, or exited with the reason), image,
@@ -65,16 +65,21 @@ pub fn inspect(args: InspectArgs) -> Result<i32, SandboxCliError> {
     let store = Store::new()?;
     let mut all = Vec::new();
     for name in &args.names {
-        let sandbox = store.open(name)?;
-        all.push(serde_json::json!({
-            "name": sandbox.name(),
-            "dir": sandbox.dir(),
-            "status": sandbox.status()?,
-            "spec": sandbox.spec()?,
-            "state": sandbox.state()?,
-        }));
+        all.push(described(&store.open(name)?)?);
     }
     let text = serde_json::to_string_pretty(&all).map_err(SandboxError::Json)?;
     println!("{text}");
     Ok(0)
+}
+
+/// A sandbox as `inspect` prints it (and `krunbox serve` returns it): name, directory,
+/// status, spec and the last state.
+pub fn described(sandbox: &Sandbox) -> Result<serde_json::Value, SandboxError> {
+    Ok(serde_json::json!({
+        "name": sandbox.name(),
+        "dir": sandbox.dir(),
+        "status": sandbox.status()?,
+        "spec": sandbox.spec()?,
+        "state": sandbox.state()?,
+    }))
 }

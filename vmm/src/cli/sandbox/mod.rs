@@ -12,14 +12,14 @@ mod logs;
 mod stats;
 
 pub use cp::{cp, CpArgs};
-pub use create::{create, sandbox_spec, CreateArgs, ExecDefaults};
-pub use exec::{exec, ExecArgs};
+pub use create::{create, create_sandbox, sandbox_spec, CreateArgs, ExecDefaults};
+pub use exec::{exec, ExecArgs, ExecContext};
 pub use lifecycle::{
     pause, resume, rm, start, stop, PauseArgs, ResumeArgs, RmArgs, StartArgs, StopArgs,
 };
-pub use list::{inspect, ps, InspectArgs, PsArgs};
+pub use list::{described, inspect, ps, InspectArgs, PsArgs};
 pub use logs::{logs, LogsArgs};
-pub use stats::{stats, StatsArgs};
+pub use stats::{measure, stats, StatsArgs};
 
 use super::session::SessionError;
 use super::ssh_args::SshAgentError;

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::cli::session;
+use crate::sandbox::stats;
 use krunbox_protocol::client::Client;
 
 use super::SandboxCliError;
@@ -33,7 +34,6 @@ pub struct StatsArgs {
 
 /// `krunbox stats`.
 pub fn stats(args: StatsArgs) -> Result<i32, SandboxCliError> {
-    use crate::sandbox::stats;
     let store = Store::new()?;
     let sandboxes: Vec<Sandbox> = if args.names.is_empty() {
         store
@@ -47,16 +47,12 @@ pub fn stats(args: StatsArgs) -> Result<i32, SandboxCliError> {
             .map(|n| store.open(n))
             .collect::<Result<_, _>>()?
     };
-    let proc = std::path::Path::new("/proc");
-    let mut rows = Vec::new();
-    for sandbox in sandboxes {
-        let vm = AttachedVm::new(sandbox.clone())?;
-        let pid = sandbox.state()?.map(|s| s.monitor_pid).unwrap_or_default();
-        rows.push((sandbox, vm, pid, stats::tree(proc, pid)));
+    let measured = measure(sandboxes, Duration::from_millis(args.interval))?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&measured).map_err(SandboxError::Json)?;
+        println!("{text}");
+        return Ok(0);
     }
-    let interval = Duration::from_millis(args.interval.max(1));
-    std::thread::sleep(interval);
-    let ticks = stats::ticks_per_second() as f64;
     let mut table = vec![[
         "NAME",
         "CPU %",
@@ -67,7 +63,60 @@ pub fn stats(args: StatsArgs) -> Result<i32, SandboxCliError> {
     ]
     .map(String::from)
     .to_vec()];
-    let mut json = Vec::new();
+    for one in &measured {
+        table.push(vec![
+            one.name.clone(),
+            format!("{:.1}", one.cpu_percent),
+            mib(one.host_pss_bytes),
+            mib(one.host_rss_bytes),
+            one.processes.len().to_string(),
+            match (one.guest_total_bytes, one.guest_available_bytes) {
+                (Some(total), Some(available)) => {
+                    format!("{} / {}", mib(total.saturating_sub(available)), mib(total))
+                }
+                _ => "-".into(),
+            },
+        ]);
+    }
+    print_table(&mut std::io::stdout().lock(), &table);
+    Ok(0)
+}
+
+/// What one running sandbox costs (`krunbox stats --json`, `krunbox serve`'s stats).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SandboxStats {
+    /// The sandbox.
+    pub name: String,
+    /// CPU use of its host processes over the interval (100 = one core).
+    pub cpu_percent: f64,
+    /// Host memory, shared pages split between the processes sharing them.
+    pub host_pss_bytes: u64,
+    /// Host memory, shared pages counted once per process.
+    pub host_rss_bytes: u64,
+    /// The guest's memory (its /proc/meminfo), when its agent answered.
+    pub guest_total_bytes: Option<u64>,
+    /// What the guest can still use.
+    pub guest_available_bytes: Option<u64>,
+    /// Every host process of the VM.
+    pub processes: Vec<stats::ProcessStats>,
+}
+
+/// Measures running `sandboxes` over `interval` (at least 1 ms).
+pub fn measure(
+    sandboxes: Vec<Sandbox>,
+    interval: Duration,
+) -> Result<Vec<SandboxStats>, SandboxCliError> {
+    let proc = std::path::Path::new("/proc");
+    let mut rows = Vec::new();
+    for sandbox in sandboxes {
+        let vm = AttachedVm::new(sandbox.clone())?;
+        let pid = sandbox.state()?.map(|s| s.monitor_pid).unwrap_or_default();
+        rows.push((sandbox, vm, pid, stats::tree(proc, pid)));
+    }
+    let interval = interval.max(Duration::from_millis(1));
+    std::thread::sleep(interval);
+    let ticks = stats::ticks_per_second() as f64;
+    let mut measured = Vec::new();
     for (sandbox, vm, pid, before) in rows {
         let after = stats::tree(proc, pid);
         let cpu = after.cpu_ticks().saturating_sub(before.cpu_ticks()) as f64
@@ -76,35 +125,17 @@ pub fn stats(args: StatsArgs) -> Result<i32, SandboxCliError> {
             * 100.0;
         let meminfo = guest_file(&vm.agent_address(), "/proc/meminfo");
         let guest = meminfo.as_deref().and_then(stats::guest_memory);
-        table.push(vec![
-            sandbox.name().to_owned(),
-            format!("{cpu:.1}"),
-            mib(after.pss_bytes()),
-            mib(after.rss_bytes()),
-            after.processes.len().to_string(),
-            guest
-                .map(|(total, available)| {
-                    format!("{} / {}", mib(total.saturating_sub(available)), mib(total))
-                })
-                .unwrap_or_else(|| "-".into()),
-        ]);
-        json.push(serde_json::json!({
-            "name": sandbox.name(),
-            "cpu_percent": cpu,
-            "host_pss_bytes": after.pss_bytes(),
-            "host_rss_bytes": after.rss_bytes(),
-            "guest_total_bytes": guest.map(|g| g.0),
-            "guest_available_bytes": guest.map(|g| g.1),
-            "processes": after.processes,
-        }));
+        measured.push(SandboxStats {
+            name: sandbox.name().to_owned(),
+            cpu_percent: cpu,
+            host_pss_bytes: after.pss_bytes(),
+            host_rss_bytes: after.rss_bytes(),
+            guest_total_bytes: guest.map(|g| g.0),
+            guest_available_bytes: guest.map(|g| g.1),
+            processes: after.processes,
+        });
     }
-    if args.json {
-        let text = serde_json::to_string_pretty(&json).map_err(SandboxError::Json)?;
-        println!("{text}");
-    } else {
-        print_table(&mut std::io::stdout().lock(), &table);
-    }
-    Ok(0)
+    Ok(measured)
 }
 
 fn mib(bytes: u64) -> String {

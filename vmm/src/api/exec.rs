@@ -1,0 +1,410 @@
+//! `GET /v1/sandboxes/{name}/exec`: a command in a running sandbox over a WebSocket.
+//!
+//! The client's first message is a text frame with the [`ExecStart`] JSON. Then:
+//!
+//! - client → server: binary frames are stdin; text frames are [`ClientMessage`]s
+//!   (`stdin_eof`, `resize`, `signal`);
+//! - server → client: a `started` text frame with the pid; binary frames whose first byte
+//!   says the stream (1 stdout, 2 stderr) and whose rest is its bytes; last an `exit` text
+//!   frame, then a close frame.
+//!
+//! Output is read from the guest only as fast as the client takes it (the agent's flow
+//! control reaches through the WebSocket). A client that goes away kills its command: nothing
+//! it started is left running unseen. Each exec has its own agent connection, so one client's
+//! end never touches another's.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::Path;
+use axum::response::Response;
+use bytes::Bytes;
+use krunbox_protocol::client::{Client, ExecSpec};
+use krunbox_protocol::messages::{ExitStatus, Outcome};
+use serde::{Deserialize, Serialize};
+
+use super::agent::connect;
+use super::error::ApiError;
+use crate::cli::sandbox::ExecContext;
+
+/// The stream byte of stdout frames.
+pub const STDOUT: u8 = 1;
+/// The stream byte of stderr frames.
+pub const STDERR: u8 = 2;
+/// How long the client has to send its [`ExecStart`].
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the client has to answer our close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The first message: what to run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecStart {
+    /// The program and its arguments.
+    pub cmd: Vec<String>,
+    /// Variables on top of the sandbox's.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory (default: the sandbox's).
+    pub cwd: Option<String>,
+    /// UID, UID:GID, NAME or NAME:GROUP (default: the sandbox's user).
+    pub user: Option<String>,
+    /// Run on a pseudo-terminal (its output all arrives as stdout).
+    #[serde(default)]
+    pub tty: bool,
+    /// The terminal's size (with `tty`).
+    pub rows: Option<u16>,
+    /// The terminal's size (with `tty`).
+    pub cols: Option<u16>,
+    /// `TERM` (with `tty`; default `xterm`).
+    pub term: Option<String>,
+    /// Keep stdin open for the client's binary frames (default true; false: stdin is empty).
+    pub stdin: Option<bool>,
+    /// Seconds after which the agent kills the command.
+    pub timeout_secs: Option<u64>,
+}
+
+/// A control message from the client.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// End of stdin.
+    StdinEof,
+    /// The terminal's new size.
+    Resize {
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
+    /// Send a signal to the command: a number or a name (`TERM`, `SIGINT`, ...).
+    Signal {
+        /// Which.
+        signal: SignalName,
+    },
+}
+
+/// A signal by number or by name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SignalName {
+    /// As a number (Linux's).
+    Number(i32),
+    /// As a name, with or without `SIG`.
+    Name(String),
+}
+
+impl SignalName {
+    /// Linux's number for it.
+    pub fn number(&self) -> Result<i32, ApiError> {
+        match self {
+            Self::Number(n) if (1..=64).contains(n) => Ok(*n),
+            Self::Number(n) => Err(ApiError::BadRequest(format!("signal {n} does not exist"))),
+            Self::Name(name) => {
+                let upper = name.to_ascii_uppercase();
+                let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+                let number = match bare {
+                    "HUP" => libc::SIGHUP,
+                    "INT" => libc::SIGINT,
+                    "QUIT" => libc::SIGQUIT,
+                    "KILL" => libc::SIGKILL,
+                    "USR1" => libc::SIGUSR1,
+                    "USR2" => libc::SIGUSR2,
+                    "TERM" => libc::SIGTERM,
+                    "CONT" => libc::SIGCONT,
+                    "STOP" => libc::SIGSTOP,
+                    "WINCH" => libc::SIGWINCH,
+                    "ALRM" => libc::SIGALRM,
+                    "PIPE" => libc::SIGPIPE,
+                    _ => return Err(ApiError::BadRequest(format!("unknown signal {name:?}"))),
+                };
+                Ok(number)
+            }
+        }
+    }
+}
+
+/// A text frame from the server.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The command runs.
+    Started {
+        /// Its pid in the guest.
+        pid: Option<u32>,
+    },
+    /// The command ended; the last message.
+    Exit(ExitReport),
+    /// The exec failed (bad request, sandbox not running, VM gone); the last message.
+    Error {
+        /// The error's kind, as in HTTP error bodies.
+        kind: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+/// How a command ended, as the API reports it (here and in the MCP tools).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExitReport {
+    /// What a shell would say: the code, 128 + signal, 127 not found, 126 not executable.
+    pub exit_code: i32,
+    /// The signal that killed it.
+    pub signal: Option<i32>,
+    /// The agent killed it at `timeout_secs`.
+    pub timed_out: bool,
+    /// Why it never started.
+    pub spawn_error: Option<String>,
+}
+
+impl From<&ExitStatus> for ExitReport {
+    fn from(status: &ExitStatus) -> Self {
+        Self {
+            exit_code: status.shell_code(),
+            signal: match status.outcome {
+                Some(Outcome::Signal(signal)) => Some(signal),
+                _ => None,
+            },
+            timed_out: status.timed_out,
+            spawn_error: match &status.outcome {
+                Some(Outcome::SpawnFailed(failure)) => Some(failure.message.clone()),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// The agent request for `start` in the sandbox whose exec context is `context`.
+pub fn exec_spec(start: &ExecStart, context: ExecContext) -> Result<ExecSpec, ApiError> {
+    if start.cmd.is_empty() {
+        return Err(ApiError::BadRequest("cmd: give the program to run".into()));
+    }
+    let mut spec = ExecSpec::new(start.cmd.clone());
+    for (key, value) in &context.env {
+        spec = spec.env(key, value);
+    }
+    if let Some(dir) = start.cwd.clone().or(context.workdir) {
+        spec = spec.cwd(dir);
+    }
+    if let Some((uid, gid)) = context.user {
+        spec = spec.user(uid, gid);
+    }
+    if let Some(secs) = start.timeout_secs {
+        spec = spec.timeout(Duration::from_secs(secs));
+    }
+    if start.tty {
+        spec = spec
+            .pty(start.rows.unwrap_or(24), start.cols.unwrap_or(80))
+            .term(start.term.clone().unwrap_or_else(|| "xterm".into()));
+    } else {
+        spec = spec.stdin(start.stdin.unwrap_or(true));
+    }
+    Ok(spec)
+}
+
+/// Connects to the sandbox's agent and builds the request for `start`.
+pub async fn prepare(name: &str, start: &ExecStart) -> Result<(Client, ExecSpec), ApiError> {
+    let (spec, client) = connect(name).await?;
+    let env = start
+        .env
+        .iter()
+        .map(|(k, v)| {
+            if k.is_empty() || k.contains('=') {
+                Err(ApiError::BadRequest(format!(
+                    "env: {k:?} is not a variable name"
+                )))
+            } else {
+                Ok((k.clone(), v.clone()))
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let context = super::error::blocking({
+        let user = start.user.clone();
+        move || Ok(ExecContext::new(&spec, user.as_deref(), env, None)?)
+    })
+    .await?;
+    Ok((client, exec_spec(start, context)?))
+}
+
+/// `GET /v1/sandboxes/{name}/exec` (WebSocket).
+pub async fn handler(Path(name): Path<String>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(move |socket| async move {
+        let mut socket = socket;
+        let outcome = session(&name, &mut socket).await;
+        let last = match outcome {
+            Ok(report) => ServerMessage::Exit(report),
+            Err(err) => ServerMessage::Error {
+                kind: err.kind(),
+                message: err.to_string(),
+            },
+        };
+        let _ = send_json(&mut socket, &last).await;
+        close(socket).await;
+    })
+}
+
+/// The closing handshake: our close frame, then the client's answer (or [`CLOSE_TIMEOUT`]).
+/// Dropping the connection at once could make the client fail to answer our close, and
+/// some clients then lose the messages before it.
+async fn close(mut socket: WebSocket) {
+    if socket.send(Message::Close(None)).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+async fn send_json(socket: &mut WebSocket, message: &ServerMessage) -> Result<(), axum::Error> {
+    let text = serde_json::to_string(message).unwrap_or_default();
+    socket.send(Message::Text(text.into())).await
+}
+
+/// The client went away (or broke the protocol).
+fn gone(what: &str) -> ApiError {
+    ApiError::BadRequest(format!("the client {what}"))
+}
+
+async fn first_message(socket: &mut WebSocket) -> Result<ExecStart, ApiError> {
+    let message = tokio::time::timeout(START_TIMEOUT, socket.recv())
+        .await
+        .map_err(|_| gone("sent no exec request within 30 s"))?;
+    match message {
+        Some(Ok(Message::Text(text))) => serde_json::from_str(&text)
+            .map_err(|e| ApiError::BadRequest(format!("the exec request: {e}"))),
+        Some(Ok(_)) => Err(ApiError::BadRequest(
+            "the first message must be the exec request, as JSON text".into(),
+        )),
+        _ => Err(gone("closed the connection")),
+    }
+}
+
+async fn session(name: &str, socket: &mut WebSocket) -> Result<ExitReport, ApiError> {
+    let start = first_message(socket).await?;
+    let (client, spec) = prepare(name, &start).await?;
+    let mut execution = client.exec(spec).await?;
+    send_json(
+        socket,
+        &ServerMessage::Started {
+            pid: execution.pid(),
+        },
+    )
+    .await
+    .map_err(|_| gone("closed the connection"))?;
+    let control = execution.control();
+    let mut stdin = execution.take_stdin();
+    let (_, mut stdout, mut stderr, exit) = execution.split();
+    tokio::pin!(exit);
+    let (mut stdout_open, mut stderr_open) = (true, true);
+    // The exit status comes after all output: keep it until both streams ended.
+    let mut status = None;
+    loop {
+        if status.is_some() && !stdout_open && !stderr_open {
+            break;
+        }
+        tokio::select! {
+            chunk = stdout.recv(), if stdout_open => match chunk {
+                Some(data) => forward(socket, STDOUT, &data, &control).await?,
+                None => stdout_open = false,
+            },
+            chunk = stderr.recv(), if stderr_open => match chunk {
+                Some(data) => forward(socket, STDERR, &data, &control).await?,
+                None => stderr_open = false,
+            },
+            result = &mut exit, if status.is_none() => {
+                status = Some(result?);
+            }
+            message = socket.recv() => match message {
+                Some(Ok(Message::Binary(data))) => {
+                    if let Some(input) = stdin.as_mut() {
+                        if input.write(&data).await.is_err() {
+                            // The command closed its stdin; later input goes nowhere.
+                            stdin = None;
+                        }
+                    }
+                }
+                Some(Ok(Message::Text(text))) => {
+                    let message: ClientMessage = serde_json::from_str(&text)
+                        .map_err(|e| ApiError::BadRequest(format!("a control message: {e}")))?;
+                    match message {
+                        ClientMessage::StdinEof => {
+                            if let Some(input) = stdin.take() {
+                                let _ = input.close().await;
+                            }
+                        }
+                        ClientMessage::Resize { rows, cols } => control.resize(rows, cols).await?,
+                        ClientMessage::Signal { signal } => control.signal(signal.number()?).await?,
+                    }
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                    kill(&control).await;
+                    return Err(gone("closed the connection"));
+                }
+            },
+        }
+    }
+    status
+        .map(|status| ExitReport::from(&status))
+        .ok_or_else(|| ApiError::Internal("no exit status".into()))
+}
+
+async fn forward(
+    socket: &mut WebSocket,
+    stream: u8,
+    data: &Bytes,
+    control: &krunbox_protocol::client::ExecControl,
+) -> Result<(), ApiError> {
+    let mut frame = Vec::with_capacity(data.len() + 1);
+    frame.push(stream);
+    frame.extend_from_slice(data);
+    if socket.send(Message::Binary(frame.into())).await.is_err() {
+        kill(control).await;
+        return Err(gone("closed the connection"));
+    }
+    Ok(())
+}
+
+async fn kill(control: &krunbox_protocol::client::ExecControl) {
+    if let Err(err) = control.signal(libc::SIGKILL).await {
+        tracing::debug!(%err, "could not kill the command of a client that went away");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_by_name_and_number() {
+        let name = |s: &str| SignalName::Name(s.into()).number().unwrap();
+        assert_eq!(name("TERM"), libc::SIGTERM);
+        assert_eq!(name("sigint"), libc::SIGINT);
+        assert_eq!(SignalName::Number(9).number().unwrap(), 9);
+        assert!(SignalName::Number(0).number().is_err());
+        assert!(SignalName::Name("NOPE".into()).number().is_err());
+    }
+
+    #[test]
+    fn control_messages_parse() {
+        let message: ClientMessage =
+            serde_json::from_str(r#"{"type":"signal","signal":"TERM"}"#).unwrap();
+        assert!(matches!(message, ClientMessage::Signal { .. }));
+        let message: ClientMessage =
+            serde_json::from_str(r#"{"type":"resize","rows":40,"cols":100}"#).unwrap();
+        assert!(matches!(
+            message,
+            ClientMessage::Resize {
+                rows: 40,
+                cols: 100
+            }
+        ));
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"other"}"#).is_err());
+    }
+}
