@@ -15,6 +15,7 @@ if [ "$free_gib" -lt "$need_gib" ]; then
   exit 1
 fi
 ./scripts/setup.sh --no-demo
+./scripts/setup-sdk.sh
 
 step "cargo fmt --check"
 cargo fmt --all --check

@@ -20,7 +20,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::Path;
 use axum::response::Response;
 use bytes::Bytes;
-use krunbox_protocol::client::{Client, ExecSpec};
+use krunbox_protocol::client::{Client, ExecSpec, ExecStdin};
 use krunbox_protocol::messages::{ExitStatus, Outcome};
 use serde::{Deserialize, Serialize};
 
@@ -298,12 +298,14 @@ async fn session(name: &str, socket: &mut WebSocket) -> Result<ExitReport, ApiEr
     .await
     .map_err(|_| gone("closed the connection"))?;
     let control = execution.control();
-    let mut stdin = execution.take_stdin();
+    let stdin = feed_stdin(execution.take_stdin());
     let (_, mut stdout, mut stderr, exit) = execution.split();
     tokio::pin!(exit);
     let (mut stdout_open, mut stderr_open) = (true, true);
     // The exit status comes after all output: keep it until both streams ended.
     let mut status = None;
+    // Stdin the feeder has no room for yet; the client is not read until it has.
+    let mut pending: Option<StdinOp> = None;
     loop {
         if status.is_some() && !stdout_open && !stderr_open {
             break;
@@ -320,24 +322,19 @@ async fn session(name: &str, socket: &mut WebSocket) -> Result<ExitReport, ApiEr
             result = &mut exit, if status.is_none() => {
                 status = Some(result?);
             }
-            message = socket.recv() => match message {
-                Some(Ok(Message::Binary(data))) => {
-                    if let Some(input) = stdin.as_mut() {
-                        if input.write(&data).await.is_err() {
-                            // The command closed its stdin; later input goes nowhere.
-                            stdin = None;
-                        }
-                    }
+            permit = stdin.reserve(), if pending.is_some() => {
+                // An error: the command closed its stdin, and later input goes nowhere.
+                if let (Ok(permit), Some(op)) = (permit, pending.take()) {
+                    permit.send(op);
                 }
+            }
+            message = socket.recv(), if pending.is_none() => match message {
+                Some(Ok(Message::Binary(data))) => pending = Some(StdinOp::Data(data)),
                 Some(Ok(Message::Text(text))) => {
                     let message: ClientMessage = serde_json::from_str(&text)
                         .map_err(|e| ApiError::BadRequest(format!("a control message: {e}")))?;
                     match message {
-                        ClientMessage::StdinEof => {
-                            if let Some(input) = stdin.take() {
-                                let _ = input.close().await;
-                            }
-                        }
+                        ClientMessage::StdinEof => pending = Some(StdinOp::Eof),
                         ClientMessage::Resize { rows, cols } => control.resize(rows, cols).await?,
                         ClientMessage::Signal { signal } => control.signal(signal.number()?).await?,
                     }
@@ -353,6 +350,37 @@ async fn session(name: &str, socket: &mut WebSocket) -> Result<ExitReport, ApiEr
     status
         .map(|status| ExitReport::from(&status))
         .ok_or_else(|| ApiError::Internal("no exit status".into()))
+}
+
+/// What the client sent for the command's stdin.
+enum StdinOp {
+    /// Bytes.
+    Data(Bytes),
+    /// The end.
+    Eof,
+}
+
+/// Writes the client's stdin to the command on a task of its own, so that a command that
+/// reads its stdin only as it writes its output never waits on itself.
+fn feed_stdin(stdin: Option<ExecStdin>) -> tokio::sync::mpsc::Sender<StdinOp> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(async move {
+        let Some(mut input) = stdin else { return };
+        while let Some(op) = rx.recv().await {
+            match op {
+                StdinOp::Data(data) => {
+                    if input.write(&data).await.is_err() {
+                        return;
+                    }
+                }
+                StdinOp::Eof => {
+                    let _ = input.close().await;
+                    return;
+                }
+            }
+        }
+    });
+    tx
 }
 
 async fn forward(
