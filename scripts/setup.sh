@@ -94,7 +94,15 @@ command -v cargo-fuzz >/dev/null || { log "building cargo-fuzz"; cargo install -
 
 # --- krunbox, its guest agent, kernel and default image ---------------------------------
 log "building krunbox and guest-init (x86_64 and aarch64, static musl)"
-cargo build --release -p krunbox
+# The test run (--no-demo) uses the debug build its tests run anyway: a release build with LTO
+# would cost minutes more on a cold machine.
+if [ "$demo" = 1 ]; then
+  cargo build --release -p krunbox
+  krunbox=./target/release/krunbox
+else
+  cargo build -p krunbox
+  krunbox=./target/debug/krunbox
+fi
 cargo xtask build-init
 if [ ! -f target/rootfs/default/index.json ]; then
   log "building the default image (busybox-static, OCI layout in target/rootfs/default)"
@@ -106,9 +114,9 @@ fi
 # the user running this script.
 log "krunbox's guest kernel (cargo xtask build-kernel; cached after the first build)"
 cargo xtask build-kernel
-./target/release/krunbox kernel install "${KRUNBOX_CACHE_DIR:-.krunbox-cache}/kernel/x86_64"
+"$krunbox" kernel install "${KRUNBOX_CACHE_DIR:-.krunbox-cache}/kernel/x86_64"
 
 if [ "$demo" = 1 ]; then
   log "running: krunbox run -- uname -a   (built-in default image; QEMU backend here)"
-  ./target/release/krunbox run -- uname -a
+  "$krunbox" run -- uname -a
 fi

@@ -9,6 +9,7 @@
 
 mod api;
 mod backend;
+mod bounded;
 mod cli;
 mod elf;
 mod guest_init;
@@ -33,7 +34,8 @@ use clap::Parser;
 const FAILURE: i32 = 125;
 
 fn main() {
-    let argv = match cli::profile::expand(std::env::args_os().collect()) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let argv = match cli::profile::expand(args) {
         Ok(argv) => argv,
         Err(err) => {
             eprintln!("krunbox: {err}");

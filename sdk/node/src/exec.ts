@@ -57,6 +57,7 @@ export class Execution {
   readonly exit: Promise<ExitResult>;
 
   constructor(private readonly socket: WebSocket, start: Record<string, unknown>) {
+    this.opened = Promise.resolve();
     let markStarted!: (pid: number | null) => void;
     let markExit!: (result: ExitResult) => void;
     let fail!: (err: Error) => void;
@@ -111,37 +112,49 @@ export class Execution {
         fail(err);
       }
     });
-    socket.on("error", (err: Error) => {
+    const broken = (err: KrunboxError) => {
       notOpened(err);
       if (ended) return;
       ended = true;
-      fail(new KrunboxError(`the exec connection failed: ${err.message}`));
-    });
-    socket.on("close", () => {
-      notOpened(new KrunboxError("the exec connection closed"));
-      if (ended) return;
-      ended = true;
-      this.stdout.end();
-      this.stderr.end();
-      fail(new KrunboxError("the exec connection closed before the command ended"));
-    });
+      // Readers of the streams learn of it too, rather than wait for ever.
+      this.stdout.destroy(err);
+      this.stderr.destroy(err);
+      markStarted(null);
+      fail(err);
+    };
+    socket.on("error", (err: Error) => broken(new KrunboxError(`the exec connection failed: ${err.message}`)));
+    socket.on("close", () => broken(new KrunboxError("the exec connection closed before the command ended")));
+    this.opened = open;
     this.stdin = new Writable({
       construct: (done) => open.then(() => done(), done),
       write: (chunk: Buffer, _encoding, done) => socket.send(chunk, { binary: true }, done),
       final: (done) => socket.send(JSON.stringify({ type: "stdin_eof" }), done),
     });
-    // A failed connection fails `exit`, which is where callers learn of it.
+    // A failed connection fails `exit`, which is where callers learn of it; a stream nobody
+    // reads must not crash the program with the same error.
     this.stdin.on("error", () => {});
+    this.stdout.on("error", () => {});
+    this.stderr.on("error", () => {});
+  }
+
+  private opened: Promise<void>;
+
+  /** A control message, once the exec request went out (a failed connection drops it). */
+  private control(message: Record<string, unknown>): void {
+    this.opened.then(
+      () => this.socket.send(JSON.stringify(message), () => {}),
+      () => {},
+    );
   }
 
   /** The terminal's new size (with `tty`). */
   resize(rows: number, cols: number): void {
-    this.socket.send(JSON.stringify({ type: "resize", rows, cols }));
+    this.control({ type: "resize", rows, cols });
   }
 
   /** Sends a signal, by name (`TERM`, `SIGINT`) or number. */
   kill(signal: string | number = "TERM"): void {
-    this.socket.send(JSON.stringify({ type: "signal", signal }));
+    this.control({ type: "signal", signal });
   }
 
   /** Leaves the command; the server kills it. */

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync, chmodSync } from "node:fs";
+import { chmodSync, closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
 import { request as httpRequest, type IncomingMessage } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -39,7 +39,7 @@ export class Transport {
 
   /** Resolves the options (starting a private server if they name none). */
   static async open(options: ConnectOptions = {}): Promise<Transport> {
-    const socketPath = options.socketPath ?? (process.env.KRUNBOX_SOCKET || undefined);
+    const socketPath = options.url ? options.socketPath : (options.socketPath ?? (process.env.KRUNBOX_SOCKET || undefined));
     const url = socketPath ? undefined : (options.url ?? (process.env.KRUNBOX_URL || undefined));
     const token = options.token ?? (process.env.KRUNBOX_API_TOKEN || undefined);
     if (socketPath || url) return new Transport(socketPath, url, token);
@@ -48,7 +48,12 @@ export class Transport {
     const path = join(dir, "api.sock");
     const transport = new Transport(path, undefined, token);
     transport.serverDir = dir;
-    transport.server = await startServer(options.krunbox ?? "krunbox", path);
+    try {
+      transport.server = await startServer(options.krunbox ?? "krunbox", path, join(dir, "serve.log"));
+    } catch (err) {
+      rmSync(dir, { recursive: true, force: true });
+      throw err;
+    }
     return transport;
   }
 
@@ -108,11 +113,13 @@ export class Transport {
     const server = this.server;
     if (!server) return;
     this.server = undefined;
-    const exited = new Promise((resolve) => server.once("exit", resolve));
-    server.stdin?.end();
-    const timer = setTimeout(() => server.kill("SIGKILL"), 10_000);
-    await exited;
-    clearTimeout(timer);
+    if (server.exitCode === null && server.signalCode === null) {
+      const exited = new Promise((resolve) => server.once("exit", resolve));
+      server.stdin?.end();
+      const timer = setTimeout(() => server.kill("SIGKILL"), 10_000);
+      await exited;
+      clearTimeout(timer);
+    }
     if (this.serverDir) rmSync(this.serverDir, { recursive: true, force: true });
   }
 }
@@ -127,15 +134,17 @@ export function collect(stream: Readable): Promise<Buffer> {
   });
 }
 
-async function startServer(program: string, socketPath: string): Promise<ChildProcess> {
+async function startServer(program: string, socketPath: string, logPath: string): Promise<ChildProcess> {
+  // Its messages go to a file: a pipe would need reading for as long as it runs.
+  const log = openSync(logPath, "w");
   const child = spawn(program, ["serve", "--socket", socketPath, "--stdin-lifeline"], {
-    stdio: ["pipe", "ignore", "pipe"],
+    stdio: ["pipe", "ignore", log],
   });
-  let stderr = "";
-  child.stderr?.on("data", (chunk: Buffer) => (stderr += chunk.toString("utf8")));
+  closeSync(log);
+  const logged = () => readFileSync(logPath, "utf8").slice(0, 64 * 1024).trim();
   const failed = new Promise<never>((_, reject) => {
     child.once("error", (err) => reject(new KrunboxError(`cannot run ${program} (is krunbox installed?): ${err.message}`)));
-    child.once("exit", () => reject(new KrunboxError(`krunbox serve exited: ${stderr.trim()}`)));
+    child.once("exit", () => reject(new KrunboxError(`krunbox serve exited: ${logged()}`)));
   });
   const listening = (async () => {
     const deadline = Date.now() + 15_000;
@@ -144,11 +153,15 @@ async function startServer(program: string, socketPath: string): Promise<ChildPr
       await new Promise((r) => setTimeout(r, 20));
     }
   })();
-  await Promise.race([listening, failed]);
   failed.catch(() => {});
+  try {
+    await Promise.race([listening, failed]);
+  } catch (err) {
+    child.kill("SIGKILL");
+    throw err;
+  }
   // The server must not keep this process alive; it ends when our end of its stdin closes.
   child.unref();
   (child.stdin as unknown as { unref?: () => void })?.unref?.();
-  (child.stderr as unknown as { unref?: () => void })?.unref?.();
   return child;
 }

@@ -57,6 +57,8 @@ def test_exec_streams_exit_codes_and_stdin(sandbox):
     data = os.urandom(3 * 1024 * 1024)
     echoed = sandbox.exec(["sh", "-c", "cat | sha256sum"], stdin=data)
     assert echoed.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+    # A command that writes its input back as it reads it: fed and read at once.
+    assert sandbox.exec(["cat"], stdin=data).stdout == data
     missing = sandbox.exec(["/no/such/program"])
     assert missing.exit_code == 127 and missing.spawn_error
     assert sandbox.exec(["id", "-u"], user="1000").stdout == b"1000\n"
@@ -132,6 +134,12 @@ def test_files_up_and_down(sandbox, tmp_path):
     back = tmp_path / "back.bin"
     assert sandbox.download("/tmp/big.bin", back) == local.stat().st_size
     assert back.read_bytes() == local.read_bytes()
+    # Through a symbolic link: the file it points at, whole.
+    assert sandbox.exec(["ln", "-s", "big.bin", "/tmp/link.bin"]).exit_code == 0
+    assert sandbox.read_file("/tmp/link.bin") == local.read_bytes()
+    with pytest.raises(krunbox.KrunboxError) as err:
+        sandbox.read_file("/tmp")
+    assert err.value.status is not None and err.value.status >= 400
     with pytest.raises(krunbox.KrunboxError) as err:
         sandbox.read_file("/no/such/file")
     assert err.value.kind == "not_found"

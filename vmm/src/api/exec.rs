@@ -20,7 +20,9 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::Path;
 use axum::response::Response;
 use bytes::Bytes;
-use krunbox_protocol::client::{Client, ExecSpec, ExecStdin};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use krunbox_protocol::client::{Client, ExecControl, ExecSpec, ExecStdin};
 use krunbox_protocol::messages::{ExitStatus, Outcome};
 use serde::{Deserialize, Serialize};
 
@@ -230,8 +232,9 @@ pub async fn prepare(name: &str, start: &ExecStart) -> Result<(Client, ExecSpec)
 /// `GET /v1/sandboxes/{name}/exec` (WebSocket).
 pub async fn handler(Path(name): Path<String>, upgrade: WebSocketUpgrade) -> Response {
     upgrade.on_upgrade(move |socket| async move {
-        let mut socket = socket;
-        let outcome = session(&name, &mut socket).await;
+        let (sink, stream) = socket.split();
+        let mut ends = Ends { sink, stream };
+        let outcome = session(&name, &mut ends).await;
         let last = match outcome {
             Ok(report) => ServerMessage::Exit(report),
             Err(err) => ServerMessage::Error {
@@ -239,31 +242,38 @@ pub async fn handler(Path(name): Path<String>, upgrade: WebSocketUpgrade) -> Res
                 message: err.to_string(),
             },
         };
-        let _ = send_json(&mut socket, &last).await;
-        close(socket).await;
+        let _ = ends.sink.send(json_message(&last)).await;
+        ends.close().await;
     })
 }
 
-/// The closing handshake: our close frame, then the client's answer (or [`CLOSE_TIMEOUT`]).
-/// Dropping the connection at once could make the client fail to answer our close, and
-/// some clients then lose the messages before it.
-async fn close(mut socket: WebSocket) {
-    if socket.send(Message::Close(None)).await.is_err() {
-        return;
-    }
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        while let Some(Ok(message)) = socket.recv().await {
-            if matches!(message, Message::Close(_)) {
-                break;
-            }
+/// The two halves of the connection.
+struct Ends {
+    sink: SplitSink<WebSocket, Message>,
+    stream: SplitStream<WebSocket>,
+}
+
+impl Ends {
+    /// The closing handshake: our close frame, then the client's answer (or
+    /// [`CLOSE_TIMEOUT`]). Dropping the connection at once could make the client fail to
+    /// answer our close, and some clients then lose the messages before it.
+    async fn close(mut self) {
+        if self.sink.send(Message::Close(None)).await.is_err() {
+            return;
         }
-    })
-    .await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            while let Some(Ok(message)) = self.stream.next().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
 }
 
-async fn send_json(socket: &mut WebSocket, message: &ServerMessage) -> Result<(), axum::Error> {
-    let text = serde_json::to_string(message).unwrap_or_default();
-    socket.send(Message::Text(text.into())).await
+fn json_message(message: &ServerMessage) -> Message {
+    Message::Text(serde_json::to_string(message).unwrap_or_default().into())
 }
 
 /// The client went away (or broke the protocol).
@@ -271,8 +281,8 @@ fn gone(what: &str) -> ApiError {
     ApiError::BadRequest(format!("the client {what}"))
 }
 
-async fn first_message(socket: &mut WebSocket) -> Result<ExecStart, ApiError> {
-    let message = tokio::time::timeout(START_TIMEOUT, socket.recv())
+async fn first_message(stream: &mut SplitStream<WebSocket>) -> Result<ExecStart, ApiError> {
+    let message = tokio::time::timeout(START_TIMEOUT, stream.next())
         .await
         .map_err(|_| gone("sent no exec request within 30 s"))?;
     match message {
@@ -285,39 +295,78 @@ async fn first_message(socket: &mut WebSocket) -> Result<ExecStart, ApiError> {
     }
 }
 
-async fn session(name: &str, socket: &mut WebSocket) -> Result<ExitReport, ApiError> {
-    let start = first_message(socket).await?;
+/// Output frames queued for the client: each pump waits while it is full, so a client that
+/// reads slowly slows the command (the agent's credit is returned only as frames go out).
+const FRAME_QUEUE: usize = 16;
+
+async fn session(name: &str, ends: &mut Ends) -> Result<ExitReport, ApiError> {
+    let start = first_message(&mut ends.stream).await?;
     let (client, spec) = prepare(name, &start).await?;
     let mut execution = client.exec(spec).await?;
-    send_json(
-        socket,
-        &ServerMessage::Started {
+    ends.sink
+        .send(json_message(&ServerMessage::Started {
             pid: execution.pid(),
-        },
-    )
-    .await
-    .map_err(|_| gone("closed the connection"))?;
+        }))
+        .await
+        .map_err(|_| gone("closed the connection"))?;
     let control = execution.control();
     let stdin = feed_stdin(execution.take_stdin());
-    let (_, mut stdout, mut stderr, exit) = execution.split();
+    let (_, stdout, stderr, exit) = execution.split();
+    // Each stream is read to its end by a task of its own (a read is never cancelled, so no
+    // output is lost), into one queue the writer empties into the socket.
+    let (frames, mut queued) = tokio::sync::mpsc::channel::<Message>(FRAME_QUEUE);
+    let pumps = [(STDOUT, stdout), (STDERR, stderr)].map(|(byte, mut reader)| {
+        let frames = frames.clone();
+        tokio::spawn(async move {
+            while let Some(data) = reader.recv().await {
+                let mut frame = Vec::with_capacity(data.len() + 1);
+                frame.push(byte);
+                frame.extend_from_slice(&data);
+                if frames.send(Message::Binary(frame.into())).await.is_err() {
+                    return;
+                }
+            }
+        })
+    });
+    drop(frames);
+    let outcome = relay(ends, &mut queued, exit, &stdin, &control).await;
+    if outcome.is_err() {
+        // Nothing a client started runs on unseen.
+        kill(&control).await;
+    }
+    for pump in pumps {
+        pump.abort();
+    }
+    outcome
+}
+
+/// Runs the exec to its end: output to the client, the client's stdin and control messages to
+/// the command; returns after the exit status and all output went out.
+async fn relay(
+    ends: &mut Ends,
+    queued: &mut tokio::sync::mpsc::Receiver<Message>,
+    exit: impl std::future::Future<Output = Result<ExitStatus, krunbox_protocol::client::ClientError>>,
+    stdin: &tokio::sync::mpsc::Sender<StdinOp>,
+    control: &ExecControl,
+) -> Result<ExitReport, ApiError> {
     tokio::pin!(exit);
-    let (mut stdout_open, mut stderr_open) = (true, true);
-    // The exit status comes after all output: keep it until both streams ended.
     let mut status = None;
+    let mut output_open = true;
     // Stdin the feeder has no room for yet; the client is not read until it has.
     let mut pending: Option<StdinOp> = None;
     loop {
-        if status.is_some() && !stdout_open && !stderr_open {
+        if status.is_some() && !output_open {
             break;
         }
         tokio::select! {
-            chunk = stdout.recv(), if stdout_open => match chunk {
-                Some(data) => forward(socket, STDOUT, &data, &control).await?,
-                None => stdout_open = false,
-            },
-            chunk = stderr.recv(), if stderr_open => match chunk {
-                Some(data) => forward(socket, STDERR, &data, &control).await?,
-                None => stderr_open = false,
+            frame = queued.recv(), if output_open => match frame {
+                Some(frame) => {
+                    if ends.sink.send(frame).await.is_err() {
+                        return Err(gone("closed the connection"));
+                    }
+                }
+                // Both pumps ended: all output went out.
+                None => output_open = false,
             },
             result = &mut exit, if status.is_none() => {
                 status = Some(result?);
@@ -328,7 +377,7 @@ async fn session(name: &str, socket: &mut WebSocket) -> Result<ExitReport, ApiEr
                     permit.send(op);
                 }
             }
-            message = socket.recv(), if pending.is_none() => match message {
+            message = ends.stream.next(), if pending.is_none() => match message {
                 Some(Ok(Message::Binary(data))) => pending = Some(StdinOp::Data(data)),
                 Some(Ok(Message::Text(text))) => {
                     let message: ClientMessage = serde_json::from_str(&text)
@@ -341,7 +390,6 @@ async fn session(name: &str, socket: &mut WebSocket) -> Result<ExitReport, ApiEr
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                    kill(&control).await;
                     return Err(gone("closed the connection"));
                 }
             },
@@ -383,23 +431,7 @@ fn feed_stdin(stdin: Option<ExecStdin>) -> tokio::sync::mpsc::Sender<StdinOp> {
     tx
 }
 
-async fn forward(
-    socket: &mut WebSocket,
-    stream: u8,
-    data: &Bytes,
-    control: &krunbox_protocol::client::ExecControl,
-) -> Result<(), ApiError> {
-    let mut frame = Vec::with_capacity(data.len() + 1);
-    frame.push(stream);
-    frame.extend_from_slice(data);
-    if socket.send(Message::Binary(frame.into())).await.is_err() {
-        kill(control).await;
-        return Err(gone("closed the connection"));
-    }
-    Ok(())
-}
-
-async fn kill(control: &krunbox_protocol::client::ExecControl) {
+async fn kill(control: &ExecControl) {
     if let Err(err) = control.signal(libc::SIGKILL).await {
         tracing::debug!(%err, "could not kill the command of a client that went away");
     }

@@ -6,7 +6,7 @@ use axum::extract::Path;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use tokio_util::io::{ReaderStream, StreamReader};
 
@@ -36,7 +36,8 @@ fn absolute(path: &str) -> Result<(), ApiError> {
     }
 }
 
-fn mode(text: Option<&str>) -> Result<u32, ApiError> {
+/// Permission bits given in octal (`644`), default 0644.
+pub fn mode(text: Option<&str>) -> Result<u32, ApiError> {
     let Some(text) = text else { return Ok(0o644) };
     u32::from_str_radix(text, 8)
         .ok()
@@ -65,36 +66,55 @@ pub async fn upload(
     ))
 }
 
-/// `GET /v1/sandboxes/{name}/files?path=P`: the file's bytes (`Content-Length` from its
-/// stat when the read begins).
+/// `GET /v1/sandboxes/{name}/files?path=P`: the file's bytes, streamed. An error before the
+/// first byte (no such file, a directory, no permission) is an error answer; one after it
+/// aborts the body, so the client sees a failed transfer, never a short file that looks whole.
 pub async fn download(
     Path(name): Path<String>,
     Params(query): Params<FileQuery>,
 ) -> Result<Response, ApiError> {
     absolute(&query.path)?;
     let (_, client) = connect(&name).await?;
-    let stat = client.stat(query.path.as_str()).await?;
-    if stat.file_type() == krunbox_protocol::messages::FileType::Dir {
-        return Err(ApiError::BadRequest(format!(
-            "{} is a directory: download its files one by one",
-            query.path
-        )));
-    }
     let (writer, reader) = tokio::io::duplex(PIPE_BYTES);
     let path = query.path.clone();
-    tokio::spawn(async move {
+    let mut reading = tokio::spawn(async move {
         let mut writer = writer;
-        if let Err(err) = client.get(path.as_str(), &mut writer).await {
-            // The body ends early; the client sees fewer bytes than Content-Length.
-            tracing::warn!(%path, %err, "a download failed midway");
-        }
+        client.get(path.as_str(), &mut writer).await.map(drop)
     });
+    let mut reader = tokio::io::BufReader::new(reader);
+    // Wait for the first bytes, or for the read to end before them.
+    let finished = tokio::select! {
+        biased;
+        result = &mut reading => Some(result),
+        _ = tokio::io::AsyncBufReadExt::fill_buf(&mut reader) => None,
+    };
+    // No bytes but the end (an empty file, or a failed read): the read's own result decides.
+    let finished = match finished {
+        Some(result) => Some(result),
+        None if reader.buffer().is_empty() => Some((&mut reading).await),
+        None => None,
+    };
+    let ending: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Option<std::io::Error>> + Send>,
+    > = match finished {
+        Some(Ok(Ok(()))) => Box::pin(async { None }),
+        Some(Ok(Err(err))) => return Err(err.into()),
+        Some(Err(err)) => return Err(ApiError::Internal(format!("the read failed: {err}"))),
+        None => Box::pin(async move {
+            match reading.await {
+                Ok(Ok(())) => None,
+                Ok(Err(err)) => Some(std::io::Error::other(err.to_string())),
+                Err(err) => Some(std::io::Error::other(err.to_string())),
+            }
+        }),
+    };
+    // After the bytes, the read's own result: an error ends the body as a failure.
+    let tail = futures_util::stream::once(ending)
+        .filter_map(|error| async move { error.map(Err::<bytes::Bytes, _>) });
+    let body = ReaderStream::new(reader).chain(tail);
     Ok((
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
-            (header::CONTENT_LENGTH, stat.size.to_string()),
-        ],
-        Body::from_stream(ReaderStream::new(reader)),
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        Body::from_stream(body),
     )
         .into_response())
 }

@@ -19,7 +19,7 @@ use super::sandboxes::{self, CreateRequest, NetworkRequest};
 /// Output kept per stream of one `exec` (the rest is counted, not kept).
 const OUTPUT_LIMIT: usize = 1 << 20;
 /// The largest file `read_file` returns.
-const READ_LIMIT: u64 = 4 << 20;
+const READ_LIMIT: usize = 4 << 20;
 
 /// `create_sandbox`'s arguments.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -171,12 +171,7 @@ impl Tools {
     ) -> Result<CallToolResult, ErrorData> {
         outcome(
             async {
-                let mode = match args.mode.as_deref() {
-                    None => 0o644,
-                    Some(text) => u32::from_str_radix(text, 8).map_err(|_| {
-                        ApiError::BadRequest(format!("mode {text:?}: give octal permission bits"))
-                    })?,
-                };
+                let mode = super::files::mode(args.mode.as_deref())?;
                 let (_, client) = super::agent::connect(&args.sandbox).await?;
                 let bytes = client
                     .put(args.content.as_bytes(), args.path.as_str(), mode)
@@ -195,16 +190,20 @@ impl Tools {
         outcome(
             async {
                 let (_, client) = super::agent::connect(&args.sandbox).await?;
-                let stat = client.stat(args.path.as_str()).await?;
-                if stat.size > READ_LIMIT {
-                    return Err(ApiError::BadRequest(format!(
-                        "{} has {} bytes; read_file returns at most {READ_LIMIT}",
-                        args.path, stat.size
-                    )));
-                }
-                let mut content = Vec::new();
-                client.get(args.path.as_str(), &mut content).await?;
-                Ok(text(String::from_utf8_lossy(&content)))
+                let mut content = crate::bounded::BoundedSink::new(READ_LIMIT);
+                client
+                    .get(args.path.as_str(), &mut content)
+                    .await
+                    .map_err(|err| match err {
+                        krunbox_protocol::client::ClientError::LocalIo { .. } => {
+                            ApiError::BadRequest(format!(
+                                "{} has more than {READ_LIMIT} bytes; read_file returns at most that",
+                                args.path
+                            ))
+                        }
+                        other => other.into(),
+                    })?;
+                Ok(text(String::from_utf8_lossy(&content.into_bytes())))
             }
             .await,
         )

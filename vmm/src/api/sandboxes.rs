@@ -187,7 +187,28 @@ impl CreateRequest {
             crate::cli::profile::expand(argv).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let mut command = CreateCommand::try_parse_from(&argv[1..])
             .map_err(|e| ApiError::BadRequest(first_line(&e.render().to_string())))?;
-        command.args.vm.shares.base = self.workspace.clone();
+        let args = &mut command.args;
+        if self.workspace.is_none() {
+            // Without a workspace there is no directory relative paths could mean: never the
+            // server's own current directory.
+            if args.vm.shares.workspace {
+                return Err(ApiError::BadRequest(
+                    "the profile asks for --workspace: give the workspace directory".into(),
+                ));
+            }
+            let relative = |path: &str| path.starts_with("./") || path.starts_with("../");
+            if let Some(volume) = args.vm.shares.volumes.iter().find(|v| relative(v)) {
+                return Err(ApiError::BadRequest(format!(
+                    "volume {volume:?}: a relative host path needs a workspace to be relative to"
+                )));
+            }
+            if let Some(image) = args.image.as_deref().filter(|i| relative(i)) {
+                return Err(ApiError::BadRequest(format!(
+                    "image {image:?}: give an absolute path"
+                )));
+            }
+        }
+        args.vm.shares.base = self.workspace.clone();
         Ok(command.args)
     }
 }
@@ -471,6 +492,10 @@ mod tests {
         assert!(matches!(
             bad(serde_json::json!({ "workspace": "relative/dir" })),
             ApiError::BadRequest(_)
+        ));
+        assert!(matches!(
+            bad(serde_json::json!({ "volumes": ["./here:/data"] })),
+            ApiError::BadRequest(m) if m.contains("relative")
         ));
         assert!(serde_json::from_value::<CreateRequest>(serde_json::json!({ "cpu": 1 })).is_err());
     }

@@ -52,6 +52,14 @@ pub enum ServeError {
     /// Another server answers on the socket.
     #[error("another krunbox serve already listens on {0} (stop it, or give --socket)")]
     InUse(PathBuf),
+    /// The socket's directory is open to others.
+    #[error(
+        "{0}: the socket's directory must be yours and closed to others (mode 0755 or stricter)"
+    )]
+    OpenDirectory(PathBuf),
+    /// Something else is where the socket should go.
+    #[error("{0} exists and is not a socket: give another --socket")]
+    NotASocket(PathBuf),
     /// A token that is too short to guard anything.
     #[error("the token in {0} is shorter than 16 characters")]
     WeakToken(PathBuf),
@@ -73,12 +81,14 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
 
 /// `krunbox serve`.
 pub fn serve(args: ServeArgs) -> Result<i32, ServeError> {
+    // Before any thread starts: the token leaves the environment the VMs' processes inherit.
+    let token = token(&args)?;
+    std::env::remove_var("KRUNBOX_API_TOKEN");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(ServeError::Runtime)?;
     runtime.block_on(async {
-        let token = token(&args)?;
         let shutdown = shutdown_signal(args.stdin_lifeline);
         match args.listen {
             Some(addr) => {
@@ -130,17 +140,40 @@ fn default_socket() -> Result<PathBuf, ServeError> {
     Ok(root.join("api.sock"))
 }
 
-/// Binds `path`, 0600. A socket nobody answers on is a dead server's and is replaced.
+/// Binds `path`, 0600 from the start: the socket is made in a private directory beside it
+/// and renamed into place, so there is no moment when others could connect. The directory
+/// must be the user's own and closed to others (or a stranger could swap the socket for
+/// theirs). A socket nobody answers on is a dead server's and is replaced; any other file
+/// there is left alone.
 fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(ServeError::InUse(path.to_owned()));
-        }
-        std::fs::remove_file(path).map_err(io("remove the stale socket", path))?;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let meta = std::fs::metadata(&parent).map_err(io("inspect", &parent))?;
+    if meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o022 != 0 {
+        return Err(ServeError::OpenDirectory(parent));
     }
-    let listener = tokio::net::UnixListener::bind(path).map_err(io("listen on", path))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(io("restrict", path))?;
+    match std::fs::symlink_metadata(path) {
+        Ok(existing) if existing.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(ServeError::InUse(path.to_owned()));
+            }
+            std::fs::remove_file(path).map_err(io("remove the stale socket", path))?;
+        }
+        Ok(_) => return Err(ServeError::NotASocket(path.to_owned())),
+        Err(_) => {}
+    }
+    let staging = tempfile::Builder::new()
+        .prefix(".krunbox-api.")
+        .tempdir_in(&parent)
+        .map_err(io("create a directory in", &parent))?;
+    let staged = staging.path().join("api.sock");
+    let listener = tokio::net::UnixListener::bind(&staged).map_err(io("listen on", &staged))?;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))
+        .map_err(io("restrict", &staged))?;
+    std::fs::rename(&staged, path).map_err(io("move the socket to", path))?;
     Ok(listener)
 }
 

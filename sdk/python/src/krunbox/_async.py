@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from typing import Any, AsyncIterator, Callable, Dict, List, Mapping, Optional, Tuple, Union
@@ -45,9 +46,13 @@ class AsyncKrunbox:
 
     async def websocket(self, path: str) -> ClientConnection:
         endpoint = self.endpoint
-        if endpoint.socket_path:
-            return await unix_connect(endpoint.socket_path, uri=endpoint.ws_url(path), max_size=None)
-        return await connect(endpoint.ws_url(path), additional_headers=endpoint.headers(), max_size=None)
+        options = dict(additional_headers=endpoint.headers(), max_size=None, ping_interval=None)
+        try:
+            if endpoint.socket_path:
+                return await unix_connect(endpoint.socket_path, uri=endpoint.ws_url(path), **options)
+            return await connect(endpoint.ws_url(path), **options)
+        except Exception as err:
+            raise KrunboxError(f"cannot open the exec stream: {err}") from err
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -214,12 +219,23 @@ class AsyncSandbox:
 
     async def exec(self, cmd: Command, *, stdin: Union[bytes, str, None] = None, **options: Any) -> ExecResult:
         execution = await self.stream(cmd, stdin=stdin is not None, **options)
-        if stdin is not None:
-            data = stdin.encode() if isinstance(stdin, str) else stdin
-            for at in range(0, len(data), CHUNK):
-                await execution.write(data[at:at + CHUNK])
-            await execution.close_stdin()
-        return await execution.wait()
+        if stdin is None:
+            return await execution.wait()
+        data = stdin.encode() if isinstance(stdin, str) else stdin
+
+        async def feed() -> None:
+            try:
+                for at in range(0, len(data), CHUNK):
+                    await execution.write(data[at:at + CHUNK])
+                await execution.close_stdin()
+            except Exception:  # the command ended, or the connection did
+                pass
+
+        feeder = asyncio.ensure_future(feed())
+        try:
+            return await execution.wait()
+        finally:
+            feeder.cancel()
 
     async def write_file(self, path: str, data: Union[bytes, str], mode: int = 0o644) -> int:
         content = data.encode() if isinstance(data, str) else data

@@ -138,17 +138,23 @@ class PrivateServer:
         self._dir = tempfile.mkdtemp(prefix="krunbox-sdk-")
         os.chmod(self._dir, 0o700)
         self.socket_path = os.path.join(self._dir, "api.sock")
+        # Its messages go to a file (a pipe nobody reads would stall it once full).
+        self.log_path = os.path.join(self._dir, "serve.log")
         try:
-            self.process = subprocess.Popen(
-                [program, "serve", "--socket", self.socket_path, "--stdin-lifeline"],
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            )
+            with open(self.log_path, "wb") as log:
+                self.process = subprocess.Popen(
+                    [program, "serve", "--socket", self.socket_path, "--stdin-lifeline"],
+                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log,
+                )
         except OSError as err:
+            shutil.rmtree(self._dir, ignore_errors=True)
             raise KrunboxError(f"cannot run {program!r} (is krunbox installed?): {err}") from err
         deadline = time.monotonic() + timeout
         while not os.path.exists(self.socket_path):
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                with open(self.log_path, "rb") as log:
+                    err = log.read(64 * 1024).decode(errors="replace")
+                shutil.rmtree(self._dir, ignore_errors=True)
                 raise KrunboxError(f"krunbox serve exited: {err.strip()}")
             if time.monotonic() > deadline:
                 self.close()
@@ -168,8 +174,9 @@ class PrivateServer:
 def resolve_endpoint(socket_path: Optional[str], url: Optional[str], token: Optional[str]) -> Optional[Endpoint]:
     """The endpoint given (arguments, then $KRUNBOX_SOCKET, $KRUNBOX_URL, $KRUNBOX_API_TOKEN);
     None when nothing names one (the client then starts a private server)."""
-    socket_path = socket_path or os.environ.get("KRUNBOX_SOCKET") or None
-    url = url or os.environ.get("KRUNBOX_URL") or None
+    if url is None:
+        socket_path = socket_path or os.environ.get("KRUNBOX_SOCKET") or None
+    url = url or (None if socket_path else os.environ.get("KRUNBOX_URL")) or None
     token = token or os.environ.get("KRUNBOX_API_TOKEN") or None
     if socket_path is None and url is None:
         return None

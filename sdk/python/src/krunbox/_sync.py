@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import httpx
@@ -51,9 +52,12 @@ class Krunbox:
 
     def websocket(self, path: str) -> ClientConnection:
         endpoint = self.endpoint
+        # No keepalive pings: a command whose stdin is backed up stops the server reading, and
+        # an unanswered ping would end the exec.
+        options = dict(additional_headers=endpoint.headers(), max_size=None, ping_interval=None)
         if endpoint.socket_path:
-            return unix_connect(endpoint.socket_path, uri=endpoint.ws_url(path), max_size=None)
-        return connect(endpoint.ws_url(path), additional_headers=endpoint.headers(), max_size=None)
+            return unix_connect(endpoint.socket_path, uri=endpoint.ws_url(path), **options)
+        return connect(endpoint.ws_url(path), **options)
 
     def close(self) -> None:
         self._http.close()
@@ -253,12 +257,26 @@ class Sandbox:
     def exec(self, cmd: Command, *, stdin: Union[bytes, str, None] = None, **options: Any) -> ExecResult:
         """Runs a command to its end (``stdin``: bytes to feed it) and returns its output."""
         execution = self.stream(cmd, stdin=stdin is not None, **options)
-        if stdin is not None:
-            data = stdin.encode() if isinstance(stdin, str) else stdin
-            for at in range(0, len(data), CHUNK):
-                execution.write(data[at:at + CHUNK])
-            execution.close_stdin()
-        return execution.wait()
+        if stdin is None:
+            return execution.wait()
+        data = stdin.encode() if isinstance(stdin, str) else stdin
+        failed: List[BaseException] = []
+
+        def feed() -> None:
+            # Beside the reading: a command that echoes its input must have its output read
+            # while it is fed.
+            try:
+                for at in range(0, len(data), CHUNK):
+                    execution.write(data[at:at + CHUNK])
+                execution.close_stdin()
+            except Exception as err:  # the command ended, or the connection did
+                failed.append(err)
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        result = execution.wait()
+        feeder.join(timeout=5)
+        return result
 
     def write_file(self, path: str, data: Union[bytes, str, BinaryIO], mode: int = 0o644) -> int:
         content = data.encode() if isinstance(data, str) else data

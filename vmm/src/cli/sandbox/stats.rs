@@ -138,6 +138,9 @@ pub fn measure(
     Ok(measured)
 }
 
+/// The most of a guest file `stats` reads.
+const GUEST_FILE_LIMIT: usize = 64 * 1024;
+
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
@@ -147,9 +150,10 @@ fn guest_file(address: &krunbox_protocol::transport::AgentAddress, path: &str) -
     session::block_on(async {
         let read = async {
             let client = Client::connect(address).await.ok()?;
-            let mut content = Vec::new();
+            // A guest can put anything at the path: take no more than a meminfo.
+            let mut content = crate::bounded::BoundedSink::new(GUEST_FILE_LIMIT);
             client.get(path, &mut content).await.ok()?;
-            String::from_utf8(content).ok()
+            String::from_utf8(content.into_bytes()).ok()
         };
         tokio::time::timeout(Duration::from_secs(10), read)
             .await
