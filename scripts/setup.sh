@@ -21,6 +21,8 @@ packages=(qemu-system-x86 qemu-system-common busybox-static cpio docker-registry
           libseccomp-dev libcap-ng-dev
           # the --ssh end-to-end test (ssh-agent, ssh-add, ssh-keygen)
           openssh-client
+          # engines that run krunbox-oci in the tests (podman with its conmon; containerd, ctr)
+          podman containerd
           # `cargo xtask build-kernel` (krunbox's own guest kernel from linux-source-*)
           make flex bison bc libelf-dev perl)
 missing=()

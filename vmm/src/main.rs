@@ -19,6 +19,7 @@ mod image;
 mod initramfs;
 mod lock;
 mod names;
+mod oci;
 mod paths;
 mod pool;
 mod private_dir;
@@ -34,7 +35,18 @@ use clap::Parser;
 const FAILURE: i32 = 125;
 
 fn main() {
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // `krunbox-oci` (a link to this binary), or `krunbox oci`: the OCI runtime command line.
+    let called = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|name| name == "krunbox-oci");
+    if called || args.get(1).is_some_and(|a| a == "oci") {
+        if !called {
+            args.remove(0);
+        }
+        std::process::exit(oci::main(args));
+    }
     let argv = match cli::profile::expand(args) {
         Ok(argv) => argv,
         Err(err) => {

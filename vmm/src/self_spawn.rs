@@ -29,6 +29,12 @@ pub enum Job {
         /// The pool's directory.
         dir: PathBuf,
     },
+    /// Internal: one OCI container's monitor (started by `krunbox-oci create`).
+    #[command(name = Job::OCI_MONITOR, hide = true)]
+    OciMonitor {
+        /// The container's state directory.
+        dir: PathBuf,
+    },
     /// Internal: supervises one QEMU VM (started by krunbox itself).
     #[command(name = Job::QEMU_SUPERVISOR, hide = true)]
     QemuSupervisor {
@@ -57,6 +63,8 @@ impl Job {
     pub const SANDBOX_MONITOR: &'static str = "__sandbox-monitor";
     /// `krunbox __pool-keeper DIR`.
     pub const POOL_KEEPER: &'static str = "__pool-keeper";
+    /// `krunbox __oci-monitor DIR`.
+    pub const OCI_MONITOR: &'static str = "__oci-monitor";
     /// `krunbox __qemu-supervisor RUNDIR` (the plan on stdin).
     pub const QEMU_SUPERVISOR: &'static str = "__qemu-supervisor";
     /// `krunbox __net --socket PATH --config JSON ...`.
@@ -70,6 +78,7 @@ impl Job {
         match self {
             Job::SandboxMonitor { dir } => crate::sandbox::monitor::main(dir),
             Job::PoolKeeper { dir } => crate::pool::keeper::main(dir),
+            Job::OciMonitor { dir } => crate::oci::monitor_main(dir),
             Job::QemuSupervisor { run_dir } => crate::backend::qemu::supervisor::main(run_dir),
             Job::Net(args) => crate::backend::net::main(args),
             Job::KrunVmm { run_dir, no_enter } => {

@@ -1,0 +1,415 @@
+//! krunbox as an OCI runtime under a real engine: podman (Debian's, with its conmon) runs each
+//! container as a krunbox micro-VM through `krunbox-oci`, a link to the krunbox binary.
+//! Podman keeps its images and containers in a directory of the test's own.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use krunbox_tests::{e2e, krunbox_binary, text, Harness};
+
+#[path = "shared/test_image.rs"]
+mod test_image;
+
+/// podman with storage of its own and krunbox-oci as its runtime.
+struct Podman {
+    dir: tempfile::TempDir,
+    runtime: PathBuf,
+    image: String,
+}
+
+impl Podman {
+    /// `None` after a loud skip (a failure under KRUNBOX_REQUIRE_E2E) without podman or root.
+    fn new(test: &str, k: &Harness) -> Option<Self> {
+        let missing = if krunbox_tests::ssh_agent_fixture::on_path("podman").is_none() {
+            Some("podman is not installed")
+        } else if !nix::unistd::geteuid().is_root() {
+            Some("rootless podman gives the runtime no root filesystem it can share")
+        } else {
+            None
+        };
+        if let Some(why) = missing {
+            assert!(
+                std::env::var("KRUNBOX_REQUIRE_E2E").is_err() || !nix::unistd::geteuid().is_root(),
+                "KRUNBOX_REQUIRE_E2E is set but {why}"
+            );
+            eprintln!("SKIPPED {test}: {why}");
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("kbx-podman-")
+            .tempdir_in("/tmp")
+            .expect("a temp dir");
+        let runtime = dir.path().join("krunbox-oci");
+        std::os::unix::fs::symlink(krunbox_binary(), &runtime).expect("link krunbox-oci");
+        let mut podman = Self {
+            dir,
+            runtime,
+            image: "localhost/krunbox-oci-test:latest".into(),
+        };
+        podman.import_image(k);
+        Some(podman)
+    }
+
+    /// A busybox image, imported from a tarball.
+    fn import_image(&mut self, _k: &Harness) {
+        let rootfs = self.dir.path().join("image");
+        for dir in [
+            "bin", "etc", "proc", "sys", "dev", "tmp", "root", "data", "run",
+        ] {
+            std::fs::create_dir_all(rootfs.join(dir)).expect("mkdir");
+        }
+        std::fs::copy(krunbox_tests::busybox(), rootfs.join("bin/busybox")).expect("busybox");
+        for applet in [
+            "sh", "cat", "echo", "uname", "sleep", "tty", "stty", "id", "ls", "touch",
+        ] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("ln");
+        }
+        std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")
+            .expect("passwd");
+        let tarball = self.dir.path().join("image.tar");
+        let out = Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tarball)
+            .arg(".")
+            .output()
+            .expect("run tar");
+        assert!(out.status.success(), "tar: {}", text(&out.stderr));
+        let out = self.podman(&[
+            "import",
+            "--change",
+            "ENV=PATH=/bin",
+            tarball.to_str().expect("UTF-8"),
+            &self.image.clone(),
+        ]);
+        assert!(out.status.success(), "podman import: {}", text(&out.stderr));
+    }
+
+    fn command(&self, k: &Harness, args: &[&str]) -> Command {
+        // The harness's environment (runtime directory, backend, guest agent) reaches
+        // krunbox-oci through podman and conmon.
+        let reference = k.krunbox(std::iter::empty::<&str>());
+        let mut cmd = Command::new("podman");
+        for (key, value) in reference.get_envs() {
+            if let Some(value) = value {
+                cmd.env(key, value);
+            }
+        }
+        let storage = self.dir.path();
+        cmd.arg("--root")
+            .arg(storage.join("storage"))
+            .arg("--runroot")
+            .arg(storage.join("run"))
+            .arg("--runtime")
+            .arg(&self.runtime)
+            .args(["--cgroup-manager", "cgroupfs", "--events-backend", "file"])
+            .args(args);
+        cmd
+    }
+
+    fn podman(&self, args: &[&str]) -> Output {
+        let storage = self.dir.path();
+        Command::new("podman")
+            .arg("--root")
+            .arg(storage.join("storage"))
+            .arg("--runroot")
+            .arg(storage.join("run"))
+            .args(["--cgroup-manager", "cgroupfs", "--events-backend", "file"])
+            .args(args)
+            .output()
+            .expect("run podman")
+    }
+
+    fn run(&self, k: &Harness, args: &[&str]) -> Output {
+        self.command(k, args).output().expect("run podman")
+    }
+}
+
+fn monitors_of(dir: &Path) -> Vec<String> {
+    krunbox_tests::processes_mentioning(dir)
+}
+
+#[test]
+fn podman_runs_each_container_as_a_micro_vm_with_its_exit_code_mounts_and_terminal() {
+    let test = "podman_runs_each_container_as_a_micro_vm_with_its_exit_code_mounts_and_terminal";
+    let Some(k) = e2e(test) else { return };
+    let Some(podman) = Podman::new(test, &k) else {
+        return;
+    };
+    let image = podman.image.clone();
+
+    // The guest's own kernel, not the host's.
+    let out = podman.run(&k, &["run", "--rm", &image, "uname", "-r"]);
+    assert!(
+        out.status.success(),
+        "podman run: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let host = text(
+        &Command::new("uname")
+            .arg("-r")
+            .output()
+            .expect("uname")
+            .stdout,
+    );
+    let guest = text(&out.stdout);
+    assert_ne!(
+        guest.trim(),
+        host.trim(),
+        "the container saw the host's kernel"
+    );
+    assert!(!guest.trim().is_empty());
+
+    // Exit codes reach podman.
+    let out = podman.run(
+        &k,
+        &[
+            "run",
+            "--rm",
+            &image,
+            "sh",
+            "-c",
+            "echo to-stderr >&2; exit 7",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("to-stderr"));
+
+    // -v mounts appear, read-write and read-only.
+    let host_dir = tempfile::tempdir().expect("a dir");
+    std::fs::write(host_dir.path().join("in.txt"), "from the host\n").expect("write");
+    let volume = format!("{}:/data", host_dir.path().display());
+    let out = podman.run(
+        &k,
+        &[
+            "run",
+            "--rm",
+            "-v",
+            &volume,
+            &image,
+            "sh",
+            "-c",
+            "cat /data/in.txt; echo back > /data/out.txt",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "from the host\n");
+    assert_eq!(
+        std::fs::read_to_string(host_dir.path().join("out.txt")).expect("out.txt"),
+        "back\n"
+    );
+    let read_only = format!("{volume}:ro");
+    let out = podman.run(
+        &k,
+        &[
+            "run",
+            "--rm",
+            "-v",
+            &read_only,
+            &image,
+            "touch",
+            "/data/nope",
+        ],
+    );
+    assert_ne!(out.status.code(), Some(0));
+    assert!(!host_dir.path().join("nope").exists());
+
+    // -it: a terminal, through conmon's console socket.
+    let out = Command::new("script")
+        .args(["-q", "-e", "-c"])
+        .arg(format!(
+            "{} run -it --rm {image} sh -c 'tty; exit 3'",
+            shell_words(&podman.command(&k, &[]))
+        ))
+        .arg("/dev/null")
+        .envs(
+            podman
+                .command(&k, &[])
+                .get_envs()
+                .filter_map(|(k, v)| Some((k, v?))),
+        )
+        .output()
+        .expect("run script");
+    assert!(
+        text(&out.stdout).contains("/dev/pts/"),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(3));
+
+    // A detached container, then `podman rm -f`: nothing is left.
+    let out = podman.run(&k, &["run", "-d", &image, "sleep", "300"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_owned();
+    let out = podman.run(&k, &["ps", "--format", "{{.ID}} {{.Status}}", "--no-trunc"]);
+    assert!(
+        text(&out.stdout).contains(&id[..12]),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = podman.run(&k, &["rm", "-f", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !monitors_of(k.runtime_dir()).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left running: {:?}",
+            monitors_of(k.runtime_dir())
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let state = Path::new("/run/krunbox-oci").join(&id);
+    assert!(!state.exists(), "{} is left", state.display());
+}
+
+/// A command line for `sh -c` from a `Command`'s program and arguments.
+fn shell_words(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| format!("'{}'", a.to_string_lossy().replace('\'', "'\\''")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// containerd of the test's own (its root, state and socket in a temp dir).
+struct Containerd {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Containerd {
+    fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("kbx-ctrd-")
+            .tempdir_in("/tmp")
+            .expect("a temp dir");
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+        )
+        .expect("write the config");
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .arg("--root")
+            .arg(dir.path().join("root"))
+            .arg("--state")
+            .arg(dir.path().join("state"))
+            .arg("--address")
+            .arg(dir.path().join("containerd.sock"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("containerd.log")).expect("log"))
+            .spawn()
+            .expect("start containerd");
+        let socket = dir.path().join("containerd.sock");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "containerd did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, dir }
+    }
+
+    fn ctr(&self, k: &Harness, args: &[&str]) -> Output {
+        let reference = k.krunbox(std::iter::empty::<&str>());
+        let mut cmd = Command::new("ctr");
+        for (key, value) in reference.get_envs() {
+            if let Some(value) = value {
+                cmd.env(key, value);
+            }
+        }
+        cmd.arg("--address")
+            .arg(self.dir.path().join("containerd.sock"))
+            .args(args)
+            .output()
+            .expect("run ctr")
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn containerd_runs_a_registry_image_through_krunbox_oci_as_its_runc() {
+    let test = "containerd_runs_a_registry_image_through_krunbox_oci_as_its_runc";
+    let Some(k) = e2e(test) else { return };
+    let found = krunbox_tests::ssh_agent_fixture::on_path("containerd").is_some()
+        && krunbox_tests::ssh_agent_fixture::on_path("ctr").is_some();
+    if !found || !nix::unistd::geteuid().is_root() {
+        let why = "needs containerd and ctr, as root";
+        assert!(
+            std::env::var("KRUNBOX_REQUIRE_E2E").is_err() || !nix::unistd::geteuid().is_root(),
+            "KRUNBOX_REQUIRE_E2E is set but {test} {why}"
+        );
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    let registry = krunbox_image::local_registry::LocalRegistry::start(
+        &krunbox_image::local_registry::LocalRegistryOptions::default(),
+    )
+    .expect("start docker-registry");
+    let work = tempfile::tempdir().expect("a temp dir");
+    let layout = work.path().join("layout");
+    test_image::write_image(&layout);
+    let image = format!("{}/oci/img:{}", registry.address(), test_image::TAG);
+    tokio::runtime::Runtime::new()
+        .expect("a runtime")
+        .block_on(krunbox_image::push::push_layout(
+            &layout,
+            Some(test_image::TAG),
+            &krunbox_image::reference::Reference::parse(&image).expect("a reference"),
+            &krunbox_image::auth::Credentials::Anonymous,
+        ))
+        .expect("push the test image");
+    let containerd = Containerd::start();
+    let out = containerd.ctr(&k, &["image", "pull", "--plain-http", &image]);
+    assert!(out.status.success(), "ctr pull: {}", text(&out.stderr));
+    let runtime = work.path().join("krunbox-oci");
+    std::os::unix::fs::symlink(krunbox_binary(), &runtime).expect("link krunbox-oci");
+    let runtime = runtime.to_str().expect("UTF-8").to_owned();
+    let out = containerd.ctr(
+        &k,
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "native",
+            "--runc-binary",
+            &runtime,
+            &image,
+            "kbx-ctr-1",
+            "sh",
+            "-c",
+            "cat /etc/os-release; uname -r; exit 4",
+        ],
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with(test_image::OS_RELEASE),
+        "{stdout}{}",
+        text(&out.stderr)
+    );
+    let host = text(
+        &Command::new("uname")
+            .arg("-r")
+            .output()
+            .expect("uname")
+            .stdout,
+    );
+    assert!(
+        !stdout.contains(host.trim()),
+        "the container saw the host's kernel: {stdout}"
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    let out = containerd.ctr(&k, &["containers", "list", "--quiet"]);
+    assert_eq!(text(&out.stdout).trim(), "", "a container is left");
+}

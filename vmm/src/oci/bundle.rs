@@ -1,0 +1,244 @@
+//! An OCI bundle's `config.json` as `krunbox run`'s arguments: the container is a micro-VM
+//! whose root filesystem is the bundle's root, shared writable, and whose guest-init runs the
+//! bundle's process.
+//!
+//! What a VM runtime takes from the config, and what it leaves:
+//! - `root.path`, `process.args/env/cwd/user/terminal`, `hostname`: as given.
+//! - `mounts` of type `bind` (an engine's `-v`): shared with the guest (read-only with `ro`);
+//!   the rest (`/proc`, `/dev`, `/sys`, tmpfs, mqueue, cgroup, ...) the guest kernel makes for
+//!   itself.
+//! - `linux.resources.memory.limit` → guest memory; `linux.resources.cpu.quota/period` →
+//!   vCPUs (rounded up).
+//! - Namespaces, capabilities, seccomp, cgroups paths, rlimits and hooks are for a shared
+//!   kernel: the VM boundary replaces them, so they are not applied inside the guest.
+//! - Network: krunbox's own gateway (egress to anywhere, as a container's default), not the
+//!   engine's network namespace; annotations `io.krunbox.network` (`user`, `none`) choose.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::Spec;
+
+/// Annotation: the guest's network mode.
+pub const NETWORK_ANNOTATION: &str = "io.krunbox.network";
+/// The guest memory when the config sets no limit, MiB.
+const DEFAULT_MEMORY_MIB: u64 = 512;
+/// The least guest memory krunbox boots with, MiB.
+const MIN_MEMORY_MIB: u64 = 128;
+
+/// Why a bundle cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    /// config.json is missing or malformed.
+    #[error("{path}: {message}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// A part of the config a VM runtime cannot honour.
+    #[error("config.json: {0}")]
+    Unsupported(String),
+}
+
+/// What `create` keeps of a bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    /// `krunbox run`'s arguments (after `run`), up to and including the command.
+    pub run_args: Vec<String>,
+    /// The annotations, for `state`.
+    pub annotations: std::collections::BTreeMap<String, String>,
+    /// Whether the process wants a terminal.
+    pub terminal: bool,
+}
+
+/// Reads `BUNDLE/config.json`.
+pub fn load(bundle: &Path) -> Result<Container, BundleError> {
+    let path = bundle.join("config.json");
+    let spec = Spec::load(&path).map_err(|e| BundleError::Config {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    container(bundle, &spec)
+}
+
+/// The container of `spec`, whose relative paths are relative to `bundle`.
+pub fn container(bundle: &Path, spec: &Spec) -> Result<Container, BundleError> {
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| BundleError::Unsupported("no process to run".into()))?;
+    let args = process.args().clone().unwrap_or_default();
+    if args.is_empty() {
+        return Err(BundleError::Unsupported("process.args is empty".into()));
+    }
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| BundleError::Unsupported("no root filesystem".into()))?;
+    let root_path = if root.path().is_absolute() {
+        root.path().clone()
+    } else {
+        bundle.join(root.path())
+    };
+    let annotations: std::collections::BTreeMap<String, String> = spec
+        .annotations()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+
+    let mut run = Vec::new();
+    let mut opt = |name: &str, value: String| run.push(format!("--{name}={value}"));
+    for variable in process.env().clone().unwrap_or_default() {
+        if variable.contains('=') {
+            opt("env", variable);
+        }
+    }
+    opt("workdir", process.cwd().display().to_string());
+    let user = process.user();
+    opt("user", format!("{}:{}", user.uid(), user.gid()));
+    if let Some(hostname) = spec.hostname() {
+        if !hostname.is_empty() {
+            opt("hostname", hostname.clone());
+        }
+    }
+    for mount in spec.mounts().clone().unwrap_or_default() {
+        let bind = mount.typ().as_deref() == Some("bind")
+            || mount
+                .options()
+                .as_ref()
+                .is_some_and(|o| o.iter().any(|o| o == "bind" || o == "rbind"));
+        let Some(source) = mount.source() else {
+            continue;
+        };
+        let destination = mount.destination();
+        // The engine's own files (/etc/hosts, resolv.conf, hostname, /dev/shm, secrets) are
+        // the guest's to make.
+        let engine_file = [
+            "/etc/hosts",
+            "/etc/resolv.conf",
+            "/etc/hostname",
+            "/run/.containerenv",
+        ]
+        .iter()
+        .any(|f| destination == Path::new(f))
+            || destination.starts_with("/dev")
+            || destination.starts_with("/proc")
+            || destination.starts_with("/sys")
+            || destination.starts_with("/run/secrets");
+        if !bind || engine_file || !source.is_dir() {
+            continue;
+        }
+        let read_only = mount
+            .options()
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|o| o == "ro"));
+        opt(
+            "volume",
+            format!(
+                "{}:{}{}",
+                source.display(),
+                destination.display(),
+                if read_only { ":ro" } else { "" }
+            ),
+        );
+    }
+    let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+    let memory_mib = resources
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit())
+        .filter(|limit| *limit > 0)
+        .map(|limit| (limit as u64 / (1024 * 1024)).max(MIN_MEMORY_MIB))
+        .unwrap_or(DEFAULT_MEMORY_MIB);
+    opt("memory", memory_mib.to_string());
+    let cpus = resources
+        .and_then(|r| r.cpu().as_ref())
+        .and_then(|c| Some((c.quota()?, c.period()?)))
+        .filter(|(quota, period)| *quota > 0 && *period > 0)
+        .map(|(quota, period)| (quota as u64).div_ceil(period).clamp(1, 64))
+        .unwrap_or(1);
+    opt("cpus", cpus.to_string());
+    if let Some(mode) = annotations.get(NETWORK_ANNOTATION) {
+        opt("network", mode.clone());
+    }
+    let terminal = process.terminal().unwrap_or(false);
+    if terminal {
+        run.push("--tty".into());
+        run.push("--interactive".into());
+    }
+    run.push("--no-pool".into());
+    // The image (an absolute directory: `create` made the bundle's path absolute), then the
+    // command, which is all after `--`.
+    run.push(root_path.display().to_string());
+    run.push("--".into());
+    run.extend(args);
+    Ok(Container {
+        run_args: run,
+        annotations,
+        terminal,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: serde_json::Value) -> Spec {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn a_podman_config_becomes_run_arguments() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let spec = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": false,
+                "user": { "uid": 1000, "gid": 100 },
+                "args": ["sh", "-c", "echo hi"],
+                "env": ["PATH=/bin", "TERM=xterm"],
+                "cwd": "/srv"
+            },
+            "root": { "path": "rootfs" },
+            "hostname": "c1",
+            "mounts": [
+                { "destination": "/proc", "type": "proc", "source": "proc" },
+                { "destination": "/data", "type": "bind", "source": data, "options": ["rbind", "ro"] },
+                { "destination": "/etc/hosts", "type": "bind", "source": "/etc/hosts", "options": ["bind"] }
+            ],
+            "linux": { "resources": { "memory": { "limit": 805306368 }, "cpu": { "quota": 150000, "period": 100000 } } }
+        }));
+        let container = container(Path::new("/b"), &spec).unwrap();
+        assert_eq!(
+            container.run_args,
+            [
+                "--env=PATH=/bin",
+                "--env=TERM=xterm",
+                "--workdir=/srv",
+                "--user=1000:100",
+                "--hostname=c1",
+                &format!("--volume={}:/data:ro", data.display()),
+                "--memory=768",
+                "--cpus=2",
+                "--no-pool",
+                "/b/rootfs",
+                "--",
+                "sh",
+                "-c",
+                "echo hi",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_config_without_a_process_is_refused() {
+        let spec = spec(serde_json::json!({ "ociVersion": "1.0.2", "root": { "path": "r" } }));
+        assert!(matches!(
+            container(Path::new("/b"), &spec),
+            Err(BundleError::Unsupported(_))
+        ));
+    }
+}
