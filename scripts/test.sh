@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-step() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
+# Each step says when it starts, in minutes since the run began (where CI's time goes).
+step() { printf '\n\033[1m== %s\033[0m (at %dm%02ds)\n' "$*" $((SECONDS / 60)) $((SECONDS % 60)) >&2; }
 # A cold run writes about 20 GiB (target/, the kernel build, images, test data). Without
 # the room, say so now rather than fail half an hour in on "No space left on device".
 need_gib=25
@@ -14,6 +15,7 @@ if [ "$free_gib" -lt "$need_gib" ]; then
   echo "test.sh: only ${free_gib} GiB free on $(df -P . | awk 'NR == 2 { print $6 }'); a cold run needs about ${need_gib} GiB" >&2
   exit 1
 fi
+step "setup (packages, toolchains, krunbox, its kernel; the SDKs' dependencies)"
 ./scripts/setup.sh --no-demo
 ./scripts/setup-sdk.sh
 
@@ -39,8 +41,9 @@ else
 fi
 step "the libkrun backend, booted for real inside a KVM host (scripts/test-krun.sh)"
 ./scripts/test-krun.sh "$results"
-step "fuzz every parser of untrusted bytes (10 s each)"
-cargo xtask fuzz --seconds 10
+step "fuzz every parser of untrusted bytes (5 s each; long runs: cargo xtask fuzz --seconds N)"
+cargo xtask fuzz --seconds 5
 # One closing line for the whole suite (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$results"
+step "done"

@@ -377,7 +377,9 @@ fn spawn_monitor(
     unsafe {
         command.pre_exec(move || {
             nix::unistd::setsid().map_err(std::io::Error::from)?;
-            if with_terminal && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+            // The request type differs between libcs (c_ulong on macOS, c_int on musl).
+            #[allow(clippy::useless_conversion)]
+            if with_terminal && libc::ioctl(0, libc::TIOCSCTTY.into(), 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
