@@ -269,6 +269,18 @@ impl Harness {
         cmd
     }
 
+    /// Gives `cmd` this test's krunbox environment (what [`Self::krunbox`] sets), for a
+    /// program that runs krunbox itself: an SDK, an engine that runs `krunbox-oci`.
+    pub fn pass_environment(&self, cmd: &mut Command) {
+        let reference = self.krunbox(std::iter::empty::<&str>());
+        for (key, value) in reference.get_envs() {
+            match value {
+                Some(value) => cmd.env(key, value),
+                None => cmd.env_remove(key),
+            };
+        }
+    }
+
     /// A data directory of the test's own (so its image store starts empty and is removed
     /// afterwards) that shares the prepared guest kernel with the user's data directory.
     pub fn private_data_dir(&self) -> tempfile::TempDir {

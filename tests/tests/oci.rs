@@ -87,39 +87,29 @@ impl Podman {
         assert!(out.status.success(), "podman import: {}", text(&out.stderr));
     }
 
-    fn command(&self, k: &Harness, args: &[&str]) -> Command {
-        // The harness's environment (runtime directory, backend, guest agent) reaches
-        // krunbox-oci through podman and conmon.
-        let reference = k.krunbox(std::iter::empty::<&str>());
-        let mut cmd = Command::new("podman");
-        for (key, value) in reference.get_envs() {
-            if let Some(value) = value {
-                cmd.env(key, value);
-            }
-        }
+    /// podman on the test's own storage.
+    fn base(&self) -> Command {
         let storage = self.dir.path();
+        let mut cmd = Command::new("podman");
         cmd.arg("--root")
             .arg(storage.join("storage"))
             .arg("--runroot")
             .arg(storage.join("run"))
-            .arg("--runtime")
-            .arg(&self.runtime)
-            .args(["--cgroup-manager", "cgroupfs", "--events-backend", "file"])
-            .args(args);
+            .args(["--cgroup-manager", "cgroupfs", "--events-backend", "file"]);
+        cmd
+    }
+
+    /// podman with krunbox-oci as its runtime; the harness's environment (runtime directory,
+    /// backend, guest agent) reaches krunbox-oci through podman and conmon.
+    fn command(&self, k: &Harness, args: &[&str]) -> Command {
+        let mut cmd = self.base();
+        k.pass_environment(&mut cmd);
+        cmd.arg("--runtime").arg(&self.runtime).args(args);
         cmd
     }
 
     fn podman(&self, args: &[&str]) -> Output {
-        let storage = self.dir.path();
-        Command::new("podman")
-            .arg("--root")
-            .arg(storage.join("storage"))
-            .arg("--runroot")
-            .arg(storage.join("run"))
-            .args(["--cgroup-manager", "cgroupfs", "--events-backend", "file"])
-            .args(args)
-            .output()
-            .expect("run podman")
+        self.base().args(args).output().expect("run podman")
     }
 
     fn run(&self, k: &Harness, args: &[&str]) -> Output {
@@ -316,13 +306,8 @@ impl Containerd {
     }
 
     fn ctr(&self, k: &Harness, args: &[&str]) -> Output {
-        let reference = k.krunbox(std::iter::empty::<&str>());
         let mut cmd = Command::new("ctr");
-        for (key, value) in reference.get_envs() {
-            if let Some(value) = value {
-                cmd.env(key, value);
-            }
-        }
+        k.pass_environment(&mut cmd);
         cmd.arg("--address")
             .arg(self.dir.path().join("containerd.sock"))
             .args(args)

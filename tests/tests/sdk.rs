@@ -112,14 +112,8 @@ fn assert_passed(out: &Output, suite: &str) {
 /// The environment a client needs to use this test's krunbox (the harness's, as a command
 /// it would run gets it).
 fn client(k: &Harness, program: &Path) -> Command {
-    let reference = k.krunbox(std::iter::empty::<&str>());
     let mut cmd = Command::new(program);
-    for (key, value) in reference.get_envs() {
-        match value {
-            Some(value) => cmd.env(key, value),
-            None => cmd.env_remove(key),
-        };
-    }
+    k.pass_environment(&mut cmd);
     let bin_dir = krunbox_binary()
         .parent()
         .expect("the binary is in a directory")
