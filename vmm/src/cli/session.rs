@@ -98,12 +98,19 @@ pub struct SessionMarks {
     pub exited: Option<std::time::Instant>,
 }
 
+/// SIGUSR1 in the guest (Linux).
+const LINUX_SIGUSR1: i32 = 10;
+/// SIGUSR2 in the guest (Linux).
+const LINUX_SIGUSR2: i32 = 12;
+
 /// The signals krunbox forwards.
 struct Signals {
     int: Signal,
     term: Signal,
     hup: Signal,
     quit: Signal,
+    usr1: Signal,
+    usr2: Signal,
 }
 
 impl Signals {
@@ -116,6 +123,8 @@ impl Signals {
             term: on(SignalKind::terminate())?,
             hup: on(SignalKind::hangup())?,
             quit: on(SignalKind::quit())?,
+            usr1: on(SignalKind::user_defined1())?,
+            usr2: on(SignalKind::user_defined2())?,
         })
     }
 
@@ -126,6 +135,9 @@ impl Signals {
             _ = self.term.recv() => libc::SIGTERM,
             _ = self.hup.recv() => libc::SIGHUP,
             _ = self.quit.recv() => libc::SIGQUIT,
+            // USR1 and USR2 are numbered differently on macOS: the guest's (Linux's) numbers.
+            _ = self.usr1.recv() => LINUX_SIGUSR1,
+            _ = self.usr2.recv() => LINUX_SIGUSR2,
         }
     }
 }

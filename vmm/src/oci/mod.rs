@@ -263,7 +263,7 @@ fn run(cli: &OciCli) -> Result<i32, OciError> {
             let dir = root.dir_of(id)?;
             let status = state::status(&record, &dir);
             if status != Status::Stopped {
-                if !force && status == Status::Running {
+                if !force {
                     return Err(OciError::WrongState {
                         id: id.clone(),
                         status: status_word(status),
