@@ -125,6 +125,9 @@ pub struct RunArgs {
     /// The command and its arguments, after `--` (default: the image's Cmd).
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+    /// A file to create once COMMAND runs in the guest (set by `krunbox-oci`, not a flag).
+    #[arg(skip)]
+    pub started_mark: Option<std::path::PathBuf>,
 }
 
 fn parse_platform(s: &str) -> Result<Platform, String> {
@@ -344,6 +347,7 @@ impl GuestCommand {
             power_off_on_exit,
             second_interrupt,
             agent_timeout: Duration::from_secs(args.boot_timeout),
+            started_mark: args.started_mark.clone(),
         }
     }
 

@@ -74,6 +74,8 @@ pub struct CommandOptions {
     pub second_interrupt: SecondInterrupt,
     /// How long to wait for the agent.
     pub agent_timeout: Duration,
+    /// A file to create once the command runs (`krunbox-oci`: its `start` waits for it).
+    pub started_mark: Option<std::path::PathBuf>,
 }
 
 /// The guest's boot clock as its agent reported it in the handshake.
@@ -230,6 +232,11 @@ impl<'a> Session<'a> {
         let tty = self.options.tty;
         let mut execution = client.exec(self.spec()).await?;
         self.marks.exec_started = Some(std::time::Instant::now());
+        if let Some(mark) = &self.options.started_mark {
+            if let Err(err) = std::fs::write(mark, b"") {
+                tracing::warn!(%err, mark = %mark.display(), "cannot mark the command as started");
+            }
+        }
         let control = execution.control();
         let stdin = execution.take_stdin();
         let (_, mut stdout, mut stderr, exit) = execution.split();

@@ -437,7 +437,7 @@ fn start(root: &Root, id: &str) -> Result<i32, OciError> {
                 writer
                     .write_all(b"1")
                     .map_err(|e| OciError::Os(format!("start {id}: {e}")))?;
-                return Ok(0);
+                return wait_running(&record, &dir);
             }
             // No reader yet: the monitor has not reached its FIFO.
             Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
@@ -452,6 +452,29 @@ fn start(root: &Root, id: &str) -> Result<i32, OciError> {
             Err(e) => return Err(OciError::Os(format!("open {}: {e}", fifo.display()))),
         }
     }
+}
+
+/// How long `start` waits for the process to run: the VM's boot (krunbox run's boot
+/// timeout) and a margin.
+const RUNNING_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Returns once the process runs in the guest (as runc's `start` returns once the process is
+/// exec'd), so a signal the engine sends next reaches the process, not a booting VM; or once
+/// the monitor ended (the process ran and ended, or the VM failed: the engine reads which
+/// from the exit code).
+fn wait_running(record: &Record, dir: &Path) -> Result<i32, OciError> {
+    let deadline = Instant::now() + RUNNING_TIMEOUT;
+    while !dir.join(state::RUNNING_FILE).exists() && state::monitor_alive(record.pid, dir) {
+        if Instant::now() > deadline {
+            return Err(OciError::Os(format!(
+                "container {}'s process did not start within {RUNNING_TIMEOUT:?} (see {})",
+                record.id,
+                dir.join(state::MONITOR_LOG).display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(0)
 }
 
 /// `krunbox __oci-monitor DIR`: waits for `start`, then is `krunbox run` with the container's
@@ -487,13 +510,13 @@ pub fn monitor_main(dir: &Path) -> i32 {
     };
     tracing::info!(id = %record.id, args = ?record.run_args, "starting");
     let code = match run_args(&record.run_args) {
-        Ok(args) => match crate::cli::run::run(args) {
-            Ok(code) => code,
-            Err(err) => {
+        Ok(mut args) => {
+            args.started_mark = Some(dir.join(state::RUNNING_FILE));
+            crate::cli::run::run(args).unwrap_or_else(|err| {
                 eprintln!("krunbox-oci: {err}");
                 125
-            }
-        },
+            })
+        }
         Err(err) => {
             eprintln!("krunbox-oci: {err}");
             125

@@ -6,6 +6,7 @@
 //!   container.json  bundle, run arguments, annotations, the monitor's pid, started or not
 //!   start.fifo      the monitor blocks opening it until `start` opens its other end
 //!   monitor.log     the monitor's log
+//!   running         made by the monitor once the process runs in the guest
 //!   exit            the process's exit code, written by the monitor at the end
 //! ```
 
@@ -21,6 +22,8 @@ pub const START_FIFO: &str = "start.fifo";
 pub const MONITOR_LOG: &str = "monitor.log";
 /// The exit code file.
 pub const EXIT_FILE: &str = "exit";
+/// Made by the monitor once the process runs in the guest.
+pub const RUNNING_FILE: &str = "running";
 
 /// Why a state operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -129,6 +129,7 @@ pub fn exec(args: ExecArgs) -> Result<i32, SandboxCliError> {
         power_off_on_exit: false,
         second_interrupt: SecondInterrupt::Detach,
         agent_timeout: Duration::from_secs(30),
+        started_mark: None,
     };
     Ok(session::block_on(Session::new(options, &mut vm).run())??)
 }
