@@ -416,11 +416,15 @@ fn start(root: &Root, id: &str) -> Result<i32, OciError> {
     let mut record = root.load(id)?;
     let dir = root.dir_of(id)?;
     let status = state::status(&record, &dir);
-    if status != Status::Created {
+    if status != Status::Created || record.started {
         return Err(OciError::WrongState {
             id: id.to_owned(),
-            status: status_word(status),
-            need: "only a created container can be started",
+            status: if record.started && status == Status::Created {
+                "starting"
+            } else {
+                status_word(status)
+            },
+            need: "only a created container can be started, once",
         });
     }
     record.started = true;

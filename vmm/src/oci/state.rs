@@ -202,11 +202,15 @@ pub fn monitor_alive(pid: u32, dir: &Path) -> bool {
         .any(|window| window == needle)
 }
 
-/// The status of `record`, whose directory is `dir`.
+/// The status of `record`, whose directory is `dir`: running once the process runs in the
+/// guest (the monitor's mark), created before.
 pub fn status(record: &Record, dir: &Path) -> Status {
-    match (monitor_alive(record.pid, dir), record.started) {
-        (true, false) => Status::Created,
-        (true, true) => Status::Running,
-        (false, _) => Status::Stopped,
+    if !monitor_alive(record.pid, dir) {
+        return Status::Stopped;
+    }
+    if record.started && dir.join(RUNNING_FILE).exists() {
+        Status::Running
+    } else {
+        Status::Created
     }
 }
