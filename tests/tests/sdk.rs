@@ -189,7 +189,7 @@ fn the_node_sdk_passes_its_suite_against_real_sandboxes() {
     k.use_data_dir(data.path());
     let server = Server::start(&k, &[]);
     let out = client(&k, &sdks.node)
-        .args(["--test", "--test-concurrency=1", "test/"])
+        .args(["--test", "test/"])
         .current_dir(workspace().join("sdk/node"))
         .env("KRUNBOX_SOCKET", &server.socket)
         .output()
