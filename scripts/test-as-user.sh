@@ -25,6 +25,9 @@ install -m 0755 target/guest-init/x86_64/guest-init "$stage/guest-init"
 cp -r target/rootfs/default "$stage/default-image"
 # -L: kernel/x86_64 is a link to the build of the current recipe.
 cp -rL "${KRUNBOX_CACHE_DIR:-.krunbox-cache}/kernel/x86_64" "$stage/kernel"
+# The Node.js SDK as built by scripts/setup-sdk.sh (its suite runs as the user too).
+mkdir -p "$stage/sdk-node"
+cp -r sdk/node/package.json sdk/node/dist sdk/node/node_modules sdk/node/test sdk/node/examples "$stage/sdk-node/"
 chmod -R a+rX "$stage"
 # The user's own default kernel, as scripts/setup.sh installs it for whoever runs it.
 runuser -u "$user" -- env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$home" \
@@ -39,7 +42,7 @@ run_as_user() {
   printf '\n== as %s (uid %s): %s %s\n' "$user" "$(id -u "$user")" "$bin" "$*" >&2
   runuser -u "$user" -- env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$home" \
     KRUNBOX_REQUIRE_E2E=1 KRUNBOX_GUEST_INIT="$stage/guest-init" \
-    KRUNBOX_DEFAULT_IMAGE="$stage/default-image" \
+    KRUNBOX_DEFAULT_IMAGE="$stage/default-image" KRUNBOX_SDK_NODE_DIR="$stage/sdk-node" \
     "$stage/debug/deps/$(basename "$exe")" "$@" 2>&1 | tee -a "$results"
   return "${PIPESTATUS[0]}"
 }
@@ -48,3 +51,5 @@ run_as_user run
 run_as_user adversarial virtiofs::
 run_as_user sandbox read_only_volumes_refuse_writes a_pooled_run
 run_as_user own_kernel the_installed_kernel_is_the_qemu_default
+# krunbox serve and the Node.js SDK, unprivileged.
+run_as_user sdk the_node_sdk_passes_its_suite_against_real_sandboxes

@@ -25,30 +25,51 @@ fn workspace() -> PathBuf {
         .to_owned()
 }
 
-/// The SDKs' toolchains, or `None` after a loud skip (a failure under KRUNBOX_REQUIRE_E2E).
+/// Where the SDKs and their toolchains are.
 struct Sdks {
     python: PathBuf,
     node: PathBuf,
+    /// `sdk/node`, built (`$KRUNBOX_SDK_NODE_DIR` when it was staged elsewhere, as
+    /// `scripts/test-as-user.sh` does for a user who cannot read the checkout).
+    node_dir: PathBuf,
 }
 
-fn sdks(test: &str) -> Option<Sdks> {
-    let root = workspace();
-    let python = root.join("target/sdk-venv/bin/python");
-    let node = krunbox_tests::ssh_agent_fixture::on_path("node");
-    let built = root.join("sdk/node/dist/esm/index.js").is_file()
-        && root.join("sdk/node/node_modules/ws").is_dir();
-    match node {
-        Some(node) if python.is_file() && built => Some(Sdks { python, node }),
+fn skip_or_fail(test: &str, why: &str) {
+    assert!(
+        std::env::var("KRUNBOX_REQUIRE_E2E").is_err(),
+        "KRUNBOX_REQUIRE_E2E is set but {why}"
+    );
+    eprintln!("SKIPPED {test}: {why}");
+}
+
+/// The Node.js SDK, built, and `node`; `None` after a loud skip.
+fn node_sdk(test: &str) -> Option<(PathBuf, PathBuf)> {
+    let dir = std::env::var_os("KRUNBOX_SDK_NODE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("sdk/node"));
+    let built = dir.join("dist/esm/index.js").is_file() && dir.join("node_modules/ws").is_dir();
+    match krunbox_tests::ssh_agent_fixture::on_path("node") {
+        Some(node) if built => Some((node, dir)),
         _ => {
-            let why = "the SDK toolchains are not set up (run scripts/setup-sdk.sh)";
-            assert!(
-                std::env::var("KRUNBOX_REQUIRE_E2E").is_err(),
-                "KRUNBOX_REQUIRE_E2E is set but {why}"
-            );
-            eprintln!("SKIPPED {test}: {why}");
+            skip_or_fail(test, "the Node.js SDK is not set up (run scripts/setup-sdk.sh)");
             None
         }
     }
+}
+
+/// Both SDKs; `None` after a loud skip.
+fn sdks(test: &str) -> Option<Sdks> {
+    let (node, node_dir) = node_sdk(test)?;
+    let python = workspace().join("target/sdk-venv/bin/python");
+    if !python.is_file() {
+        skip_or_fail(test, "the Python SDK is not set up (run scripts/setup-sdk.sh)");
+        return None;
+    }
+    Some(Sdks {
+        python,
+        node,
+        node_dir,
+    })
 }
 
 /// `krunbox serve` on a socket in the test's runtime directory; stopped on drop.
@@ -184,13 +205,15 @@ fn the_python_sdk_and_the_mcp_server_pass_their_suites_against_real_sandboxes() 
 fn the_node_sdk_passes_its_suite_against_real_sandboxes() {
     let test = "the_node_sdk_passes_its_suite_against_real_sandboxes";
     let Some(mut k) = e2e(test) else { return };
-    let Some(sdks) = sdks(test) else { return };
+    let Some((node, node_dir)) = node_sdk(test) else {
+        return;
+    };
     let data = k.private_data_dir();
     k.use_data_dir(data.path());
     let server = Server::start(&k, &[]);
-    let out = client(&k, &sdks.node)
+    let out = client(&k, &node)
         .args(["--test", "test/"])
-        .current_dir(workspace().join("sdk/node"))
+        .current_dir(node_dir)
         .env("KRUNBOX_SOCKET", &server.socket)
         .output()
         .expect("run node --test");
@@ -217,12 +240,11 @@ fn the_readme_examples_run_as_written() {
     let Some(k) = e2e(test) else { return };
     let Some(sdks) = sdks(test) else { return };
     for (file, language) in examples {
-        let program = if file.ends_with(".py") {
-            &sdks.python
+        let (program, path) = if file.ends_with(".py") {
+            (&sdks.python, workspace().join(file))
         } else {
-            &sdks.node
+            (&sdks.node, sdks.node_dir.join("examples/quickstart.mjs"))
         };
-        let path = workspace().join(file);
         let out = client(&k, program)
             .arg(&path)
             .current_dir(path.parent().expect("examples/"))
