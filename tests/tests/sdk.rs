@@ -51,7 +51,10 @@ fn node_sdk(test: &str) -> Option<(PathBuf, PathBuf)> {
     match krunbox_tests::ssh_agent_fixture::on_path("node") {
         Some(node) if built => Some((node, dir)),
         _ => {
-            skip_or_fail(test, "the Node.js SDK is not set up (run scripts/setup-sdk.sh)");
+            skip_or_fail(
+                test,
+                "the Node.js SDK is not set up (run scripts/setup-sdk.sh)",
+            );
             None
         }
     }
@@ -62,7 +65,10 @@ fn sdks(test: &str) -> Option<Sdks> {
     let (node, node_dir) = node_sdk(test)?;
     let python = workspace().join("target/sdk-venv/bin/python");
     if !python.is_file() {
-        skip_or_fail(test, "the Python SDK is not set up (run scripts/setup-sdk.sh)");
+        skip_or_fail(
+            test,
+            "the Python SDK is not set up (run scripts/setup-sdk.sh)",
+        );
         return None;
     }
     Some(Sdks {
