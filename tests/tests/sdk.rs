@@ -335,6 +335,24 @@ fn the_api_lets_in_only_its_user_or_the_bearer_of_its_token() {
     // TCP: only with the token, compared whole.
     let token_file = k.runtime_dir().join("token");
     std::fs::write(&token_file, "correct-horse-battery-staple\n").expect("write the token");
+    // A token file others can read is refused.
+    let open_file = k
+        .krunbox([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--token-file",
+            token_file.to_str().expect("UTF-8"),
+        ])
+        .output()
+        .expect("run krunbox serve");
+    assert!(!open_file.status.success());
+    assert!(text(&open_file.stderr).contains("others can read"));
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod the token file");
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let _tcp = Server::start(

@@ -60,6 +60,9 @@ pub enum ServeError {
     /// Something else is where the socket should go.
     #[error("{0} exists and is not a socket: give another --socket")]
     NotASocket(PathBuf),
+    /// A token file others can read.
+    #[error("{0}: others can read this token file (chmod 600 it)")]
+    OpenTokenFile(PathBuf),
     /// A token that is too short to guard anything.
     #[error("the token in {0} is shorter than 16 characters")]
     WeakToken(PathBuf),
@@ -181,6 +184,11 @@ fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
 fn token(args: &ServeArgs) -> Result<Option<String>, ServeError> {
     let (token, source) = match &args.token_file {
         Some(path) => {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::metadata(path).map_err(io("inspect", path))?;
+            if meta.mode() & 0o077 != 0 {
+                return Err(ServeError::OpenTokenFile(path.clone()));
+            }
             let text = std::fs::read_to_string(path).map_err(io("read", path))?;
             (text.trim().to_owned(), path.clone())
         }
