@@ -166,7 +166,15 @@ impl Sandbox {
 
     /// Whether a monitor holds the sandbox (its VM runs or boots).
     pub fn monitor_alive(&self) -> Result<bool, SandboxError> {
-        Ok(lock::try_exclusive(&self.file(MONITOR_LOCK_FILE))?.is_none())
+        match lock::try_exclusive(&self.file(MONITOR_LOCK_FILE)) {
+            Ok(free) => Ok(free.is_none()),
+            // Removed meanwhile (a pool's keeper removes spent members while others list
+            // them): no monitor runs for a sandbox that is gone.
+            Err(err) if err.source.kind() == std::io::ErrorKind::NotFound && !self.dir.exists() => {
+                Ok(false)
+            }
+            Err(err) => Err(err.into()),
+        }
     }
 
     /// The status `ps` shows.
@@ -273,6 +281,16 @@ mod tests {
             ssh_agent: None,
             ca_bundle: None,
         }
+    }
+
+    #[test]
+    fn a_sandbox_removed_meanwhile_has_no_live_monitor() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::at(root.path().join("sandboxes"));
+        let sandbox = store.create(&spec("gone")).unwrap();
+        assert!(!sandbox.monitor_alive().unwrap());
+        std::fs::remove_dir_all(sandbox.dir()).unwrap();
+        assert!(!sandbox.monitor_alive().unwrap());
     }
 
     #[test]
