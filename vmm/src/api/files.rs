@@ -94,19 +94,19 @@ pub async fn download(
         None if reader.buffer().is_empty() => Some((&mut reading).await),
         None => None,
     };
-    let ending: std::pin::Pin<
-        Box<dyn std::future::Future<Output = Option<std::io::Error>> + Send>,
-    > = match finished {
-        Some(Ok(Ok(()))) => Box::pin(async { None }),
+    // The read still to check after the bytes: none if it already ended well.
+    let unfinished = match finished {
+        Some(Ok(Ok(()))) => None,
         Some(Ok(Err(err))) => return Err(err.into()),
         Some(Err(err)) => return Err(ApiError::Internal(format!("the read failed: {err}"))),
-        None => Box::pin(async move {
-            match reading.await {
-                Ok(Ok(())) => None,
-                Ok(Err(err)) => Some(std::io::Error::other(err.to_string())),
-                Err(err) => Some(std::io::Error::other(err.to_string())),
-            }
-        }),
+        None => Some(reading),
+    };
+    let ending = async move {
+        match unfinished?.await {
+            Ok(Ok(())) => None,
+            Ok(Err(err)) => Some(std::io::Error::other(err.to_string())),
+            Err(err) => Some(std::io::Error::other(err.to_string())),
+        }
     };
     // After the bytes, the read's own result: an error ends the body as a failure.
     let tail = futures_util::stream::once(ending)

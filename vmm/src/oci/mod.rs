@@ -209,12 +209,13 @@ fn log_error(path: &Path, format: &str, message: &str) {
 }
 
 fn run(cli: &OciCli) -> Result<i32, OciError> {
-    if let OciCommand::Features = cli.command {
-        println!("{}", features());
-        return Ok(0);
-    }
-    let root = Root::new(cli.root.clone())?;
+    // Every operation but `features` works on the state directory.
+    let root = || Root::new(cli.root.clone());
     match &cli.command {
+        OciCommand::Features => {
+            println!("{}", features());
+            Ok(0)
+        }
         OciCommand::Create {
             bundle,
             pid_file,
@@ -222,14 +223,15 @@ fn run(cli: &OciCli) -> Result<i32, OciError> {
             id,
             ..
         } => create(
-            &root,
+            &root()?,
             bundle,
             pid_file.as_deref(),
             console_socket.as_deref(),
             id,
         ),
-        OciCommand::Start { id } => start(&root, id),
+        OciCommand::Start { id } => start(&root()?, id),
         OciCommand::State { id } => {
+            let root = root()?;
             let record = root.load(id)?;
             let dir = root.dir_of(id)?;
             let status = state::status(&record, &dir);
@@ -245,6 +247,7 @@ fn run(cli: &OciCli) -> Result<i32, OciError> {
             Ok(0)
         }
         OciCommand::Kill { id, signal, .. } => {
+            let root = root()?;
             let record = root.load(id)?;
             let dir = root.dir_of(id)?;
             let status = state::status(&record, &dir);
@@ -259,6 +262,7 @@ fn run(cli: &OciCli) -> Result<i32, OciError> {
             signal_monitor(record.pid, signal)
         }
         OciCommand::Delete { force, id } => {
+            let root = root()?;
             let record = root.load(id)?;
             let dir = root.dir_of(id)?;
             let status = state::status(&record, &dir);
@@ -279,7 +283,6 @@ fn run(cli: &OciCli) -> Result<i32, OciError> {
             root.remove(id)?;
             Ok(0)
         }
-        OciCommand::Features => Ok(0),
     }
 }
 
