@@ -336,18 +336,7 @@ fn the_api_lets_in_only_its_user_or_the_bearer_of_its_token() {
     let token_file = k.runtime_dir().join("token");
     std::fs::write(&token_file, "correct-horse-battery-staple\n").expect("write the token");
     // A token file others can read is refused.
-    let open_file = k
-        .krunbox([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--token-file",
-            token_file.to_str().expect("UTF-8"),
-        ])
-        .output()
-        .expect("run krunbox serve");
-    assert!(!open_file.status.success());
-    assert!(text(&open_file.stderr).contains("others can read"));
+    assert_refused_at_start(&k, &token_file, "others can read");
     std::fs::set_permissions(
         &token_file,
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
@@ -402,7 +391,12 @@ fn the_api_lets_in_only_its_user_or_the_bearer_of_its_token() {
     assert_eq!(code, 401);
     // A short token is refused at start.
     std::fs::write(&token_file, "short").expect("write the token");
-    let weak = k
+    assert_refused_at_start(&k, &token_file, "shorter than 16");
+}
+
+/// `krunbox serve` on TCP with `token_file` does not start, and says `why`.
+fn assert_refused_at_start(k: &Harness, token_file: &Path, why: &str) {
+    let out = k
         .krunbox([
             "serve",
             "--listen",
@@ -412,8 +406,8 @@ fn the_api_lets_in_only_its_user_or_the_bearer_of_its_token() {
         ])
         .output()
         .expect("run krunbox serve");
-    assert!(!weak.status.success());
-    assert!(text(&weak.stderr).contains("shorter than 16"));
+    assert!(!out.status.success(), "krunbox serve started");
+    assert!(text(&out.stderr).contains(why), "{}", text(&out.stderr));
 }
 
 fn free_port() -> u16 {
