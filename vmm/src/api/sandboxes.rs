@@ -186,7 +186,7 @@ impl CreateRequest {
         let argv =
             crate::cli::profile::expand(argv).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let mut command = CreateCommand::try_parse_from(&argv[1..])
-            .map_err(|e| ApiError::BadRequest(first_line(&e.render().to_string())))?;
+            .map_err(|e| ApiError::BadRequest(crate::cli::clap_reason(&e)))?;
         let args = &mut command.args;
         if self.workspace.is_none() {
             // Without a workspace there is no directory relative paths could mean: never the
@@ -211,15 +211,6 @@ impl CreateRequest {
         args.vm.shares.base = self.workspace.clone();
         Ok(command.args)
     }
-}
-
-/// The first line of a clap error (the rest is usage for a terminal).
-fn first_line(text: &str) -> String {
-    text.lines()
-        .next()
-        .unwrap_or_default()
-        .trim_start_matches("error: ")
-        .to_owned()
 }
 
 fn open(name: &str) -> Result<Sandbox, ApiError> {

@@ -87,6 +87,17 @@ pub enum Command {
     Internal(crate::self_spawn::Job),
 }
 
+/// Why clap refused arguments, in one line (its full text adds usage, for a terminal): for
+/// arguments krunbox builds itself from a request (`krunbox serve`) or a bundle (`krunbox-oci`).
+pub fn clap_reason(err: &clap::Error) -> String {
+    let text = err.render().to_string();
+    text.lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ")
+        .to_owned()
+}
+
 /// Runs `op` on each of `names`, as `docker stop a b` does: with one name its error is the
 /// command's; with several, each failure is reported on stderr and the rest go on. Returns
 /// how many failed.

@@ -165,16 +165,7 @@ fn run_args(args: &[String]) -> Result<crate::cli::run::RunArgs, OciError> {
         std::iter::once("run").chain(args.iter().map(String::as_str)),
     )
     .map(|c| c.args)
-    .map_err(|e| {
-        OciError::Settings(
-            e.render()
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_owned(),
-        )
-    })
+    .map_err(|e| OciError::Settings(crate::cli::clap_reason(&e)))
 }
 
 /// `krunbox-oci ARGS` (ARGS from the program's name on).
