@@ -1,4 +1,5 @@
 //! The built-in image: deterministic layout, import into the store, unpack, shared rootfs.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;

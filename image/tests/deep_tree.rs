@@ -1,5 +1,6 @@
 //! rmi/prune remove a tree deeper than the process may hold descriptors open, in its own test
 //! binary because it lowers this process's descriptor limit.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use krunbox_image::store::Store;
 use nix::fcntl::OFlag;

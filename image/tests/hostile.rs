@@ -1,6 +1,7 @@
 //! Hostile layers and archives that attack resources rather than paths: header bombs, entry
 //! and byte floods, deep trees, setuid files, FIFOs where a file is expected, and the store's
 //! permissions.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};

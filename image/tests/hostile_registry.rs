@@ -3,6 +3,7 @@
 //! of an error. Each pull is refused at its limit, quickly, with bounded memory, and nothing
 //! reaches the store. Plus a registry that names a token realm krunbox must not send
 //! credentials to.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

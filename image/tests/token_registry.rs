@@ -1,6 +1,7 @@
 //! The Docker token protocol against a registry on 127.0.0.1 that serves an OCI layout only to
 //! holders of a bearer token, and a token server that hands the token out for the right
 //! credentials, scope and service.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Layer unpacking: OCI semantics (whiteouts, opaque dirs, links, metadata) and every
 //! path-traversal trick, with tarballs crafted byte by byte where the tar crate would refuse.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

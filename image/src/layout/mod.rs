@@ -6,7 +6,6 @@
 //! without following symlinks, so a crafted archive cannot make krunbox read host files.
 //! Every blob is verified against its digest while it is copied into the store.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
@@ -14,20 +13,24 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::sys::stat::Mode;
-use serde::Deserialize;
 
 use crate::config::ImageConfigFile;
 use crate::confined;
-use crate::digest::{Digest, DigestWriter};
+use crate::digest::Digest;
 use crate::limits::MAX_JSON_BLOB;
 use crate::manifest::{
-    Descriptor, DescriptorPlatform, Index, Manifest, ManifestDocument, ManifestError,
-    DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, REF_NAME_ANNOTATION,
+    Descriptor, Index, ManifestDocument, ManifestError, OCI_INDEX, REF_NAME_ANNOTATION,
 };
 use crate::platform::Platform;
 use crate::reference::Reference;
 use crate::store::{ImageRecord, Store, StoreError};
 use crate::unpack::{self, UnpackError};
+
+mod docker;
+mod writer;
+
+pub use docker::import_docker_archive;
+pub use writer::LayoutWriter;
 
 /// Why an import failed.
 #[derive(Debug, thiserror::Error)]
@@ -239,15 +242,9 @@ pub fn import_layout(
 ) -> Result<ImageRecord, LayoutError> {
     let _lock = store.lock_shared()?;
     let layout = LayoutDir::open(dir)?;
-    let default_name = || {
-        let abs = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
-        format!(
-            "oci:{}:{}",
-            abs.display(),
-            options.tag.as_deref().unwrap_or("latest")
-        )
-    };
-    import_opened_layout(store, &layout, options, default_name)
+    import_opened_layout(store, &layout, options, || {
+        default_name("oci", dir, options)
+    })
 }
 
 fn import_opened_layout(
@@ -431,6 +428,17 @@ fn extract_archive(store: &Store, archive: &Path) -> Result<tempfile::TempDir, L
     Ok(dir)
 }
 
+/// The name an image imported from `path` is recorded under when the user gives none:
+/// `SCHEME:ABSOLUTE-PATH:TAG` (the tag `latest` unless `--tag` says otherwise).
+fn default_name(scheme: &str, path: &Path, options: &ImportOptions) -> String {
+    let absolute = fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    format!(
+        "{scheme}:{}:{}",
+        absolute.display(),
+        options.tag.as_deref().unwrap_or("latest")
+    )
+}
+
 /// Imports from an OCI archive (a tar of an OCI image layout, as `skopeo copy oci-archive:`
 /// or `docker save` ≥ 25 write).
 pub fn import_oci_archive(
@@ -441,239 +449,7 @@ pub fn import_oci_archive(
     let _lock = store.lock_shared()?;
     let extracted = extract_archive(store, archive)?;
     let layout = LayoutDir::open(extracted.path())?;
-    let default_name = || {
-        let abs = fs::canonicalize(archive).unwrap_or_else(|_| archive.to_owned());
-        format!(
-            "oci-archive:{}:{}",
-            abs.display(),
-            options.tag.as_deref().unwrap_or("latest")
-        )
-    };
-    import_opened_layout(store, &layout, options, default_name)
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct DockerSaveEntry {
-    config: String,
-    #[serde(default)]
-    repo_tags: Option<Vec<String>>,
-    layers: Vec<String>,
-}
-
-/// Imports from a `docker save` tarball (`manifest.json` + config + layer tars). The image is
-/// recorded under its first RepoTag unless `options.name` says otherwise.
-pub fn import_docker_archive(
-    store: &Store,
-    archive: &Path,
-    options: &ImportOptions,
-) -> Result<ImageRecord, LayoutError> {
-    let _lock = store.lock_shared()?;
-    let extracted = extract_archive(store, archive)?;
-    let dir = LayoutDir::open(extracted.path())?;
-    let manifest_path = archive.join("manifest.json");
-    let entries: Vec<DockerSaveEntry> = serde_json::from_slice(&dir.read_small("manifest.json")?)
-        .map_err(|source| LayoutError::Json {
-        path: manifest_path.clone(),
-        source,
-    })?;
-    let entry = match (&options.tag, entries.as_slice()) {
-        (_, []) => {
-            return Err(LayoutError::Invalid {
-                path: manifest_path,
-                reason: "no image in manifest.json".into(),
-            })
-        }
-        (None, [only]) => only,
-        (wanted, many) => {
-            let wanted = wanted.clone().unwrap_or_default();
-            many.iter()
-                .find(|e| {
-                    e.repo_tags.iter().flatten().any(|t| {
-                        *t == wanted || normalize_name(t.clone()) == normalize_name(wanted.clone())
-                    })
-                })
-                .ok_or_else(|| LayoutError::Invalid {
-                    path: manifest_path.clone(),
-                    reason: format!("several images in the archive; none tagged {wanted:?}"),
-                })?
-        }
-    };
-
-    let config_bytes = dir.read_small(&entry.config)?;
-    let config_digest = Digest::of(&config_bytes);
-    store.put_blob_bytes(&config_bytes, &config_digest)?;
-    let config: ImageConfigFile =
-        serde_json::from_slice(&config_bytes).map_err(|source| LayoutError::Json {
-            path: archive.join(&entry.config),
-            source,
-        })?;
-
-    let mut layers = Vec::new();
-    let mut size = 0;
-    for layer_path in &entry.layers {
-        let mut file = dir.open_file(layer_path)?;
-        // The layer's name is not its digest in the legacy format: hash while copying.
-        let temp = store.temp_blob()?;
-        let temp_path = temp.path().to_owned();
-        let mut writer = DigestWriter::new(temp);
-        let copied = io::copy(&mut file, &mut writer).map_err(|source| LayoutError::Io {
-            path: archive.join(layer_path),
-            action: "copying layer into the store",
-            source,
-        })?;
-        let (digest, _, temp) = writer.finish();
-        debug_assert_eq!(temp.path(), temp_path);
-        store.commit_blob(temp, &digest, &digest)?;
-        size += copied;
-        layers.push(Descriptor {
-            media_type: "application/vnd.docker.image.rootfs.diff.tar".into(),
-            digest,
-            size: copied,
-            platform: None,
-            annotations: BTreeMap::new(),
-        });
-    }
-    if !config.rootfs.diff_ids.is_empty() && config.rootfs.diff_ids.len() != layers.len() {
-        return Err(LayoutError::Invalid {
-            path: manifest_path,
-            reason: format!(
-                "config lists {} layers but the archive has {}",
-                config.rootfs.diff_ids.len(),
-                layers.len()
-            ),
-        });
-    }
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(DOCKER_MANIFEST.into()),
-        config: Descriptor {
-            media_type: "application/vnd.docker.container.image.v1+json".into(),
-            digest: config_digest.clone(),
-            size: config_bytes.len() as u64,
-            platform: None,
-            annotations: BTreeMap::new(),
-        },
-        layers,
-    };
-    let manifest_bytes = serde_json::to_vec(&manifest).map_err(|source| LayoutError::Json {
-        path: manifest_path,
-        source,
-    })?;
-    let manifest_digest = Digest::of(&manifest_bytes);
-    store.put_blob_bytes(&manifest_bytes, &manifest_digest)?;
-    let name = match (
-        &options.name,
-        entry.repo_tags.as_ref().and_then(|t| t.first()),
-    ) {
-        (Some(name), _) => normalize_name(name.clone()),
-        (None, Some(tag)) => normalize_name(tag.clone()),
-        (None, None) => {
-            let abs = fs::canonicalize(archive).unwrap_or_else(|_| archive.to_owned());
-            format!("docker-archive:{}", abs.display())
-        }
-    };
-    let record = ImageRecord {
-        name,
-        manifest: manifest_digest,
-        index: None,
-        config: config_digest,
-        layers: manifest.layers.iter().map(|l| l.digest.clone()).collect(),
-        platform: platform_of(&config),
-        size,
-        stored_at: now(),
-    };
-    store.add_image(record.clone())?;
-    Ok(record)
-}
-
-/// Writes an OCI image layout directory blob by blob.
-pub struct LayoutWriter {
-    dir: PathBuf,
-    entries: Vec<Descriptor>,
-}
-
-impl LayoutWriter {
-    /// Creates `dir` (and `blobs/sha256`, `oci-layout`) if needed.
-    pub fn create(dir: &Path) -> io::Result<Self> {
-        fs::create_dir_all(dir.join("blobs/sha256"))?;
-        fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-        Ok(Self {
-            dir: dir.to_owned(),
-            entries: Vec::new(),
-        })
-    }
-
-    /// Adds a blob; returns its descriptor.
-    pub fn add_blob(&mut self, media_type: &str, data: &[u8]) -> io::Result<Descriptor> {
-        let digest = Digest::of(data);
-        let path = self.dir.join("blobs/sha256").join(digest.hex());
-        if !path.exists() {
-            fs::write(&path, data)?;
-        }
-        Ok(Descriptor {
-            media_type: media_type.to_owned(),
-            digest,
-            size: data.len() as u64,
-            platform: None,
-            annotations: BTreeMap::new(),
-        })
-    }
-
-    /// Adds an image manifest for `config` + `layers`; returns the manifest's descriptor
-    /// (not yet listed in index.json).
-    pub fn add_manifest(
-        &mut self,
-        config: &Descriptor,
-        layers: &[Descriptor],
-        platform: Option<&Platform>,
-    ) -> io::Result<Descriptor> {
-        let manifest = Manifest {
-            schema_version: 2,
-            media_type: Some(OCI_MANIFEST.into()),
-            config: config.clone(),
-            layers: layers.to_vec(),
-        };
-        let bytes = serde_json::to_vec(&manifest).map_err(io::Error::other)?;
-        let mut descriptor = self.add_blob(OCI_MANIFEST, &bytes)?;
-        descriptor.platform = platform.map(DescriptorPlatform::from);
-        Ok(descriptor)
-    }
-
-    /// Adds an image index over `manifests`; returns its descriptor.
-    pub fn add_index(&mut self, manifests: &[Descriptor]) -> io::Result<Descriptor> {
-        let index = Index {
-            schema_version: 2,
-            media_type: Some(OCI_INDEX.into()),
-            manifests: manifests.to_vec(),
-        };
-        let bytes = serde_json::to_vec(&index).map_err(io::Error::other)?;
-        self.add_blob(OCI_INDEX, &bytes)
-    }
-
-    /// Lists `descriptor` in index.json under `tag`.
-    pub fn tag(&mut self, descriptor: &Descriptor, tag: &str) {
-        let mut entry = descriptor.clone();
-        entry
-            .annotations
-            .insert(REF_NAME_ANNOTATION.into(), tag.into());
-        self.entries.retain(|e| {
-            e.annotations
-                .get(REF_NAME_ANNOTATION)
-                .is_none_or(|t| t != tag)
-        });
-        self.entries.push(entry);
-    }
-
-    /// Writes index.json.
-    pub fn finish(self) -> io::Result<PathBuf> {
-        let index = Index {
-            schema_version: 2,
-            media_type: Some(OCI_INDEX.into()),
-            manifests: self.entries,
-        };
-        let bytes = serde_json::to_vec_pretty(&index).map_err(io::Error::other)?;
-        fs::write(self.dir.join("index.json"), bytes)?;
-        Ok(self.dir)
-    }
+    import_opened_layout(store, &layout, options, || {
+        default_name("oci-archive", archive, options)
+    })
 }

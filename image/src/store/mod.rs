@@ -25,20 +25,24 @@
 //! it ([`RootfsLease`]) so rmi/prune keep it while it is in use.
 
 use std::collections::HashSet;
-use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::fs::{self};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ImageConfig, ImageConfigFile};
 use crate::confined;
-use crate::digest::{Digest, DigestWriter};
+use crate::digest::Digest;
 use crate::limits::{BadLimit, UnpackLimits};
 use crate::lock::{FileLock, LockError, LockKind};
 use crate::platform::Platform;
 use crate::reference::Reference;
-use crate::unpack::{self, UnpackError, UnpackStats};
+use crate::unpack::UnpackError;
+
+mod blobs;
+mod rootfs;
+
+pub use rootfs::RootfsLease;
 
 pub use crate::limits::MAX_JSON_BLOB;
 
@@ -332,122 +336,6 @@ impl Store {
         )?)
     }
 
-    /// A new temp file for a blob being written.
-    pub fn temp_blob(&self) -> Result<tempfile::NamedTempFile, StoreError> {
-        let dir = self.tmp_dir();
-        tempfile::Builder::new()
-            .prefix(&format!("blob-{}-", std::process::id()))
-            .suffix(".partial")
-            .tempfile_in(&dir)
-            .map_err(io_err("creating temp file in", &dir))
-    }
-
-    /// Moves a fully written temp file into place as blob `expected` after checking that its
-    /// content hashes to it (`actual`, computed while writing). A mismatch deletes the file.
-    pub fn commit_blob(
-        &self,
-        file: tempfile::NamedTempFile,
-        expected: &Digest,
-        actual: &Digest,
-    ) -> Result<(), StoreError> {
-        if expected != actual {
-            return Err(StoreError::DigestMismatch {
-                expected: expected.clone(),
-                actual: actual.clone(),
-            });
-        }
-        let temp_path = file.path().to_owned();
-        file.as_file()
-            .sync_all()
-            .map_err(io_err("syncing", &temp_path))?;
-        let mut permissions = file
-            .as_file()
-            .metadata()
-            .map_err(io_err("inspecting", &temp_path))?
-            .permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o444);
-        fs::set_permissions(&temp_path, permissions)
-            .map_err(io_err("making read-only", &temp_path))?;
-        let dest = self.blob_path(expected);
-        file.persist(&dest).map_err(|e| StoreError::Io {
-            action: "moving verified blob into place at",
-            path: dest.clone(),
-            source: e.error,
-        })?;
-        tracing::debug!(digest = %expected, "blob stored");
-        Ok(())
-    }
-
-    /// Stores `data` as blob `expected`, verifying it.
-    pub fn put_blob_bytes(&self, data: &[u8], expected: &Digest) -> Result<(), StoreError> {
-        let actual = Digest::of(data);
-        if self.has_blob(expected) && &actual == expected {
-            return Ok(());
-        }
-        let mut file = self.temp_blob()?;
-        file.write_all(data)
-            .map_err(io_err("writing", &self.tmp_dir()))?;
-        self.commit_blob(file, expected, &actual)
-    }
-
-    /// Copies a blob from a reader, verifying it. Returns its size.
-    pub fn put_blob_reader(
-        &self,
-        reader: &mut dyn Read,
-        expected: &Digest,
-    ) -> Result<u64, StoreError> {
-        let file = self.temp_blob()?;
-        let temp_path = file.path().to_owned();
-        let mut writer = DigestWriter::new(io::BufWriter::new(file));
-        io::copy(reader, &mut writer).map_err(io_err("writing", &temp_path))?;
-        let (actual, size, buffered) = writer.finish();
-        let file = buffered.into_inner().map_err(|e| StoreError::Io {
-            action: "writing",
-            path: temp_path,
-            source: e.into_error(),
-        })?;
-        self.commit_blob(file, expected, &actual)?;
-        Ok(size)
-    }
-
-    /// Reads a (small) blob: a manifest, index or config.
-    pub fn read_json_blob(&self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
-        let path = self.blob_path(digest);
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::BlobMissing(digest.clone()))
-            }
-            Err(e) => return Err(io_err("opening", &path)(e)),
-        };
-        let size = file.metadata().map_err(io_err("inspecting", &path))?.len();
-        if size > MAX_JSON_BLOB {
-            return Err(StoreError::JsonBlobTooLarge {
-                digest: digest.clone(),
-                size,
-            });
-        }
-        let mut data = Vec::with_capacity(size as usize);
-        file.take(MAX_JSON_BLOB)
-            .read_to_end(&mut data)
-            .map_err(io_err("reading", &path))?;
-        Ok(data)
-    }
-
-    /// The parsed config blob of an image.
-    pub fn config_file(&self, image: &ImageRecord) -> Result<ImageConfigFile, StoreError> {
-        let data = self.read_json_blob(&image.config)?;
-        serde_json::from_slice(&data).map_err(|source| StoreError::BadConfig {
-            digest: image.config.clone(),
-            source,
-        })
-    }
-
-    /// The run defaults (Entrypoint, Cmd, Env, WorkingDir, User) of an image.
-    pub fn image_config(&self, image: &ImageRecord) -> Result<ImageConfig, StoreError> {
-        Ok(self.config_file(image)?.config.unwrap_or_default())
-    }
-
     // ---- the refs index -------------------------------------------------------------
 
     fn images_path(&self) -> PathBuf {
@@ -643,123 +531,5 @@ impl Store {
             "garbage collected"
         );
         Ok(report)
-    }
-
-    // ---- unpacked root filesystems -----------------------------------------------------
-
-    /// Where the flattened rootfs of an image lives (keyed by image ID, so every tag of the
-    /// same image shares one directory).
-    pub fn rootfs_path(&self, image: &ImageRecord) -> PathBuf {
-        self.root.join("rootfs/sha256").join(image.config.hex())
-    }
-
-    /// The image's unpacked root filesystem, unpacking it on first use. The same directory is
-    /// returned to every caller: nothing is copied per sandbox. Prefer [`Store::lease_rootfs`]
-    /// while a sandbox runs, so prune cannot remove it underneath.
-    pub fn rootfs_dir(&self, image: &ImageRecord) -> Result<PathBuf, StoreError> {
-        Ok(self.lease_rootfs(image)?.path)
-    }
-
-    /// Unpacks the image if needed and returns its rootfs with a shared lock held until the
-    /// lease is dropped; rmi/prune skip root filesystems that are leased.
-    pub fn lease_rootfs(&self, image: &ImageRecord) -> Result<RootfsLease, StoreError> {
-        let _store = self.lock_shared()?;
-        let path = self.rootfs_path(image);
-        let lock_path = path.with_extension("lock");
-        // Fast path: already unpacked. The shared lock waits only for an unpack in progress.
-        let shared = FileLock::acquire(&lock_path, LockKind::Shared)?;
-        if path.is_dir() {
-            return Ok(RootfsLease {
-                path,
-                _lock: shared,
-            });
-        }
-        // Leases are only handed out once the directory exists, so nobody holds this lock
-        // for long while it is missing: the exclusive lock comes quickly.
-        drop(shared);
-        let lock = FileLock::acquire(&lock_path, LockKind::Exclusive)?;
-        if !path.is_dir() {
-            let stats = self.unpack_into(image, &path)?;
-            tracing::info!(image = %image.name, entries = stats.entries, bytes = stats.bytes, path = %path.display(), "image unpacked");
-        }
-        lock.downgrade()?;
-        Ok(RootfsLease { path, _lock: lock })
-    }
-
-    fn unpack_into(&self, image: &ImageRecord, dest: &Path) -> Result<UnpackStats, StoreError> {
-        let partial = dest.with_extension("partial");
-        confined::remove_dir_all(&partial).map_err(io_err("removing stale", &partial))?;
-        fs::create_dir(&partial).map_err(io_err("creating", &partial))?;
-        let result = self.unpack_partial(image, &partial, dest);
-        if result.is_err() {
-            // A refused layer leaves nothing half-written (prune would remove it too).
-            if let Err(e) = confined::remove_dir_all(&partial) {
-                tracing::warn!(path = %partial.display(), %e, "could not remove a failed unpack");
-            }
-        }
-        result
-    }
-
-    fn unpack_partial(
-        &self,
-        image: &ImageRecord,
-        partial: &Path,
-        dest: &Path,
-    ) -> Result<UnpackStats, StoreError> {
-        let mut total = UnpackStats::default();
-        for layer in &image.layers {
-            let blob = self.blob_path(layer);
-            if !blob.is_file() {
-                return Err(StoreError::BlobMissing(layer.clone()));
-            }
-            tracing::debug!(%layer, "applying layer");
-            total += unpack::unpack_layer_file(&blob, partial, &self.limits, &total).map_err(
-                |source| StoreError::Unpack {
-                    layer: layer.clone(),
-                    source,
-                },
-            )?;
-        }
-        sync_tree(partial)?;
-        fs::set_permissions(partial, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .map_err(io_err("setting mode of", partial))?;
-        fs::rename(partial, dest).map_err(io_err("moving unpacked rootfs into place at", dest))?;
-        if let Some(parent) = dest.parent() {
-            File::open(parent)
-                .and_then(|dir| dir.sync_all())
-                .map_err(io_err("syncing", parent))?;
-        }
-        Ok(total)
-    }
-}
-
-/// An unpacked image root filesystem held in use. rmi/prune keep it while this exists.
-#[derive(Debug)]
-pub struct RootfsLease {
-    path: PathBuf,
-    _lock: FileLock,
-}
-
-impl RootfsLease {
-    /// The directory to share (read-only) into the guest.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-/// Makes an unpacked tree durable before it is renamed into place, so a crash cannot leave a
-/// complete-looking rootfs with empty files. One `syncfs` of the staging filesystem on Linux
-/// (far cheaper than an fsync per file of a large image); `sync` elsewhere.
-fn sync_tree(dir: &Path) -> Result<(), StoreError> {
-    #[cfg(target_os = "linux")]
-    {
-        let fd = confined::open_root(dir).map_err(io_err("opening", dir))?;
-        nix::unistd::syncfs(&fd).map_err(|e| io_err("syncing the filesystem of", dir)(e.into()))
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = dir;
-        nix::unistd::sync();
-        Ok(())
     }
 }

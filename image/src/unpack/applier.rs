@@ -1,27 +1,6 @@
-//! Applying layer tarballs to a root directory, safely.
-//!
-//! Layers are applied in order into one directory (the flattened image). Per entry:
-//! - the path is normalised: a leading `/` is dropped (Docker does the same), `..` anywhere
-//!   is refused;
-//! - parents are walked with [`confined::walk`] (openat + `O_NOFOLLOW` per component), so an
-//!   entry can never be written through a symlink — a symlinked parent is refused, a symlink
-//!   at the leaf is replaced, never followed;
-//! - symlinks whose relative target climbs above the root are refused; absolute targets are
-//!   kept (they resolve inside the guest's root, and nothing on the host follows them);
-//! - hardlinks must name an existing non-directory inside the root, reached the same way;
-//! - `.wh.NAME` deletes NAME from lower layers, `.wh..wh..opq` empties its directory of
-//!   lower-layer content;
-//! - device nodes are skipped (the guest's devtmpfs provides /dev), FIFOs are created;
-//! - ownership is applied when running as root, modes always, `SCHILY.xattr.*` on Linux
-//!   where the filesystem and privileges allow, mtimes always (directories at the end).
-//!
-//! - every image is held to [`UnpackLimits`] (bytes, entries, path depth) and every entry's
-//!   headers to [`MAX_ENTRY_HEADERS`] (see [`crate::limits`]);
-//! - setuid/setgid/sticky bits are kept: they are the guest's (`su`, `ping`, `/tmp`), and on
-//!   the host the store is reachable by its owner only (see [`crate::store`]).
-//!
-//! Compression is detected from the first bytes (gzip, zstd, or plain tar), not trusted from
-//! a media type.
+//! Applying one tar entry after another onto the root: paths walked without following
+//! symlinks, whiteouts, links checked, metadata applied, directories' last (see the module
+//! docs of [`super`]).
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
@@ -38,218 +17,10 @@ use nix::sys::time::TimeSpec;
 use tar::EntryType;
 
 use crate::confined::{self, Components, PathProblem, WalkError};
-pub use crate::decompress::{decompress, Compression};
-use crate::limits::{self, HeaderBudget, UnpackLimits, MAX_ENTRY_HEADERS};
+use crate::limits::UnpackLimits;
 
-const WHITEOUT_PREFIX: &str = ".wh.";
-const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
-
-/// Why a layer could not be applied. Every variant names the offending entry.
-#[derive(Debug, thiserror::Error)]
-pub enum UnpackError {
-    /// The tar stream itself is broken.
-    #[error("reading the layer archive: {0}")]
-    Archive(#[source] io::Error),
-    /// `..` in an entry name or hardlink target.
-    #[error("refusing tar entry {entry:?}: path contains a '..' component")]
-    ParentComponent {
-        /// The entry.
-        entry: PathBuf,
-    },
-    /// The entry would be written through a symlinked directory.
-    #[error("refusing tar entry {entry:?}: parent {symlink:?} is a symlink (writing through symlinked directories is not allowed)")]
-    SymlinkedParent {
-        /// The entry.
-        entry: PathBuf,
-        /// The symlink on its path.
-        symlink: PathBuf,
-    },
-    /// A symlink whose target climbs out of the root.
-    #[error(
-        "refusing tar entry {entry:?}: symlink target {target:?} points outside the image root"
-    )]
-    SymlinkEscape {
-        /// The symlink entry.
-        entry: PathBuf,
-        /// Its target.
-        target: PathBuf,
-    },
-    /// A hardlink whose target is unusable.
-    #[error("refusing tar entry {entry:?}: hardlink target {target:?} {reason}")]
-    BadHardlink {
-        /// The hardlink entry.
-        entry: PathBuf,
-        /// Its target.
-        target: PathBuf,
-        /// Why.
-        reason: &'static str,
-    },
-    /// A parent on the entry's path is a file.
-    #[error("refusing tar entry {entry:?}: {parent:?} is not a directory")]
-    ParentNotADirectory {
-        /// The entry.
-        entry: PathBuf,
-        /// The non-directory.
-        parent: PathBuf,
-    },
-    /// The headers of one entry (GNU long name/link, PAX extensions) are larger than
-    /// [`MAX_ENTRY_HEADERS`]: the tar crate would hold them in memory.
-    #[error("refusing the tar entry after {}: its headers (GNU long name/link, PAX extensions) exceed the {MAX_ENTRY_HEADERS}-byte limit", after.as_deref().map_or("the start of the layer".to_owned(), |p| format!("{p:?}")))]
-    HeadersTooLarge {
-        /// The last entry read before it, if any.
-        after: Option<PathBuf>,
-    },
-    /// The image has more tar entries than [`UnpackLimits::max_entries`].
-    #[error("refusing tar entry {entry:?}: the image has more than {limit} entries (KRUNBOX_UNPACK_MAX_ENTRIES)")]
-    TooManyEntries {
-        /// The first entry over the limit.
-        entry: PathBuf,
-        /// The limit.
-        limit: u64,
-    },
-    /// The image's content is larger than [`UnpackLimits::max_bytes`].
-    #[error("refusing tar entry {entry:?}: the image's content exceeds {limit} bytes (KRUNBOX_UNPACK_MAX_BYTES)")]
-    TooManyBytes {
-        /// The entry that went over.
-        entry: PathBuf,
-        /// The limit.
-        limit: u64,
-    },
-    /// An entry's path has more components than [`UnpackLimits::max_depth`].
-    #[error("refusing tar entry {entry:?}: {depth} path components, more than the limit of {limit} (KRUNBOX_UNPACK_MAX_DEPTH)")]
-    TooDeep {
-        /// The entry's first components (the whole name may be kilobytes long).
-        entry: PathBuf,
-        /// Its depth.
-        depth: usize,
-        /// The limit.
-        limit: usize,
-    },
-    /// An OS error while writing the entry.
-    #[error("tar entry {entry:?}: {action}: {source}")]
-    Io {
-        /// The entry.
-        entry: PathBuf,
-        /// What was being done.
-        action: &'static str,
-        /// The OS error.
-        source: io::Error,
-    },
-}
-
-/// What an unpack did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct UnpackStats {
-    /// Entries applied (files, dirs, links, whiteouts).
-    pub entries: u64,
-    /// Bytes of regular file content written.
-    pub bytes: u64,
-    /// Device nodes skipped.
-    pub skipped_devices: u64,
-    /// Tar entries read, whatever was done with them (what [`UnpackLimits::max_entries`] caps).
-    pub tar_entries: u64,
-    /// Bytes of entry content read, written or skipped (what [`UnpackLimits::max_bytes`] caps).
-    pub content_bytes: u64,
-}
-
-impl std::ops::AddAssign for UnpackStats {
-    fn add_assign(&mut self, other: Self) {
-        self.entries += other.entries;
-        self.bytes += other.bytes;
-        self.skipped_devices += other.skipped_devices;
-        self.tar_entries += other.tar_entries;
-        self.content_bytes += other.content_bytes;
-    }
-}
-
-/// `mkfifoat(2)` (nix does not offer it on macOS).
-fn mkfifo_at(dir: &OwnedFd, name: &OsStr, mode: u32) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let name = std::ffi::CString::new(name.as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: `dir` is an open directory descriptor for the duration of the call and `name`
-    // a NUL-terminated string that outlives it; mkfifoat only reads them.
-    let rc = unsafe {
-        libc::mkfifoat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            (mode & 0o7777) as libc::mode_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Applies the layer blob at `blob` (any supported compression) onto `root`, within `limits`
-/// counting what earlier layers of the same image used (`used`).
-pub fn unpack_layer_file(
-    blob: &Path,
-    root: &Path,
-    limits: &UnpackLimits,
-    used: &UnpackStats,
-) -> Result<UnpackStats, UnpackError> {
-    let file = confined::open_regular(blob).map_err(UnpackError::Archive)?;
-    unpack_layer_limited(file, root, limits, used)
-}
-
-/// Applies one layer (any supported compression) onto the existing directory `root`, with
-/// the default [`UnpackLimits`].
-pub fn unpack_layer<R: Read>(layer: R, root: &Path) -> Result<UnpackStats, UnpackError> {
-    unpack_layer_limited(
-        layer,
-        root,
-        &UnpackLimits::default(),
-        &UnpackStats::default(),
-    )
-}
-
-/// Applies one layer onto `root` within `limits`, counting `used` (earlier layers) against them.
-pub fn unpack_layer_limited<R: Read>(
-    layer: R,
-    root: &Path,
-    limits: &UnpackLimits,
-    used: &UnpackStats,
-) -> Result<UnpackStats, UnpackError> {
-    let root_fd = confined::open_root(root).map_err(|source| UnpackError::Io {
-        entry: PathBuf::from("/"),
-        action: "opening the unpack root",
-        source,
-    })?;
-    let reader = decompress(layer).map_err(UnpackError::Archive)?;
-    let (reader, budget) = HeaderBudget::new(reader);
-    let mut applier = LayerApplier::new(root_fd, *limits, *used);
-    let mut archive = tar::Archive::new(reader);
-    let mut entries = archive.entries().map_err(UnpackError::Archive)?;
-    let mut last: Option<PathBuf> = None;
-    loop {
-        // Everything the tar crate reads from here to the next entry is headers, which it
-        // holds in memory: the previous entry's content has been read to its end.
-        budget.arm(MAX_ENTRY_HEADERS);
-        let next = entries.next();
-        budget.disarm();
-        let Some(entry) = next else { break };
-        let mut entry = entry.map_err(|e| {
-            if limits::is_headers_too_large(&e) {
-                UnpackError::HeadersTooLarge {
-                    after: last.clone(),
-                }
-            } else {
-                UnpackError::Archive(e)
-            }
-        })?;
-        let raw = entry.path().map(|p| p.into_owned()).unwrap_or_default();
-        applier.count_entry(&raw)?;
-        applier.apply(&mut entry)?;
-        applier.drain(&mut entry, &raw)?;
-        last = Some(raw);
-    }
-    applier.finish()?;
-    tracing::debug!(root = %root.display(), entries = applier.stats.entries, bytes = applier.stats.bytes, "layer applied");
-    Ok(applier.stats)
-}
+use super::at::{mkdir, mkfifo_at, same_file, set_mtime_at, set_xattrs, xattrs_of};
+use super::{UnpackError, UnpackStats, OPAQUE_WHITEOUT, WHITEOUT_PREFIX};
 
 /// Metadata applied to a directory after the whole layer, since writing its children
 /// changes its mtime (and a read-only mode would block them).
@@ -259,7 +30,7 @@ struct DeferredDir {
     mtime: i64,
 }
 
-struct LayerApplier {
+pub(super) struct LayerApplier {
     root: OwnedFd,
     is_root_user: bool,
     limits: UnpackLimits,
@@ -268,11 +39,11 @@ struct LayerApplier {
     /// Paths this layer created, which an opaque whiteout must keep.
     written: HashSet<PathBuf>,
     dirs: Vec<DeferredDir>,
-    stats: UnpackStats,
+    pub(super) stats: UnpackStats,
 }
 
 impl LayerApplier {
-    fn new(root: OwnedFd, limits: UnpackLimits, used: UnpackStats) -> Self {
+    pub(super) fn new(root: OwnedFd, limits: UnpackLimits, used: UnpackStats) -> Self {
         Self {
             root,
             is_root_user: nix::unistd::geteuid().is_root(),
@@ -285,7 +56,7 @@ impl LayerApplier {
     }
 
     /// Counts one more tar entry against the image's limit.
-    fn count_entry(&mut self, raw: &Path) -> Result<(), UnpackError> {
+    pub(super) fn count_entry(&mut self, raw: &Path) -> Result<(), UnpackError> {
         self.stats.tar_entries += 1;
         if self.used.tar_entries + self.stats.tar_entries > self.limits.max_entries {
             return Err(UnpackError::TooManyEntries {
@@ -334,7 +105,7 @@ impl LayerApplier {
 
     /// Reads what is left of an entry's content (skipped entries, links with data), so the
     /// tar crate's next read is headers only.
-    fn drain<R: Read>(
+    pub(super) fn drain<R: Read>(
         &mut self,
         entry: &mut tar::Entry<'_, R>,
         raw: &Path,
@@ -342,7 +113,10 @@ impl LayerApplier {
         self.copy_content(entry, &mut io::sink(), raw).map(|_| ())
     }
 
-    fn apply<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), UnpackError> {
+    pub(super) fn apply<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+    ) -> Result<(), UnpackError> {
         let raw = entry.path().map_err(UnpackError::Archive)?.into_owned();
         let components = normalize(&raw, &raw)?;
         if components.len() > self.limits.max_depth {
@@ -641,7 +415,7 @@ impl LayerApplier {
         .map_err(io::Error::from)
     }
 
-    fn finish(&mut self) -> Result<(), UnpackError> {
+    pub(super) fn finish(&mut self) -> Result<(), UnpackError> {
         // Deepest first, so setting a parent's mtime comes after its children are done.
         let mut dirs = std::mem::take(&mut self.dirs);
         dirs.sort_by_key(|d| std::cmp::Reverse(d.path.len()));
@@ -697,10 +471,6 @@ fn normalize(path: &Path, entry: &Path) -> Result<Components, UnpackError> {
     )
 }
 
-fn mkdir(dir: &OwnedFd, name: &OsStr) -> io::Result<()> {
-    nix::sys::stat::mkdirat(dir, name, Mode::from_bits_truncate(0o755)).map_err(io::Error::from)
-}
-
 fn link_target<R: Read>(entry: &tar::Entry<'_, R>, raw: &Path) -> Result<PathBuf, UnpackError> {
     match entry.link_name() {
         Ok(Some(target)) if !target.as_os_str().is_empty() => Ok(target.into_owned()),
@@ -740,76 +510,4 @@ fn check_symlink_target(
         }
     }
     Ok(())
-}
-
-fn same_file(dir_a: &OwnedFd, a: &OsStr, dir_b: &OwnedFd, b: &OsStr) -> bool {
-    let stat = |dir: &OwnedFd, name: &OsStr| {
-        nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).ok()
-    };
-    match (stat(dir_a, a), stat(dir_b, b)) {
-        (Some(x), Some(y)) => x.st_dev == y.st_dev && x.st_ino == y.st_ino,
-        _ => false,
-    }
-}
-
-fn set_mtime_at(dir: &OwnedFd, name: &OsStr, mtime: i64) -> io::Result<()> {
-    let time = TimeSpec::new(mtime, 0);
-    nix::sys::stat::utimensat(
-        dir,
-        name,
-        &time,
-        &time,
-        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-    )
-    .map_err(io::Error::from)
-}
-
-type Xattrs = Vec<(OsString, Vec<u8>)>;
-
-fn xattrs_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Xattrs, UnpackError> {
-    let mut out = Vec::new();
-    if let Some(extensions) = entry.pax_extensions().map_err(UnpackError::Archive)? {
-        for extension in extensions {
-            let extension = extension.map_err(UnpackError::Archive)?;
-            if let Some(name) = extension.key_bytes().strip_prefix(b"SCHILY.xattr.") {
-                out.push((
-                    OsStr::from_bytes(name).to_owned(),
-                    extension.value_bytes().to_vec(),
-                ));
-            }
-        }
-    }
-    Ok(out)
-}
-
-#[cfg(target_os = "linux")]
-fn set_xattrs(fd: &OwnedFd, xattrs: &Xattrs, entry: &Path) {
-    use std::os::fd::AsRawFd;
-    for (name, value) in xattrs {
-        let Ok(cname) = std::ffi::CString::new(name.as_bytes()) else {
-            continue;
-        };
-        // SAFETY: fd is an open descriptor we own, cname is NUL-terminated, value is a valid
-        // buffer of value.len() bytes; fsetxattr only reads them.
-        let rc = unsafe {
-            libc::fsetxattr(
-                fd.as_raw_fd(),
-                cname.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                0,
-            )
-        };
-        if rc != 0 {
-            let err = io::Error::last_os_error();
-            tracing::debug!(entry = %entry.display(), xattr = ?name, %err, "could not set xattr; continuing");
-        }
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn set_xattrs(_fd: &OwnedFd, xattrs: &Xattrs, entry: &Path) {
-    if !xattrs.is_empty() {
-        tracing::debug!(entry = %entry.display(), "xattrs are not applied on this host");
-    }
 }
