@@ -7,15 +7,11 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use krunbox_net::config::{GATEWAY_IP, GATEWAY_MAC, GUEST_IP, GUEST_MAC};
+use krunbox_net::config::GATEWAY_IP;
 use krunbox_net::dns::{build_reply, parse_answer, parse_query, Answer};
+use krunbox_net::inspect::guest_udp_frame;
 use krunbox_net::{Gateway, NetConfig};
 use libfuzzer_sys::fuzz_target;
-use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol,
-    Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
-};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(question) = parse_query(data) {
@@ -57,41 +53,6 @@ fuzz_target!(|data: &[u8]| {
             .hosts
             .push("fuzz.test:127.0.0.1".parse().expect("host"));
         let mut gateway = Gateway::new(config);
-        let _ = gateway.handle_frame_offline(dns_frame(data));
+        let _ = gateway.handle_frame_offline(guest_udp_frame(GATEWAY_IP, 53, data));
     }
 });
-
-/// `payload` as a guest's UDP datagram to the gateway's DNS server.
-fn dns_frame(payload: &[u8]) -> Vec<u8> {
-    let udp = UdpRepr {
-        src_port: 40000,
-        dst_port: 53,
-    };
-    let ip = Ipv4Repr {
-        src_addr: GUEST_IP,
-        dst_addr: GATEWAY_IP,
-        next_header: IpProtocol::Udp,
-        payload_len: udp.header_len() + payload.len(),
-        hop_limit: 64,
-    };
-    let ethernet = EthernetRepr {
-        src_addr: EthernetAddress(GUEST_MAC),
-        dst_addr: EthernetAddress(GATEWAY_MAC),
-        ethertype: EthernetProtocol::Ipv4,
-    };
-    let mut frame = vec![0; ethernet.buffer_len() + ip.buffer_len() + ip.payload_len];
-    let mut eth = EthernetFrame::new_unchecked(&mut frame);
-    ethernet.emit(&mut eth);
-    let mut packet = Ipv4Packet::new_unchecked(eth.payload_mut());
-    ip.emit(&mut packet, &ChecksumCapabilities::default());
-    let mut datagram = UdpPacket::new_unchecked(packet.payload_mut());
-    udp.emit(
-        &mut datagram,
-        &IpAddress::Ipv4(GUEST_IP),
-        &IpAddress::Ipv4(GATEWAY_IP),
-        payload.len(),
-        |buf| buf.copy_from_slice(payload),
-        &ChecksumCapabilities::default(),
-    );
-    frame
-}

@@ -23,7 +23,8 @@ mod tokio_util_shim {
     /// Encodes through the public codec (re-exported trait from tokio-util).
     pub fn encode(codec: &mut FrameCodec, frame: Envelope) -> Vec<u8> {
         let mut buf = krunbox_protocol::frame::BytesMut::new();
-        krunbox_protocol::frame::Encoder::encode(codec, frame, &mut buf).expect("a decoded frame fits the limit");
+        krunbox_protocol::frame::Encoder::encode(codec, frame, &mut buf)
+            .expect("a decoded frame fits the limit");
         buf.to_vec()
     }
 }

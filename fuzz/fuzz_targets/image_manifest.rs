@@ -15,7 +15,12 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let digest = Digest::of(data);
-    for media_type in [None, Some(OCI_INDEX), Some(OCI_MANIFEST), Some("text/plain")] {
+    for media_type in [
+        None,
+        Some(OCI_INDEX),
+        Some(OCI_MANIFEST),
+        Some("text/plain"),
+    ] {
         match ManifestDocument::parse(data, media_type, &digest) {
             Ok(ManifestDocument::Index(index)) => {
                 for platform in ["linux/amd64", "linux/arm/v7"] {
@@ -26,7 +31,11 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             Ok(ManifestDocument::Image(manifest)) => {
-                let _total: u64 = manifest.layers.iter().map(|l| l.size).fold(0, u64::saturating_add);
+                let _total: u64 = manifest
+                    .layers
+                    .iter()
+                    .map(|l| l.size)
+                    .fold(0, u64::saturating_add);
             }
             Err(err) => {
                 let _ = err.to_string();

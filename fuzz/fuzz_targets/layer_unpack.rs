@@ -54,13 +54,20 @@ fuzz_target!(|data: &[u8]| {
         .expect("list scratch")
         .map(|e| e.expect("entry").file_name())
         .collect();
-    assert_eq!(names, vec![std::ffi::OsString::from("root")], "written outside the root");
+    assert_eq!(
+        names,
+        vec![std::ffi::OsString::from("root")],
+        "written outside the root"
+    );
     let mut found = Survey::default();
     survey(&root, 0, &mut found);
     let (entries, bytes, depth) = (found.entries, found.bytes, found.deepest);
     // Hard links share content, so bytes on disk can only be at most what was written.
     assert!(bytes <= LIMITS.max_bytes, "{bytes} content bytes on disk");
-    assert!(entries <= LIMITS.max_entries * LIMITS.max_depth as u64, "{entries} entries");
+    assert!(
+        entries <= LIMITS.max_entries * LIMITS.max_depth as u64,
+        "{entries} entries"
+    );
     assert!(depth <= LIMITS.max_depth, "depth {depth}");
     if let Ok(stats) = result {
         assert!(stats.tar_entries <= LIMITS.max_entries);

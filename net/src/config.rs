@@ -118,6 +118,9 @@ pub struct NetConfig {
     /// test and advanced knob: `KRUNBOX_DNS_SERVER=IP:PORT`); its answers' TTLs are used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_server: Option<SocketAddr>,
+    /// Secrets whose values the gateway puts in requests to their hosts (`--secret`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<crate::secrets::Secret>,
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use bytes::{Buf, Bytes};
 use smoltcp::socket::tcp;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 use tokio::sync::{mpsc, Notify};
@@ -49,9 +49,43 @@ pub struct Conn {
 impl Conn {
     /// Pairs a guest socket with `stream`: starts the task that copies the host side.
     pub fn attach(stream: TcpStream, label: String, flow: Option<Flow>, wake: Arc<Notify>) -> Self {
+        let _ = stream.set_nodelay(true);
+        let (read_half, write_half) = stream.into_split();
+        Self::attach_halves(read_half, write_half, label, flow, wake)
+    }
+
+    /// Pairs a guest socket with the gateway's own end of an in-process stream (the
+    /// interception of secrets, the CA service).
+    pub fn attach_local(
+        stream: DuplexStream,
+        label: String,
+        flow: Option<Flow>,
+        wake: Arc<Notify>,
+    ) -> Self {
+        let (read_half, write_half) = tokio::io::split(stream);
+        Self::attach_halves(read_half, write_half, label, flow, wake)
+    }
+
+    fn attach_halves<R, W>(
+        read_half: R,
+        write_half: W,
+        label: String,
+        flow: Option<Flow>,
+        wake: Arc<Notify>,
+    ) -> Self
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let (to_host_tx, to_host_rx) = mpsc::channel(CHANNEL_CHUNKS);
         let (from_host_tx, from_host_rx) = mpsc::channel(CHANNEL_CHUNKS);
-        tokio::spawn(copy_host_side(stream, to_host_rx, from_host_tx, wake));
+        tokio::spawn(copy_host_side(
+            read_half,
+            write_half,
+            to_host_rx,
+            from_host_tx,
+            wake,
+        ));
         let now = Instant::now();
         Self {
             label,
@@ -186,14 +220,16 @@ pub fn host_side(dest: SocketAddrV4) -> SocketAddrV4 {
 
 /// Copies between a host connection and its guest socket's channels until both directions
 /// are done or the gateway drops the connection.
-async fn copy_host_side(
-    stream: TcpStream,
+async fn copy_host_side<R, W>(
+    mut read_half: R,
+    mut write_half: W,
     mut to_host: mpsc::Receiver<Bytes>,
     from_host: mpsc::Sender<Bytes>,
     wake: Arc<Notify>,
-) {
-    let _ = stream.set_nodelay(true);
-    let (mut read_half, mut write_half) = stream.into_split();
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let reader = async {
         let mut buffer = vec![0; CHUNK];
         loop {

@@ -63,58 +63,72 @@ pub fn unforwarded(frame: &[u8]) -> Option<(&'static str, SocketAddrV4)> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{GATEWAY_MAC, GUEST_IP};
-    use smoltcp::wire::{EthernetAddress, IpAddress};
-    use std::net::Ipv4Addr;
+/// A guest's IPv4 packet to `dest` carrying `payload_len` bytes of `protocol`, framed as the
+/// gateway receives it (Ethernet, IPv4, checksums right); `fill` writes the payload (its
+/// header included) into the slice it is given. How tests and the fuzzers make their input.
+pub fn guest_ipv4_frame(
+    dest: std::net::Ipv4Addr,
+    protocol: IpProtocol,
+    payload_len: usize,
+    fill: impl FnOnce(&mut [u8]),
+) -> Vec<u8> {
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{EthernetAddress, EthernetRepr, Ipv4Repr};
+    let ip = Ipv4Repr {
+        src_addr: crate::config::GUEST_IP,
+        dst_addr: dest,
+        next_header: protocol,
+        payload_len,
+        hop_limit: 64,
+    };
+    let ethernet = EthernetRepr {
+        src_addr: EthernetAddress(crate::config::GUEST_MAC),
+        dst_addr: EthernetAddress(crate::config::GATEWAY_MAC),
+        ethertype: EthernetProtocol::Ipv4,
+    };
+    let mut frame = vec![0; ethernet.buffer_len() + ip.buffer_len() + payload_len];
+    let mut eth = EthernetFrame::new_unchecked(&mut frame);
+    ethernet.emit(&mut eth);
+    let mut packet = Ipv4Packet::new_unchecked(eth.payload_mut());
+    ip.emit(&mut packet, &ChecksumCapabilities::default());
+    fill(packet.payload_mut());
+    frame
+}
 
-    fn udp_frame(dest: Ipv4Addr, port: u16) -> Vec<u8> {
-        use smoltcp::phy::ChecksumCapabilities;
-        use smoltcp::wire::{EthernetRepr, Ipv4Repr, UdpPacket, UdpRepr};
-        let payload = b"x";
-        let udp = UdpRepr {
-            src_port: 40000,
-            dst_port: port,
-        };
-        let ip = Ipv4Repr {
-            src_addr: GUEST_IP,
-            dst_addr: dest,
-            next_header: IpProtocol::Udp,
-            payload_len: udp.header_len() + payload.len(),
-            hop_limit: 64,
-        };
-        let ethernet = EthernetRepr {
-            src_addr: EthernetAddress(crate::config::GUEST_MAC),
-            dst_addr: EthernetAddress(GATEWAY_MAC),
-            ethertype: EthernetProtocol::Ipv4,
-        };
-        let mut frame = vec![0; ethernet.buffer_len() + ip.buffer_len() + ip.payload_len];
-        let mut eth = EthernetFrame::new_unchecked(&mut frame);
-        ethernet.emit(&mut eth);
-        let mut packet = Ipv4Packet::new_unchecked(eth.payload_mut());
-        ip.emit(&mut packet, &ChecksumCapabilities::default());
-        let mut datagram = UdpPacket::new_unchecked(packet.payload_mut());
+/// A guest's UDP datagram from port 40000 to `dest:port` ([`guest_ipv4_frame`]).
+pub fn guest_udp_frame(dest: std::net::Ipv4Addr, port: u16, payload: &[u8]) -> Vec<u8> {
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{IpAddress, UdpRepr};
+    let udp = UdpRepr {
+        src_port: 40000,
+        dst_port: port,
+    };
+    let length = udp.header_len() + payload.len();
+    guest_ipv4_frame(dest, IpProtocol::Udp, length, |bytes| {
         udp.emit(
-            &mut datagram,
-            &IpAddress::Ipv4(GUEST_IP),
+            &mut UdpPacket::new_unchecked(bytes),
+            &IpAddress::Ipv4(crate::config::GUEST_IP),
             &IpAddress::Ipv4(dest),
             payload.len(),
             |buf| buf.copy_from_slice(payload),
             &ChecksumCapabilities::default(),
         );
-        frame
-    }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn udp_other_than_dns_is_reported_as_not_forwarded() {
         let ntp = Ipv4Addr::new(192, 0, 2, 7);
         assert_eq!(
-            unforwarded(&udp_frame(ntp, 123)),
+            unforwarded(&guest_udp_frame(ntp, 123, b"x")),
             Some(("udp", SocketAddrV4::new(ntp, 123)))
         );
-        assert_eq!(unforwarded(&udp_frame(GATEWAY_IP, 53)), None);
+        assert_eq!(unforwarded(&guest_udp_frame(GATEWAY_IP, 53, b"x")), None);
         assert_eq!(unforwarded(&[0u8; 10]), None);
     }
 }

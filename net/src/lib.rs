@@ -27,6 +27,7 @@ pub mod limits;
 pub mod log_cap;
 pub mod policy;
 pub mod resolver;
+pub mod secrets;
 pub mod static_dns;
 
 pub use config::{NetConfig, PublishedPort};

@@ -1,5 +1,6 @@
 //! The gateway against a guest TCP/IP stack (smoltcp, configured as guest-init configures a
 //! guest) over the same framed stream a VMM uses, with real host servers on 127.0.0.1.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -439,10 +440,7 @@ async fn a_guest_that_never_completes_its_handshake_is_dropped() {
 /// A guest's TCP SYN to `dest:port` as an Ethernet frame.
 fn syn_frame(dest: Ipv4Addr, port: u16) -> Vec<u8> {
     use smoltcp::phy::ChecksumCapabilities;
-    use smoltcp::wire::{
-        EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Packet, Ipv4Repr,
-        TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
-    };
+    use smoltcp::wire::{IpProtocol, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
     let tcp = TcpRepr {
         src_port: 45678,
         dst_port: port,
@@ -457,31 +455,14 @@ fn syn_frame(dest: Ipv4Addr, port: u16) -> Vec<u8> {
         timestamp: None,
         payload: &[],
     };
-    let ip = Ipv4Repr {
-        src_addr: GUEST_IP,
-        dst_addr: dest,
-        next_header: IpProtocol::Tcp,
-        payload_len: tcp.buffer_len(),
-        hop_limit: 64,
-    };
-    let ethernet = EthernetRepr {
-        src_addr: EthernetAddress(GUEST_MAC),
-        dst_addr: EthernetAddress(krunbox_net::config::GATEWAY_MAC),
-        ethertype: EthernetProtocol::Ipv4,
-    };
-    let mut frame = vec![0; ethernet.buffer_len() + ip.buffer_len() + ip.payload_len];
-    let mut eth = EthernetFrame::new_unchecked(&mut frame);
-    ethernet.emit(&mut eth);
-    let mut packet = Ipv4Packet::new_unchecked(eth.payload_mut());
-    ip.emit(&mut packet, &ChecksumCapabilities::default());
-    let mut segment = TcpPacket::new_unchecked(packet.payload_mut());
-    tcp.emit(
-        &mut segment,
-        &IpAddress::Ipv4(GUEST_IP),
-        &IpAddress::Ipv4(dest),
-        &ChecksumCapabilities::default(),
-    );
-    frame
+    krunbox_net::inspect::guest_ipv4_frame(dest, IpProtocol::Tcp, tcp.buffer_len(), |bytes| {
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(bytes),
+            &IpAddress::Ipv4(GUEST_IP),
+            &IpAddress::Ipv4(dest),
+            &ChecksumCapabilities::default(),
+        );
+    })
 }
 
 /// A real DNS server on 127.0.0.1 whose answer for evil.test is internal: the host's

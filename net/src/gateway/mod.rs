@@ -41,16 +41,19 @@ use tracing::{debug, info, warn};
 use crate::audit::{self, Verdict};
 use crate::config::{NetConfig, PublishedPort, GATEWAY_IP, GATEWAY_MAC, GUEST_IP, PREFIX_LEN};
 pub use crate::conn::host_side;
-use crate::conn::{new_tcp_socket, Conn};
+use crate::conn::Conn;
 use crate::device::QueueDevice;
 use crate::framing::{read_frame, write_frame};
 use crate::inspect::{tcp_syn, unforwarded, Flow};
 use crate::limits::Limits;
-use crate::policy::{is_host_address, ResolvedNames};
+use crate::policy::ResolvedNames;
 use crate::resolver::{self, ResolveError, Resolved};
+use crate::secrets::Interceptor;
 use crate::NetError;
 
 mod dns_server;
+mod egress;
+mod published;
 
 /// Frames queued from the VMM's socket and to it. Each is at most a frame's size
 /// ([`crate::config::MAX_FRAME`] and a little slack), so each queue holds about 0.8 MiB.
@@ -146,6 +149,7 @@ pub struct Gateway {
     connection_cap: CapNotice,
     inbound_cap: CapNotice,
     dns_cap: CapNotice,
+    interceptor: Option<Arc<Interceptor>>,
 }
 
 impl Gateway {
@@ -199,7 +203,15 @@ impl Gateway {
             connection_cap: CapNotice::default(),
             inbound_cap: CapNotice::default(),
             dns_cap: CapNotice::default(),
+            interceptor: None,
         }
+    }
+
+    /// Intercepts TLS to the secrets' hosts with `interceptor`, and serves its CA to the
+    /// guest on [`TRUST_PORT`].
+    pub fn with_interceptor(mut self, interceptor: Arc<Interceptor>) -> Self {
+        self.interceptor = Some(interceptor);
+        self
     }
 
     /// Serves the guest on `vmm` (the VMM's end of the network card) until the VMM closes it.
@@ -350,46 +362,6 @@ impl Gateway {
         self.device.rx.push_back(frame);
     }
 
-    /// Decides a new guest connection; true if its host side is to connect (the SYN waits).
-    fn decide_syn(&mut self, flow: Flow, syn: &[u8]) -> bool {
-        let dest = host_side(flow.dest);
-        let open = self.guest_connections();
-        if open >= self.limits.max_guest_connections {
-            if self.connection_cap.first() {
-                audit::record(
-                    "tcp",
-                    flow.guest,
-                    dest,
-                    &[],
-                    Verdict::Reset,
-                    &format!(
-                        "the guest has {open} connections open, the gateway's cap; new ones \
-                         are reset until one closes"
-                    ),
-                );
-            }
-            return false;
-        }
-        let now = std::time::Instant::now();
-        let decision =
-            self.config
-                .policy
-                .decide(dest, &self.names, is_host_address(*dest.ip()), now);
-        let names: Vec<&str> = self.names.names_of(*dest.ip(), now).collect();
-        let (verdict, rule) = audit::of(&decision);
-        audit::record("tcp", flow.guest, dest, &names, verdict, rule);
-        if !decision.is_allowed() {
-            return false;
-        }
-        self.connecting.insert(flow);
-        self.jobs.push(Job::Connect {
-            flow,
-            dest,
-            syn: syn.to_vec(),
-        });
-        true
-    }
-
     /// Starts the round's host work as tasks.
     fn start_jobs(&mut self) {
         for job in std::mem::take(&mut self.jobs) {
@@ -428,20 +400,21 @@ impl Gateway {
                 self.connecting.remove(&flow);
                 match result {
                     Ok(stream) => {
-                        let mut socket = new_tcp_socket();
-                        let endpoint = IpListenEndpoint {
-                            addr: Some(IpAddress::Ipv4(*flow.dest.ip())),
-                            port: flow.dest.port(),
+                        let label = format!("{} -> {}", flow.guest, host_side(flow.dest));
+                        let wake = self.wake.clone();
+                        let interceptor = self
+                            .interceptor
+                            .as_ref()
+                            .filter(|i| i.watches(flow.dest.port()));
+                        let conn = match interceptor {
+                            Some(interceptor) => {
+                                let (near, far) = tokio::io::duplex(2 * crate::conn::CHUNK);
+                                tokio::spawn(Arc::clone(interceptor).serve(far, stream, flow));
+                                Conn::attach_local(near, label, Some(flow), wake)
+                            }
+                            None => Conn::attach(stream, label, Some(flow), wake),
                         };
-                        if let Err(e) = socket.listen(endpoint) {
-                            warn!("listening for {}: {e}", flow.dest);
-                        } else {
-                            let handle = self.sockets.add(socket);
-                            let label = format!("{} -> {}", flow.guest, host_side(flow.dest));
-                            let conn = Conn::attach(stream, label, Some(flow), self.wake.clone());
-                            self.conns.insert(handle, conn);
-                            self.flows.insert(flow, handle);
-                        }
+                        self.add_guest_socket(flow, conn);
                     }
                     Err(e) => audit::record(
                         "tcp",
@@ -469,51 +442,6 @@ impl Gateway {
             }
             Event::Inbound { stream, peer, port } => self.inbound(stream, peer, port),
         }
-    }
-
-    /// A published port's connection: opened into the guest, unless the cap is reached.
-    fn inbound(&mut self, stream: TcpStream, peer: SocketAddr, port: PublishedPort) {
-        let open = self.conns.len() - self.flows.len();
-        if open >= self.limits.max_inbound_connections {
-            if self.inbound_cap.first() {
-                audit::record(
-                    "published",
-                    peer,
-                    port.host,
-                    &[],
-                    Verdict::Reset,
-                    &format!("{open} published connections open, the gateway's cap"),
-                );
-            }
-            return;
-        }
-        let mut socket = new_tcp_socket();
-        let local_port = self.next_ephemeral_port();
-        let remote = (IpAddress::Ipv4(GUEST_IP), port.guest_port);
-        let local = (IpAddress::Ipv4(GATEWAY_IP), local_port);
-        match socket.connect(self.iface.context(), remote, local) {
-            Ok(()) => {
-                let handle = self.sockets.add(socket);
-                let label = format!("{peer} -> {} -> guest:{}", port.host, port.guest_port);
-                audit::record(
-                    "published",
-                    peer,
-                    port.host,
-                    &[],
-                    Verdict::Allow,
-                    &format!("published to the guest's port {}", port.guest_port),
-                );
-                let conn = Conn::attach(stream, label, None, self.wake.clone());
-                self.conns.insert(handle, conn);
-            }
-            Err(e) => warn!("published port {}: {e}", port.host),
-        }
-    }
-
-    fn next_ephemeral_port(&mut self) -> u16 {
-        let port = self.next_port;
-        self.next_port = if port == u16::MAX { 49152 } else { port + 1 };
-        port
     }
 
     fn process(&mut self) {
