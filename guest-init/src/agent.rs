@@ -30,12 +30,22 @@ pub fn init_started_ms() -> u64 {
     INIT_STARTED_MS.get().copied().unwrap_or(0)
 }
 
+/// The variables the agent gives every exec.
+#[derive(Debug, Default)]
+pub struct DefaultEnv {
+    /// Set unless the request sets them (e.g. `SSH_AUTH_SOCK`, the CA bundle variables).
+    pub fill: Vec<(String, String)>,
+    /// Set whatever the request (an image's `ENV`, a `-e`) says: the secrets' placeholders,
+    /// so no request can put a value in their place.
+    pub force: Vec<(String, String)>,
+}
+
 /// Shared agent state.
 pub struct Agent {
     pub table: Arc<ProcessTable>,
     pub started: Instant,
-    /// Variables every exec gets unless its request sets them (e.g. `SSH_AUTH_SOCK`).
-    pub default_env: Vec<(String, String)>,
+    /// Variables every exec gets.
+    pub default_env: DefaultEnv,
     shutdown: mpsc::UnboundedSender<i32>,
 }
 
@@ -43,7 +53,7 @@ impl Agent {
     /// The agent, and the receiver of shutdown requests (with the exit status to report).
     pub fn new(
         table: Arc<ProcessTable>,
-        default_env: Vec<(String, String)>,
+        default_env: DefaultEnv,
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<i32>) {
         let (shutdown, requests) = mpsc::unbounded_channel();
         (

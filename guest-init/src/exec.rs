@@ -10,9 +10,9 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use krunbox_protocol::flow::{RecvWindow, SendWindow, INITIAL_WINDOW};
-use krunbox_protocol::frame::MAX_CHUNK_LEN;
+use krunbox_protocol::frame::{chunk_payload, read_chunk, MAX_CHUNK_LEN};
 use krunbox_protocol::messages::{
     Body, ExecRequest, ExecStarted, ExitStatus, Outcome, OutputChunk, OutputStream, SpawnFailure,
     SpawnStage, WindowUpdate,
@@ -21,11 +21,12 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 
 use crate::agent::Agent;
+use crate::agent::DefaultEnv;
 use crate::outgoing::Reply;
 use crate::pty::{self, PtyMaster};
 use crate::reaper::ChildExit;
@@ -92,22 +93,31 @@ fn spawn_failure_message(err: &SpawnError, program: &str, cwd: &str) -> String {
             format!("cannot make the PTY the controlling terminal: {reason}")
         }
         SpawnStage::Setup => format!("cannot create the command's pipes or PTY: {reason}"),
+        SpawnStage::Rlimit => {
+            let resource = err.resource.unwrap_or(u32::MAX);
+            let name = krunbox_protocol::rlimit::resource_name(resource)
+                .map_or_else(|| format!("resource {resource}"), str::to_owned);
+            format!("cannot set the command's {name} limit: {reason}")
+        }
         SpawnStage::Spawn | SpawnStage::Unspecified => {
             format!("cannot create a process for {program}: {reason}")
         }
     }
 }
 
-/// The request's variables, then `defaults` (the agent's), `PATH`, `HOME` and `TERM` where the
-/// request does not set them.
-fn environment(request: &ExecRequest, defaults: &[(String, String)]) -> Vec<(String, String)> {
+/// The request's variables but those the agent forces, then the agent's defaults, `PATH`,
+/// `HOME` and `TERM` where the request does not set them.
+fn environment(request: &ExecRequest, defaults: &DefaultEnv) -> Vec<(String, String)> {
+    let forced = |key: &str| defaults.force.iter().any(|(k, _)| k == key);
     let mut env: Vec<(String, String)> = request
         .env
         .iter()
+        .filter(|v| !forced(&v.key))
         .map(|v| (v.key.clone(), v.value.clone()))
+        .chain(defaults.force.iter().cloned())
         .collect();
     let has = |env: &[(String, String)], key: &str| env.iter().any(|(k, _)| k == key);
-    for (key, value) in defaults {
+    for (key, value) in &defaults.fill {
         if !has(&env, key) {
             env.push((key.clone(), value.clone()));
         }
@@ -192,35 +202,41 @@ enum Source {
 }
 
 impl Source {
-    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+    /// At most `len` bytes, as a chunk's payload (see [`read_chunk`]); empty at the end.
+    async fn read_chunk(&mut self, len: usize) -> std::io::Result<Bytes> {
         match self {
-            Self::Pipe(pipe) => pipe.read(buf).await,
-            Self::Pty(master) => master.read(buf).await,
+            Self::Pipe(pipe) => read_chunk(pipe, len).await,
+            Self::Pty(master) => {
+                let mut buf = BytesMut::zeroed(len);
+                let n = master.read(&mut buf).await?;
+                buf.truncate(n);
+                Ok(chunk_payload(buf, len))
+            }
         }
     }
 }
 
 /// Copies one output stream to the host within the exec's credit window.
 async fn pump(mut source: Source, stream: OutputStream, window: Arc<SendWindow>, reply: Reply) {
-    let mut buf = vec![0u8; MAX_CHUNK_LEN];
     loop {
         let Some(credit) = window.acquire(MAX_CHUNK_LEN).await else {
             return;
         };
-        let n = match source.read(&mut buf[..credit]).await {
-            Ok(n) => n,
+        let data = match source.read_chunk(credit).await {
+            Ok(data) => data,
             Err(err) => {
                 tracing::warn!(?stream, %err, "reading command output failed");
-                0
+                Bytes::new()
             }
         };
+        let n = data.len();
         tracing::trace!(?stream, n, "output read");
         if n < credit {
             window.grant((credit - n) as u32);
         }
         let chunk = OutputChunk {
             stream: stream as i32,
-            data: Bytes::copy_from_slice(&buf[..n]),
+            data,
             eof: n == 0,
         };
         if !reply.send(Body::Output(chunk)).await || n == 0 {
@@ -307,6 +323,11 @@ async fn execute(
         uid: request.uid,
         gid: request.gid,
         pty: request.pty.is_some(),
+        rlimits: request
+            .rlimits
+            .iter()
+            .map(|l| (l.resource, l.soft, l.hard))
+            .collect(),
     };
     let spawned = spawn::spawn(&agent.table, &command, stdio).await?;
     let pid = spawned.pid;
@@ -438,24 +459,39 @@ mod tests {
 
     #[test]
     fn the_agents_defaults_fill_in_what_the_request_does_not_set() {
-        let defaults = [("SSH_AUTH_SOCK".to_owned(), "/run/agent.sock".to_owned())];
+        let defaults = DefaultEnv {
+            fill: vec![("SSH_AUTH_SOCK".to_owned(), "/run/agent.sock".to_owned())],
+            force: vec![("KEY".to_owned(), "placeholder".to_owned())],
+        };
         let request = ExecRequest::default();
         let env = environment(&request, &defaults);
         assert_eq!(value(&env, "SSH_AUTH_SOCK"), Some("/run/agent.sock"));
         assert_eq!(value(&env, "PATH"), Some(DEFAULT_PATH));
 
         let request = ExecRequest {
-            env: vec![EnvVar {
-                key: "SSH_AUTH_SOCK".into(),
-                value: "/mine".into(),
-            }],
+            env: vec![
+                EnvVar {
+                    key: "SSH_AUTH_SOCK".into(),
+                    value: "/mine".into(),
+                },
+                // A request (an image's ENV, a -e) cannot replace a secret's placeholder.
+                EnvVar {
+                    key: "KEY".into(),
+                    value: "the real value".into(),
+                },
+            ],
             ..Default::default()
         };
         let env = environment(&request, &defaults);
         assert_eq!(value(&env, "SSH_AUTH_SOCK"), Some("/mine"));
         assert_eq!(env.iter().filter(|(k, _)| k == "SSH_AUTH_SOCK").count(), 1);
+        assert_eq!(value(&env, "KEY"), Some("placeholder"));
+        assert_eq!(env.iter().filter(|(k, _)| k == "KEY").count(), 1);
         assert_eq!(
-            value(&environment(&request, &[]), "SSH_AUTH_SOCK"),
+            value(
+                &environment(&request, &DefaultEnv::default()),
+                "SSH_AUTH_SOCK"
+            ),
             Some("/mine")
         );
     }

@@ -10,19 +10,18 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use cap_std::ambient_authority;
 use cap_std::fs::{
     Dir, DirBuilder, DirBuilderExt, Metadata, MetadataExt, OpenOptions, OpenOptionsExt,
     Permissions, PermissionsExt,
 };
 use krunbox_protocol::flow::{RecvWindow, SendWindow, INITIAL_WINDOW};
-use krunbox_protocol::frame::MAX_CHUNK_LEN;
+use krunbox_protocol::frame::{read_chunk, MAX_CHUNK_LEN};
 use krunbox_protocol::messages::{
     Body, DirListing, ErrorKind, ErrorReply, FileChunk, FileDone, FileOp, FileRequest, FileResult,
     FileResultKind, FileStat, FileType, WindowUpdate, WriteOp,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use crate::outgoing::Reply;
@@ -340,10 +339,7 @@ async fn read_file(
         let file = dir.open_with(&path, &options)?;
         let meta = file.metadata()?;
         if meta.is_dir() {
-            return Err(io::Error::new(
-                io::ErrorKind::IsADirectory,
-                "is a directory",
-            ));
+            return Err(io::Error::from_raw_os_error(libc::EISDIR));
         }
         // A device or FIFO has no end (or blocks): only regular files are streamed.
         if !meta.is_file() {
@@ -373,22 +369,19 @@ async fn read_file(
         credit.close();
     });
     let mut file = tokio::fs::File::from_std(std_file);
-    let mut buf = vec![0u8; MAX_CHUNK_LEN];
     let result = loop {
         let Some(allowed) = window.acquire(MAX_CHUNK_LEN).await else {
             break Ok(());
         };
-        let n = match file.read(&mut buf[..allowed]).await {
-            Ok(n) => n,
+        let data = match read_chunk(&mut file, allowed).await {
+            Ok(data) => data,
             Err(err) => break Err(err),
         };
+        let n = data.len();
         if n < allowed {
             window.grant((allowed - n) as u32);
         }
-        let chunk = FileChunk {
-            data: Bytes::copy_from_slice(&buf[..n]),
-            eof: n == 0,
-        };
+        let chunk = FileChunk { data, eof: n == 0 };
         if !reply.send(Body::FileChunk(chunk)).await || n == 0 {
             break Ok(());
         }

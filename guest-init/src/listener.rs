@@ -50,33 +50,52 @@ pub enum ServeError {
     },
 }
 
+/// What every exec gets unless its request says otherwise.
+#[derive(Debug, Default)]
+pub struct ExecDefaults {
+    /// Forward the host's SSH agent from this vsock port (a failure to set it up is logged;
+    /// the agent serves without it).
+    pub ssh_agent_port: Option<u32>,
+    /// A CA bundle to trust ([`krunbox_protocol::boot::CA_BUNDLE_ENV`]).
+    pub ca_bundle: Option<std::path::PathBuf>,
+    /// Secrets' names, each set to its placeholder.
+    pub secrets: Vec<String>,
+}
+
 /// Serves until a shutdown is requested; returns the status to report. As `pid1`, termination
 /// signals are only forwarded; in host mode a SIGTERM/SIGINT with nothing running stops it.
-/// `ssh_agent_port`: forward the host's SSH agent from that vsock port (a failure to set it
-/// up is logged; the agent serves without it). `ca_bundle`: every exec trusts it
-/// ([`krunbox_protocol::boot::CA_BUNDLE_ENV`]).
-pub async fn serve(
-    listen: Listen,
-    pid1: bool,
-    ssh_agent_port: Option<u32>,
-    ca_bundle: Option<&std::path::Path>,
-) -> Result<i32, ServeError> {
+pub async fn serve(listen: Listen, pid1: bool, defaults: &ExecDefaults) -> Result<i32, ServeError> {
     let table = Arc::new(ProcessTable::default());
     reaper::start(table.clone()).map_err(ServeError::Reaper)?;
-    let mut default_env: Vec<(String, String)> = ca_bundle
-        .map(|bundle| {
+    let mut default_env: Vec<(String, String)> = defaults
+        .ca_bundle
+        .iter()
+        .flat_map(|bundle| {
             krunbox_protocol::boot::CA_BUNDLE_ENV
                 .iter()
                 .map(|key| ((*key).to_owned(), bundle.display().to_string()))
-                .collect()
         })
-        .unwrap_or_default();
-    if let Some(port) = ssh_agent_port {
+        .collect();
+    let forced = defaults
+        .secrets
+        .iter()
+        .map(|name| {
+            (
+                name.clone(),
+                krunbox_protocol::boot::secret_placeholder(name),
+            )
+        })
+        .collect();
+    if let Some(port) = defaults.ssh_agent_port {
         match ssh_agent::start(port) {
             Ok(()) => default_env.push((ssh_agent::ENV.into(), ssh_agent::SOCKET.into())),
             Err(err) => tracing::error!(%err, "SSH agent forwarding is off"),
         }
     }
+    let default_env = crate::agent::DefaultEnv {
+        fill: default_env,
+        force: forced,
+    };
     let (agent, mut shutdown) = Agent::new(table.clone(), default_env);
     signals::forward(&agent, pid1);
     match listen.clone() {

@@ -23,6 +23,7 @@ mod signals;
 mod spawn;
 mod ssh_agent;
 mod system;
+mod trust;
 
 use std::path::Path;
 
@@ -131,20 +132,10 @@ fn log_panics() {
 
 /// Runs the agent until shutdown; returns the status to report. Never unwinds: for PID 1 an
 /// exit without powering off is a kernel panic, which would hide the reason from the host.
-fn serve_catching_panics(
-    listen: Listen,
-    pid1: bool,
-    ssh_agent_port: Option<u32>,
-    ca_bundle: Option<std::path::PathBuf>,
-) -> i32 {
+fn serve_catching_panics(listen: Listen, pid1: bool, defaults: listener::ExecDefaults) -> i32 {
     let served = std::panic::catch_unwind(move || {
         let runtime = runtime()?;
-        let served = runtime.block_on(listener::serve(
-            listen,
-            pid1,
-            ssh_agent_port,
-            ca_bundle.as_deref(),
-        ));
+        let served = runtime.block_on(listener::serve(listen, pid1, &defaults));
         // Dropping a runtime waits for blocking tasks without limit; power-off must not.
         runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
         Some(served)
@@ -168,7 +159,8 @@ fn host_mode(listen: Listen, options: &Options) {
         tracing::warn!(%err, "cannot become a subreaper");
     }
     // The status a Shutdown request or a one-shot exec asked to report.
-    std::process::exit(serve_catching_panics(listen, false, None, None));
+    let defaults = listener::ExecDefaults::default();
+    std::process::exit(serve_catching_panics(listen, false, defaults));
 }
 
 fn guest_mode(options: &Options) {
@@ -224,12 +216,26 @@ fn guest_mode(options: &Options) {
     if let Some(network) = &config.network {
         network::configure(network);
     }
+    system::raise_nr_open();
     system::raise_fd_limit();
-    let status = serve_catching_panics(
-        Listen::Vsock(config.port),
-        true,
-        config.ssh_agent_port,
-        config.ca_bundle.clone(),
-    );
+    let mut ca_bundle = config.ca_bundle.clone();
+    if let (Some(port), Some(network)) = (config.trust_port, &config.network) {
+        match trust::install(
+            network.gateway,
+            port,
+            ca_bundle.as_deref(),
+            config.overlay.is_some(),
+        ) {
+            Ok(bundle) => ca_bundle = Some(bundle),
+            // A secret's hosts then fail verification: the value is never sent.
+            Err(err) => tracing::error!(%err, "the sandbox's CA is not trusted"),
+        }
+    }
+    let defaults = listener::ExecDefaults {
+        ssh_agent_port: config.ssh_agent_port,
+        ca_bundle,
+        secrets: config.secrets.clone(),
+    };
+    let status = serve_catching_panics(Listen::Vsock(config.port), true, defaults);
     system::shut_down(status, ending(virtiofs_root));
 }

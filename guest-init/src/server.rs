@@ -71,7 +71,12 @@ where
     let ack = HelloAck {
         generation,
         agent_version: env!("CARGO_PKG_VERSION").into(),
-        features: vec!["exec".into(), "pty".into(), "files".into()],
+        features: vec![
+            "exec".into(),
+            "pty".into(),
+            "files".into(),
+            krunbox_protocol::rlimit::AGENT_FEATURE.into(),
+        ],
         init_started_ms: crate::agent::init_started_ms(),
         uptime_ms: crate::agent::boot_clock_ms(),
     };

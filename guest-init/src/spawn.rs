@@ -18,7 +18,7 @@
 
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use krunbox_protocol::messages::SpawnStage;
@@ -41,11 +41,24 @@ const PATH_MAX: usize = 4096;
 pub struct SpawnError {
     pub stage: SpawnStage,
     pub errno: Errno,
+    /// The resource (Linux's number) whose limit could not be set, at stage `Rlimit`.
+    pub resource: Option<u32>,
 }
 
 impl SpawnError {
     pub fn new(stage: SpawnStage, errno: Errno) -> Self {
-        Self { stage, errno }
+        Self {
+            stage,
+            errno,
+            resource: None,
+        }
+    }
+
+    fn of_limit(resource: u32, errno: Errno) -> Self {
+        Self {
+            resource: Some(resource),
+            ..Self::new(SpawnStage::Rlimit, errno)
+        }
     }
 }
 
@@ -64,6 +77,8 @@ pub struct Command {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub pty: bool,
+    /// `(resource, soft, hard)` in Linux's numbering.
+    pub rlimits: Vec<(u32, u64, u64)>,
 }
 
 /// A started command.
@@ -104,9 +119,13 @@ struct Plan {
     /// Drop the supplementary groups (a command run as another user, by root).
     single_group: bool,
     pty: bool,
+    /// `(resource, [soft, hard])`: `prlimit64`'s arguments.
+    rlimits: Vec<(libc::c_long, [u64; 2])>,
     stdio: [RawFd; 3],
     /// Set by the child when a step failed: `stage << 32 | errno`.
     failure: AtomicI64,
+    /// Set by the child when a limit could not be set: its index in `rlimits`.
+    failed_limit: AtomicUsize,
 }
 
 // SAFETY: the raw pointers point into the heap buffers of the `CString`s the plan owns, which
@@ -160,8 +179,20 @@ impl Plan {
             single_group: (command.uid.is_some() || command.gid.is_some())
                 && nix::unistd::Uid::effective().is_root(),
             pty: command.pty,
+            rlimits: command
+                .rlimits
+                .iter()
+                .map(|&(resource, soft, hard)| {
+                    let known = krunbox_protocol::rlimit::resource_name(resource).is_some();
+                    if !known || soft > hard {
+                        return Err(SpawnError::of_limit(resource, Errno::EINVAL));
+                    }
+                    Ok((libc::c_long::from(resource), [soft, hard]))
+                })
+                .collect::<Result<_, _>>()?,
             stdio,
             failure: AtomicI64::new(0),
+            failed_limit: AtomicUsize::new(0),
         })
     }
 }
@@ -200,6 +231,11 @@ pub async fn spawn(
         let errno = Errno::from_raw((failure & 0xffff_ffff) as i32);
         // The child has exited; the reaper collects it.
         drop(exit);
+        if stage == SpawnStage::Rlimit {
+            let index = plan.failed_limit.load(Ordering::Acquire);
+            let resource = plan.rlimits.get(index).map_or(0, |(r, _)| *r as u32);
+            return Err(SpawnError::of_limit(resource, errno));
+        }
         return Err(SpawnError::new(stage, errno));
     }
     Ok(Spawned { pid, exit })
@@ -314,6 +350,19 @@ fn prepare_and_exec(plan: &Plan) -> Result<Never, SpawnStage> {
         // The PTY slave is fd 0: make it the controlling terminal.
         if plan.pty && libc::ioctl(0, libc::TIOCSCTTY as _, 0) != 0 {
             return Err(SpawnStage::ControllingTerminal);
+        }
+        // Before the credentials change: root may raise a hard limit, the user may not.
+        for (index, (resource, limit)) in plan.rlimits.iter().enumerate() {
+            if !ok(libc::syscall(
+                libc::SYS_prlimit64,
+                0 as libc::c_long,
+                *resource,
+                limit.as_ptr(),
+                std::ptr::null::<u64>(),
+            )) {
+                plan.failed_limit.store(index, Ordering::Release);
+                return Err(SpawnStage::Rlimit);
+            }
         }
         if let Some(gid) = plan.gid {
             if !ok(libc::syscall(libc::SYS_setgid, gid as libc::c_long)) {

@@ -45,6 +45,18 @@ pub fn loopback_up() {
     }
 }
 
+/// The most open descriptors a process may be allowed (`fs.nr_open`), as systemd sets it.
+/// The kernel's default (1048576) is below what an engine often copies from its host into a
+/// container's `RLIMIT_NOFILE`, which setting it would then refuse.
+const NR_OPEN: &str = "1073741816";
+
+/// Lets a command's hard descriptor limit go as high as on a systemd host (see [`NR_OPEN`]).
+pub fn raise_nr_open() {
+    if let Err(err) = std::fs::write("/proc/sys/fs/nr_open", NR_OPEN) {
+        tracing::warn!(%err, "cannot raise fs.nr_open");
+    }
+}
+
 /// Raises the soft limit on open descriptors to the hard limit: each exec holds several
 /// (pipes, PTY, status pipe) and the kernel's default soft limit of 1024 would cap how many
 /// commands run at once long before memory does.

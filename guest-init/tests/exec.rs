@@ -1,4 +1,5 @@
 //! The agent in host mode: exec behaviour end to end over a real Unix socket.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 
@@ -247,4 +248,134 @@ async fn split_streams_and_exit_future() {
     assert_eq!(out, b"a\n");
     assert_eq!(err, b"b\n");
     assert_eq!(status.unwrap().shell_code(), 5);
+}
+
+/// The soft and hard limit `/proc/self/limits` shows in the row `row` (e.g. "Max open files").
+fn limits_row(limits: &str, row: &str) -> (String, String) {
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with(row))
+        .unwrap_or_else(|| panic!("no {row} in {limits}"));
+    let mut values = line[row.len()..].split_whitespace();
+    (
+        values.next().unwrap().to_owned(),
+        values.next().unwrap().to_owned(),
+    )
+}
+
+/// Linux's number of the capability to raise resource limits.
+const CAP_SYS_RESOURCE: u32 = 24;
+
+/// Whether this process has `capability` in its effective set.
+fn has_capability(capability: u32) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|hex| u64::from_str_radix(hex.trim(), 16).unwrap())
+        .unwrap();
+    effective & (1 << capability) != 0
+}
+
+#[tokio::test]
+async fn resource_limits_are_set_before_the_user_changes() {
+    use krunbox_protocol::messages::Rlimit;
+    use krunbox_protocol::rlimit::parse_ulimit;
+    let agent = TestAgent::start();
+    let client = agent.client().await;
+    let limits = |spec: ExecSpec| {
+        let client = &client;
+        async move {
+            let out = client.exec(spec).await.unwrap().collect().await.unwrap();
+            (String::from_utf8(out.stdout).unwrap(), out.status)
+        }
+    };
+    let (text, _) = limits(
+        ExecSpec::new(["cat", "/proc/self/limits"])
+            .rlimit(parse_ulimit("nofile=123:456").unwrap())
+            .rlimit(parse_ulimit("core=unlimited").unwrap()),
+    )
+    .await;
+    assert_eq!(
+        limits_row(&text, "Max open files"),
+        ("123".into(), "456".into())
+    );
+    assert_eq!(
+        limits_row(&text, "Max core file size"),
+        ("unlimited".into(), "unlimited".into())
+    );
+
+    // A hard limit above the agent's own: an agent that may raise it (CAP_SYS_RESOURCE, which
+    // root in a guest has) does so before the command becomes another user; any other is
+    // refused, and the command does not run.
+    let mut own = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct it is given.
+    let read = unsafe { libc::getrlimit(libc::RLIMIT_MSGQUEUE, &mut own) };
+    assert_eq!(read, 0);
+    if own.rlim_max != libc::RLIM_INFINITY {
+        let raised = own.rlim_max + 4096;
+        let mut spec = ExecSpec::new(["cat", "/proc/self/limits"]).rlimit(Rlimit {
+            resource: 12,
+            soft: raised,
+            hard: raised,
+        });
+        let may_raise = has_capability(CAP_SYS_RESOURCE);
+        if may_raise && nix::unistd::Uid::effective().is_root() {
+            spec = spec.user(65534, 65534);
+        }
+        let (text, status) = limits(spec).await;
+        if may_raise {
+            let raised = raised.to_string();
+            assert_eq!(
+                limits_row(&text, "Max msgqueue size"),
+                (raised.clone(), raised)
+            );
+        } else {
+            match status.outcome {
+                Some(Outcome::SpawnFailed(failure)) => {
+                    assert_eq!(failure.stage(), SpawnStage::Rlimit);
+                    assert_eq!(failure.errno, libc::EPERM);
+                    assert!(
+                        failure.message.contains("msgqueue limit"),
+                        "the limit is named: {}",
+                        failure.message
+                    );
+                }
+                other => panic!("a raised hard limit ran as a normal user: {other:?}"),
+            }
+        }
+    }
+
+    // What the kernel has no limit for, or a soft limit above the hard one, is refused.
+    for (bad, named) in [
+        (
+            Rlimit {
+                resource: 99,
+                soft: 1,
+                hard: 1,
+            },
+            "resource 99 limit",
+        ),
+        (
+            Rlimit {
+                resource: 7,
+                soft: 10,
+                hard: 5,
+            },
+            "nofile limit",
+        ),
+    ] {
+        let (_, status) = limits(ExecSpec::new(["true"]).rlimit(bad)).await;
+        match status.outcome {
+            Some(Outcome::SpawnFailed(failure)) => {
+                assert_eq!(failure.stage(), SpawnStage::Rlimit);
+                assert_eq!(failure.errno, libc::EINVAL);
+                assert!(failure.message.contains(named), "{}", failure.message);
+            }
+            other => panic!("{bad:?} ran: {other:?}"),
+        }
+    }
 }

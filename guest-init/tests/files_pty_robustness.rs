@@ -1,4 +1,5 @@
 //! The agent in host mode: file operations, PTY sessions, bad input and PID 1 duties.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 

@@ -18,6 +18,8 @@
 //! | `krunbox.net=ADDR/PREFIX,GATEWAY,DNS` | configure the first network interface statically (IPv4): address, default route, resolver | no network but loopback |
 //! | `krunbox.vmm=libkrun` | the VMM is libkrun: report the exit status to it before powering off | another VMM |
 //! | `krunbox.ca=/PATH` | a CA bundle to trust (`--host-ca`): every exec gets [`CA_BUNDLE_ENV`] pointing at it | the image's own trust |
+//! | `krunbox.trust=PORT` | at boot, fetch the sandbox's CA certificate (PEM) from the gateway's TCP PORT and trust it besides the `krunbox.ca` bundle (or the image's own): every exec gets [`CA_BUNDLE_ENV`] pointing at the joined bundle | nothing more is trusted |
+//! | `krunbox.secrets=NAME,...` | every exec gets each NAME set to its [`secret_placeholder`] (`--secret`: the gateway puts the real value in its place) | none |
 //!
 //! Unknown `krunbox.*` keys are kept in [`Parsed::ignored`] (guest-init logs them), so an
 //! older agent boots with a newer host.
@@ -37,6 +39,23 @@ pub const CA_BUNDLE_ENV: &[&str] = &[
     "CURL_CA_BUNDLE",
     "GIT_SSL_CAINFO",
 ];
+
+/// What the guest sees in place of the secret `name` (`--secret NAME@HOST`): the gateway
+/// replaces it by the value in requests to the secret's hosts. Fixed, not random: it stands
+/// for the value and tells nothing about it. No placeholder is a prefix of another (a name
+/// has no `-`, and `-placeholder` ends each).
+pub fn secret_placeholder(name: &str) -> String {
+    format!("krunbox-secret-{name}-placeholder")
+}
+
+/// Whether `name` can be a secret's variable: a shell variable name (`[A-Za-z_][A-Za-z0-9_]*`).
+pub fn is_secret_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
 
 /// guest-init's log filter when the host sets none.
 pub const DEFAULT_LOG: &str = "info";
@@ -150,6 +169,10 @@ pub struct GuestBoot {
     pub libkrun: bool,
     /// A CA bundle in the guest for every exec to trust ([`CA_BUNDLE_ENV`]).
     pub ca_bundle: Option<PathBuf>,
+    /// The gateway's TCP port that serves the sandbox's CA certificate, to trust as well.
+    pub trust_port: Option<u16>,
+    /// Secrets' variable names: every exec gets each set to its [`secret_placeholder`].
+    pub secrets: Vec<String>,
 }
 
 impl Default for GuestBoot {
@@ -165,6 +188,8 @@ impl Default for GuestBoot {
             network: None,
             libkrun: false,
             ca_bundle: None,
+            trust_port: None,
+            secrets: Vec::new(),
         }
     }
 }
@@ -270,6 +295,12 @@ impl GuestBoot {
         if let Some(bundle) = &self.ca_bundle {
             words.push(format!("krunbox.ca={}", bundle.display()));
         }
+        if let Some(port) = self.trust_port {
+            words.push(format!("krunbox.trust={port}"));
+        }
+        if !self.secrets.is_empty() {
+            words.push(format!("krunbox.secrets={}", self.secrets.join(",")));
+        }
         words
     }
 
@@ -328,6 +359,18 @@ impl GuestBoot {
                 "ca" if value.starts_with('/') && !value.contains(['"', ',']) => {
                     config.ca_bundle = Some(value.into());
                     true
+                }
+                "trust" => value
+                    .parse()
+                    .map(|port| config.trust_port = Some(port))
+                    .is_ok(),
+                "secrets" => {
+                    let names: Vec<String> = value.split(',').map(str::to_owned).collect();
+                    let valid = names.iter().all(|name| is_secret_name(name));
+                    if valid {
+                        config.secrets = names;
+                    }
+                    valid
                 }
                 _ => false,
             };
@@ -390,6 +433,8 @@ mod tests {
             }),
             libkrun: true,
             ca_bundle: Some("/run/krunbox/host-ca/ca-certificates.crt".into()),
+            trust_port: Some(4),
+            secrets: vec!["API_KEY".into(), "_other2".into()],
         }
     }
 
@@ -460,6 +505,17 @@ mod tests {
         );
         assert_eq!(config.ssh_agent_port, Some(1025));
         assert!(ignored.is_empty());
+    }
+
+    #[test]
+    fn secret_names_are_variable_names_or_the_word_is_ignored() {
+        let (config, ignored) =
+            read("krunbox.secrets=A_KEY,b2 krunbox.secrets=A,$(x) krunbox.secrets=");
+        assert_eq!(config.secrets, ["A_KEY", "b2"]);
+        assert_eq!(ignored, ["krunbox.secrets=A,$(x)", "krunbox.secrets="]);
+        assert!(!is_secret_name("2KEY") && !is_secret_name("A-B") && is_secret_name("_"));
+        assert_ne!(secret_placeholder("A"), secret_placeholder("B"));
+        assert!(!secret_placeholder("KEY_2").starts_with(&secret_placeholder("KEY")));
     }
 
     #[test]

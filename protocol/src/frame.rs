@@ -1,10 +1,11 @@
 //! Framing: every frame is a 4-byte big-endian length followed by one protobuf [`Envelope`].
 //!
-//! The length prefix is handled by `tokio_util`'s `LengthDelimitedCodec`, with a hard limit of
-//! [`MAX_FRAME_LEN`]: a peer announcing a larger frame is a protocol violation, and the
-//! connection is closed before any of it is buffered.
+//! Incoming length prefixes are read by `tokio_util`'s `LengthDelimitedCodec`, with a hard
+//! limit of [`MAX_FRAME_LEN`]: a peer announcing a larger frame is a protocol violation, and
+//! the connection is closed before any of it is buffered. Outgoing frames are written straight
+//! into the write buffer, prefix and message.
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use prost::Message;
 use tokio_util::codec::LengthDelimitedCodec;
 
@@ -108,10 +109,37 @@ impl Encoder<Envelope> for FrameCodec {
                 max: MAX_FRAME_LEN,
             });
         }
-        let body = Bytes::from(frame.encode_to_vec());
-        self.length
-            .encode(body, dst)
-            .map_err(|err| classify_length_error(err, Some(len)))
+        // Straight into the write buffer: the length prefix, then the message (no buffer of
+        // its own in between, which for bulk data was one more copy of every byte).
+        dst.reserve(4 + len);
+        dst.put_u32(len as u32);
+        frame
+            .encode(dst)
+            .map_err(|err| FrameError::Io(std::io::Error::other(err)))
+    }
+}
+
+/// Reads at most `len` bytes from `reader` into a buffer of their own, which becomes a chunk
+/// frame's payload as it is (no second copy of bulk data); empty at end of file.
+pub async fn read_chunk<R>(reader: &mut R, len: usize) -> std::io::Result<Bytes>
+where
+    R: tokio::io::AsyncRead + Unpin + ?Sized,
+{
+    use tokio::io::AsyncReadExt;
+    let mut buf = BytesMut::with_capacity(len);
+    // `take`: the buffer's capacity may exceed `len`, the credit this chunk may use.
+    (&mut *reader).take(len as u64).read_buf(&mut buf).await?;
+    Ok(chunk_payload(buf, len))
+}
+
+/// The payload of a chunk read into `buf`, a buffer of `len` bytes: the buffer itself when
+/// the read filled at least half of it, else a copy of what was read, so that a short read
+/// (a line of terminal output) does not hold a whole buffer while its frame waits to be sent.
+pub fn chunk_payload(buf: BytesMut, len: usize) -> Bytes {
+    if buf.len().saturating_mul(2) < len {
+        Bytes::copy_from_slice(&buf)
+    } else {
+        buf.freeze()
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`frame`]: length-delimited framing with a hard size limit;
 //! - [`generation`]: protocol generations and the handshake that agrees one;
 //! - [`flow`]: per-operation credit windows;
+//! - [`rlimit`]: resource limits by name, as `ulimit` and `docker run --ulimit` name them;
 //! - [`transport`]: how the host reaches an agent (Unix socket, hybrid vsock);
 //! - [`client`]: the async client;
 //! - [`ssh_agent`]: the SSH agent protocol's framing and the filter of guest requests.
@@ -41,6 +42,7 @@ pub mod flow;
 pub mod frame;
 pub mod generation;
 pub mod messages;
+pub mod rlimit;
 pub mod ssh_agent;
 pub mod transport;
 

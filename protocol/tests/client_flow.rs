@@ -1,5 +1,6 @@
 //! The client against a scripted agent on an in-memory stream: handshake outcomes, flow
 //! control and connection loss. (The real agent is exercised in guest-init's tests.)
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::time::Duration;
 

@@ -1,4 +1,5 @@
 //! Frame codec round trips and limits.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use bytes::{BufMut, BytesMut};
 use krunbox_protocol::frame::{decode_all, FrameCodec, FrameError, MAX_FRAME_LEN};

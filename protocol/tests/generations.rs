@@ -7,6 +7,7 @@
 //!
 //! To record a NEW generation's file, run with `KRUNBOX_BLESS_GENERATION=<n>`; an existing
 //! file is never rewritten.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -69,6 +70,7 @@ fn generation_one_samples() -> Vec<(&'static str, Envelope)> {
                     pty: Some(PtySize { rows: 24, cols: 80 }),
                     term: "xterm".into(),
                     power_off_on_exit: true,
+                    rlimits: Vec::new(),
                 }),
             ),
         ),

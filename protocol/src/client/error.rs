@@ -48,6 +48,18 @@ pub enum ClientError {
     /// The request is invalid before it is even sent.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The agent does not announce a feature the request needs (an older guest-init).
+    #[error(
+        "the guest agent (version {agent_version}) cannot {what}: it lacks the `{feature}` feature"
+    )]
+    MissingFeature {
+        /// The feature's name in the handshake.
+        feature: &'static str,
+        /// What the request asked for.
+        what: &'static str,
+        /// The agent's version.
+        agent_version: String,
+    },
 }
 
 impl ClientError {

@@ -11,7 +11,7 @@ use super::{unexpected, Client, ClientError, OperationGuard, Shared};
 use crate::flow::{RecvWindow, SendWindow};
 use crate::frame::MAX_CHUNK_LEN;
 use crate::messages::{
-    Body, EnvVar, ExecRequest, ExitStatus, OutputStream, PtyResize, PtySize, SignalRequest,
+    Body, EnvVar, ExecRequest, ExitStatus, OutputStream, PtyResize, PtySize, Rlimit, SignalRequest,
     StdinClose, StdinData, WindowUpdate,
 };
 
@@ -100,6 +100,12 @@ impl ExecSpec {
     /// Power the guest off once this process's exit status is delivered.
     pub fn power_off_on_exit(mut self, enabled: bool) -> Self {
         self.request.power_off_on_exit = enabled;
+        self
+    }
+
+    /// Set a resource limit on the process (see [`crate::rlimit`]).
+    pub fn rlimit(mut self, limit: Rlimit) -> Self {
+        self.request.rlimits.push(limit);
         self
     }
 
@@ -202,6 +208,9 @@ impl Client {
         let spec = spec.into();
         if spec.request.argv.is_empty() {
             return Err(ClientError::InvalidRequest("exec needs a program".into()));
+        }
+        if !spec.request.rlimits.is_empty() {
+            self.require(crate::rlimit::AGENT_FEATURE, "set resource limits")?;
         }
         let wants_stdin = spec.request.stdin || spec.request.pty.is_some();
         let recv_window = Arc::new(Mutex::new(RecvWindow::new()));

@@ -2,12 +2,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::{unexpected, Client, ClientError};
 use crate::flow::RecvWindow;
-use crate::frame::MAX_CHUNK_LEN;
+use crate::frame::{read_chunk, MAX_CHUNK_LEN};
 use crate::messages::{
     Body, ChmodOp, DirListing, FileChunk, FileOp, FileRequest, FileResult, FileResultKind,
     FileStat, ListOp, MkdirOp, ReadOp, RemoveOp, RenameOp, StatOp, WindowUpdate, WriteOp,
@@ -185,7 +184,6 @@ impl Client {
         self.shared
             .send(guard.id, Body::File(request), operation)
             .await?;
-        let mut buf = vec![0u8; MAX_CHUNK_LEN];
         loop {
             // An early answer means the agent refused the write (bad path, no permission).
             if let Ok(body) = rx.try_recv() {
@@ -195,14 +193,11 @@ impl Client {
                 .acquire(MAX_CHUNK_LEN)
                 .await
                 .ok_or(ClientError::ConnectionClosed { operation })?;
-            let n = source
-                .read(&mut buf[..want])
+            let data = read_chunk(&mut source, want)
                 .await
                 .map_err(|source| ClientError::LocalIo { operation, source })?;
-            let chunk = FileChunk {
-                data: Bytes::copy_from_slice(&buf[..n]),
-                eof: n == 0,
-            };
+            let n = data.len();
+            let chunk = FileChunk { data, eof: n == 0 };
             self.shared
                 .send(guard.id, Body::FileChunk(chunk), operation)
                 .await?;

@@ -325,6 +325,19 @@ impl Client {
         &self.hello
     }
 
+    /// Refuses a request the agent would not honour: an agent ignores the fields it does not
+    /// know, so what it cannot do must be refused here, not dropped there.
+    fn require(&self, feature: &'static str, what: &'static str) -> Result<(), ClientError> {
+        if self.hello.features.iter().any(|f| f == feature) {
+            return Ok(());
+        }
+        Err(ClientError::MissingFeature {
+            feature,
+            what,
+            agent_version: self.hello.agent_version.clone(),
+        })
+    }
+
     fn open(
         &self,
         send_window: bool,

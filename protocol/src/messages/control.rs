@@ -178,7 +178,10 @@ impl ErrorReply {
             std::io::ErrorKind::NotFound => ErrorKind::NotFound,
             std::io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
             std::io::ErrorKind::AlreadyExists => ErrorKind::AlreadyExists,
-            std::io::ErrorKind::InvalidInput => ErrorKind::BadRequest,
+            // A path naming the wrong kind of file is the request's fault, not the disk's.
+            std::io::ErrorKind::InvalidInput
+            | std::io::ErrorKind::IsADirectory
+            | std::io::ErrorKind::NotADirectory => ErrorKind::BadRequest,
             _ => ErrorKind::Io,
         };
         Self {

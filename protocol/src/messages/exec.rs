@@ -73,6 +73,29 @@ pub struct ExecRequest {
     /// After this process's exit status is sent, sync and power the guest off ("one-shot").
     #[prost(bool, tag = "10")]
     pub power_off_on_exit: bool,
+    /// Resource limits set on the process before it runs, while the agent is still root (so
+    /// a hard limit may be raised for a command run as another user).
+    #[prost(message, repeated, tag = "11")]
+    pub rlimits: Vec<Rlimit>,
+}
+
+/// One resource limit of a command, as `setrlimit(2)` takes it (see [`crate::rlimit`]).
+///
+/// ```
+/// let nofile = krunbox_protocol::messages::Rlimit { resource: 7, soft: 1024, hard: 4096 };
+/// assert!(nofile.soft <= nofile.hard);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, ::prost::Message)]
+pub struct Rlimit {
+    /// The resource, in Linux's numbering (`RLIMIT_NOFILE` is 7), whatever the host is.
+    #[prost(uint32, tag = "1")]
+    pub resource: u32,
+    /// The soft limit; `u64::MAX` is unlimited.
+    #[prost(uint64, tag = "2")]
+    pub soft: u64,
+    /// The hard limit; `u64::MAX` is unlimited.
+    #[prost(uint64, tag = "3")]
+    pub hard: u64,
 }
 
 /// The process is running.
@@ -190,6 +213,8 @@ pub enum SpawnStage {
     ControllingTerminal = 7,
     /// `execve` itself (e.g. ENOENT: no such program, EACCES: not executable).
     Exec = 8,
+    /// Setting a resource limit (EPERM: above what the agent may raise to).
+    Rlimit = 9,
 }
 
 /// The process could not be started.
