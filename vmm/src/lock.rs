@@ -11,6 +11,18 @@ pub struct LockGuard {
     _lock: Flock<File>,
 }
 
+impl LockGuard {
+    /// Whether the locked file is still the one at `path` (same device and inode): a lock
+    /// waited for while its file was removed and another made in its place holds nothing.
+    pub fn is_at(&self, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (self._lock.metadata(), std::fs::symlink_metadata(path)) {
+            (Ok(held), Ok(there)) => held.dev() == there.dev() && held.ino() == there.ino(),
+            _ => false,
+        }
+    }
+}
+
 /// Why a lock could not be taken.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot lock {path}: {source}")]

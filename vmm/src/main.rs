@@ -1,9 +1,10 @@
 //! krunbox: run commands in micro-VMs.
 //!
 //! Layout: `cli/` parses and runs subcommands; `backend/` starts VMs (one module per
-//! backend, behind the `Backend` trait); `image` (IMAGE → root filesystem and run defaults,
-//! through the `krunbox-image` store), `guest_kernel`, `initramfs` and `guest_init` prepare
-//! what a guest boots; `rundir` and `lock` keep per-VM state safe
+//! backend, behind the `Backend` trait; QEMU's guest kernels and initramfs are its own);
+//! `guest/` prepares what a guest is given (IMAGE → root filesystem and run defaults through
+//! the `krunbox-image` store, shares, host CAs, the command, the agent binary); `rundir` and
+//! `lock` keep per-VM state safe
 //! between concurrent krunbox processes; `self_spawn` starts krunbox's own jobs (supervisor,
 //! VMM, gateway, sandbox monitor) as copies of this executable.
 
@@ -12,21 +13,18 @@ mod backend;
 mod bounded;
 mod cli;
 mod elf;
-mod guest_init;
-mod guest_kernel;
-mod host_ca;
-mod image;
-mod initramfs;
+mod guest;
+mod io_error;
 mod lock;
 mod names;
 mod oci;
 mod paths;
 mod pool;
 mod private_dir;
+mod review;
 mod rundir;
 mod sandbox;
 mod self_spawn;
-mod shares;
 mod volumes;
 
 use clap::Parser;
@@ -54,7 +52,15 @@ fn main() {
             std::process::exit(FAILURE);
         }
     };
-    let cli = cli::Cli::parse_from(argv);
+    // Bad arguments are krunbox's failure, 125 as documented (clap's own exit is 2);
+    // `--help` and `--version` exit 0.
+    let cli = match cli::Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            std::process::exit(if err.use_stderr() { FAILURE } else { 0 });
+        }
+    };
     if let cli::Command::Internal(job) = &cli.command {
         // A copy of krunbox started for one job, which sets up its own logging.
         std::process::exit(job.main());
@@ -77,6 +83,9 @@ fn main() {
         cli::Command::Mcp => api::mcp::serve_stdio().map_err(Into::into),
         cli::Command::Kernel(command) => cli::kernel::run(&command).map_err(Into::into),
         cli::Command::Volume(command) => cli::volume::run(command).map_err(Into::into),
+        cli::Command::Diff(args) => cli::review::diff(&args).map_err(Into::into),
+        cli::Command::Accept(args) => cli::review::accept(&args).map_err(Into::into),
+        cli::Command::Reject(args) => cli::review::reject(&args).map_err(Into::into),
         cli::Command::Pool(command) => cli::pool::run(command).map_err(Into::into),
         cli::Command::Create(args) => cli::sandbox::create(*args).map_err(Into::into),
         cli::Command::Start(args) => cli::sandbox::start(args).map_err(Into::into),

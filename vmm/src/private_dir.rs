@@ -15,6 +15,8 @@ use std::fs::{DirBuilder, File, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::io_error::io;
+
 /// Why a private directory cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum PrivateDirError {
@@ -100,15 +102,8 @@ pub enum PrivateDirError {
         setting: &'static str,
     },
     /// A file operation.
-    #[error("{action} {path}: {source}")]
-    Io {
-        /// What was done.
-        action: &'static str,
-        /// On what.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::io_error::IoError),
 }
 
 /// The permission bits that let group or others in.
@@ -125,24 +120,14 @@ pub fn ensure(path: &Path, setting: &'static str) -> Result<File, PrivateDirErro
         Ok(()) => {}
         // Whatever exists is checked below, without following it.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(source) => {
-            return Err(PrivateDirError::Io {
-                action: "create",
-                path: path.to_owned(),
-                source,
-            })
-        }
+        Err(source) => return Err(io("create", path)(source).into()),
     }
     let dir = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
         .open(path)
         .map_err(|source| classify_unopenable(path, setting, source))?;
-    let meta = dir.metadata().map_err(|source| PrivateDirError::Io {
-        action: "inspect",
-        path: path.to_owned(),
-        source,
-    })?;
+    let meta = dir.metadata().map_err(io("inspect", path))?;
     let you = nix::unistd::geteuid().as_raw();
     let (owner, mode) = (meta.uid(), meta.mode() & 0o7777);
     if owner != you {
@@ -177,18 +162,13 @@ fn check_parent(path: &Path, setting: &'static str) -> Result<(), PrivateDirErro
     let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) else {
         return Ok(());
     };
-    let io = |action, source| PrivateDirError::Io {
-        action,
-        path: parent.to_owned(),
-        source,
-    };
     let meta = match std::fs::metadata(parent) {
         Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            create_all(parent).map_err(|e| io("create", e))?;
-            std::fs::metadata(parent).map_err(|e| io("inspect", e))?
+            create_all(parent).map_err(io("create", parent))?;
+            std::fs::metadata(parent).map_err(io("inspect", parent))?
         }
-        Err(e) => return Err(io("inspect", e)),
+        Err(e) => return Err(io("inspect", parent)(e).into()),
     };
     let (owner, mode) = (meta.uid(), meta.mode() & 0o7777);
     let trusted_owner = owner == 0 || owner == nix::unistd::geteuid().as_raw();
@@ -212,11 +192,11 @@ fn classify_unopenable(
     source: std::io::Error,
 ) -> PrivateDirError {
     let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return PrivateDirError::Io {
+        return PrivateDirError::Io(crate::io_error::IoError {
             action: "open",
             path: path.to_owned(),
             source,
-        };
+        });
     };
     if meta.file_type().is_symlink() {
         let target = std::fs::read_link(path)
@@ -237,11 +217,11 @@ fn classify_unopenable(
             setting,
         };
     }
-    PrivateDirError::Io {
+    PrivateDirError::Io(crate::io_error::IoError {
         action: "open",
         path: path.to_owned(),
         source,
-    }
+    })
 }
 
 #[cfg(test)]

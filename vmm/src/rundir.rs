@@ -13,6 +13,7 @@
 //! owners, names that are not run ids and directories without a lock file, and removes with
 //! `std::fs::remove_dir_all`, which works through directory fds and never follows a link.
 
+use crate::io_error::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -30,15 +31,8 @@ const ABANDONED_CREATION: Duration = Duration::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 pub enum RunDirError {
     /// A file operation.
-    #[error("{action} {path}: {source}")]
-    Io {
-        /// What was done.
-        action: &'static str,
-        /// On what.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::io_error::IoError),
     /// The lock.
     #[error(transparent)]
     Lock(#[from] lock::LockError),
@@ -48,14 +42,6 @@ pub enum RunDirError {
     /// Another VM has this id.
     #[error("run directory {0} already exists")]
     Exists(PathBuf),
-}
-
-fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RunDirError + 'a {
-    move |source| RunDirError::Io {
-        action,
-        path: path.to_owned(),
-        source,
-    }
 }
 
 /// A fresh, unique VM id: `<pid>-<nanoseconds>` in hex is unique per host and sorts by start.
@@ -100,7 +86,7 @@ impl RunDir {
 
     /// Removes the directory (the lock is released after, when `self` drops).
     pub fn remove(self) -> Result<(), RunDirError> {
-        std::fs::remove_dir_all(&self.path).map_err(io("remove", &self.path))
+        Ok(std::fs::remove_dir_all(&self.path).map_err(io("remove", &self.path))?)
     }
 }
 

@@ -1,6 +1,8 @@
 //! krunbox starting a copy of itself for one job: the internal subcommands (one enum, whose
 //! names are the constants every spawner uses), the command that starts one, and the JSON
-//! event lines a job reports on its stdout to the process that started it.
+//! event lines a job reports on its stdout to the process that started it, and how a job
+//! learns it must end: one of [`ENDING_SIGNALS`], or its lifeline (stdin, a pipe whose write
+//! end only its starter holds) reaching its end because the starter is gone.
 //!
 //! Every job runs this very executable (`current_exe`), never a copy: on macOS the binary
 //! carries the hypervisor entitlement in its signature, which a copy or a re-signing per
@@ -199,4 +201,141 @@ where
             }
         })?;
     Ok(events)
+}
+
+/// The signals that end any of krunbox's own long-lived processes (each cleans up first).
+pub const ENDING_SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+/// Blocks until `lifeline` reaches its end (or fails): the starter closed it, or died.
+/// Whatever is read before is thrown away.
+pub fn wait_for_lifeline_end(mut lifeline: impl std::io::Read) {
+    let mut buf = [0u8; 256];
+    loop {
+        match lifeline.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Resolves when stdin, the lifeline, reaches its end (or fails).
+pub async fn lifeline_end() {
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 256];
+    while matches!(tokio::io::AsyncReadExt::read(&mut stdin, &mut buf).await, Ok(n) if n > 0) {}
+}
+
+/// Resolves at the first of [`ENDING_SIGNALS`] (never, if they cannot be watched). One that
+/// this process was started ignoring stays ignored: `nohup krunbox serve` outlives the
+/// terminal, as the one who started it asked.
+pub async fn ending_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut watched = Vec::new();
+    for number in ENDING_SIGNALS.into_iter().filter(|&s| !is_ignored(s)) {
+        match signal(SignalKind::from_raw(number)) {
+            Ok(stream) => watched.push(stream),
+            Err(err) => tracing::warn!(%err, signal = number, "cannot handle a signal"),
+        }
+    }
+    if watched.is_empty() {
+        return std::future::pending().await;
+    }
+    let arrivals = watched.iter_mut().map(|stream| Box::pin(stream.recv()));
+    futures_util::future::select_all(arrivals).await;
+}
+
+/// Whether `signal` is ignored in this process (as `nohup` leaves SIGHUP, across `exec`).
+fn is_ignored(signal: i32) -> bool {
+    let mut current = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+    // SAFETY: with a null new action, sigaction(2) only writes the current one into
+    // `current`, which is valid (zeroed) memory of the right type for the call.
+    let rc = unsafe { libc::sigaction(signal, std::ptr::null(), current.as_mut_ptr()) };
+    // SAFETY: zeroed is a valid `sigaction` (plain data), and on success the call filled it.
+    let current = unsafe { current.assume_init() };
+    rc == 0 && current.sa_sigaction == libc::SIG_IGN
+}
+
+/// The variable naming the inherited pipe a VM's supervisor (QEMU) or VMM child (libkrun)
+/// reads the secrets' values from, to give them to the gateway alone.
+pub const SECRETS_FD_ENV: &str = "KRUNBOX_SECRETS_FD";
+
+/// The values of a network's secrets, wiped from memory when dropped.
+pub type SecretValues = Vec<(String, zeroize::Zeroizing<String>)>;
+
+/// Hands `values` (name, value) to the job `command` starts through a pipe, and keeps the
+/// variables out of its environment: the VMM (the process a guest that escaped would be in)
+/// never has them in its environment, only in memory until it has started the gateway. The
+/// returned read end is the parent's copy, to drop once the job is spawned.
+pub fn hand_secrets(
+    command: &mut Command,
+    values: &SecretValues,
+) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    if values.is_empty() {
+        return Ok(None);
+    }
+    let map: std::collections::BTreeMap<&str, &str> = values
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    let text = zeroize::Zeroizing::new(serde_json::to_vec(&map)?);
+    // A pipe's buffer holds at least 4 KiB everywhere (64 KiB on Linux): beyond, the write
+    // would wait for a reader that has not started.
+    if text.len() > 4096 {
+        return Err(std::io::Error::other(
+            "the secrets' values are over 4 KiB together",
+        ));
+    }
+    let (read, write) = nix::unistd::pipe()?;
+    let mut write = std::fs::File::from(write);
+    write.write_all(&text)?;
+    drop(write);
+    let fd = read.as_raw_fd();
+    for (name, _) in values {
+        command.env_remove(name);
+    }
+    command.env(SECRETS_FD_ENV, fd.to_string());
+    // SAFETY: between fork and exec only fcntl runs, which is async-signal-safe; it clears
+    // close-on-exec on the child's copy of the read end so the job inherits it.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(Some(read))
+}
+
+/// Reads the values [`hand_secrets`] sent this job, if any, and closes the pipe (so no child
+/// of this job inherits it).
+pub fn take_secrets() -> Result<SecretValues, String> {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let Some(fd) = std::env::var(SECRETS_FD_ENV)
+        .ok()
+        .and_then(|fd| fd.parse::<i32>().ok())
+    else {
+        return Ok(Vec::new());
+    };
+    if fd < 3 {
+        return Err(format!("{SECRETS_FD_ENV}={fd} is not a pipe of ours"));
+    }
+    // SAFETY: the parent put this descriptor here for this process alone (`hand_secrets`),
+    // and nothing else in this process owns it; the File closes it.
+    let mut pipe = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut text = zeroize::Zeroizing::new(Vec::new());
+    pipe.read_to_end(&mut text)
+        .map_err(|e| format!("reading the secrets' values: {e}"))?;
+    drop(pipe);
+    let map: std::collections::BTreeMap<String, String> = serde_json::from_slice(&text)
+        .map_err(|e| format!("the secrets' values are malformed: {e}"))?;
+    Ok(map
+        .into_iter()
+        .map(|(name, value)| (name, zeroize::Zeroizing::new(value)))
+        .collect())
 }

@@ -14,6 +14,7 @@
 //! sandbox's. The volume directories are private (0700) under the private data directory;
 //! `data/` belongs to the user commands in it run as (see [`Volume::create`]).
 
+use crate::io_error::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -46,15 +47,8 @@ pub enum VolumeError {
         sandboxes: String,
     },
     /// A file operation.
-    #[error("{action} {path}: {source}")]
-    Io {
-        /// What was done.
-        action: &'static str,
-        /// On what.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::io_error::IoError),
     /// A malformed `volume.json`.
     #[error("malformed volume file {path}: {source}")]
     Json {
@@ -69,14 +63,6 @@ pub enum VolumeError {
     /// The data directory is not ours.
     #[error(transparent)]
     DataDir(#[from] crate::private_dir::PrivateDirError),
-}
-
-fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> VolumeError + 'a {
-    move |source| VolumeError::Io {
-        action,
-        path: path.to_owned(),
-        source,
-    }
 }
 
 /// What `volume.json` records.
@@ -186,7 +172,7 @@ impl VolumeStore {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {
                 Ok((self.open(name)?, false))
             }
-            Err(e) => Err(io("rename into", &dir)(e)),
+            Err(e) => Err(io("rename into", &dir)(e).into()),
         }
     }
 
@@ -209,29 +195,27 @@ impl VolumeStore {
         Ok(names.iter().filter_map(|n| self.open(n).ok()).collect())
     }
 
-    /// The volume whose `data/` is `path`, if `path` is one of ours.
-    pub fn volume_at(&self, path: &Path) -> Option<Volume> {
-        let name = path
-            .strip_prefix(&self.root)
-            .ok()?
-            .components()
-            .next()?
-            .as_os_str()
-            .to_str()?;
-        let volume = self.open(name).ok()?;
-        (volume.data() == path).then_some(volume)
-    }
-
-    /// Leases every volume among `paths` (shared directories' host paths) for a VM.
+    /// Leases every volume among `paths` (shared directories' host paths) for a VM; a path
+    /// into a volume that is gone (`volume rm -f`) is an error, not a vanished share.
     pub fn lease_all<'a>(
         &self,
         paths: impl IntoIterator<Item = &'a Path>,
     ) -> Result<Vec<VolumeLease>, VolumeError> {
         paths
             .into_iter()
-            .filter_map(|path| self.volume_at(path))
-            .map(|volume| volume.lease())
+            .filter_map(|path| self.name_at(path))
+            .map(|name| self.open(name)?.lease())
             .collect()
+    }
+
+    /// The name of the volume `path` lies in, if it lies in this store.
+    fn name_at<'a>(&self, path: &'a Path) -> Option<&'a str> {
+        path.strip_prefix(&self.root)
+            .ok()?
+            .components()
+            .next()?
+            .as_os_str()
+            .to_str()
     }
 
     /// Removes a volume that no VM uses. `used_by`: the sandboxes whose spec names it;
@@ -252,7 +236,7 @@ impl VolumeStore {
             .root
             .join(format!(".removing-{name}-{}", std::process::id()));
         std::fs::rename(&volume.dir, &doomed).map_err(io("rename", &volume.dir))?;
-        std::fs::remove_dir_all(&doomed).map_err(io("remove", &doomed))
+        Ok(std::fs::remove_dir_all(&doomed).map_err(io("remove", &doomed))?)
     }
 }
 
@@ -268,10 +252,23 @@ impl Volume {
     }
 
     /// Holds the volume for a VM (a shared lock: many VMs may use one volume).
+    /// Checked again once held: a `volume rm` that held the lock first has moved the
+    /// directory away (and a new volume of the same name may stand there now), and a lease on
+    /// what it removed would hold nothing.
     pub fn lease(&self) -> Result<VolumeLease, VolumeError> {
-        Ok(VolumeLease {
-            _lock: lock::shared(&self.dir.join(LOCK_FILE))?,
-        })
+        let lock_path = self.dir.join(LOCK_FILE);
+        let lease = lock::shared(&lock_path).map_err(|err| {
+            if self.dir.exists() {
+                VolumeError::from(err)
+            } else {
+                VolumeError::NotFound(self.name.clone())
+            }
+        })?;
+        if !lease.is_at(&lock_path) || !self.dir.join(META_FILE).is_file() || !self.data().is_dir()
+        {
+            return Err(VolumeError::NotFound(self.name.clone()));
+        }
+        Ok(VolumeLease { _lock: lease })
     }
 
     /// Its name, path, creation time and size.
@@ -336,8 +333,8 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["home"]
         );
-        assert_eq!(store.volume_at(&volume.data()).unwrap().name(), "home");
-        assert!(store.volume_at(&volume.data().join("f")).is_none());
+        assert_eq!(store.name_at(&volume.data()), Some("home"));
+        assert_eq!(store.name_at(Path::new("/elsewhere/home")), None);
         store.remove("home", &[], false).unwrap();
         assert!(matches!(store.open("home"), Err(VolumeError::NotFound(_))));
         assert!(store.list().unwrap().is_empty());
@@ -361,6 +358,54 @@ mod tests {
             .to_string();
         assert!(err.contains("used by sandbox agent"), "{err}");
         store.remove("cache", &["agent".into()], true).unwrap();
+    }
+
+    #[test]
+    fn a_removed_volume_cannot_be_leased_even_by_one_who_found_it_first() {
+        let root = tempfile::tempdir().unwrap();
+        let store = VolumeStore::at(root.path().join("volumes"));
+        let (found, _) = store.create("home", None).unwrap();
+        // `run` found it; a `volume rm` removes it before the lease.
+        store.remove("home", &[], false).unwrap();
+        assert!(matches!(found.lease(), Err(VolumeError::NotFound(_))));
+        assert!(matches!(
+            store.lease_all([found.data().as_path()]),
+            Err(VolumeError::NotFound(_))
+        ));
+        // While a lease is held, the removal is what fails.
+        let (found, _) = store.create("home", None).unwrap();
+        let lease = found.lease().unwrap();
+        assert!(matches!(
+            store.remove("home", &[], true),
+            Err(VolumeError::InUse(_))
+        ));
+        drop(lease);
+    }
+
+    #[test]
+    fn a_lease_waited_for_through_a_removal_does_not_hold_the_volume_made_after_it() {
+        let root = tempfile::tempdir().unwrap();
+        let store = VolumeStore::at(root.path().join("volumes"));
+        let (found, _) = store.create("home", None).unwrap();
+        // A `volume rm` holds the lock; a `run` that found the volume waits for it.
+        let removal = lock::exclusive(&found.dir.join(LOCK_FILE)).unwrap();
+        let waiting = std::thread::spawn({
+            let found = found.clone();
+            move || found.lease().map(drop)
+        });
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        // The removal goes through, and another `run` makes a new volume of that name.
+        let doomed = root.path().join("volumes/.removing-home");
+        std::fs::rename(&found.dir, &doomed).unwrap();
+        std::fs::remove_dir_all(&doomed).unwrap();
+        store.create("home", None).unwrap();
+        drop(removal);
+        assert!(matches!(
+            waiting.join().unwrap(),
+            Err(VolumeError::NotFound(_))
+        ));
+        // The new volume is leased by whoever looks it up afresh.
+        assert!(store.open("home").unwrap().lease().is_ok());
     }
 
     #[test]

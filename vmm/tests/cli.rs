@@ -1,6 +1,7 @@
 //! The krunbox command line without booting a VM: help, argument errors, doctor.
 //! (Booting tests live in the krunbox-tests crate; this file also makes `cargo test` build
 //! the `krunbox` binary those tests run.)
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::process::Command;
 

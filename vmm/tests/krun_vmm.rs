@@ -2,7 +2,7 @@
 //! hosts that cannot run a VM: configuration through the real `krun_*` calls, their errors as
 //! the parent sees them, and the lifeline and signal that remove the run directory. Nothing
 //! here enters a VM (`--no-enter`).
-
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 #![cfg(target_os = "linux")]
 
 use std::io::{BufRead, BufReader, Read};

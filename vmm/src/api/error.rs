@@ -6,6 +6,9 @@ use axum::response::{IntoResponse, Response};
 use crate::cli::images::ImagesError;
 use crate::cli::sandbox::SandboxCliError;
 use crate::sandbox::SandboxError;
+use krunbox_image::pull::PullError;
+use krunbox_image::registry_http::RegistryError;
+use krunbox_image::source::PrepareError;
 
 /// Why a request failed, by what the client can do about it.
 #[derive(Debug, thiserror::Error)]
@@ -98,13 +101,13 @@ impl From<SandboxCliError> for ApiError {
         match err {
             SandboxCliError::Sandbox(err) => err.into(),
             SandboxCliError::Usage(_)
-            | SandboxCliError::Config(_)
+            | SandboxCliError::Command(_)
             | SandboxCliError::Shares(_)
             | SandboxCliError::SshAgent(_)
             | SandboxCliError::Network(_)
             | SandboxCliError::User(_) => Self::BadRequest(err.to_string()),
             SandboxCliError::Image(ref image)
-                if matches!(**image, crate::image::ImageError::Source(_)) =>
+                if matches!(**image, crate::guest::rootfs::ImageError::Source(_)) =>
             {
                 Self::BadRequest(err.to_string())
             }
@@ -125,6 +128,10 @@ impl From<ImagesError> for ApiError {
             ImagesError::Store(krunbox_image::store::StoreError::Ambiguous(_)) => {
                 Self::BadRequest(err.to_string())
             }
+            ImagesError::Prepare(PrepareError::Pull(PullError::Registry {
+                source: RegistryError::Status { status: 404, .. },
+                ..
+            })) => Self::NotFound(err.to_string()),
             other => Self::Internal(other.to_string()),
         }
     }
@@ -134,6 +141,14 @@ impl From<krunbox_protocol::client::ClientError> for ApiError {
     fn from(err: krunbox_protocol::client::ClientError) -> Self {
         use krunbox_protocol::messages::ErrorKind;
         let message = err.to_string();
+        if matches!(
+            err,
+            krunbox_protocol::client::ClientError::MissingFeature { .. }
+                | krunbox_protocol::client::ClientError::InvalidRequest(_)
+        ) {
+            // What this sandbox's agent cannot do is the request's problem, not the server's.
+            return Self::BadRequest(message);
+        }
         match err.remote_kind() {
             Some(ErrorKind::NotFound) => Self::NotFound(message),
             Some(ErrorKind::BadRequest)

@@ -65,6 +65,9 @@ pub struct ExecStart {
     pub stdin: Option<bool>,
     /// Seconds after which the agent kills the command.
     pub timeout_secs: Option<u64>,
+    /// Resource limits, as `krunbox exec --ulimit` takes them (`nofile=1024:4096`).
+    #[serde(default)]
+    pub ulimits: Vec<String>,
 }
 
 /// A control message from the client.
@@ -195,6 +198,11 @@ pub fn exec_spec(start: &ExecStart, context: ExecContext) -> Result<ExecSpec, Ap
     }
     if let Some(secs) = start.timeout_secs {
         spec = spec.timeout(Duration::from_secs(secs));
+    }
+    for text in &start.ulimits {
+        let limit = krunbox_protocol::rlimit::parse_ulimit(text)
+            .map_err(|e| ApiError::BadRequest(format!("ulimits: {e}")))?;
+        spec = spec.rlimit(limit);
     }
     if start.tty {
         spec = spec

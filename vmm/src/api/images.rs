@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::error::{blocking, ApiError, JsonBody, Params};
 use crate::cli::images::pull_image;
-use crate::image::open_store;
+use crate::guest::rootfs::open_store;
 
 /// `GET /v1/images`: what `krunbox images` lists.
 pub async fn list() -> Result<Json<serde_json::Value>, ApiError> {

@@ -14,6 +14,7 @@ pub mod exec;
 pub mod files;
 pub mod images;
 pub mod mcp;
+pub mod review;
 pub mod sandboxes;
 
 use std::sync::Arc;
@@ -49,6 +50,12 @@ pub enum Operation {
     SandboxStats,
     /// Its console, monitor or network log.
     SandboxLogs,
+    /// A `--workspace=review` sandbox's changes.
+    ListChanges,
+    /// Accept them into the workspace.
+    AcceptChanges,
+    /// Reject them (the copy put back).
+    RejectChanges,
     /// A command, over a WebSocket.
     Exec,
     /// A file into it.
@@ -127,6 +134,21 @@ pub const ROUTES: &[Route] = &[
         "/v1/sandboxes/{name}/logs",
         Operation::SandboxLogs,
     ),
+    route(
+        Method::GET,
+        "/v1/sandboxes/{name}/changes",
+        Operation::ListChanges,
+    ),
+    route(
+        Method::POST,
+        "/v1/sandboxes/{name}/accept",
+        Operation::AcceptChanges,
+    ),
+    route(
+        Method::POST,
+        "/v1/sandboxes/{name}/reject",
+        Operation::RejectChanges,
+    ),
     route(Method::GET, "/v1/sandboxes/{name}/exec", Operation::Exec),
     route(Method::PUT, "/v1/sandboxes/{name}/files", Operation::Upload),
     route(
@@ -153,6 +175,9 @@ fn handler(operation: Operation, filter: MethodFilter) -> MethodRouter {
         ResumeSandbox => on(filter, sandboxes::resume),
         SandboxStats => on(filter, sandboxes::stats),
         SandboxLogs => on(filter, sandboxes::logs),
+        ListChanges => on(filter, review::list),
+        AcceptChanges => on(filter, review::accept),
+        RejectChanges => on(filter, review::reject),
         Exec => on(filter, exec::handler),
         Upload => on(filter, files::upload),
         Download => on(filter, files::download),

@@ -34,6 +34,9 @@ pub struct CreateRequest {
     pub memory_mib: Option<u32>,
     /// `--workspace`, of this host directory instead of the current one.
     pub workspace: Option<PathBuf>,
+    /// `share` (default: the directory itself) or `review` (`--workspace=review`: a copy, its
+    /// changes accepted or rejected through `/changes`, `/accept`, `/reject`).
+    pub workspace_mode: Option<String>,
     /// `-v HOST:GUEST[:ro]` (a relative HOST is relative to the workspace).
     #[serde(default)]
     pub volumes: Vec<String>,
@@ -57,10 +60,25 @@ pub struct CreateRequest {
     /// `--host-ca`.
     #[serde(default)]
     pub host_ca: bool,
+    /// `--secret NAME@HOST,…`: each value is taken from `krunbox serve`'s own environment
+    /// (never from a request), the guest sees a placeholder.
+    #[serde(default)]
+    pub secrets: Vec<SecretRequest>,
     /// `--boot-timeout`, seconds.
     pub boot_timeout_secs: Option<u64>,
     /// Boot it now (default), as `krunbox start` would.
     pub start: Option<bool>,
+}
+
+/// One secret of [`CreateRequest`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRequest {
+    /// The variable: set to a placeholder in the guest, its value read from the server's
+    /// environment.
+    pub name: String,
+    /// `HOST[:PORT]`s the value may be sent to.
+    pub hosts: Vec<String>,
 }
 
 /// The network options of [`CreateRequest`].
@@ -129,6 +147,18 @@ impl CreateRequest {
         for host in &self.network.add_hosts {
             opt("add-host", host);
         }
+        for secret in &self.secrets {
+            if secret.hosts.is_empty() || secret.hosts.iter().any(|h| h.contains([',', '@'])) {
+                return Err(ApiError::BadRequest(format!(
+                    "secrets: {}: give one or more hosts, each HOST[:PORT]",
+                    secret.name
+                )));
+            }
+            opt(
+                "secret",
+                &format!("{}@{}", secret.name, secret.hosts.join(",")),
+            );
+        }
         for (key, value) in &self.env {
             if key.is_empty() || key.contains('=') {
                 return Err(ApiError::BadRequest(format!(
@@ -152,8 +182,20 @@ impl CreateRequest {
         if let Some(secs) = self.boot_timeout_secs {
             opt("boot-timeout", &secs);
         }
-        if self.workspace.is_some() {
-            argv.push("--workspace".into());
+        match (&self.workspace, self.workspace_mode.as_deref()) {
+            (Some(_), None | Some("share")) => argv.push("--workspace".into()),
+            (Some(_), Some("review")) => argv.push("--workspace=review".into()),
+            (Some(_), Some(other)) => {
+                return Err(ApiError::BadRequest(format!(
+                    "workspace_mode: {other:?} is neither share nor review"
+                )))
+            }
+            (None, Some(_)) => {
+                return Err(ApiError::BadRequest(
+                    "workspace_mode needs a workspace".into(),
+                ))
+            }
+            (None, None) => {}
         }
         if self.ssh {
             argv.push("--ssh".into());
@@ -191,7 +233,7 @@ impl CreateRequest {
         if self.workspace.is_none() {
             // Without a workspace there is no directory relative paths could mean: never the
             // server's own current directory.
-            if args.vm.shares.workspace {
+            if args.vm.shares.workspace.is_some() {
                 return Err(ApiError::BadRequest(
                     "the profile asks for --workspace: give the workspace directory".into(),
                 ));

@@ -39,6 +39,22 @@ pub fn guest_boot(spec: &VmSpec) -> GuestBoot {
             .map(|_| krunbox_protocol::SSH_AGENT_VSOCK_PORT),
         network: matches!(spec.network, Network::User(_)).then(super::net::guest_network),
         ca_bundle: spec.ca_bundle.clone().map(Into::into),
+        trust_port: secrets(spec)
+            .is_some()
+            .then_some(krunbox_net::secrets::TRUST_PORT),
+        secrets: secrets(spec)
+            .map(|secrets| secrets.iter().map(|s| s.name.clone()).collect())
+            .unwrap_or_default(),
         ..GuestBoot::default()
+    }
+}
+
+/// The network's secrets, if it has any.
+fn secrets(spec: &VmSpec) -> Option<&[krunbox_net::secrets::Secret]> {
+    match &spec.network {
+        Network::User(network) if !network.config.secrets.is_empty() => {
+            Some(&network.config.secrets)
+        }
+        _ => None,
     }
 }

@@ -17,6 +17,7 @@ pub mod host;
 pub mod krun;
 pub mod net;
 pub mod qemu;
+pub mod run_layout;
 pub mod ssh_agent_relay;
 
 use std::fmt;
@@ -85,7 +86,7 @@ pub enum Network {
     /// crate `krunbox-net`): egress under an [`EgressPolicy`](krunbox_net::policy::EgressPolicy)
     /// with every decision logged, DNS, published ports. Both backends; any kernel with
     /// virtio-net.
-    User(UserNetwork),
+    User(Box<UserNetwork>),
     /// libkrun only: TSI (transparent socket impersonation) — the guest's TCP/UDP sockets are
     /// opened by the VMM process on the host, so the guest reaches whatever the host reaches,
     /// its loopback included: no egress policy. Needs libkrunfw's patched kernel.
@@ -96,7 +97,7 @@ pub enum Network {
 
 impl Default for Network {
     fn default() -> Self {
-        Self::User(UserNetwork::default())
+        Self::User(Box::default())
     }
 }
 
@@ -386,10 +387,10 @@ pub enum BackendError {
     },
     /// The guest kernel.
     #[error("guest kernel: {0}")]
-    Kernel(#[from] crate::guest_kernel::KernelError),
+    Kernel(#[from] crate::backend::qemu::guest_kernel::KernelError),
     /// The initramfs.
     #[error("initramfs: {0}")]
-    Initramfs(#[from] crate::initramfs::InitramfsError),
+    Initramfs(#[from] crate::backend::qemu::initramfs::InitramfsError),
     /// The spec is unusable.
     #[error("invalid VM configuration: {0}")]
     InvalidSpec(String),
@@ -408,15 +409,8 @@ pub enum BackendError {
     #[error("{0}")]
     NotTheOwner(&'static str),
     /// A file operation.
-    #[error("{action} {path}: {source}")]
-    Io {
-        /// What was done.
-        action: &'static str,
-        /// On what.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::io_error::IoError),
     /// A lock.
     #[error(transparent)]
     Lock(#[from] crate::lock::LockError),

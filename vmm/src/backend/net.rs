@@ -6,12 +6,11 @@
 //!
 //! It ends with the VMM (the socket closes), with its parent (the QEMU supervisor's
 //! `PR_SET_PDEATHSIG`, or with `--lifeline-stdin` the end of its stdin, which the libkrun VMM
-//! child holds open until it exits), or on SIGTERM.
+//! child holds open until it exits), or on one of `self_spawn::ENDING_SIGNALS`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
 use tokio::net::UnixListener;
 
 use super::{BackendError, UserNetwork};
@@ -34,6 +33,24 @@ pub fn guest_network() -> krunbox_protocol::boot::Network {
         gateway: GATEWAY_IP,
         dns: GATEWAY_IP,
     }
+}
+
+/// The values of `network`'s secrets, from this process's environment (the command that boots
+/// the VM, or a sandbox's monitor), for [`crate::self_spawn::hand_secrets`].
+pub fn secret_values(
+    network: &super::Network,
+) -> Result<crate::self_spawn::SecretValues, BackendError> {
+    let super::Network::User(network) = network else {
+        return Ok(Vec::new());
+    };
+    let secrets = &network.config.secrets;
+    let values = krunbox_net::secrets::values(secrets, |name| std::env::var(name).ok())
+        .map_err(|e| BackendError::InvalidSpec(e.to_string()))?;
+    Ok(secrets
+        .iter()
+        .map(|s| s.name.clone())
+        .zip(values.into_iter().map(zeroize::Zeroizing::new))
+        .collect())
 }
 
 /// The helper's arguments (after the program): listen on `socket`.
@@ -142,6 +159,8 @@ pub fn main(args: &HelperArgs) -> i32 {
 async fn serve(args: &HelperArgs) -> Result<(), String> {
     let config: krunbox_net::NetConfig = serde_json::from_str(&args.config)
         .map_err(|e| format!("bad network configuration: {e}"))?;
+    // Before the socket exists: a secret that cannot be served stops the VM from booting.
+    let interceptor = interceptor(&config)?;
     let published = krunbox_net::bind_published(&config)
         .await
         .map_err(|e| e.to_string())?;
@@ -155,21 +174,12 @@ async fn serve(args: &HelperArgs) -> Result<(), String> {
         .map_err(|e| format!("listening on {}: {e}", args.socket.display()))?;
     let lifeline = async {
         if args.lifeline_stdin {
-            let mut stdin = tokio::io::stdin();
-            let mut buffer = [0u8; 64];
-            while matches!(stdin.read(&mut buffer).await, Ok(n) if n > 0) {}
+            crate::self_spawn::lifeline_end().await;
         } else {
             std::future::pending::<()>().await;
         }
     };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+    let terminate = crate::self_spawn::ending_signal();
     tokio::pin!(lifeline, terminate);
     let stream = tokio::select! {
         accepted = listener.accept() => accepted
@@ -180,13 +190,48 @@ async fn serve(args: &HelperArgs) -> Result<(), String> {
     };
     drop(listener);
     tracing::info!("the VMM connected the guest's network card");
-    let gateway = krunbox_net::Gateway::new(config);
+    let mut gateway = krunbox_net::Gateway::new(config);
+    if let Some(interceptor) = interceptor {
+        gateway = gateway.with_interceptor(interceptor);
+    }
     tokio::select! {
         result = gateway.run(stream, published) => result.map_err(|e| e.to_string()),
         _ = &mut lifeline => Ok(()),
         _ = &mut terminate => Ok(()),
     }
 }
+
+/// The interception of the network's secrets, their values from this process's environment
+/// (inherited from the krunbox command that booted the VM); `None` without secrets.
+fn interceptor(
+    config: &krunbox_net::NetConfig,
+) -> Result<Option<std::sync::Arc<krunbox_net::secrets::Interceptor>>, String> {
+    if config.secrets.is_empty() {
+        return Ok(None);
+    }
+    let values = krunbox_net::secrets::values(&config.secrets, |name| std::env::var(name).ok())
+        .map_err(|e| e.to_string())?;
+    #[cfg(feature = "secrets")]
+    {
+        let interceptor = krunbox_net::secrets::Interceptor::new(config.secrets.clone(), values)
+            .map_err(|e| e.to_string())?;
+        tracing::info!(
+            secrets = config.secrets.len(),
+            "TLS to the secrets' hosts is intercepted"
+        );
+        Ok(Some(std::sync::Arc::new(interceptor)))
+    }
+    #[cfg(not(feature = "secrets"))]
+    {
+        drop(values);
+        Err(NO_SECRETS_FEATURE.into())
+    }
+}
+
+/// Why a build without the `secrets` feature refuses `--secret`.
+#[cfg(not(feature = "secrets"))]
+pub const NO_SECRETS_FEATURE: &str =
+    "--secret needs TLS interception, which this build of krunbox lacks (the `secrets` feature)";
 
 /// Logs to stderr (the run directory's `net.log`), and to `--log` too; each is capped at
 /// [`MAX_LOG_BYTES`](krunbox_net::log_cap::MAX_LOG_BYTES) (the guest's actions write these

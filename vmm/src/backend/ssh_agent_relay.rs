@@ -312,8 +312,11 @@ mod tests {
         relay.start().unwrap();
         let mut client = UnixStream::connect(&relay.listen).unwrap();
         let length = u32::try_from(MAX_MESSAGE + 1).unwrap();
-        client.write_all(&length.to_be_bytes()).unwrap();
-        client.write_all(&[13]).unwrap();
+        // One write: the relay closes as soon as it reads the length, so a
+        // second write could meet a closed socket.
+        client
+            .write_all(&[&length.to_be_bytes()[..], &[13]].concat())
+            .unwrap();
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).unwrap();
         assert!(rest.is_empty(), "closed without a reply");

@@ -25,7 +25,7 @@ pub fn run() -> i32 {
         }
     }
     println!("common:");
-    match crate::guest_init::locate() {
+    match crate::guest::agent::locate() {
         Ok(path) => println!("  [ok] guest agent: {}", path.display()),
         Err(err) => println!("  [--] guest agent: {err}"),
     }
@@ -45,6 +45,7 @@ pub fn run() -> i32 {
                 }
             }
             println!("  data dir: {}", data.display());
+            host_cas_in_images();
         }
         Err(err) => println!("  [--] data dir: {err}"),
     }
@@ -58,4 +59,36 @@ pub fn run() -> i32 {
         (None, _) => println!("no backend can boot guests on this host"),
     }
     0
+}
+
+/// For each unpacked image in the store: the host's CAs its trust store lacks (a host that
+/// intercepts TLS has its proxy's CA there, and the guest needs `--host-ca`).
+fn host_cas_in_images() {
+    let Ok(store) = krunbox_image::store::Store::open_default() else {
+        return;
+    };
+    let Ok(images) = store.list_images() else {
+        return;
+    };
+    for image in images {
+        let rootfs = store.rootfs_path(&image);
+        if !rootfs.is_dir() {
+            continue;
+        }
+        match crate::guest::host_ca::missing_in(&rootfs) {
+            Ok((_, _, 0)) => {
+                println!("  [ok] host CAs: {} trusts them all", image.display_name())
+            }
+            Ok((_, 0, _)) => println!(
+                "  [--] host CAs: {} has no CA bundle; give it --host-ca for TLS",
+                image.display_name()
+            ),
+            Ok((host, _, missing)) => println!(
+                "  [!!] host CAs: {missing} of the host's {host} are not in {}'s trust store; \
+                 give it --host-ca if TLS through this host's proxy fails",
+                image.display_name()
+            ),
+            Err(err) => println!("  [--] host CAs: {err}"),
+        }
+    }
 }

@@ -11,7 +11,7 @@ use krunbox_image::source::{self, PullPolicy, Source};
 use krunbox_image::store::{ImageRecord, PruneReport, Store, StoreError};
 
 use super::table::{ago, human_size, print_with_header};
-use crate::image::{open_store, pull_options, ImageOptions};
+use crate::guest::rootfs::{open_store, pull_options, ImageOptions};
 use krunbox_image::pull::PullOptions;
 
 /// Download an image from a registry (or import a local OCI layout, OCI archive or

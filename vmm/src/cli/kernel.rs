@@ -1,10 +1,10 @@
 //! `krunbox kernel install|fetch|path`: the QEMU backend's guest kernels (see
-//! [`crate::guest_kernel`]): krunbox's own, the default once installed, and Debian's cloud
+//! [`crate::backend::qemu::guest_kernel`]): krunbox's own, the default once installed, and Debian's cloud
 //! kernel, the fallback.
 
 use std::path::PathBuf;
 
-use crate::guest_kernel::{debian, own, KernelError};
+use crate::backend::qemu::guest_kernel::{debian, own, KernelError};
 
 /// Kernel subcommands.
 #[derive(Debug, clap::Subcommand)]

@@ -6,6 +6,7 @@ pub mod kernel;
 pub mod net_args;
 pub mod pool;
 pub mod profile;
+pub mod review;
 pub mod run;
 pub mod sandbox;
 pub mod serve;
@@ -75,6 +76,14 @@ pub enum Command {
     /// Keep booted VMs ready for `krunbox run` (warm pools).
     #[command(subcommand)]
     Pool(pool::PoolCommand),
+    /// Show what the guest changed in a --workspace=review copy (A added, M modified, D
+    /// deleted, P permissions, T type; `!`: the host's file changed too).
+    Diff(review::DiffArgs),
+    /// Write a --workspace=review copy's changes into the workspace (all, or the PATHs
+    /// named); refused for a file that changed on the host since the copy was made.
+    Accept(review::ChoiceArgs),
+    /// Put a --workspace=review copy back as the workspace has it (all, or the PATHs named).
+    Reject(review::ChoiceArgs),
     /// Manage named volumes (directories kept across sandboxes, shared with `-v NAME:/path`).
     #[command(subcommand)]
     Volume(volume::VolumeCommand),

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use krunbox_net::config::{PublishedPort, SpecError, StaticHost};
 use krunbox_net::policy::{HostRule, NetRule, RuleError};
+use krunbox_net::secrets::{Secret, SecretError};
 use krunbox_net::NetConfig;
 
 use crate::backend::net::LogFormat;
@@ -39,6 +40,16 @@ pub enum NetArgsError {
     /// A -p or --add-host did not parse.
     #[error(transparent)]
     Spec(#[from] SpecError),
+    /// A --secret did not parse or has no value.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// `-e` names a secret.
+    #[error("-e {0}: {0} is a --secret; the guest gets its placeholder, never a value")]
+    SecretInEnv(String),
+    /// This build cannot intercept TLS.
+    #[cfg(not(feature = "secrets"))]
+    #[error("{}", crate::backend::net::NO_SECRETS_FEATURE)]
+    NoSecretsFeature,
     /// `KRUNBOX_DNS_SERVER` is not an address.
     #[error("{DNS_SERVER_ENV}={0:?} is not an IP:PORT address, e.g. 127.0.0.1:5353")]
     DnsServer(String),
@@ -84,6 +95,15 @@ pub struct NetArgs {
     /// for NAME reaches IP even when it is internal (you wrote the mapping).
     #[arg(long = "add-host", value_name = "NAME:IP")]
     pub add_hosts: Vec<String>,
+    /// Give the guest the environment variable NAME as a placeholder, never its value: the
+    /// gateway puts the value (taken from NAME in krunbox's own environment, never from the
+    /// command line) in place of the placeholder in the header values of HTTPS requests to
+    /// HOST (port 443 unless :PORT), which it intercepts with a CA of this sandbox that the
+    /// guest trusts, after verifying the real server against the host's trust store. To any
+    /// other host the placeholder goes out as it is. HOST must also be reachable under the
+    /// policy (--allow-host HOST with an allowlist). Repeatable.
+    #[arg(long = "secret", value_name = "NAME@HOST[:PORT][,HOST…]")]
+    pub secrets: Vec<String>,
     /// Also append every network decision (each connection allowed or denied, with the rule
     /// or reason; DNS answers; published connections) to this file.
     #[arg(long = "network-log", value_name = "FILE")]
@@ -114,6 +134,7 @@ impl NetArgs {
                 ("--allow-net", !self.allow_nets.is_empty()),
                 ("--add-host", !self.add_hosts.is_empty()),
                 ("--network-log", self.network_log.is_some()),
+                ("--secret", !self.secrets.is_empty()),
             ];
             if let Some((option, _)) = used.iter().find(|(_, used)| *used) {
                 return Err(NetArgsError::NeedsUserNetwork { option, mode });
@@ -133,17 +154,49 @@ impl NetArgs {
         for host in &self.add_hosts {
             config.hosts.push(host.parse::<StaticHost>()?);
         }
+        for secret in &self.secrets {
+            config.secrets.push(secret.parse::<Secret>()?);
+        }
+        check_secrets(&config.secrets)?;
         config.dns_server = dns_server(std::env::var_os(DNS_SERVER_ENV))?;
         let log = match &self.network_log {
             Some(path) if path.is_relative() => std::env::current_dir().ok().map(|d| d.join(path)),
             other => other.clone(),
         };
-        Ok(Network::User(UserNetwork {
+        Ok(Network::User(Box::new(UserNetwork {
             config,
             log,
             log_format: self.network_log_format,
             sandbox: None,
-        }))
+        })))
+    }
+}
+
+/// Checks that every secret has a value here, where the gateway will inherit it from, and
+/// that this build can intercept TLS; the values stay in the environment.
+pub fn check_secrets(secrets: &[Secret]) -> Result<(), NetArgsError> {
+    if secrets.is_empty() {
+        return Ok(());
+    }
+    krunbox_net::secrets::values(secrets, |name| std::env::var(name).ok())?;
+    #[cfg(not(feature = "secrets"))]
+    return Err(NetArgsError::NoSecretsFeature);
+    #[cfg(feature = "secrets")]
+    Ok(())
+}
+
+/// Refuses `-e` entries that name a secret (a bare `-e NAME` would copy the value in).
+pub fn refuse_secret_env(network: &Network, env: &[String]) -> Result<(), NetArgsError> {
+    let Network::User(network) = network else {
+        return Ok(());
+    };
+    let named = |entry: &String| {
+        let key = entry.split_once('=').map_or(entry.as_str(), |(key, _)| key);
+        network.config.secrets.iter().find(|s| s.name == key)
+    };
+    match env.iter().find_map(named) {
+        Some(secret) => Err(NetArgsError::SecretInEnv(secret.name.clone())),
+        None => Ok(()),
     }
 }
 

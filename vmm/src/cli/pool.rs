@@ -105,6 +105,12 @@ fn start(args: &StartArgs) -> Result<i32, SandboxCliError> {
     if args.size == 0 || args.size > crate::pool::MAX_SIZE {
         return Err(PoolError::Size(args.size).into());
     }
+    if args.vm.shares.workspace == Some(crate::cli::share_args::WorkspaceMode::Review) {
+        // Each VM would need a copy of its own, made before anyone asks for it.
+        return Err(SandboxCliError::Usage(
+            "a warm pool cannot have --workspace=review: use it with run or create".into(),
+        ));
+    }
     let member = sandbox_spec(
         args.name.clone(),
         args.vm.image(&args.image).as_deref(),
@@ -121,7 +127,7 @@ fn start(args: &StartArgs) -> Result<i32, SandboxCliError> {
         .map_err(|e| SandboxCliError::Usage(e.to_string()))?
         .kind();
     let guest_init =
-        crate::guest_init::locate().map_err(|e| SandboxCliError::Usage(e.to_string()))?;
+        crate::guest::agent::locate().map_err(|e| SandboxCliError::Usage(e.to_string()))?;
     let key = PoolKey::of(&member.vm_spec(guest_init), backend);
     let spec = PoolSpec {
         name: args.name.clone(),

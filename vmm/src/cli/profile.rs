@@ -90,8 +90,8 @@ pub enum ProfileError {
 pub struct Profile {
     /// IMAGE.
     pub image: Option<String>,
-    /// `--workspace`.
-    pub workspace: Option<bool>,
+    /// `--workspace` (`true`), or its mode (`"share"`, `"review"`: `--workspace=review`).
+    pub workspace: Option<WorkspaceSetting>,
     /// `-v` each.
     #[serde(default)]
     pub volumes: Vec<String>,
@@ -113,6 +113,9 @@ pub struct Profile {
     pub ssh: Option<bool>,
     /// `--host-ca`.
     pub host_ca: Option<bool>,
+    /// `--secret` each (`NAME@HOST,…`; the value from the environment, never the file).
+    #[serde(default)]
+    pub secrets: Vec<String>,
     /// `--cpus`.
     pub cpus: Option<u8>,
     /// `--memory` (MiB).
@@ -126,6 +129,16 @@ pub struct Profile {
     pub user: Option<String>,
 }
 
+/// A profile's `workspace`: `true`/`false`, or a mode by name.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum WorkspaceSetting {
+    /// `workspace = true`: shared as it is.
+    On(bool),
+    /// `workspace = "review"` (or `"share"`), checked by `--workspace`'s own parser.
+    Mode(String),
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProfileFile {
@@ -137,12 +150,16 @@ impl Profile {
     /// The profile as command-line arguments of `subcommand`; IMAGE as `--profile-image`.
     pub fn to_args(&self, subcommand: &str) -> Vec<String> {
         let mut args = Vec::new();
+        match &self.workspace {
+            Some(WorkspaceSetting::On(true)) => args.push("--workspace".into()),
+            Some(WorkspaceSetting::Mode(mode)) => args.push(format!("--workspace={mode}")),
+            Some(WorkspaceSetting::On(false)) | None => {}
+        }
         let mut flag = |on: Option<bool>, name: &str| {
             if on == Some(true) {
                 args.push(name.to_owned());
             }
         };
-        flag(self.workspace, "--workspace");
         flag(self.ssh, "--ssh");
         flag(self.host_ca, "--host-ca");
         let mut each = |name: &str, values: &[String]| {
@@ -156,6 +173,7 @@ impl Profile {
         each("--allow-net", &self.allow_net);
         each("--add-host", &self.add_host);
         each("-p", &self.publish);
+        each("--secret", &self.secrets);
         let per_exec = subcommand != "start";
         if per_exec {
             each("-e", &self.env);
@@ -206,6 +224,8 @@ impl Profile {
             (host_alias, "allow_host for the host's loopback alias"),
             (self.ssh == Some(true), "ssh"),
             (self.host_ca == Some(true), "host_ca"),
+            // It would send the user's variable to a host the project chose.
+            (!self.secrets.is_empty(), "secrets"),
             (!self.allow_net.is_empty(), "allow_net"),
             (!self.add_host.is_empty(), "add_host"),
             (!self.publish.is_empty(), "publish"),
@@ -341,6 +361,8 @@ mod tests {
         )
         .unwrap();
         let agent = &profile.profile["agent"];
+        let review: ProfileFile = toml::from_str("[profile.r]\nworkspace = \"review\"\n").unwrap();
+        assert_eq!(review.profile["r"].to_args("run"), ["--workspace=review"]);
         assert_eq!(
             agent.to_args("run"),
             [
@@ -395,6 +417,7 @@ mod tests {
             ),
             ("ssh = true", "ssh"),
             ("host_ca = true", "host_ca"),
+            (r#"secrets = ["K@a.test"]"#, "secrets"),
             (r#"allow_net = ["10.0.0.0/8"]"#, "allow_net"),
             (r#"add_host = ["a:127.0.0.1"]"#, "add_host"),
             (r#"publish = ["80:80"]"#, "publish"),
@@ -422,6 +445,13 @@ mod tests {
         // A user's file: it mounts a volume and forwards the SSH agent, which a project's may
         // not.
         assert!(agent.beyond_a_project().is_some());
+        // Its commented secret, uncommented, is a --secret.
+        let shipped =
+            include_str!("../../../profiles/node-agent.toml").replace("# secrets = ", "secrets = ");
+        let file: ProfileFile = toml::from_str(&shipped).unwrap();
+        let args = file.profile["node-agent"].to_args("run");
+        let at = args.iter().position(|a| a == "--secret").expect("--secret");
+        assert_eq!(args[at + 1], "ANTHROPIC_API_KEY@api.anthropic.com");
     }
 
     #[test]

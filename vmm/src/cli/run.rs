@@ -7,10 +7,9 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use krunbox_image::config::{merge_run_config, RunConfig, RunConfigError, RunOverrides};
+use krunbox_image::config::RunOverrides;
 use krunbox_image::platform::Platform;
 use krunbox_image::source::PullPolicy;
-use krunbox_image::user::{resolve_user, UserError};
 
 use super::net_args::NetArgsError;
 use super::session::{self, CommandOptions, SecondInterrupt, Session, SessionError};
@@ -18,7 +17,8 @@ use super::ssh_args::SshAgentError;
 use super::timings::{RunMarks, Timings, TimingsFormat};
 use super::vm_args::VmArgs;
 use crate::backend::{self, VmSpec};
-use crate::image::{ImageError, ImageOptions};
+use crate::guest::command::GuestCommand;
+use crate::guest::rootfs::{ImageError, ImageOptions};
 
 /// When `krunbox run` contacts the registry for IMAGE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -82,6 +82,9 @@ pub struct RunArgs {
     /// default: the image's User, else root).
     #[arg(short = 'u', long = "user", value_name = "USER[:GROUP]")]
     pub user: Option<String>,
+    /// Resource limits (`--ulimit`).
+    #[command(flatten)]
+    pub limits: crate::cli::session::LimitArgs,
     /// Replace the image's Entrypoint (and drop its Cmd); an empty string clears it.
     #[arg(long, value_name = "PROGRAM")]
     pub entrypoint: Option<String>,
@@ -142,19 +145,16 @@ pub enum RunError {
     Image(Box<ImageError>),
     /// The image's run defaults and the command line do not make a command.
     #[error(transparent)]
-    Config(#[from] RunConfigError),
-    /// The user to run as.
-    #[error(transparent)]
-    User(#[from] UserError),
+    Command(#[from] crate::guest::command::CommandError),
     /// The guest agent binary.
     #[error(transparent)]
-    GuestInit(#[from] crate::guest_init::GuestInitNotFound),
+    GuestInit(#[from] crate::guest::agent::GuestInitNotFound),
     /// The backend.
     #[error(transparent)]
     Backend(#[from] backend::BackendError),
     /// Shared directories.
     #[error(transparent)]
-    Shares(#[from] crate::shares::ShareError),
+    Shares(#[from] crate::guest::shares::ShareError),
     /// Named volumes.
     #[error(transparent)]
     Volume(#[from] crate::volumes::VolumeError),
@@ -181,10 +181,31 @@ impl From<ImageError> for RunError {
     }
 }
 
+/// After a run with `--workspace=review`: says how to review what the guest changed, or
+/// removes the copy if it changed nothing.
+fn report_review(id: &str) {
+    let Ok(store) = crate::review::ReviewStore::new() else {
+        return;
+    };
+    let Ok(review) = store.open(id) else { return };
+    match crate::review::changes::changes(&review) {
+        Ok(changes) if changes.is_empty() => {
+            let _ = store.remove(id);
+        }
+        Ok(changes) => eprintln!(
+            "krunbox: {} change(s) to the workspace are kept for review: `krunbox diff {id}`, \
+             then `krunbox accept {id}` or `krunbox reject {id}`",
+            changes.len()
+        ),
+        Err(err) => eprintln!("krunbox: the workspace's copy {id}: {err}"),
+    }
+}
+
 /// Runs the command; returns krunbox's exit code.
 pub fn run(args: RunArgs) -> Result<i32, RunError> {
     let run_started = Instant::now();
     let network = args.vm.net.network()?;
+    crate::cli::net_args::refuse_secret_env(&network, &args.env)?;
     // The backend first: a host that cannot run it is the first thing to hear about.
     let backend = backend::select(args.vm.backend_kind(), args.vm.kernel.is_some())?;
     let ssh_agent = args.vm.ssh.resolve()?;
@@ -194,14 +215,23 @@ pub fn run(args: RunArgs) -> Result<i32, RunError> {
         progress: std::io::stderr().is_terminal(),
     };
     // Held until the VM is gone: the lease keeps rmi/prune away from the image.
-    let root = crate::image::prepare(args.vm.image(&args.image).as_deref(), &options)?;
+    let root = crate::guest::rootfs::prepare(args.vm.image(&args.image).as_deref(), &options)?;
     tracing::debug!(image = %root.name, rootfs = %root.rootfs.display(), overlay = root.overlay, "image ready");
-    let shares = args.vm.shares.resolve()?;
-    // Held until the VM is gone: `krunbox volume rm` refuses a volume in use.
-    let volume_leases = crate::volumes::VolumeStore::new()?
-        .lease_all(shares.dirs.iter().map(|dir| dir.host_path.as_path()))?;
-    let command = GuestCommand::for_image(&args, &root, &shares)?;
-    let guest_init = crate::guest_init::locate()?;
+    // The leases are held until the VM is gone: `krunbox volume rm` refuses a volume in use.
+    let (shares, volume_leases) = args.vm.shares.resolve_leased()?;
+    let review = shares.review.clone();
+    let command = GuestCommand::resolve(
+        &root,
+        &shares,
+        RunOverrides {
+            entrypoint: args.entrypoint.clone(),
+            command: args.command.clone(),
+            env: args.env.clone(),
+            workdir: args.workdir.clone(),
+            user: args.user.clone(),
+        },
+    )?;
+    let guest_init = crate::guest::agent::locate()?;
     let mut spec = VmSpec::new(root.rootfs.clone(), guest_init);
     spec.root_overlay = root.overlay;
     spec.cpus = args.vm.cpus;
@@ -225,7 +255,7 @@ pub fn run(args: RunArgs) -> Result<i32, RunError> {
     // A signal while the backend starts the VM must not kill krunbox before it can stop the
     // VM it is starting: note it, and act once `start` returns.
     let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+    for sig in crate::self_spawn::ENDING_SIGNALS {
         let interrupted = std::sync::Arc::clone(&interrupted);
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         let registered = unsafe {
@@ -248,12 +278,15 @@ pub fn run(args: RunArgs) -> Result<i32, RunError> {
         return Ok(128 + sig as i32);
     }
 
-    let options = command.options(&args, true, SecondInterrupt::StopVm);
+    let options = session_options(&command, &args, true, SecondInterrupt::StopVm);
     let outcome = session::block_on(Session::new(options, vm.as_mut()).run_marked());
     // The VM handle's drop waits for the cleanup.
     drop(vm);
     drop(root);
     drop(volume_leases);
+    if let Some(id) = &review {
+        report_review(id);
+    }
     tracing::debug!(elapsed = ?started.elapsed(), "done");
     let (result, marks) = outcome?;
     if let Some(format) = args.timings {
@@ -286,7 +319,7 @@ fn run_warm(
         }
     };
     // A second Ctrl-C leaves the command; the VM goes with the claim either way.
-    let options = command.options(args, false, SecondInterrupt::Detach);
+    let options = session_options(command, args, false, SecondInterrupt::Detach);
     let outcome = session::block_on(Session::new(options, &mut vm).run_marked());
     let pool = claimed.pool.clone();
     claimed.finish();
@@ -311,70 +344,24 @@ fn print_timings(timings: &Timings, format: TimingsFormat) {
     }
 }
 
-/// `KEY=VALUE` strings as pairs.
-pub fn split_env(env: &[String]) -> Vec<(String, String)> {
-    env.iter()
-        .map(|entry| {
-            let (key, value) = entry.split_once('=').unwrap_or((entry, ""));
-            (key.to_owned(), value.to_owned())
-        })
-        .collect()
-}
-
-/// What runs in the guest: the image's defaults merged with the command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct GuestCommand {
-    config: RunConfig,
-    /// uid and gid, when not root.
-    user: Option<(u32, u32)>,
-}
-
-impl GuestCommand {
-    /// The session's options for this command.
-    fn options(
-        &self,
-        args: &RunArgs,
-        power_off_on_exit: bool,
-        second_interrupt: SecondInterrupt,
-    ) -> CommandOptions {
-        CommandOptions {
-            command: self.config.argv.clone(),
-            env: split_env(&self.config.env),
-            workdir: Some(self.config.workdir.clone()),
-            user: self.user,
-            tty: args.tty,
-            interactive: args.interactive,
-            power_off_on_exit,
-            second_interrupt,
-            agent_timeout: Duration::from_secs(args.boot_timeout),
-            started_mark: args.started_mark.clone(),
-        }
-    }
-
-    /// `-w` and `-u` win over the workspace (its path, its owner), which wins over the image.
-    fn for_image(
-        args: &RunArgs,
-        root: &crate::image::PreparedRoot,
-        shares: &crate::shares::Shares,
-    ) -> Result<Self, RunError> {
-        let overrides = RunOverrides {
-            entrypoint: args.entrypoint.clone(),
-            command: args.command.clone(),
-            env: args.env.clone(),
-            workdir: args.workdir.clone().or_else(|| shares.workdir.clone()),
-            user: args
-                .user
-                .clone()
-                .or_else(|| shares.user.map(|(uid, gid)| format!("{uid}:{gid}"))),
-        };
-        let mut config = merge_run_config(&root.config, &overrides, |key| std::env::var(key).ok())?;
-        let user = resolve_user(&root.rootfs, &config.user)?;
-        if !config.env.iter().any(|e| e.starts_with("HOME=")) {
-            config.env.push(format!("HOME={}", user.home));
-        }
-        Ok(Self {
-            config,
-            user: (user.uid != 0 || user.gid != 0).then_some((user.uid, user.gid)),
-        })
+/// The session's options for `command`.
+fn session_options(
+    command: &GuestCommand,
+    args: &RunArgs,
+    power_off_on_exit: bool,
+    second_interrupt: SecondInterrupt,
+) -> CommandOptions {
+    CommandOptions {
+        command: command.argv.clone(),
+        env: command.env.clone(),
+        workdir: Some(command.workdir.clone()),
+        user: command.user,
+        tty: args.tty,
+        interactive: args.interactive,
+        power_off_on_exit,
+        second_interrupt,
+        agent_timeout: Duration::from_secs(args.boot_timeout),
+        started_mark: args.started_mark.clone(),
+        rlimits: args.limits.ulimits.clone(),
     }
 }

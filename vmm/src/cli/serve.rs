@@ -1,5 +1,6 @@
 //! `krunbox serve`: the HTTP API (`crate::api`) on a Unix socket or a TCP port.
 
+use crate::io_error::io;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -40,15 +41,8 @@ pub struct ServeArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// A socket, token file or runtime directory.
-    #[error("{action} {path}: {source}")]
-    Io {
-        /// What was done.
-        action: &'static str,
-        /// On what.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::io_error::IoError),
     /// Another server answers on the socket.
     #[error("another krunbox serve already listens on {0} (stop it, or give --socket)")]
     InUse(PathBuf),
@@ -72,14 +66,6 @@ pub enum ServeError {
     /// The data directory.
     #[error(transparent)]
     DataDir(#[from] crate::private_dir::PrivateDirError),
-}
-
-fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ServeError + 'a {
-    move |source| ServeError::Io {
-        action,
-        path: path.to_owned(),
-        source,
-    }
 }
 
 /// `krunbox serve`.
@@ -216,39 +202,22 @@ fn new_token() -> Result<(String, Option<PathBuf>), ServeError> {
     let path = root.join("api-token");
     let temp = tempfile::NamedTempFile::new_in(&root).map_err(io("create a file in", &root))?;
     std::fs::write(temp.path(), &token).map_err(io("write", temp.path()))?;
-    temp.persist(&path).map_err(|e| ServeError::Io {
-        action: "write",
-        path: path.clone(),
-        source: e.error,
-    })?;
+    temp.persist(&path)
+        .map_err(|e| io("write", &path)(e.error))?;
     Ok((token, Some(path)))
 }
 
-/// Resolves on SIGINT or SIGTERM (and at stdin's end with `lifeline`).
+/// Resolves at an ending signal (and at stdin's end with `lifeline`).
 async fn shutdown_signal(lifeline: bool) {
-    use tokio::signal::unix::{signal, SignalKind};
     let stdin_closed = async move {
-        if !lifeline {
-            return std::future::pending::<()>().await;
+        if lifeline {
+            crate::self_spawn::lifeline_end().await;
+        } else {
+            std::future::pending::<()>().await;
         }
-        let mut stdin = tokio::io::stdin();
-        let mut buf = [0u8; 256];
-        loop {
-            match tokio::io::AsyncReadExt::read(&mut stdin, &mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    };
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return stdin_closed.await;
     };
     tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-        _ = stdin_closed => {}
+        () = crate::self_spawn::ending_signal() => {}
+        () = stdin_closed => {}
     }
 }

@@ -11,7 +11,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use krunbox_protocol::client::{Client, ExecSpec, ExecStdin};
-use krunbox_protocol::messages::{ExitStatus, Outcome};
+use krunbox_protocol::messages::{ExitStatus, Outcome, Rlimit};
 use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
@@ -76,6 +76,23 @@ pub struct CommandOptions {
     pub agent_timeout: Duration,
     /// A file to create once the command runs (`krunbox-oci`: its `start` waits for it).
     pub started_mark: Option<std::path::PathBuf>,
+    /// Resource limits (`--ulimit`).
+    pub rlimits: Vec<Rlimit>,
+}
+
+/// A command's resource limits on the command line (`run`, `exec`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitArgs {
+    /// Set a resource limit of COMMAND, as `docker run --ulimit` does: NAME=SOFT[:HARD]
+    /// (nofile, nproc, core, stack, memlock, ...; a value is a number, `unlimited` or -1).
+    /// Set before COMMAND becomes its user, so a hard limit may be raised. Repeatable.
+    #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]", value_parser = parse_ulimit)]
+    pub ulimits: Vec<Rlimit>,
+}
+
+/// `--ulimit NAME=SOFT[:HARD]`, as `docker run` takes it.
+fn parse_ulimit(text: &str) -> Result<Rlimit, String> {
+    krunbox_protocol::rlimit::parse_ulimit(text).map_err(|e| e.to_string())
 }
 
 /// The guest's boot clock as its agent reported it in the handshake.
@@ -216,6 +233,9 @@ impl<'a> Session<'a> {
         }
         if let Some((uid, gid)) = options.user {
             spec = spec.user(uid, gid);
+        }
+        for limit in &options.rlimits {
+            spec = spec.rlimit(*limit);
         }
         if options.tty {
             let (rows, cols) = terminal::window_size().unwrap_or((24, 80));

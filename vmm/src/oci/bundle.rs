@@ -9,8 +9,9 @@
 //!   itself.
 //! - `linux.resources.memory.limit` → guest memory; `linux.resources.cpu.quota/period` →
 //!   vCPUs (rounded up).
-//! - Namespaces, capabilities, seccomp, cgroups paths, rlimits and hooks are for a shared
-//!   kernel: the VM boundary replaces them, so they are not applied inside the guest.
+//! - `process.rlimits`: set on the process in the guest (`--ulimit`), as runc sets them.
+//! - Namespaces, capabilities, seccomp, cgroups paths and hooks are for a shared kernel: the
+//!   VM boundary replaces them, so they are not applied inside the guest.
 //! - Network: krunbox's own gateway (egress to anywhere, as a container's default), not the
 //!   engine's network namespace; annotations `io.krunbox.network` (`user`, `none`) choose.
 
@@ -44,7 +45,8 @@ pub enum BundleError {
 /// What `create` keeps of a bundle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Container {
-    /// `krunbox run`'s arguments (after `run`), up to and including the command.
+    /// `krunbox run`'s arguments (after `run`), up to and including the command; empty when
+    /// the config has no process (`start` then fails).
     pub run_args: Vec<String>,
     /// The annotations, for `state`.
     pub annotations: std::collections::BTreeMap<String, String>,
@@ -64,10 +66,20 @@ pub fn load(bundle: &Path) -> Result<Container, BundleError> {
 
 /// The container of `spec`, whose relative paths are relative to `bundle`.
 pub fn container(bundle: &Path, spec: &Spec) -> Result<Container, BundleError> {
-    let process = spec
-        .process()
-        .as_ref()
-        .ok_or_else(|| BundleError::Unsupported("no process to run".into()))?;
+    let annotations: std::collections::BTreeMap<String, String> = spec
+        .annotations()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    // The spec lets a config have no process until `start`, which must then fail.
+    let Some(process) = spec.process().as_ref() else {
+        return Ok(Container {
+            run_args: Vec::new(),
+            annotations,
+            terminal: false,
+        });
+    };
     let args = process.args().clone().unwrap_or_default();
     if args.is_empty() {
         return Err(BundleError::Unsupported("process.args is empty".into()));
@@ -81,12 +93,6 @@ pub fn container(bundle: &Path, spec: &Spec) -> Result<Container, BundleError> {
     } else {
         bundle.join(root.path())
     };
-    let annotations: std::collections::BTreeMap<String, String> = spec
-        .annotations()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
 
     let mut run = Vec::new();
     let mut opt = |name: &str, value: String| run.push(format!("--{name}={value}"));
@@ -98,6 +104,27 @@ pub fn container(bundle: &Path, spec: &Spec) -> Result<Container, BundleError> {
     opt("workdir", process.cwd().display().to_string());
     let user = process.user();
     opt("user", format!("{}:{}", user.uid(), user.gid()));
+    let mut limited = std::collections::BTreeSet::new();
+    for limit in process.rlimits().clone().unwrap_or_default() {
+        let checked = krunbox_protocol::rlimit::named_limit(
+            &limit.typ().to_string(),
+            limit.soft(),
+            limit.hard(),
+        )
+        .map_err(|e| BundleError::Unsupported(format!("process.rlimits: {e}")))?;
+        // The runtime spec: a type given twice is an error.
+        if !limited.insert(checked.resource) {
+            return Err(BundleError::Unsupported(format!(
+                "process.rlimits: {} is given twice",
+                limit.typ()
+            )));
+        }
+        let name = krunbox_protocol::rlimit::resource_name(checked.resource).unwrap_or_default();
+        opt(
+            "ulimit",
+            format!("{name}={}:{}", checked.soft, checked.hard),
+        );
+    }
     if let Some(hostname) = spec.hostname() {
         if !hostname.is_empty() {
             opt("hostname", hostname.clone());
@@ -199,6 +226,7 @@ mod tests {
                 "terminal": false,
                 "user": { "uid": 1000, "gid": 100 },
                 "args": ["sh", "-c", "echo hi"],
+                "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": 2048, "soft": 1024 }],
                 "env": ["PATH=/bin", "TERM=xterm"],
                 "cwd": "/srv"
             },
@@ -219,6 +247,7 @@ mod tests {
                 "--env=TERM=xterm",
                 "--workdir=/srv",
                 "--user=1000:100",
+                "--ulimit=nofile=1024:2048",
                 "--hostname=c1",
                 &format!("--volume={}:/data:ro", data.display()),
                 "--memory=768",
@@ -234,10 +263,42 @@ mod tests {
     }
 
     #[test]
-    fn a_config_without_a_process_is_refused() {
-        let spec = spec(serde_json::json!({ "ociVersion": "1.0.2", "root": { "path": "r" } }));
+    fn a_soft_limit_above_the_hard_one_or_a_limit_given_twice_is_refused() {
+        let above = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": { "user": { "uid": 0, "gid": 0 }, "args": ["true"], "cwd": "/",
+                         "rlimits": [{ "type": "RLIMIT_NPROC", "hard": 5, "soft": 10 }] },
+            "root": { "path": "r" }
+        }));
+        let refused = container(Path::new("/b"), &above).unwrap_err().to_string();
+        assert!(
+            refused.contains("nproc") || refused.contains("NPROC"),
+            "{refused}"
+        );
+        let twice = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": { "user": { "uid": 0, "gid": 0 }, "args": ["true"], "cwd": "/",
+                         "rlimits": [{ "type": "RLIMIT_CORE", "hard": 5, "soft": 1 },
+                                     { "type": "RLIMIT_CORE", "hard": 6, "soft": 2 }] },
+            "root": { "path": "r" }
+        }));
+        let refused = container(Path::new("/b"), &twice).unwrap_err().to_string();
+        assert!(refused.contains("twice"), "{refused}");
+    }
+
+    #[test]
+    fn a_config_without_a_process_has_nothing_to_run() {
+        let bare = spec(serde_json::json!({ "ociVersion": "1.0.2", "root": { "path": "r" } }));
+        assert!(container(Path::new("/b"), &bare)
+            .unwrap()
+            .run_args
+            .is_empty());
+        let empty = spec(
+            serde_json::json!({ "ociVersion": "1.0.2", "root": { "path": "r" },
+            "process": { "user": { "uid": 0, "gid": 0 }, "args": [], "cwd": "/" } }),
+        );
         assert!(matches!(
-            container(Path::new("/b"), &spec),
+            container(Path::new("/b"), &empty),
             Err(BundleError::Unsupported(_))
         ));
     }

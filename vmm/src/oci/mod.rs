@@ -136,6 +136,9 @@ pub enum OciError {
         /// What the operation needs.
         need: &'static str,
     },
+    /// `start` of a container whose config has no process.
+    #[error("container {0:?} has no process to start (its config.json has none)")]
+    NoProcess(String),
     /// A bad signal.
     #[error("unknown signal {0:?}")]
     Signal(String),
@@ -313,7 +316,9 @@ fn create(
     })?;
     let container = bundle::load(&bundle)?;
     // Settings krunbox run would refuse are refused now, not at start.
-    run_args(&container.run_args)?;
+    if !container.run_args.is_empty() {
+        run_args(&container.run_args)?;
+    }
     let mut record = Record {
         id: id.to_owned(),
         bundle,
@@ -420,6 +425,9 @@ fn start(root: &Root, id: &str) -> Result<i32, OciError> {
             },
             need: "only a created container can be started, once",
         });
+    }
+    if record.run_args.is_empty() {
+        return Err(OciError::NoProcess(id.to_owned()));
     }
     record.started = true;
     root.write(&record)?;

@@ -10,6 +10,7 @@
 //!   exit            the process's exit code, written by the monitor at the end
 //! ```
 
+use crate::io_error::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -38,15 +39,8 @@ pub enum StateError {
     #[error("{0:?} is not a container ID (letters, digits, '_', '.', '-'; at most 128)")]
     BadId(String),
     /// A file.
-    #[error("{action} {path}: {source}")]
-    Io {
-        /// What was done.
-        action: &'static str,
-        /// On what.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::io_error::IoError),
     /// A malformed record.
     #[error("{path}: {source}")]
     Json {
@@ -55,14 +49,6 @@ pub enum StateError {
         /// Why.
         source: serde_json::Error,
     },
-}
-
-fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StateError + 'a {
-    move |source| StateError::Io {
-        action,
-        path: path.to_owned(),
-        source,
-    }
 }
 
 /// What `create` recorded.
@@ -141,7 +127,7 @@ impl Root {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(StateError::Exists(record.id.clone()))
             }
-            Err(e) => return Err(io("create", &dir)(e)),
+            Err(e) => return Err(io("create", &dir)(e).into()),
         }
         let fifo = dir.join(START_FIFO);
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
@@ -158,7 +144,7 @@ impl Root {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(StateError::NotFound(id.to_owned()))
             }
-            Err(e) => return Err(io("read", &path)(e)),
+            Err(e) => return Err(io("read", &path)(e).into()),
         };
         serde_json::from_slice(&text).map_err(|source| StateError::Json { path, source })
     }
@@ -173,7 +159,7 @@ impl Root {
         })?;
         let temp = dir.join(".container.json.tmp");
         std::fs::write(&temp, text).map_err(io("write", &temp))?;
-        std::fs::rename(&temp, &path).map_err(io("write", &path))
+        Ok(std::fs::rename(&temp, &path).map_err(io("write", &path))?)
     }
 
     /// Removes a container's directory.
@@ -182,7 +168,7 @@ impl Root {
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io("remove", &dir)(e)),
+            Err(e) => Err(io("remove", &dir)(e).into()),
         }
     }
 }

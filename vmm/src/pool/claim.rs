@@ -7,6 +7,7 @@
 //! and the keeper never both have one.
 
 use crate::backend::{BackendKind, VmSpec};
+use crate::io_error::io;
 use crate::lock::LockGuard;
 use crate::sandbox::state::Status;
 use crate::sandbox::store::Sandbox;
@@ -127,7 +128,7 @@ pub(super) fn try_claim(member: &Sandbox) -> Result<Option<LockGuard>, PoolError
         return Ok(None);
     }
     let mark = member.file(CLAIMED_FILE);
-    std::fs::write(&mark, b"").map_err(super::io("write", &mark))?;
+    std::fs::write(&mark, b"").map_err(io("write", &mark))?;
     Ok(Some(lock))
 }
 

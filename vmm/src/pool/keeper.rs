@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::claim::{self, MemberState};
 use super::{Pool, PoolError, KEEPER_LOG_FILE};
+use crate::io_error::io;
 use crate::sandbox::lifecycle;
 
 /// How often the keeper looks at its members.
@@ -136,13 +137,13 @@ fn boot_member(pool: &Pool, spec: &super::PoolSpec, serial: u64) -> Result<(), P
     let sandbox = pool.members().create(&member)?;
     // Until the member is warmed up, no run claims it.
     let warming = sandbox.file(claim::WARMING_FILE);
-    std::fs::write(&warming, b"").map_err(super::io("write", &warming))?;
+    std::fs::write(&warming, b"").map_err(io("write", &warming))?;
     match lifecycle::start(&sandbox) {
         Ok(boot_ms) => {
             if let Err(err) = warm_up(&sandbox) {
                 tracing::debug!(member = sandbox.name(), %err, "no warm-up exec");
             }
-            std::fs::remove_file(&warming).map_err(super::io("remove", &warming))?;
+            std::fs::remove_file(&warming).map_err(io("remove", &warming))?;
             tracing::info!(member = sandbox.name(), ?boot_ms, "member ready");
             Ok(())
         }

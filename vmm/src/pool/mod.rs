@@ -19,6 +19,7 @@
 pub mod claim;
 pub mod keeper;
 
+use crate::io_error::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -67,16 +68,8 @@ pub enum PoolError {
         log: PathBuf,
     },
     /// A file operation.
-    #[error("{action} {path}: {source}")]
-    Io {
-        /// What was done.
-        action: &'static str,
-        /// On what.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::io_error::IoError),
     /// `pool.json`.
     #[error("{path}: {source}")]
     Json {
@@ -183,7 +176,7 @@ impl Pools {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(PoolError::Exists(spec.name.clone()))
             }
-            Err(e) => return Err(io("create", &dir)(e)),
+            Err(e) => return Err(io("create", &dir)(e).into()),
         }
         let pool = Pool { dir };
         let path = pool.dir.join(SPEC_FILE);
@@ -286,7 +279,7 @@ impl Pool {
     /// Asks the keeper to empty the pool and exit.
     pub fn request_stop(&self) -> Result<(), PoolError> {
         let path = self.dir.join(STOP_FILE);
-        std::fs::write(&path, b"").map_err(io("write", &path))
+        Ok(std::fs::write(&path, b"").map_err(io("write", &path))?)
     }
 
     fn stop_requested(&self) -> bool {
@@ -298,7 +291,7 @@ impl Pool {
         let parent = self.dir.parent().unwrap_or(Path::new("/")).to_owned();
         let doomed = parent.join(format!(".{}.removing-{}", self.name(), std::process::id()));
         std::fs::rename(&self.dir, &doomed).map_err(io("remove", &self.dir))?;
-        std::fs::remove_dir_all(&doomed).map_err(io("remove", &doomed))
+        Ok(std::fs::remove_dir_all(&doomed).map_err(io("remove", &doomed))?)
     }
 
     /// Counts its members: ready, in use, booting.
@@ -328,17 +321,6 @@ pub struct Census {
     pub spent: usize,
     /// Starting.
     pub booting: usize,
-}
-
-pub(super) fn io<'a>(
-    action: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> PoolError + 'a {
-    move |source| PoolError::Io {
-        action,
-        path: path.to_owned(),
-        source,
-    }
 }
 
 #[cfg(test)]

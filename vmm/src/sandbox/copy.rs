@@ -25,6 +25,8 @@ use krunbox_protocol::messages::{ErrorKind, FileType};
 
 use host::{mode_of, HostDir, Kind};
 
+use crate::io_error::io;
+
 /// Why a copy failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
@@ -37,15 +39,8 @@ pub enum CopyError {
         error: ClientError,
     },
     /// The host side.
-    #[error("{action} {path}: {source}")]
-    Host {
-        /// What was done.
-        action: &'static str,
-        /// The host path.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Host(#[from] crate::io_error::IoError),
     /// A source that is neither a file nor a directory.
     #[error("{0}: only files and directories can be copied")]
     Unsupported(String),
@@ -88,14 +83,6 @@ fn guest(path: &str) -> impl FnOnce(ClientError) -> CopyError + '_ {
     }
 }
 
-fn host<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> CopyError + 'a {
-    move |source| CopyError::Host {
-        action,
-        path: path.to_owned(),
-        source,
-    }
-}
-
 /// Joins a guest directory and a name.
 fn guest_join(dir: &str, name: &str) -> String {
     format!("{}/{name}", dir.trim_end_matches('/'))
@@ -126,7 +113,7 @@ async fn guest_is_dir(client: &Client, path: &str) -> Result<Option<bool>, CopyE
 /// Copies the host path `src` to the guest path `dst`.
 pub async fn to_guest(client: &Client, src: &Path, dst: &str) -> Result<Copied, CopyError> {
     // `src` as typed (a symlink the user names is followed); nothing beneath it is.
-    let meta = std::fs::metadata(src).map_err(host("read", src))?;
+    let meta = std::fs::metadata(src).map_err(io("read", src))?;
     if !meta.is_dir() && !meta.is_file() {
         return Err(CopyError::Unsupported(src.display().to_string()));
     }
@@ -148,8 +135,8 @@ pub async fn to_guest(client: &Client, src: &Path, dst: &str) -> Result<Copied, 
             .read(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
             .open(src)
-            .map_err(host("open", src))?;
-        let meta = file.metadata().map_err(host("read", src))?;
+            .map_err(io("open", src))?;
+        let meta = file.metadata().map_err(io("read", src))?;
         if !meta.is_file() {
             return Err(CopyError::Unsupported(src.display().to_string()));
         }
@@ -280,7 +267,7 @@ fn destination(src: &str, dst: &Path, is_dir: bool) -> Result<(HostDir, OsString
         _ => Path::new("."),
     };
     if is_dir {
-        std::fs::create_dir_all(parent).map_err(host("create", parent))?;
+        std::fs::create_dir_all(parent).map_err(io("create", parent))?;
     }
     Ok((HostDir::open(parent)?, name.to_owned()))
 }

@@ -32,6 +32,15 @@ pub fn start(sandbox: &Sandbox) -> Result<Option<u64>, SandboxError> {
         return Ok(None);
     }
     let spec = sandbox.spec()?;
+    // The monitor, and the gateway under it, inherit the secrets' values from here.
+    if let crate::backend::Network::User(network) = &spec.network {
+        crate::cli::net_args::check_secrets(&network.config.secrets).map_err(|err| {
+            SandboxError::StartFailed {
+                name: sandbox.name().to_owned(),
+                message: err.to_string(),
+            }
+        })?;
+    }
     let log_path = sandbox.file(MONITOR_LOG_FILE);
     // The monitor answers once (ready or failed), then points its stdout elsewhere.
     let (mut child, rx) = self_spawn::spawn_detached::<Event>(
@@ -209,8 +218,15 @@ pub fn remove(sandbox: Sandbox, force: bool) -> Result<(), SandboxError> {
         stop_locked(&sandbox, Duration::ZERO)?;
     }
     // Still holding the lock: a concurrent start waits and then finds no sandbox.
+    let name = sandbox.name().to_owned();
     let result = sandbox.remove();
     drop(lock);
+    if result.is_ok() {
+        // A --workspace=review copy goes with it, unless it holds undecided changes.
+        if let Err(err) = crate::review::release(&name) {
+            tracing::warn!(%err, "the sandbox's workspace copy");
+        }
+    }
     result
 }
 

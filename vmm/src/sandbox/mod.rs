@@ -18,7 +18,6 @@ pub mod state;
 pub mod stats;
 pub mod store;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// Why a sandbox operation failed.
@@ -72,15 +71,8 @@ pub enum SandboxError {
     #[error("sandbox {0:?} did not stop (its monitor does not exit)")]
     Unresponsive(String),
     /// A file operation.
-    #[error("{action} {path}: {source}")]
-    Io {
-        /// What was done.
-        action: &'static str,
-        /// On what.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::io_error::IoError),
     /// A malformed sandbox file.
     #[error("malformed sandbox file: {0}")]
     Json(serde_json::Error),

@@ -26,7 +26,7 @@ use super::state::{Phase, State};
 use super::store::{Sandbox, CONSOLE_FILE};
 use crate::backend::agent_wait::{wait_for_agent, AgentWaitError};
 use crate::backend::{self, log_tail, VmExit, VmHandle};
-use crate::self_spawn::emit;
+use crate::self_spawn::{emit, ENDING_SIGNALS};
 
 /// How often the monitor looks at the VM and its signals.
 const POLL: Duration = Duration::from_millis(100);
@@ -132,14 +132,15 @@ fn start_vm(
     started: Instant,
 ) -> Result<Box<dyn VmHandle>, String> {
     let spec = sandbox.spec().map_err(|e| e.to_string())?;
-    let guest_init = crate::guest_init::locate().map_err(|e| e.to_string())?;
+    let guest_init = crate::guest::agent::locate().map_err(|e| e.to_string())?;
     let backend =
         backend::select(spec.backend, spec.kernel.is_some()).map_err(|e| e.to_string())?;
     state.backend = Some(backend.kind().to_string());
     sandbox.write_state(state).map_err(|e| e.to_string())?;
     // The image `create` resolved (not its name again); its lease keeps rmi/prune away while
     // the VM runs.
-    let root = crate::image::reopen(&spec.rootfs, spec.overlay).map_err(|e| e.to_string())?;
+    let root =
+        crate::guest::rootfs::reopen(&spec.rootfs, spec.overlay).map_err(|e| e.to_string())?;
     let mut vm_spec = spec.vm_spec(guest_init);
     vm_spec.rootfs = root.rootfs.clone();
     vm_spec.root_overlay = root.overlay;
@@ -199,7 +200,7 @@ fn start_vm(
 /// together (the VM first).
 struct Leased {
     vm: Box<dyn VmHandle>,
-    _root: crate::image::PreparedRoot,
+    _root: crate::guest::rootfs::PreparedRoot,
     _volumes: Vec<crate::volumes::VolumeLease>,
 }
 
@@ -251,14 +252,12 @@ impl Requests {
             pause: Arc::new(AtomicBool::new(false)),
             resume: Arc::new(AtomicBool::new(false)),
         };
+        let ending = ENDING_SIGNALS.map(|sig| (sig, &requests.terminate));
         let flags = [
-            (libc::SIGTERM, &requests.terminate),
-            (libc::SIGINT, &requests.terminate),
-            (libc::SIGHUP, &requests.terminate),
             (PAUSE_SIGNAL as i32, &requests.pause),
             (RESUME_SIGNAL as i32, &requests.resume),
         ];
-        for (sig, flag) in flags {
+        for (sig, flag) in ending.into_iter().chain(flags) {
             if let Err(err) = signal_hook::flag::register(sig, Arc::clone(flag)) {
                 tracing::warn!(%err, sig, "cannot handle a signal");
             }

@@ -14,6 +14,7 @@
 //! Creation is atomic: the directory is assembled as `.NAME.<random>` and renamed into place,
 //! so a visible sandbox always has its spec, and two creates of one name cannot both win.
 
+use crate::io_error::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -79,7 +80,7 @@ impl Store {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {
                 Err(SandboxError::Exists(spec.name.clone()))
             }
-            Err(e) => Err(io("rename into", &dir)(e)),
+            Err(e) => Err(io("rename into", &dir)(e).into()),
         }
     }
 
@@ -151,7 +152,7 @@ impl Sandbox {
                 .map(Some)
                 .map_err(SandboxError::Json),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io("read", &path)(e)),
+            Err(e) => Err(io("read", &path)(e).into()),
         }
     }
 
@@ -161,7 +162,7 @@ impl Sandbox {
         let tmp = self.file(".state.json.tmp");
         let text = serde_json::to_vec_pretty(state).map_err(SandboxError::Json)?;
         std::fs::write(&tmp, text).map_err(io("write", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io("write", &path))
+        Ok(std::fs::rename(&tmp, &path).map_err(io("write", &path))?)
     }
 
     /// Whether a monitor holds the sandbox (its VM runs or boots).
@@ -221,7 +222,7 @@ impl Sandbox {
     /// Marks the next VM end as asked for (`krunbox stop`).
     pub fn request_stop(&self) -> Result<(), SandboxError> {
         let path = self.file(STOP_REQUESTED_FILE);
-        std::fs::write(&path, b"").map_err(io("write", &path))
+        Ok(std::fs::write(&path, b"").map_err(io("write", &path))?)
     }
 
     /// Whether a stop was asked for; `clear` forgets it.
@@ -240,18 +241,7 @@ impl Sandbox {
         let parent = self.dir.parent().unwrap_or(Path::new("/")).to_owned();
         let doomed = parent.join(format!(".{}.removing-{}", self.name, std::process::id()));
         std::fs::rename(&self.dir, &doomed).map_err(io("remove", &self.dir))?;
-        std::fs::remove_dir_all(&doomed).map_err(io("remove", &doomed))
-    }
-}
-
-fn io<'a>(
-    action: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> SandboxError + 'a {
-    move |source| SandboxError::Io {
-        action,
-        path: path.to_owned(),
-        source,
+        Ok(std::fs::remove_dir_all(&doomed).map_err(io("remove", &doomed))?)
     }
 }
 

@@ -26,7 +26,6 @@
 //! - The child runs in its own process group: Ctrl-C reaches `krunbox run`, which forwards it
 //!   to the guest command, and not the VMM.
 
-use std::io::Read;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -72,6 +71,11 @@ pub fn main(run_dir: &Path, no_enter: bool) -> i32 {
     if let Err(err) = super::confine::confine_share_writes() {
         return fail(err.to_string());
     }
+    // Before any child: the pipe must not outlive this process's first children.
+    let secrets = match crate::self_spawn::take_secrets() {
+        Ok(secrets) => secrets,
+        Err(message) => return fail(message),
+    };
     let layout = Layout::new(run_dir.to_owned());
     let config = match KrunVmConfig::read(&layout.config()) {
         Ok(config) if config.run_dir == run_dir => config,
@@ -100,7 +104,8 @@ pub fn main(run_dir: &Path, no_enter: bool) -> i32 {
     if let Err(err) = super::super::console::relay(&config.console_pipe, &layout.console()) {
         return fail(err.to_string());
     }
-    if let Err(message) = start_network(&config) {
+    // The values go to the gateway and are wiped here before the guest runs.
+    if let Err(message) = start_network(&config, secrets) {
         return fail(message);
     }
     // A thread of this process: it ends with the VM.
@@ -147,7 +152,10 @@ pub fn run(api: &mut dyn KrunApi, config: &KrunVmConfig, guest_init: &'static [u
 /// Starts the user network's helper (`krunbox __net`) and waits for its socket, which libkrun
 /// connects the guest's card to. The helper's stdin is a pipe this process never closes: it
 /// ends when this process does, however that happens.
-fn start_network(config: &KrunVmConfig) -> Result<(), String> {
+fn start_network(
+    config: &KrunVmConfig,
+    secrets: crate::self_spawn::SecretValues,
+) -> Result<(), String> {
     use std::process::{Command, Stdio};
 
     use super::super::net;
@@ -158,16 +166,19 @@ fn start_network(config: &KrunVmConfig) -> Result<(), String> {
     };
     let exe = std::env::current_exe().map_err(|e| format!("cannot find krunbox itself: {e}"))?;
     let args = net::helper_args(&config.net_socket, network, true).map_err(|e| e.to_string())?;
-    let log_path = config.run_dir.join("net.log");
+    let log_path = Layout::new(config.run_dir.clone()).log("net");
     let log = std::fs::File::create(&log_path)
         .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
     let mut child = Command::new(exe)
         .args(args)
+        .env_remove(crate::self_spawn::SECRETS_FD_ENV)
+        .envs(secrets.iter().map(|(name, value)| (name, value.as_str())))
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .map_err(|e| format!("cannot start the network helper: {e}"))?;
+    drop(secrets);
     match super::super::wait_for_socket(&mut child, &config.net_socket, net::READY_TIMEOUT) {
         Ok(()) => {}
         Err(SocketNotReady::Exited(status)) => {
@@ -215,21 +226,11 @@ fn watch_parent(run_dir: &Path) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("lifeline".into())
         .spawn(move || {
-            let mut stdin = std::io::stdin();
-            let mut buf = [0u8; 64];
-            loop {
-                match stdin.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(_) => break,
-                }
-            }
+            crate::self_spawn::wait_for_lifeline_end(std::io::stdin());
             stop(&dir, "the lifeline closed");
         })?;
     let dir = run_dir.to_owned();
-    let mut signals =
-        signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGHUP, libc::SIGINT])?;
+    let mut signals = signal_hook::iterator::Signals::new(crate::self_spawn::ENDING_SIGNALS)?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {

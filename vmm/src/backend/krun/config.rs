@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::kernel_format::{self, Arch, KernelFormat};
 use crate::backend::guest_boot::{self, guest_boot};
+use crate::backend::run_layout::RunLayout;
 use crate::backend::ssh_agent_relay::SshAgentRelay;
 use crate::backend::{BackendError, Network, VmSpec};
 use krunbox_protocol::boot::GuestBoot;
@@ -16,54 +17,40 @@ use krunbox_protocol::boot::GuestBoot;
 /// The files of a krun VM's run directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
-    dir: PathBuf,
+    run: RunLayout,
+}
+
+/// The files every backend has ([`RunLayout`]) are this layout's too.
+impl std::ops::Deref for Layout {
+    type Target = RunLayout;
+
+    fn deref(&self) -> &RunLayout {
+        &self.run
+    }
 }
 
 impl Layout {
     /// The layout of `dir`.
     pub fn new(dir: PathBuf) -> Self {
-        Self { dir }
-    }
-
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+        Self {
+            run: RunLayout::new(dir),
+        }
     }
 
     /// The [`KrunVmConfig`] the child reads.
     pub fn config(&self) -> PathBuf {
-        self.dir.join("krun-vm.json")
-    }
-
-    /// The socket of the user network's helper, which libkrun connects the guest's card to.
-    pub fn net_socket(&self) -> PathBuf {
-        self.dir.join("net.sock")
+        self.dir().join("krun-vm.json")
     }
 
     /// The Unix socket libkrun creates for the agent's vsock port.
     pub fn agent_socket(&self) -> PathBuf {
-        self.dir.join("agent.sock")
+        self.dir().join("agent.sock")
     }
 
     /// The filtering relay to the host's SSH agent (`--ssh`), which libkrun connects guest
     /// connections to host vsock port [`krunbox_protocol::SSH_AGENT_VSOCK_PORT`] to.
     pub fn ssh_agent_relay(&self) -> PathBuf {
-        self.dir.join("ssh-agent.sock")
-    }
-
-    /// The guest console (virtio console `hvc0`), a capped copy of [`Layout::console_pipe`].
-    pub fn console(&self) -> PathBuf {
-        self.dir.join("console.log")
-    }
-
-    /// The FIFO libkrun writes the console into (see `backend::console`).
-    pub fn console_pipe(&self) -> PathBuf {
-        self.dir.join("console.pipe")
-    }
-
-    /// The VMM child's own log: libkrun's messages and ours.
-    pub fn vmm_log(&self) -> PathBuf {
-        self.dir.join("vmm.log")
+        self.dir().join("ssh-agent.sock")
     }
 }
 
@@ -196,11 +183,7 @@ impl KrunVmConfig {
     pub fn write(&self, path: &Path) -> Result<(), BackendError> {
         let json = serde_json::to_vec_pretty(self)
             .map_err(|e| BackendError::Supervisor(format!("cannot encode the VM config: {e}")))?;
-        std::fs::write(path, json).map_err(|source| BackendError::Io {
-            action: "write",
-            path: path.to_owned(),
-            source,
-        })
+        Ok(std::fs::write(path, json).map_err(crate::io_error::io("write", path))?)
     }
 
     /// Reads a configuration written by [`KrunVmConfig::write`].
@@ -213,17 +196,13 @@ impl KrunVmConfig {
 
 /// The format of the kernel file at `path`, with the file named in errors.
 pub fn detect_kernel(path: &Path, arch: Arch) -> Result<KernelFormat, BackendError> {
-    let io = |source| BackendError::Io {
-        action: "read the kernel",
-        path: path.to_owned(),
-        source,
-    };
+    let io = || crate::io_error::io("read the kernel", path);
     let mut head = Vec::with_capacity(kernel_format::HEADER_LEN);
     std::fs::File::open(path)
-        .map_err(io)?
+        .map_err(io())?
         .take(kernel_format::HEADER_LEN as u64)
         .read_to_end(&mut head)
-        .map_err(io)?;
+        .map_err(io())?;
     kernel_format::detect(&head, arch).map_err(|why| {
         BackendError::InvalidSpec(format!(
             "kernel {} cannot be booted by libkrun: {why}",

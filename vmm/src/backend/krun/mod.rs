@@ -161,11 +161,13 @@ impl Backend for KrunBackend {
         let layout = Layout::new(self.runtime_root.join(&id));
         check_socket_path(&layout.agent_socket())?;
         let config = KrunVmConfig::build(spec, &layout, log_level())?;
+        let secrets = super::net::secret_values(&spec.network)?;
         let run_dir = rundir::RunDir::create(&self.runtime_root, &id)?;
         Ok(Box::new(vm::KrunVm::launch(
             &config,
             run_dir,
             self.dry_run,
+            &secrets,
         )?))
     }
 }

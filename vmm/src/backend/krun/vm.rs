@@ -2,7 +2,7 @@
 //! child (see [`super::child`]) and what the session asks of a [`VmHandle`].
 
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ use nix::unistd::Pid;
 use super::child::Event;
 use super::config::{KrunVmConfig, Layout};
 use crate::backend::{log_tail, BackendError, VmExit, VmHandle};
+use crate::io_error::io;
 use crate::rundir::{RunDir, RunDirError};
 use crate::self_spawn::{self, Job};
 
@@ -42,9 +43,10 @@ impl KrunVm {
         config: &KrunVmConfig,
         run_dir: RunDir,
         dry_run: bool,
+        secrets: &crate::self_spawn::SecretValues,
     ) -> Result<Self, BackendError> {
         let layout = Layout::new(run_dir.path().to_owned());
-        let (mut process, events) = match spawn_child(config, &layout, dry_run) {
+        let (mut process, events) = match spawn_child(config, &layout, dry_run, secrets) {
             Ok(started) => started,
             Err(err) => {
                 if let Err(cleanup) = run_dir.remove() {
@@ -107,7 +109,7 @@ impl KrunVm {
     }
 
     fn vmm_log_tail(&self) -> String {
-        log_tail(&self.layout.vmm_log(), VMM_LOG_LINES)
+        log_tail(&self.layout.log("vmm"), VMM_LOG_LINES)
     }
 
     fn with_vmm_log(&self, message: String) -> String {
@@ -117,7 +119,7 @@ impl KrunVm {
         } else {
             format!(
                 "{message}\nthe VMM log ({}):\n{tail}",
-                self.layout.vmm_log().display()
+                self.layout.log("vmm").display()
             )
         }
     }
@@ -223,8 +225,8 @@ impl Drop for KrunVm {
             match run_dir.remove() {
                 Ok(()) => {}
                 // The child removed it already.
-                Err(RunDirError::Io { source, .. })
-                    if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(RunDirError::Io(failed))
+                    if failed.source.kind() == std::io::ErrorKind::NotFound => {}
                 Err(err) => tracing::warn!(%err, "cannot remove the run directory"),
             }
         }
@@ -237,19 +239,13 @@ fn spawn_child(
     config: &KrunVmConfig,
     layout: &Layout,
     dry_run: bool,
+    secrets: &crate::self_spawn::SecretValues,
 ) -> Result<(Child, mpsc::Receiver<Event>), BackendError> {
     config.write(&layout.config())?;
-    let io = |action, path: PathBuf| {
-        move |source| BackendError::Io {
-            action,
-            path,
-            source,
-        }
-    };
     let vmm_log =
-        std::fs::File::create(layout.vmm_log()).map_err(io("create", layout.vmm_log()))?;
-    let (exe, mut command) =
-        self_spawn::command(Job::KRUN_VMM).map_err(io("find", "the krunbox executable".into()))?;
+        std::fs::File::create(layout.log("vmm")).map_err(io("create", &layout.log("vmm")))?;
+    let (exe, mut command) = self_spawn::command(Job::KRUN_VMM)
+        .map_err(io("find", Path::new("the krunbox executable")))?;
     command
         .arg(layout.dir())
         .stdin(Stdio::piped())
@@ -267,10 +263,13 @@ fn spawn_child(
         super::probe::library_path_for_vmm(),
     );
     die_with_parent(&mut command);
+    let pipe = self_spawn::hand_secrets(&mut command, secrets)
+        .map_err(io("hand the secrets to", Path::new("the libkrun VMM")))?;
     let mut process = command.spawn().map_err(|e| BackendError::Helper {
         name: "the libkrun VMM".into(),
         detail: format!("cannot run {}: {e}", exe.display()),
     })?;
+    drop(pipe);
     let Some(stdout) = process.stdout.take() else {
         let (_, events) = mpsc::channel();
         return Ok((process, events));

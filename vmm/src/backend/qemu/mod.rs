@@ -6,7 +6,7 @@
 //! - the root filesystem and every shared directory through `vhost-user-fs-pci` and one
 //!   `virtiofsd` each;
 //! - krunbox's own kernel (an ELF `vmlinux`, PVH entry) when installed, else Debian's cloud
-//!   kernel, or `--kernel` ([`crate::guest_kernel`]), and an initramfs holding guest-init (and
+//!   kernel, or `--kernel` ([`crate::backend::qemu::guest_kernel`]), and an initramfs holding guest-init (and
 //!   for Debian's kernel the modules it loads) before it switches to the virtio-fs root;
 //! - the serial console written to `console.log`.
 //!
@@ -14,6 +14,8 @@
 //! they stop, and the run directory goes away, however krunbox ends.
 
 pub mod accel;
+pub mod guest_kernel;
+pub mod initramfs;
 pub mod plan;
 pub mod supervisor;
 pub mod tools;
@@ -23,8 +25,10 @@ pub mod vm;
 use std::path::{Path, PathBuf};
 
 use super::{Availability, Backend, BackendError, BackendKind, Check, VmHandle, VmSpec};
-use crate::guest_kernel::{self, debian, DefaultKernel};
-use crate::{initramfs, paths, rundir};
+use crate::io_error::io;
+use crate::{paths, rundir};
+use guest_kernel::{debian, DefaultKernel};
+
 use tools::Tool;
 
 /// Unix socket paths are limited to 108 bytes (including the NUL).
@@ -231,14 +235,12 @@ impl Backend for QemuBackend {
             initramfs,
             kvm: decision.kvm,
             privilege: virtiofs::Privilege::current(),
-            krunbox: std::env::current_exe().map_err(|source| BackendError::Io {
-                action: "find",
-                path: "/proc/self/exe".into(),
-                source,
-            })?,
+            krunbox: std::env::current_exe()
+                .map_err(io("find", std::path::Path::new("/proc/self/exe")))?,
         };
         let plan = plan::build(spec, &layout, &inputs)?;
-        Ok(Box::new(vm::QemuVm::launch(&plan, layout)?))
+        let secrets = super::net::secret_values(&spec.network)?;
+        Ok(Box::new(vm::QemuVm::launch(&plan, layout, &secrets)?))
     }
 }
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::super::guest_boot::{self, guest_boot};
+use super::super::run_layout::RunLayout;
 use super::super::ssh_agent_relay::SshAgentRelay;
 use super::super::{net, BackendError, Helper, Network, VmSpec};
 use super::virtiofs;
@@ -52,28 +53,34 @@ pub struct LaunchPlan {
 /// The files of a run directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
-    dir: PathBuf,
+    run: RunLayout,
+}
+
+/// The files every backend has ([`RunLayout`]) are this layout's too.
+impl std::ops::Deref for Layout {
+    type Target = RunLayout;
+
+    fn deref(&self) -> &RunLayout {
+        &self.run
+    }
 }
 
 impl Layout {
     /// The layout of `dir`.
     pub fn new(dir: PathBuf) -> Self {
-        Self { dir }
-    }
-
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+        Self {
+            run: RunLayout::new(dir),
+        }
     }
 
     /// vhost-user socket between QEMU and vhost-device-vsock.
     pub fn vsock_backend(&self) -> PathBuf {
-        self.dir.join("vhost-vsock.sock")
+        self.dir().join("vhost-vsock.sock")
     }
 
     /// The host side of the guest's vsock (hybrid vsock: `CONNECT <port>`).
     pub fn agent_uds(&self) -> PathBuf {
-        self.dir.join("vm.vsock")
+        self.dir().join("vm.vsock")
     }
 
     /// Where vhost-device-vsock connects a guest's connection to host vsock `port`: the agent
@@ -86,27 +93,7 @@ impl Layout {
 
     /// vhost-user socket of virtio-fs share `index` (0 is the root).
     pub fn fs_socket(&self, index: usize) -> PathBuf {
-        self.dir.join(format!("fs{index}.sock"))
-    }
-
-    /// The VMM's end of the guest's network card (the `krunbox __net` helper listens).
-    pub fn net_socket(&self) -> PathBuf {
-        self.dir.join("net.sock")
-    }
-
-    /// The guest's serial console (capped copy of [`Layout::console_pipe`]).
-    pub fn console(&self) -> PathBuf {
-        self.dir.join("console.log")
-    }
-
-    /// The FIFO QEMU writes the serial console into (see `backend::console`).
-    pub fn console_pipe(&self) -> PathBuf {
-        self.dir.join("console.pipe")
-    }
-
-    /// A helper's log.
-    pub fn log(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.log"))
+        self.dir().join(format!("fs{index}.sock"))
     }
 }
 

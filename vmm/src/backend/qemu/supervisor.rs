@@ -114,6 +114,17 @@ impl Request {
 
 /// Runs the supervisor; returns the process exit code.
 pub fn main(run_dir: &Path) -> i32 {
+    // First: the pipe must not outlive this process's first children.
+    let secrets = match crate::self_spawn::take_secrets() {
+        Ok(secrets) => secrets,
+        Err(message) => {
+            emit(&Event::Failed {
+                process: "supervisor".into(),
+                message,
+            });
+            return 1;
+        }
+    };
     let plan = match read_plan() {
         Ok(plan) if plan.run_dir == run_dir => plan,
         Ok(plan) => {
@@ -158,7 +169,7 @@ pub fn main(run_dir: &Path) -> i32 {
     init_logging(&run_dir.path().join("supervisor.log"));
     let code = match Supervisor::new() {
         Ok(mut supervisor) => {
-            supervisor.run(&plan);
+            supervisor.run(&plan, secrets);
             0
         }
         Err(err) => {
@@ -217,10 +228,11 @@ impl Supervisor {
         // A full pipe must never block a signal handler.
         wake_writer.set_nonblocking(true)?;
         let terminate = Arc::new(AtomicBool::new(false));
-        for sig in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        let ending = crate::self_spawn::ENDING_SIGNALS;
+        for sig in ending.into_iter().chain([libc::SIGCHLD]) {
             signal_hook::low_level::pipe::register(sig, wake_writer.try_clone()?)?;
         }
-        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        for sig in ending {
             signal_hook::flag::register(sig, terminate.clone())?;
         }
         Ok(Self {
@@ -232,8 +244,9 @@ impl Supervisor {
         })
     }
 
-    fn run(&mut self, plan: &LaunchPlan) {
-        match self.start(plan) {
+    fn run(&mut self, plan: &LaunchPlan, secrets: crate::self_spawn::SecretValues) {
+        let started = self.start(plan, secrets);
+        match started {
             Ok(pid) => {
                 emit(&Event::Ready { vmm_pid: pid });
                 self.watch();
@@ -247,14 +260,24 @@ impl Supervisor {
         self.stop_all();
     }
 
-    fn start(&mut self, plan: &LaunchPlan) -> Result<u32, (String, String)> {
+    /// Starts the helpers (the gateway with the `secrets`' values, which are then dropped and
+    /// wiped), then QEMU.
+    fn start(
+        &mut self,
+        plan: &LaunchPlan,
+        secrets: crate::self_spawn::SecretValues,
+    ) -> Result<u32, (String, String)> {
         if let Some(relay) = &plan.ssh_agent_relay {
             relay
                 .start()
                 .map_err(|e| ("supervisor".to_owned(), e.to_string()))?;
         }
         for helper in &plan.helpers {
-            let child = spawn(helper).map_err(|e| (helper.name.clone(), e))?;
+            let env: &[_] = match helper.role {
+                Some(Helper::Network) => &secrets,
+                _ => &[],
+            };
+            let child = spawn(helper, env).map_err(|e| (helper.name.clone(), e))?;
             self.helpers.push((helper.name.clone(), helper.role, child));
             if let Some(socket) = &helper.ready_socket {
                 let Some((_, _, child)) = self.helpers.last_mut() else {
@@ -266,7 +289,8 @@ impl Supervisor {
         let layout = Layout::new(plan.run_dir.clone());
         console::relay(&layout.console_pipe(), &layout.console())
             .map_err(|e| ("supervisor".to_owned(), e.to_string()))?;
-        let vmm = spawn(&plan.vmm).map_err(|e| (plan.vmm.name.clone(), e))?;
+        drop(secrets);
+        let vmm = spawn(&plan.vmm, &[]).map_err(|e| (plan.vmm.name.clone(), e))?;
         let pid = vmm.id();
         tracing::info!(pid, "qemu started");
         self.vmm = Some(vmm);
@@ -479,7 +503,11 @@ fn stop(name: &str, child: &mut Child) {
     let _ = child.wait();
 }
 
-fn spawn(plan: &ProcessPlan) -> Result<Child, String> {
+/// Starts one process of the plan, with `secrets` (name, value) in its environment.
+fn spawn(
+    plan: &ProcessPlan,
+    secrets: &[(String, zeroize::Zeroizing<String>)],
+) -> Result<Child, String> {
     let log = std::fs::File::create(&plan.log)
         .map_err(|e| format!("cannot create {}: {e}", plan.log.display()))?;
     let log_err = log
@@ -489,9 +517,12 @@ fn spawn(plan: &ProcessPlan) -> Result<Child, String> {
     cmd.args(&plan.args)
         .stdin(Stdio::null())
         .stdout(log)
-        .stderr(log_err);
+        .stderr(log_err)
+        .env_remove(crate::self_spawn::SECRETS_FD_ENV)
+        .envs(secrets.iter().map(|(name, value)| (name, value.as_str())));
     die_with_supervisor(&mut cmd);
-    tracing::info!(name = %plan.name, command = ?cmd, "starting");
+    // Not `?cmd`: its Debug shows the environment it was given (the secrets' values).
+    tracing::info!(name = %plan.name, program = %plan.program.display(), args = ?plan.args, "starting");
     cmd.spawn()
         .map_err(|e| format!("cannot run {}: {e}", plan.program.display()))
 }

@@ -12,7 +12,7 @@ pub enum Tool {
     /// virtiofsd, the Rust one (1.x: read-only shares and id mapping at the host; QEMU's C
     /// virtiofsd has neither, see `virtiofs.rs`).
     Virtiofsd,
-    /// vhost-device-vsock (crates.io, `cargo install vhost-device-vsock`).
+    /// vhost-device-vsock (a Rust crate, `cargo install vhost-device-vsock`).
     VhostDeviceVsock,
 }
 

@@ -13,6 +13,7 @@ use super::plan::{LaunchPlan, Layout};
 use super::supervisor::{Event, Request};
 use crate::backend::console::LineWatch;
 use crate::backend::{log_tail, BackendError, VmExit, VmHandle};
+use crate::io_error::io;
 use crate::self_spawn::{self, Job};
 
 /// How long the supervisor may take to start the helpers and QEMU.
@@ -35,13 +36,17 @@ pub struct QemuVm {
 
 impl QemuVm {
     /// Starts the supervisor with `plan` and waits until QEMU runs.
-    pub fn launch(plan: &LaunchPlan, layout: Layout) -> Result<Self, BackendError> {
-        let (exe, mut command) =
-            self_spawn::command(Job::QEMU_SUPERVISOR).map_err(|source| BackendError::Io {
-                action: "find",
-                path: "the krunbox executable".into(),
-                source,
-            })?;
+    pub fn launch(
+        plan: &LaunchPlan,
+        layout: Layout,
+        secrets: &crate::self_spawn::SecretValues,
+    ) -> Result<Self, BackendError> {
+        let (exe, mut command) = self_spawn::command(Job::QEMU_SUPERVISOR)
+            .map_err(io("find", std::path::Path::new("the krunbox executable")))?;
+        let pipe = self_spawn::hand_secrets(&mut command, secrets).map_err(io(
+            "hand the secrets to",
+            std::path::Path::new("the VM supervisor"),
+        ))?;
         let mut child = command
             .arg(layout.dir())
             .stdin(Stdio::piped())
@@ -54,6 +59,7 @@ impl QemuVm {
                 name: "the VM supervisor".into(),
                 detail: format!("cannot run {}: {e}", exe.display()),
             })?;
+        drop(pipe);
         let events = match child.stdout.take() {
             Some(stdout) => self_spawn::read_events(stdout, "vm-supervisor-events")
                 .map_err(|e| BackendError::Supervisor(format!("cannot start a thread: {e}")))?,

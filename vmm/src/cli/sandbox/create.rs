@@ -1,10 +1,9 @@
 //! `krunbox create`: a named sandbox from an image and VM settings.
 
-use krunbox_image::config::{merge_run_config, RunOverrides};
-use krunbox_image::user::resolve_user;
+use krunbox_image::config::RunOverrides;
 
-use crate::cli::run::split_env;
 use crate::cli::vm_args::VmArgs;
+use crate::guest::command::GuestCommand;
 
 use super::SandboxCliError;
 use crate::sandbox::spec::{now, SandboxSpec};
@@ -103,28 +102,28 @@ pub fn sandbox_spec(
 ) -> Result<SandboxSpec, SandboxCliError> {
     let ssh_agent = vm.ssh.resolve()?;
     let network = vm.net.network()?;
-    let options = crate::image::ImageOptions {
+    crate::cli::net_args::refuse_secret_env(&network, defaults.env)?;
+    let options = crate::guest::rootfs::ImageOptions {
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         ..Default::default()
     };
-    let root = crate::image::prepare(image, &options)?;
-    let shares = vm.shares.resolve()?;
+    let root = crate::guest::rootfs::prepare(image, &options)?;
+    // A review copy of the workspace is kept under the sandbox's name.
+    let mut share_args = vm.shares.clone();
+    share_args.review_id = Some(name.clone());
+    let shares = share_args.resolve()?;
     // Docker's rules for Env, WorkingDir and User; `exec` always names its own command.
-    let overrides = RunOverrides {
-        entrypoint: Some(String::new()),
-        command: vec!["sh".into()],
-        env: defaults.env.to_vec(),
-        workdir: defaults.workdir.clone().or_else(|| shares.workdir.clone()),
-        user: defaults
-            .user
-            .clone()
-            .or_else(|| shares.user.map(|(uid, gid)| format!("{uid}:{gid}"))),
-    };
-    let mut config = merge_run_config(&root.config, &overrides, |key| std::env::var(key).ok())?;
-    let user = resolve_user(&root.rootfs, &config.user)?;
-    if !config.env.iter().any(|e| e.starts_with("HOME=")) {
-        config.env.push(format!("HOME={}", user.home));
-    }
+    let command = GuestCommand::resolve(
+        &root,
+        &shares,
+        RunOverrides {
+            entrypoint: Some(String::new()),
+            command: vec!["sh".into()],
+            env: defaults.env.to_vec(),
+            workdir: defaults.workdir.clone(),
+            user: defaults.user.clone(),
+        },
+    )?;
     Ok(SandboxSpec {
         hostname,
         name,
@@ -135,9 +134,9 @@ pub fn sandbox_spec(
         network,
         cpus: vm.cpus,
         memory_mib: vm.memory,
-        env: split_env(&config.env),
-        workdir: Some(config.workdir),
-        user: (user.uid != 0 || user.gid != 0).then_some((user.uid, user.gid)),
+        env: command.env,
+        workdir: Some(command.workdir),
+        user: command.user,
         kernel: vm.kernel.clone(),
         backend: vm.backend_kind(),
         accel: vm.accel(),

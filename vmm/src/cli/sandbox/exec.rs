@@ -36,6 +36,9 @@ pub struct ExecArgs {
     /// Run as UID, UID:GID, NAME or NAME:GROUP (default: the sandbox's user).
     #[arg(short = 'u', long = "user", value_name = "USER")]
     pub user: Option<String>,
+    /// Resource limits (`--ulimit`).
+    #[command(flatten)]
+    pub limits: crate::cli::session::LimitArgs,
     /// The sandbox.
     #[arg(value_name = "NAME")]
     pub name: String,
@@ -130,6 +133,7 @@ pub fn exec(args: ExecArgs) -> Result<i32, SandboxCliError> {
         second_interrupt: SecondInterrupt::Detach,
         agent_timeout: Duration::from_secs(30),
         started_mark: None,
+        rlimits: args.limits.ulimits.clone(),
     };
     Ok(session::block_on(Session::new(options, &mut vm).run())??)
 }

@@ -96,6 +96,14 @@ pub fn rm(args: RmArgs) -> Result<i32, SandboxCliError> {
         let name = sandbox.name().to_owned();
         lifecycle::remove(sandbox, args.force)?;
         println!("{name}");
+        // Removing the sandbox released its copy unless it holds undecided changes.
+        let kept = crate::review::ReviewStore::new().is_ok_and(|store| store.open(&name).is_ok());
+        if kept {
+            eprintln!(
+                "krunbox: kept the undecided changes of {name}'s workspace copy: `krunbox diff \
+                 {name}`, then `krunbox accept {name}` or `krunbox reject {name}`"
+            );
+        }
         Ok(())
     })
 }

@@ -1,5 +1,6 @@
 //! `krunbox logs`: a sandbox's console and network decisions.
 
+use crate::io_error::io;
 use std::io::Write;
 use std::time::Duration;
 
@@ -74,21 +75,10 @@ pub fn logs(args: LogsArgs) -> Result<i32, SandboxCliError> {
     let mut file = match std::fs::File::open(&path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(source) => {
-            return Err(SandboxError::Io {
-                action: "open",
-                path,
-                source,
-            }
-            .into())
-        }
+        Err(source) => return Err(SandboxError::from(io("open", &path)(source)).into()),
     };
     let mut out = std::io::stdout().lock();
-    let print_err = |source| SandboxError::Io {
-        action: "print",
-        path: path.clone(),
-        source,
-    };
+    let print_err = |source| SandboxError::from(io("print", &path)(source));
     // The network log is read in whole lines (a partial last line waits for the rest).
     let mut pending = String::new();
     let mut copy = |file: &mut std::fs::File, out: &mut std::io::StdoutLock<'_>| {

@@ -36,13 +36,10 @@ pub enum SandboxCliError {
     Sandbox(#[from] SandboxError),
     /// The image.
     #[error(transparent)]
-    Image(Box<crate::image::ImageError>),
-    /// The image's defaults and the command line.
-    #[error(transparent)]
-    Config(#[from] krunbox_image::config::RunConfigError),
+    Image(Box<crate::guest::rootfs::ImageError>),
     /// Shared directories.
     #[error(transparent)]
-    Shares(#[from] crate::shares::ShareError),
+    Shares(#[from] crate::guest::shares::ShareError),
     /// `--ssh`.
     #[error(transparent)]
     SshAgent(#[from] SshAgentError),
@@ -52,6 +49,9 @@ pub enum SandboxCliError {
     /// `--user`.
     #[error(transparent)]
     User(#[from] krunbox_image::user::UserError),
+    /// The sandbox's `exec` defaults from the image and the command line.
+    #[error(transparent)]
+    Command(#[from] crate::guest::command::CommandError),
     /// `exec`.
     #[error(transparent)]
     Session(#[from] SessionError),
@@ -74,8 +74,8 @@ pub enum SandboxCliError {
     Some(usize),
 }
 
-impl From<crate::image::ImageError> for SandboxCliError {
-    fn from(err: crate::image::ImageError) -> Self {
+impl From<crate::guest::rootfs::ImageError> for SandboxCliError {
+    fn from(err: crate::guest::rootfs::ImageError) -> Self {
         Self::Image(Box::new(err))
     }
 }

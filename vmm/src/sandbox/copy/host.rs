@@ -27,6 +27,7 @@ use nix::sys::stat::{fchmod, fstat, mkdirat, FileStat, Mode, SFlag};
 use nix::unistd::{unlinkat, UnlinkatFlags};
 
 use super::CopyError;
+use crate::io_error::io;
 
 /// What a name beneath a directory is, looked at without following it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,11 +86,7 @@ pub(super) struct HostDir {
 impl HostDir {
     /// Opens the directory the user named, resolved as typed.
     pub(super) fn open(path: &Path) -> Result<Self, CopyError> {
-        let fd = confined::open_root(path).map_err(|source| CopyError::Host {
-            action: "open",
-            path: path.to_owned(),
-            source,
-        })?;
+        let fd = confined::open_root(path).map_err(io("open", path))?;
         Ok(Self {
             fd,
             path: path.to_owned(),
@@ -109,10 +106,12 @@ impl HostDir {
     pub(super) fn kind_of(&self, name: &OsStr) -> Result<Option<Kind>, CopyError> {
         confined::file_type_at(&self.fd, name)
             .map(|found| found.map(Kind::from_type))
-            .map_err(|source| CopyError::Host {
-                action: "inspect",
-                path: self.path_of(name),
-                source,
+            .map_err(|source| {
+                CopyError::Host(crate::io_error::IoError {
+                    action: "inspect",
+                    path: self.path_of(name),
+                    source,
+                })
             })
     }
 
@@ -171,11 +170,7 @@ impl HostDir {
 
     /// The names in this directory (without `.` and `..`), sorted.
     pub(super) fn names(&self) -> Result<Vec<OsString>, CopyError> {
-        let mut names = confined::list_dir(&self.fd).map_err(|source| CopyError::Host {
-            action: "list",
-            path: self.path.clone(),
-            source,
-        })?;
+        let mut names = confined::list_dir(&self.fd).map_err(io("list", &self.path))?;
         names.sort();
         Ok(names)
     }
@@ -239,11 +234,11 @@ impl HostDir {
 }
 
 fn host_error(action: &'static str, path: &Path, errno: Errno) -> CopyError {
-    CopyError::Host {
+    CopyError::Host(crate::io_error::IoError {
         action,
         path: path.to_owned(),
         source: errno.into(),
-    }
+    })
 }
 
 /// A file being written under a temporary name; removed unless committed.

@@ -11,7 +11,7 @@
 //! $DATA/kernels/<abi>/vmlinuz
 //! $DATA/kernels/<abi>/modules/00-virtio_ring.ko, 01-..., ...
 //! $DATA/kernels/<abi>/kvm-host-modules/00-irqbypass.ko, ... (KVM_HOST_MODULES, see there)
-//! $DATA/kernels/<abi>/initramfs-<guest-init hash>.cpio   (built by crate::initramfs)
+//! $DATA/kernels/<abi>/initramfs-<guest-init hash>.cpio   (built by crate::backend::qemu::initramfs)
 //! $DATA/kernels/current                                  (the ABI to use)
 //! ```
 //!
@@ -340,7 +340,7 @@ fn read_module(path: &Path) -> Result<Vec<u8>, KernelError> {
         None
     };
     match tool {
-        None => std::fs::read(path).map_err(io("read", path)),
+        None => Ok(std::fs::read(path).map_err(io("read", path))?),
         Some(tool) => {
             let out = Command::new(tool)
                 .args(["-d", "-c"])

@@ -36,12 +36,15 @@ pub enum ShareError {
     /// Two shares at one guest path.
     #[error("two shares are mounted at {0}")]
     Duplicate(String),
+    /// A review copy of the workspace.
+    #[error(transparent)]
+    Review(#[from] crate::review::ReviewError),
     /// The current directory.
     #[error("--workspace: {0}")]
     Workspace(String),
     /// The host's CAs (`--host-ca`).
     #[error(transparent)]
-    HostCa(#[from] crate::host_ca::HostCaError),
+    HostCa(#[from] crate::guest::host_ca::HostCaError),
     /// A named volume.
     #[error("-v {spec:?}: {source}")]
     Volume {
@@ -68,6 +71,8 @@ pub struct Shares {
     pub user: Option<(u32, u32)>,
     /// The guest path of a CA bundle every command trusts (`--host-ca`).
     pub ca_bundle: Option<String>,
+    /// The name of the review copy shared as the workspace (`--workspace=review`).
+    pub review: Option<String>,
 }
 
 /// Resolves `-v` arguments (a bare name is a named volume, found or created by `volume`;

@@ -25,6 +25,7 @@ use krunbox_image::pull::PullOptions;
 use krunbox_image::source::{self, PullPolicy, Source};
 use krunbox_image::store::{RootfsLease, Store, StoreError};
 
+use crate::io_error::io;
 use crate::private_dir::PrivateDirError;
 
 /// Environment variable naming the OCI layout of the default image.
@@ -82,15 +83,8 @@ pub enum ImageError {
     #[error(transparent)]
     DataDir(#[from] PrivateDirError),
     /// Local I/O.
-    #[error("{action} {path}: {source}")]
-    Io {
-        /// What was done.
-        action: &'static str,
-        /// On what.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::io_error::IoError),
 }
 
 /// The image store of this user: `$DATA/store`.
@@ -117,11 +111,7 @@ pub fn pull_options(options: &ImageOptions) -> PullOptions {
 pub fn prepare(image: Option<&str>, options: &ImageOptions) -> Result<PreparedRoot, ImageError> {
     let source = image.map(Source::parse).transpose()?;
     if let Some(Source::RootfsDir(dir)) = &source {
-        let rootfs = std::fs::canonicalize(dir).map_err(|source| ImageError::Io {
-            action: "resolving",
-            path: dir.clone(),
-            source,
-        })?;
+        let rootfs = std::fs::canonicalize(dir).map_err(io("resolving", dir))?;
         if !rootfs.is_dir() {
             return Err(krunbox_image::source::PrepareError::NotADirectory(rootfs).into());
         }
@@ -148,11 +138,7 @@ pub fn prepare(image: Option<&str>, options: &ImageOptions) -> Result<PreparedRo
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|source| ImageError::Io {
-            action: "starting the async runtime for",
-            path: store.root().to_owned(),
-            source,
-        })?;
+        .map_err(io("starting the async runtime for", store.root()))?;
     let prepared = runtime.block_on(source::prepare_image(
         &store,
         &source,
@@ -260,11 +246,7 @@ fn default_image(store: &Store) -> Result<krunbox_image::store::ImageRecord, Ima
     }
     // No layout anywhere: build one from the host's busybox, as build-rootfs would.
     let data = crate::paths::data_dir()?;
-    crate::private_dir::create_all(&data).map_err(|source| ImageError::Io {
-        action: "creating",
-        path: data.clone(),
-        source,
-    })?;
+    crate::private_dir::create_all(&data).map_err(io("creating", &data))?;
     let _lock = crate::lock::exclusive(&data.join("default-image.lock"))?;
     let layout = data.join("default-image");
     if !layout.join("oci-layout").is_file() {
@@ -272,17 +254,9 @@ fn default_image(store: &Store) -> Result<krunbox_image::store::ImageRecord, Ima
         let staged = tempfile::Builder::new()
             .prefix(".default-image-")
             .tempdir_in(&data)
-            .map_err(|source| ImageError::Io {
-                action: "creating a directory in",
-                path: data.clone(),
-                source,
-            })?;
+            .map_err(io("creating a directory in", &data))?;
         builtin::build_builtin_image(staged.path())?;
-        std::fs::rename(staged.path(), &layout).map_err(|source| ImageError::Io {
-            action: "moving into place",
-            path: layout.clone(),
-            source,
-        })?;
+        std::fs::rename(staged.path(), &layout).map_err(io("moving into place", &layout))?;
         let _ = staged.keep();
     }
     Ok(import(&layout)?)

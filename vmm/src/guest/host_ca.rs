@@ -8,6 +8,7 @@
 //! directory is shared read-only at [`GUEST_DIR`]. guest-init then gives every exec
 //! [`krunbox_protocol::boot::CA_BUNDLE_ENV`] pointing at the file (`krunbox.ca=`).
 
+use crate::io_error::io;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -48,26 +49,11 @@ pub enum HostCaError {
     #[error("--host-ca: `security find-certificate` failed: {0}")]
     Keychain(String),
     /// A file operation.
-    #[error("--host-ca: {action} {path}: {source}")]
-    Io {
-        /// What was done.
-        action: &'static str,
-        /// On what.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
+    #[error("--host-ca: {0}")]
+    Io(#[from] crate::io_error::IoError),
     /// The data directory is not ours.
     #[error(transparent)]
     DataDir(#[from] crate::private_dir::PrivateDirError),
-}
-
-fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> HostCaError + 'a {
-    move |source| HostCaError::Io {
-        action,
-        path: path.to_owned(),
-        source,
-    }
 }
 
 /// The host's CAs, ready to share.
@@ -132,7 +118,76 @@ fn read_bundle(path: &Path) -> Result<Vec<u8>, HostCaError> {
             why: format!("{size} bytes, more than {MAX_BUNDLE}"),
         });
     }
-    std::fs::read(path).map_err(io("read", path))
+    Ok(std::fs::read(path).map_err(io("read", path))?)
+}
+
+/// The host's CAs that the root filesystem `rootfs` (an image's, read as hostile: beneath it
+/// only) does not trust: (how many the host has, how many the image has, how many of the
+/// host's the image lacks).
+pub fn missing_in(rootfs: &Path) -> Result<(usize, usize, usize), HostCaError> {
+    let host = certificates(&host_bundle()?);
+    let root = cap_std::fs::Dir::open_ambient_dir(rootfs, cap_std::ambient_authority())
+        .map_err(io("open", rootfs))?;
+    let image: std::collections::HashSet<String> = BUNDLE_PATHS
+        .iter()
+        .filter_map(|path| {
+            use cap_std::fs::OpenOptionsExt;
+            let relative = path.trim_start_matches('/');
+            let mut options = cap_std::fs::OpenOptions::new();
+            // Not blocked by a FIFO an image put there.
+            options.read(true).custom_flags(libc::O_NONBLOCK);
+            let file = root.open_with(relative, &options).ok()?;
+            if !file.metadata().ok()?.is_file() {
+                return None;
+            }
+            let mut text = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_BUNDLE), &mut text)
+                .ok()?;
+            Some(certificates(&text))
+        })
+        .next()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let missing = host.iter().filter(|c| !image.contains(*c)).count();
+    Ok((host.len(), image.len(), missing))
+}
+
+/// The PEM certificates in `pem`, each as its base64 body without whitespace.
+fn certificates(pem: &[u8]) -> Vec<String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    String::from_utf8_lossy(pem)
+        .split(PEM_CERTIFICATE)
+        .skip(1)
+        .filter_map(|block| block.split(END).next())
+        .map(|body| body.chars().filter(|c| !c.is_whitespace()).collect())
+        .collect()
+}
+
+#[cfg(test)]
+mod missing_tests {
+    use super::*;
+
+    #[test]
+    fn the_host_cas_an_image_lacks_are_counted() {
+        let one = "-----BEGIN CERTIFICATE-----\nAAAA\nBBBB\n-----END CERTIFICATE-----\n";
+        let two = "-----BEGIN CERTIFICATE-----\nCCCC\n-----END CERTIFICATE-----\n";
+        let host = tempfile::tempdir().unwrap();
+        let bundle = host.path().join("host.pem");
+        std::fs::write(&bundle, format!("{one}{two}")).unwrap();
+        let rootfs = tempfile::tempdir().unwrap();
+        let certs = rootfs.path().join("etc/ssl/certs");
+        std::fs::create_dir_all(&certs).unwrap();
+        // The same certificate, wrapped differently.
+        std::fs::write(
+            certs.join("ca-certificates.crt"),
+            "-----BEGIN CERTIFICATE-----\nAAAABBBB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        std::env::set_var("SSL_CERT_FILE", &bundle);
+        assert_eq!(missing_in(rootfs.path()).unwrap(), (2, 1, 1));
+        std::env::remove_var("SSL_CERT_FILE");
+    }
 }
 
 /// How many PEM certificates `pem` holds.
@@ -171,7 +226,7 @@ fn prepare_in(root: &Path, pem: &[u8]) -> Result<HostCa, HostCaError> {
             Ok(()) => {}
             // Another krunbox made the same copy first.
             Err(_) if dir.join(BUNDLE_FILE).is_file() => {}
-            Err(e) => return Err(io("rename into", &dir)(e)),
+            Err(e) => return Err(io("rename into", &dir)(e).into()),
         }
     }
     Ok(HostCa {

@@ -3,6 +3,7 @@
 //! it switches to the virtio-fs root. Written as a newc cpio archive and cached by content:
 //! the name carries a hash of guest-init and the modules, so a rebuilt agent gets a new image.
 
+use crate::io_error::io;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -12,26 +13,8 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, thiserror::Error)]
 pub enum InitramfsError {
     /// A file operation.
-    #[error("{action} {path}: {source}")]
-    Io {
-        /// What was done.
-        action: &'static str,
-        /// On what.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-}
-
-fn io<'a>(
-    action: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> InitramfsError + 'a {
-    move |source| InitramfsError::Io {
-        action,
-        path: path.to_owned(),
-        source,
-    }
+    #[error(transparent)]
+    Io(#[from] crate::io_error::IoError),
 }
 
 /// Returns the cached initramfs in `cache_dir` for this guest-init and these modules
@@ -63,11 +46,8 @@ pub fn cached(
     write_archive(&mut out, &init, &module_images).map_err(io("write", tmp.path()))?;
     out.flush().map_err(io("write", tmp.path()))?;
     drop(out);
-    tmp.persist(&image).map_err(|e| InitramfsError::Io {
-        action: "store",
-        path: image.clone(),
-        source: e.error,
-    })?;
+    tmp.persist(&image)
+        .map_err(|e| io("store", &image)(e.error))?;
     tracing::debug!(image = %image.display(), "built the initramfs");
     Ok(image)
 }

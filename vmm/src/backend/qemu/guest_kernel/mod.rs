@@ -13,6 +13,7 @@ pub mod debian;
 pub mod modinfo;
 pub mod own;
 
+use crate::io_error::io;
 use std::path::{Path, PathBuf};
 
 /// Why a kernel could not be prepared or installed.
@@ -52,26 +53,11 @@ pub enum KernelError {
     #[error(transparent)]
     Modinfo(#[from] modinfo::ModinfoError),
     /// A file operation.
-    #[error("{action} {path}: {source}")]
-    Io {
-        /// What was done.
-        action: &'static str,
-        /// On what.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::io_error::IoError),
     /// The cache lock.
     #[error(transparent)]
     Lock(#[from] crate::lock::LockError),
-}
-
-fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> KernelError + 'a {
-    move |source| KernelError::Io {
-        action,
-        path: path.to_owned(),
-        source,
-    }
 }
 
 /// The kernels directory under the data dir.
@@ -84,7 +70,7 @@ fn set_current(dir: &Path, name: &str) -> Result<(), KernelError> {
     let current = dir.join("current");
     let tmp = dir.join(".current.tmp");
     std::fs::write(&tmp, name).map_err(io("write", &tmp))?;
-    std::fs::rename(&tmp, &current).map_err(io("write", &current))
+    Ok(std::fs::rename(&tmp, &current).map_err(io("write", &current))?)
 }
 
 /// Makes the kernel staged in `staged` the one called `name` in `dir` and the current one

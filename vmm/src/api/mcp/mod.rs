@@ -3,6 +3,8 @@
 //! itself. Each tool is the HTTP API's operation of the same name (the official Rust MCP SDK,
 //! `rmcp`, speaks the protocol).
 
+mod running;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -11,6 +13,9 @@ use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ContentBlock, ServerCapabilities, ServerConfig};
 use rmcp::{schemars, tool, tool_handler, tool_router, ErrorData, ServerHandler, ServiceExt};
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use running::Running;
 
 use super::error::ApiError;
 use super::exec::{prepare, ExecStart, ExitReport};
@@ -91,9 +96,11 @@ pub struct StopArgs {
 }
 
 /// The MCP server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Tools {
     tool_router: ToolRouter<Self>,
+    /// The commands of the `exec` calls under way, killed when the client leaves.
+    running: Running,
 }
 
 fn text(value: impl Into<String>) -> CallToolResult {
@@ -119,6 +126,7 @@ impl Tools {
     pub fn new() -> Self {
         Self {
             tool_router: Self::tool_router(),
+            running: Running::default(),
         }
     }
 
@@ -160,8 +168,9 @@ impl Tools {
     async fn exec(
         &self,
         Parameters(args): Parameters<ExecArgs>,
+        cancelled: CancellationToken,
     ) -> Result<CallToolResult, ErrorData> {
-        outcome(exec(args).await)
+        outcome(exec(args, cancelled, &self.running).await)
     }
 
     #[tool(description = "Write a text file in a sandbox (parents are created).")]
@@ -286,7 +295,11 @@ impl Kept {
     }
 }
 
-async fn exec(args: ExecArgs) -> Result<CallToolResult, ApiError> {
+async fn exec(
+    args: ExecArgs,
+    cancelled: CancellationToken,
+    running: &Running,
+) -> Result<CallToolResult, ApiError> {
     let start = ExecStart {
         cmd: vec!["sh".into(), "-c".into(), args.command],
         env: args.env,
@@ -298,9 +311,16 @@ async fn exec(args: ExecArgs) -> Result<CallToolResult, ApiError> {
         term: None,
         stdin: Some(args.stdin.is_some()),
         timeout_secs: Some(args.timeout_secs.unwrap_or(300)),
+        ulimits: Vec::new(),
     };
+    let starting = running.starting();
     let (client, spec) = prepare(&args.sandbox, &start).await?;
     let mut execution = client.exec(spec).await?;
+    let Ok(guard) = starting.arm(execution.control()).await else {
+        return Err(ApiError::BadRequest(
+            "the client left; the command was killed".into(),
+        ));
+    };
     let stdin = execution.take_stdin();
     let (_, mut stdout, mut stderr, exit) = execution.split();
     let feed = async move {
@@ -320,7 +340,13 @@ async fn exec(args: ExecArgs) -> Result<CallToolResult, ApiError> {
             err.take(&chunk);
         }
     };
-    let ((), (), (), status) = tokio::join!(feed, read_out, read_err, exit);
+    let status = tokio::select! {
+        ((), (), (), status) = async { tokio::join!(feed, read_out, read_err, exit) } => status,
+        () = cancelled.cancelled() => {
+            return Err(ApiError::BadRequest("cancelled by the client; the command was killed".into()));
+        }
+    };
+    guard.disarm();
     let report = ExitReport::from(&status?);
     Ok(json(&serde_json::json!({
         "exit_code": report.exit_code,
@@ -338,11 +364,16 @@ pub fn serve_stdio() -> Result<i32, std::io::Error> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let service = Tools::new()
+        let tools = Tools::new();
+        let running = tools.running.clone();
+        let service = tools
             .serve(rmcp::transport::stdio())
             .await
             .map_err(std::io::Error::other)?;
-        service.waiting().await.map_err(std::io::Error::other)?;
+        let ended = service.waiting().await.map_err(std::io::Error::other);
+        // The client is gone: what it started is not left running.
+        running.kill_all().await;
+        ended?;
         Ok(0)
     })
 }
