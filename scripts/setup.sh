@@ -34,10 +34,14 @@ dpkg-query -W -f='${Status}' libkrunfw5 2>/dev/null | grep -q "ok installed" || 
 if [ "$want_krunfw" = 1 ] && [ "${ID:-}" = debian ] && [ ! -e /etc/apt/preferences.d/krunbox ]; then
   # libkrunfw5 (libkrun's default guest kernel) exists only in Debian's unstable suite.
   # The pin keeps everything else on the stable release.
-  log "adding Debian unstable, pinned to libkrunfw only"
-  sudo_if_needed tee /etc/apt/sources.list.d/krunbox-sid.sources >/dev/null <<'SOURCES'
+  # The unstable suite comes from the mirror this machine already uses for Debian itself.
+  mirror=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '$1 == "URIs:" && $2 ~ /\/debian\/?$/ { print $2; exit }')
+  [ -n "$mirror" ] || mirror=$(awk '$1 == "deb" && $2 ~ /\/debian\/?$/ { print $2; exit }' /etc/apt/sources.list 2>/dev/null)
+  [ -n "$mirror" ] || { log "no Debian mirror found in /etc/apt to take libkrunfw5 from"; exit 1; }
+  log "adding Debian unstable from $mirror, pinned to libkrunfw only"
+  sudo_if_needed tee /etc/apt/sources.list.d/krunbox-sid.sources >/dev/null <<SOURCES
 Types: deb
-URIs: http://deb.debian.org/debian
+URIs: $mirror
 Suites: sid
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
@@ -73,7 +77,7 @@ for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl aarch64-apple-darw
   grep -qx "$t" <<<"$installed_targets" || rustup target add "$t"
 done
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
-# Host helpers krunbox runs (crates.io). Installed as root into /usr/local, so krunbox works
+# Host helpers krunbox runs (Rust crates). Installed as root into /usr/local, so krunbox works
 # the same for every local user; as a normal user into ~/.cargo/bin.
 helper_tool() { # NAME VERSION WHY
   local name=$1 version=$2

@@ -49,7 +49,8 @@ run_as_user() {
 
 run_as_user run
 run_as_user adversarial virtiofs::
-run_as_user sandbox read_only_volumes_refuse_writes a_pooled_run
+run_as_user sandbox read_only_volumes_refuse_writes a_pooled_run a_review_workspace a_named_volume_keeps a_terminal_session
+run_as_user network a_secret_goes_to_its_host_only host_ca_makes_the_guest_trust
 run_as_user own_kernel the_installed_kernel_is_the_qemu_default
 # krunbox serve and the Node.js SDK, unprivileged.
 run_as_user sdk the_node_sdk_passes_its_suite_against_real_sandboxes

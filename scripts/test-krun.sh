@@ -29,6 +29,8 @@ in_kvm_host network
 in_kvm_host ssh_agent
 in_kvm_host images
 in_kvm_host own_kernel
+# krunbox-oci driven by hand (the KVM host has no podman or containerd: those run on QEMU).
+in_kvm_host oci krunbox_oci_takes_a_bundle
 # The adversarial suite's guest-side attacks (the agent, console, cp, DNS and virtio-fs
 # modules). Its image and neighbour attacks are against krunbox's host side (pull, store,
 # runtime and data directories), which does not depend on the backend: they run once, above.

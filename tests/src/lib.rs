@@ -9,6 +9,7 @@
 //! `cargo test --workspace` builds it), `cargo xtask build-init`, qemu-system-x86_64,
 //! virtiofsd, vhost-device-vsock, busybox-static, and the guest kernel
 //! (`krunbox kernel fetch`, done here on first use if apt can reach Debian).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -647,4 +648,69 @@ pub fn http_server(address: std::net::Ipv4Addr, body: &'static str) -> u16 {
         }
     });
     port
+}
+
+/// A pseudo-terminal for a krunbox child's `-it`: the child gets `slave` as its stdio, the test
+/// reads and types through `master`.
+pub struct TestPty {
+    /// The test's end.
+    pub master: std::fs::File,
+    /// The child's terminal.
+    pub slave: std::fs::File,
+}
+
+impl TestPty {
+    /// A PTY of `rows` × `cols`, close-on-exec so that no other test's child inherits it.
+    pub fn open(rows: u16, cols: u16) -> Self {
+        let size = nix::pty::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
+        for fd in [&pty.master, &pty.slave] {
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .expect("FD_CLOEXEC on the PTY");
+        }
+        Self {
+            master: pty.master.into(),
+            slave: pty.slave.into(),
+        }
+    }
+
+    /// Gives `cmd` the terminal as stdin, stdout and stderr.
+    pub fn attach(&self, cmd: &mut Command) {
+        let end = || self.slave.try_clone().expect("dup the PTY");
+        cmd.stdin(end()).stdout(end()).stderr(end());
+    }
+
+    /// Everything the child writes, collected until its terminal closes.
+    pub fn capture(&self) -> Captured {
+        Captured::start(ReadUntilEio(self.master.try_clone().expect("dup the PTY")))
+    }
+}
+
+/// A PTY master read to its end: Linux reports the end of the slave side as `EIO`, not EOF.
+pub struct ReadUntilEio(pub std::fs::File);
+
+impl Read for ReadUntilEio {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self.0.read(buf) {
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(0),
+            other => other,
+        }
+    }
+}
+
+/// The soft and hard limit in the row `row` (`Max open files`) of a `/proc/self/limits`.
+pub fn limits_row<'a>(limits: &'a str, row: &str) -> Vec<&'a str> {
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with(row))
+        .unwrap_or_else(|| panic!("no {row:?} in {limits}"));
+    line[row.len()..].split_whitespace().take(2).collect()
 }

@@ -9,6 +9,7 @@
 //! vhost-device-vsock, busybox-static, cpio, apt-get (to download Debian's cloud kernel once,
 //! cached under target/), and `cargo xtask build-init`. Without them the test skips loudly,
 //! unless KRUNBOX_REQUIRE_E2E=1 (CI), where a missing prerequisite fails it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -375,11 +376,23 @@ async fn boot(guest_init: &Path, append: &str, qemu_args: &[&str]) -> Guest {
         .spawn()
         .expect("qemu");
 
+    // Connect only once the agent says it listens, as the QEMU backend does: a connection
+    // pending while the guest's driver is still setting up the device ends vhost-device-vsock
+    // 0.3.0's worker thread for good (see `krunbox_protocol::AGENT_READY_LINE`).
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !std::fs::read_to_string(&console)
+        .unwrap_or_default()
+        .contains(krunbox_protocol::AGENT_READY_LINE)
+        && std::time::Instant::now() < deadline
+        && qemu.try_wait().ok().flatten().is_none()
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let address = AgentAddress::HybridVsock {
         uds: uds.clone(),
         port: 1024,
     };
-    let client = match Client::connect_with_retry(&address, Duration::from_secs(120)).await {
+    let client = match Client::connect_with_retry(&address, Duration::from_secs(60)).await {
         Ok(client) => client,
         Err(err) => {
             let log = std::fs::read_to_string(&console).unwrap_or_default();

@@ -2,6 +2,7 @@
 //! docker-registry on 127.0.0.1) and run with `krunbox run` under the QEMU backend; image
 //! config and its CLI overrides; writes that stay in their sandbox. Each test has its own
 //! image store (a private data directory).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

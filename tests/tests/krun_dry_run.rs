@@ -3,6 +3,7 @@
 //! configured with every `krun_*` call, but never entered — no host of ours can boot libkrun
 //! (nested `kvm_pvm`), so no agent ever answers. What is checked is everything around the guest:
 //! the boot timeout's error, Ctrl-C while booting, kill -9 of krunbox.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::io::Read;
 use std::process::{ExitStatus, Stdio};

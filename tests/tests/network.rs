@@ -1,6 +1,7 @@
 //! The guest network end to end: real guests under the QEMU backend whose virtio-net card is
 //! served by krunbox's gateway, real HTTP servers on the host, and the gateway's decision log.
 //! See the crate docs for prerequisites.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::io::Read;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -325,74 +326,126 @@ fn network_tsi_reaches_the_host_through_libkrun_and_is_refused_by_qemu() {
     k.assert_nothing_left(CLEANUP);
 }
 
-/// An HTTPS server on the host's loopback whose certificate (for 10.0.2.2, where the guest
-/// reaches the host) is signed by a CA of the test's own; returns its port and the CA's PEM.
-fn https_server_with_its_own_ca() -> (u16, String) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "krunbox test interception CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["10.0.2.2".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca, &ca_key)
-        .unwrap();
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
-        )
-        .unwrap();
-    let config = std::sync::Arc::new(config);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for socket in listener.incoming().flatten() {
-            let config = config.clone();
-            std::thread::spawn(move || {
-                let Ok(connection) = rustls::ServerConnection::new(config) else {
-                    return;
-                };
-                let mut stream = rustls::StreamOwned::new(connection, socket);
-                let mut request = [0u8; 1024];
-                if std::io::Read::read(&mut stream, &mut request).is_ok() {
-                    let _ = std::io::Write::write_all(
-                        &mut stream,
-                        b"HTTP/1.0 200 trusted\r\nContent-Length: 0\r\n\r\n",
-                    );
-                }
-                stream.conn.send_close_notify();
-                let _ = std::io::Write::flush(&mut stream);
-            });
-        }
-    });
-    (port, ca.pem())
+/// A CA of the test's own (rcgen), standing for a CA the host trusts and the guest's image
+/// does not.
+struct TestCa {
+    certificate: rcgen::Certificate,
+    key: rcgen::KeyPair,
 }
 
-#[test]
-fn host_ca_makes_the_guest_trust_what_the_host_trusts() {
-    use krunbox_tests::ssh_agent_fixture::{busybox_rootfs, copy_program_into};
-    let Some(k) = e2e("host_ca_makes_the_guest_trust_what_the_host_trusts") else {
+impl TestCa {
+    fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "krunbox test interception CA");
+        let certificate = params.self_signed(&key).unwrap();
+        Self { certificate, key }
+    }
+
+    fn pem(&self) -> String {
+        self.certificate.pem()
+    }
+}
+
+/// An HTTPS server on the host's loopback with a certificate for `names` signed by `ca`. It
+/// answers every request `HTTP/1.0 200 trusted` with an `X-Echo` header repeating the
+/// request's `Authorization` (`none` without one), and keeps each request's head.
+struct HttpsServer {
+    port: u16,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl HttpsServer {
+    fn start(ca: &TestCa, names: &[&str]) -> Self {
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let leaf = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&leaf_key, &ca.certificate, &ca.key)
+            .unwrap();
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        let config = std::sync::Arc::new(config);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let heads = std::sync::Arc::default();
+        let kept = std::sync::Arc::clone(&heads);
+        std::thread::spawn(move || {
+            for socket in listener.incoming().flatten() {
+                let config = config.clone();
+                let kept = std::sync::Arc::clone(&kept);
+                std::thread::spawn(move || serve_https(config, socket, &kept));
+            }
+        });
+        Self { port, heads }
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+fn serve_https(
+    config: std::sync::Arc<rustls::ServerConfig>,
+    socket: TcpStream,
+    kept: &std::sync::Mutex<Vec<String>>,
+) {
+    let Ok(connection) = rustls::ServerConnection::new(config) else {
         return;
     };
-    let (port, ca_pem) = https_server_with_its_own_ca();
-    // The host's bundle: the test's CA (as a host that intercepts TLS has its proxy's CA).
+    let _ = socket.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut stream = rustls::StreamOwned::new(connection, socket);
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
+        match std::io::Read::read(&mut stream, &mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let echo = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("authorization")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_else(|| "none".into());
+    kept.lock().unwrap().push(head);
+    let answer = format!("HTTP/1.0 200 trusted\r\nX-Echo: {echo}\r\nContent-Length: 0\r\n\r\n");
+    let _ = std::io::Write::write_all(&mut stream, answer.as_bytes());
+    stream.conn.send_close_notify();
+    let _ = std::io::Write::flush(&mut stream);
+}
+
+/// The host's CA bundle (`SSL_CERT_FILE` for krunbox): `pem`, in a directory of its own.
+fn host_bundle(pem: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let host = tempfile::tempdir().unwrap();
     let bundle = host.path().join("bundle.pem");
-    std::fs::write(&bundle, &ca_pem).unwrap();
+    std::fs::write(&bundle, pem).unwrap();
+    (host, bundle)
+}
+
+/// A busybox root with `applets`, `/tls-probe`, and the system's CAs as the image's own
+/// trust (not the test's CA).
+fn tls_rootfs(applets: &[&str]) -> tempfile::TempDir {
+    use krunbox_tests::ssh_agent_fixture::{busybox_rootfs, copy_program_into};
     let rootfs = busybox_rootfs();
     let probe = std::path::Path::new(env!("CARGO_BIN_EXE_tls-probe"));
     copy_program_into(rootfs.path(), probe, std::path::Path::new("/tls-probe"));
-    for applet in ["cat", "grep"] {
-        let link = rootfs.path().join("bin").join(applet);
-        let _ = std::os::unix::fs::symlink("busybox", link);
+    for applet in applets {
+        let _ = std::os::unix::fs::symlink("busybox", rootfs.path().join("bin").join(applet));
     }
-    // The image's own trust: the system's CAs, not the test's.
     let image_bundle = rootfs.path().join("etc/ssl/certs");
     std::fs::create_dir_all(&image_bundle).unwrap();
     std::fs::copy(
@@ -400,6 +453,20 @@ fn host_ca_makes_the_guest_trust_what_the_host_trusts() {
         image_bundle.join("ca-certificates.crt"),
     )
     .unwrap();
+    rootfs
+}
+
+#[test]
+fn host_ca_makes_the_guest_trust_what_the_host_trusts() {
+    let Some(k) = e2e("host_ca_makes_the_guest_trust_what_the_host_trusts") else {
+        return;
+    };
+    let ca = TestCa::new();
+    let port = HttpsServer::start(&ca, &["10.0.2.2"]).port;
+    let ca_pem = ca.pem();
+    // The host's bundle: the test's CA (as a host that intercepts TLS has its proxy's CA).
+    let (_host, bundle) = host_bundle(&ca_pem);
+    let rootfs = tls_rootfs(&["cat", "grep"]);
     let allow = format!("127.0.0.1:{port}");
     let run = |extra: &[&str], script: &str| {
         let mut args = vec!["run", "--allow-net", &allow];
@@ -460,6 +527,199 @@ fn host_ca_makes_the_guest_trust_what_the_host_trusts() {
         text(&out.stderr).contains("is not a CA bundle"),
         "{}",
         text(&out.stderr)
+    );
+    k.assert_nothing_left(CLEANUP);
+}
+
+/// Every file under `root` (not following symlinks) whose bytes contain `needle`.
+fn files_containing(root: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![root.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                dirs.push(path);
+            } else if meta.is_file() {
+                let bytes = std::fs::read(&path).unwrap_or_default();
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    found.push(path);
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_secret_goes_to_its_host_only_and_never_into_the_guest() {
+    let Some(mut k) = e2e("a_secret_goes_to_its_host_only_and_never_into_the_guest") else {
+        return;
+    };
+    let data = k.private_data_dir();
+    k.use_data_dir(data.path());
+    // Two servers whose certificates come from a CA the host trusts (SSL_CERT_FILE, which
+    // the gateway verifies real servers with) and the image does not.
+    let ca = TestCa::new();
+    let api = HttpsServer::start(&ca, &["api.test"]);
+    let other = HttpsServer::start(&ca, &["other.test"]);
+    let (_host, bundle) = host_bundle(&ca.pem());
+    let rootfs = tls_rootfs(&["cat", "grep", "env", "find", "tr", "xargs"]);
+    const VALUE: &str = "sk-test-0b5e7c-the-real-value-9d41";
+    let secret = format!("API_KEY@api.test:{}", api.port);
+    let (allow_api, allow_other) = (
+        format!("api.test:{}", api.port),
+        format!("other.test:{}", other.port),
+    );
+    let rootfs_arg = rootfs.path().to_str().unwrap();
+    let create_args = [
+        "create",
+        "--name",
+        "agent",
+        "--secret",
+        &secret,
+        "--add-host",
+        "api.test:127.0.0.1",
+        "--add-host",
+        "other.test:127.0.0.1",
+        "--allow-host",
+        &allow_api,
+        "--allow-host",
+        &allow_other,
+        // The other server is trusted the ordinary way, through the host's CAs.
+        "--host-ca",
+        rootfs_arg,
+    ];
+    let krunbox = |args: &[&str], value: Option<&str>| {
+        let mut cmd = k.krunbox(args);
+        cmd.env("SSL_CERT_FILE", &bundle).stdin(Stdio::null());
+        match value {
+            Some(value) => cmd.env("API_KEY", value),
+            None => cmd.env_remove("API_KEY"),
+        };
+        cmd.output().unwrap()
+    };
+
+    // The value comes from the environment only: without it nothing boots.
+    let unset = krunbox(&create_args, None);
+    assert_eq!(unset.status.code(), Some(125), "{}", text(&unset.stderr));
+    assert!(
+        text(&unset.stderr).contains("the environment variable API_KEY is not set"),
+        "{}",
+        text(&unset.stderr)
+    );
+    let created = krunbox(&create_args, Some(VALUE));
+    assert_eq!(created.status.code(), Some(0), "{}", text(&created.stderr));
+    let started = krunbox(&["start", "agent"], Some(VALUE));
+    assert_eq!(started.status.code(), Some(0), "{}", text(&started.stderr));
+
+    let placeholder = "krunbox-secret-API_KEY-placeholder";
+    let script = format!(
+        "echo \"key=$API_KEY\"; \
+         /tls-probe api.test:{} api.test \"Authorization: Bearer $API_KEY\"; \
+         /tls-probe other.test:{} other.test \"Authorization: Bearer $API_KEY\"; \
+         grep -c 'BEGIN CERTIFICATE' \"$SSL_CERT_FILE\" >/dev/null && echo bundle=$SSL_CERT_FILE",
+        api.port, other.port
+    );
+    let out = krunbox(&["exec", "agent", "--", "sh", "-c", &script], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let lines: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    assert_eq!(lines[0], format!("key={placeholder}"));
+    // The secret's host: through the gateway, which sent the value and gave back a
+    // placeholder where the server echoed it.
+    assert!(
+        lines[1].starts_with("HTTP/1.") && lines[1].contains(" 200"),
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines[2].to_lowercase(),
+        format!("x-echo: bearer {placeholder}").to_lowercase()
+    );
+    // Another host: the placeholder as it is, untouched.
+    assert_eq!(lines[3], "HTTP/1.0 200 trusted");
+    assert_eq!(lines[4], format!("X-Echo: Bearer {placeholder}"));
+    assert_eq!(lines[5], "bundle=/run/krunbox/trust/ca-certificates.crt");
+    let api_heads = api.heads();
+    assert_eq!(api_heads.len(), 1, "{api_heads:?}");
+    assert!(
+        api_heads[0].contains(&format!("authorization: Bearer {VALUE}\r\n")),
+        "the secret's host got the value: {api_heads:?}"
+    );
+    let other_heads = other.heads();
+    assert_eq!(other_heads.len(), 1, "{other_heads:?}");
+    assert!(
+        other_heads[0].contains(&format!("Authorization: Bearer {placeholder}\r\n"))
+            && !other_heads[0].contains(VALUE),
+        "another host got only the placeholder: {other_heads:?}"
+    );
+
+    // The value is nowhere in the guest: not in any process's environment, the kernel's
+    // command line, or a file of its root, /run or /tmp (the guest prints them all; the
+    // test looks for the value, which the guest never had to be told).
+    let dump = "cat /proc/cmdline; for e in /proc/[0-9]*/environ; do tr '\\0' '\\n' < $e; done; \
+                find /etc /run /tmp /root -type f | xargs cat; echo dumped";
+    let out = krunbox(&["exec", "agent", "--", "sh", "-c", dump], None);
+    let dumped = text(&out.stdout);
+    assert!(dumped.ends_with("dumped\n"), "{}", text(&out.stderr));
+    assert!(dumped.contains(placeholder));
+    assert!(!dumped.contains(VALUE), "the guest can read the value");
+    // Of the VM's host processes only the gateway holds it: not QEMU, virtiofsd or the
+    // libkrun VMM (the process a guest that escaped would be in), nor their supervisor.
+    let mut holders = Vec::new();
+    for process in krunbox_tests::processes_mentioning(k.runtime_dir()) {
+        let pid = process.split(':').next().unwrap_or_default().to_owned();
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if environ.windows(VALUE.len()).any(|w| w == VALUE.as_bytes()) {
+            holders.push(process);
+        }
+    }
+    assert!(
+        holders.len() == 1 && holders[0].contains(" __net "),
+        "the value is in the environment of {holders:?}"
+    );
+    // Nor in krunbox's own state, logs (console, gateway, monitor) or run directories.
+    let logs = krunbox(&["logs", "--network", "agent"], None);
+    assert!(
+        text(&logs.stdout).contains("secret API_KEY: TLS terminated by the gateway"),
+        "{}",
+        text(&logs.stdout)
+    );
+    for root in [data.path(), k.runtime_dir()] {
+        let found = files_containing(root, VALUE.as_bytes());
+        assert!(found.is_empty(), "the value is in {found:?}");
+    }
+
+    // A restart needs the value again, from the environment of the command that boots it.
+    assert_eq!(krunbox(&["stop", "agent"], None).status.code(), Some(0));
+    let restart = krunbox(&["start", "agent"], None);
+    assert_ne!(restart.status.code(), Some(0));
+    assert!(
+        text(&restart.stderr).contains("API_KEY is not set"),
+        "{}",
+        text(&restart.stderr)
+    );
+    assert_eq!(krunbox(&["rm", "-f", "agent"], None).status.code(), Some(0));
+    for root in [data.path(), k.runtime_dir()] {
+        let found = files_containing(root, VALUE.as_bytes());
+        assert!(found.is_empty(), "the value is in {found:?}");
+    }
+    // `run` takes it the same way.
+    let run = krunbox(
+        &["run", "--secret", &secret, rootfs_arg, "--", "true"],
+        None,
+    );
+    assert_eq!(run.status.code(), Some(125));
+    assert!(
+        text(&run.stderr).contains("API_KEY is not set"),
+        "{}",
+        text(&run.stderr)
     );
     k.assert_nothing_left(CLEANUP);
 }

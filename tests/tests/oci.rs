@@ -1,6 +1,7 @@
 //! krunbox as an OCI runtime under a real engine: podman (Debian's, with its conmon) runs each
 //! container as a krunbox micro-VM through `krunbox-oci`, a link to the krunbox binary.
 //! Podman keeps its images and containers in a directory of the test's own.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -167,6 +168,25 @@ fn podman_runs_each_container_as_a_micro_vm_with_its_exit_code_mounts_and_termin
     );
     assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("to-stderr"));
+
+    // `--ulimit` (process.rlimits in the config) holds in the guest.
+    let out = podman.run(
+        &k,
+        &[
+            "run",
+            "--rm",
+            "--ulimit",
+            "nofile=1000:2000",
+            &image,
+            "cat",
+            "/proc/self/limits",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        krunbox_tests::limits_row(&text(&out.stdout), "Max open files"),
+        ["1000", "2000"]
+    );
 
     // -v mounts appear, read-write and read-only.
     let host_dir = tempfile::tempdir().expect("a dir");
@@ -391,4 +411,193 @@ fn containerd_runs_a_registry_image_through_krunbox_oci_as_its_runc() {
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
     let out = containerd.ctr(&k, &["containers", "list", "--quiet"]);
     assert_eq!(text(&out.stdout).trim(), "", "a container is left");
+}
+
+/// `krunbox oci` with a state root of the test's own.
+fn oci(k: &Harness, root: &Path, args: &[&str]) -> Command {
+    let mut cmd = k.krunbox(["oci", "--root", root.to_str().expect("UTF-8")]);
+    cmd.args(args);
+    cmd
+}
+
+/// The `state` of container `id`, parsed.
+fn oci_state(k: &Harness, root: &Path, id: &str) -> serde_json::Value {
+    let out = oci(k, root, &["state", id]).output().expect("run state");
+    assert!(out.status.success(), "state {id}: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("state is JSON")
+}
+
+/// Waits until `check` holds, for at most `limit`.
+fn until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what} (waited {limit:?})");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The runtime command line driven by hand as an engine drives it, with no engine: this is
+/// also what runs under libkrun in the KVM host, which has no podman or containerd.
+#[test]
+fn krunbox_oci_takes_a_bundle_through_its_life_as_an_engine_would() {
+    let test = "krunbox_oci_takes_a_bundle_through_its_life_as_an_engine_would";
+    let Some(k) = e2e(test) else { return };
+    let dir = tempfile::Builder::new()
+        .prefix("kbx-oci-")
+        .tempdir_in("/tmp")
+        .expect("a temp dir");
+    let root = dir.path().join("state");
+    let bundle = dir.path().join("bundle");
+    let rootfs = bundle.join("rootfs");
+    for sub in ["bin", "etc", "proc", "sys", "dev", "tmp", "run"] {
+        std::fs::create_dir_all(rootfs.join(sub)).expect("mkdir");
+    }
+    std::fs::copy(krunbox_tests::busybox(), rootfs.join("bin/busybox")).expect("busybox");
+    for applet in ["sh", "cat", "sleep", "grep", "echo", "hostname"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("ln");
+    }
+    let config = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": { "uid": 0, "gid": 0 },
+            "cwd": "/",
+            "env": ["PATH=/bin"],
+            "args": ["sh", "-c", "trap 'echo got-usr1; exit 9' USR1; hostname; \
+                     grep 'open files' /proc/self/limits; echo ready; \
+                     while :; do sleep 0.1; done"],
+            "rlimits": [{ "type": "RLIMIT_NOFILE", "soft": 1111, "hard": 2222 }]
+        },
+        "root": { "path": "rootfs" },
+        "hostname": "oci-box"
+    });
+    std::fs::write(bundle.join("config.json"), config.to_string()).expect("config.json");
+
+    // create: the container exists, its process waits; the pid file names its monitor.
+    let output = dir.path().join("stdout");
+    let pid_file = dir.path().join("pid");
+    let status = oci(
+        &k,
+        &root,
+        &[
+            "create",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            "c1",
+        ],
+    )
+    .stdout(std::fs::File::create(&output).expect("stdout file"))
+    .stderr(std::fs::File::create(dir.path().join("stderr")).expect("stderr file"))
+    .status()
+    .expect("run create");
+    let stderr = || std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
+    assert!(status.success(), "create: {}", stderr());
+    let created = oci_state(&k, &root, "c1");
+    assert_eq!(created["status"], "created");
+    let pid = std::fs::read_to_string(&pid_file).expect("pid file");
+    assert_eq!(created["pid"].to_string(), pid.trim());
+    assert!(std::fs::read_to_string(&output)
+        .unwrap_or_default()
+        .is_empty());
+
+    // start: returns once the process runs; a second start is refused.
+    let out = oci(&k, &root, &["start", "c1"])
+        .output()
+        .expect("run start");
+    assert!(
+        out.status.success(),
+        "start: {}{}",
+        text(&out.stderr),
+        stderr()
+    );
+    assert_eq!(oci_state(&k, &root, "c1")["status"], "running");
+    let again = oci(&k, &root, &["start", "c1"])
+        .output()
+        .expect("run start");
+    assert!(!again.status.success(), "a second start was accepted");
+    let seen = || std::fs::read_to_string(&output).unwrap_or_default();
+    until(
+        Duration::from_secs(60),
+        "the process never said ready",
+        || seen().contains("ready"),
+    );
+    let said = seen();
+    assert!(said.starts_with("oci-box\n"), "the hostname: {said}");
+    assert_eq!(
+        krunbox_tests::limits_row(&said, "Max open files"),
+        ["1111", "2222"]
+    );
+
+    // delete refuses a running container; kill reaches the process in the guest.
+    let refused = oci(&k, &root, &["delete", "c1"])
+        .output()
+        .expect("run delete");
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("--force"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let out = oci(&k, &root, &["kill", "c1", "USR1"])
+        .output()
+        .expect("run kill");
+    assert!(out.status.success(), "kill: {}", text(&out.stderr));
+    until(
+        Duration::from_secs(60),
+        "the container never stopped",
+        || oci_state(&k, &root, "c1")["status"] == "stopped",
+    );
+    assert!(
+        seen().contains("got-usr1"),
+        "the signal did not reach the process: {}",
+        seen()
+    );
+    assert_eq!(oci_state(&k, &root, "c1")["pid"], 0);
+    let out = oci(&k, &root, &["delete", "c1"])
+        .output()
+        .expect("run delete");
+    assert!(out.status.success(), "delete: {}", text(&out.stderr));
+    assert!(!oci(&k, &root, &["state", "c1"])
+        .output()
+        .expect("state")
+        .status
+        .success());
+
+    // A config with no process is created; its start fails; delete --force cleans up.
+    let bare = serde_json::json!({ "ociVersion": "1.0.2", "root": { "path": "rootfs" } });
+    std::fs::write(bundle.join("config.json"), bare.to_string()).expect("config.json");
+    let status = oci(
+        &k,
+        &root,
+        &["create", "--bundle", bundle.to_str().unwrap(), "c2"],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::fs::File::create(dir.path().join("stderr")).expect("stderr file"))
+    .status()
+    .expect("run create");
+    assert!(status.success(), "create with no process: {}", stderr());
+    let out = oci(&k, &root, &["start", "c2"])
+        .output()
+        .expect("run start");
+    assert!(!out.status.success(), "started a container with no process");
+    assert!(
+        text(&out.stderr).contains("no process"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = oci(&k, &root, &["delete", "--force", "c2"])
+        .output()
+        .expect("run delete");
+    assert!(
+        out.status.success(),
+        "delete --force: {}",
+        text(&out.stderr)
+    );
+    until(Duration::from_secs(15), "a monitor is left", || {
+        monitors_of(&root).is_empty()
+    });
+    assert!(!root.join("c2").exists() && !root.join("c1").exists());
+    k.assert_nothing_left(Duration::from_secs(15));
 }

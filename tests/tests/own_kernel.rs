@@ -1,6 +1,7 @@
 //! krunbox's own guest kernel (`cargo xtask build-kernel`, kernel-config/) booted through
 //! `krunbox run --kernel` under the QEMU backend (TCG here): every driver is built in, so the
 //! initramfs holds only guest-init and nothing is loaded as a module.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::path::Path;
 

@@ -1,13 +1,14 @@
 //! `krunbox run` end to end: real guests under the QEMU backend (TCG here), driven through
 //! the real `krunbox` binary. See the crate docs for prerequisites; without them these tests
 //! skip loudly, unless KRUNBOX_REQUIRE_E2E=1 (CI), where they fail.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::process::Stdio;
 use std::time::Duration;
 
-use krunbox_tests::{e2e, text, wait_timeout, Captured, Running};
+use krunbox_tests::{e2e, limits_row, text, wait_timeout, Captured, Running, TestPty};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
@@ -106,6 +107,58 @@ fn env_workdir_hostname_and_a_rootfs_directory() {
         text(&out.stdout),
         "hello world\ncopied\n/srv/data\nfrom-the-host-dir\ne2e-box\n"
     );
+}
+
+#[test]
+fn ulimit_sets_the_command_s_limits_before_it_becomes_its_user() {
+    let Some(k) = e2e("ulimit_sets_the_command_s_limits_before_it_becomes_its_user") else {
+        return;
+    };
+    // A hard limit far above the agent's own (4096 open files), for a user who could not
+    // raise it: set while the agent is still root, as Docker's --ulimit is; and above the
+    // kernel's default fs.nr_open (1048576), which guest-init raises as systemd does.
+    let out = k.run(
+        &[
+            "--ulimit",
+            "nofile=100000:2000000",
+            "--ulimit",
+            "core=unlimited",
+            "--ulimit",
+            "nproc=77",
+            "-u",
+            "65534",
+            "--",
+            "sh",
+            "-c",
+            "id -u; cat /proc/self/limits",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let limits = text(&out.stdout);
+    assert!(limits.starts_with("65534\n"), "{limits}");
+    assert_eq!(limits_row(&limits, "Max open files"), ["100000", "2000000"]);
+    assert_eq!(
+        limits_row(&limits, "Max core file size"),
+        ["unlimited", "unlimited"]
+    );
+    assert_eq!(limits_row(&limits, "Max processes"), ["77", "77"]);
+    // Bad limits are krunbox's error (125), said before any VM boots.
+    for bad in ["nofile=5:3", "files=10", "nofile=lots"] {
+        let out = k.run(&["--ulimit", bad, "--", "true"], b"");
+        assert_eq!(
+            out.status.code(),
+            Some(125),
+            "--ulimit {bad}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains("--ulimit"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    k.assert_nothing_left(CLEANUP);
 }
 
 #[test]
@@ -411,36 +464,13 @@ fn a_pty_session_has_a_terminal_that_follows_resizes() {
     let Some(k) = e2e("a_pty_session_has_a_terminal_that_follows_resizes") else {
         return;
     };
-    let pty = nix::pty::openpty(
-        Some(&nix::pty::Winsize {
-            ws_row: 30,
-            ws_col: 100,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        }),
-        None,
-    )
-    .unwrap();
-    // Other tests spawn krunbox concurrently: keep this PTY out of their children.
-    for fd in [&pty.master, &pty.slave] {
-        nix::fcntl::fcntl(
-            fd,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        )
-        .unwrap();
-    }
-    let slave = std::fs::File::from(pty.slave);
-    let mut child = k
-        .krunbox(["run", "-it", "--", "sh"])
-        .stdin(slave.try_clone().unwrap())
-        .stdout(slave.try_clone().unwrap())
-        .stderr(slave)
-        .spawn()
-        .map(Running)
-        .unwrap();
-    let master = std::fs::File::from(pty.master);
+    let pty = TestPty::open(30, 100);
+    let mut cmd = k.krunbox(["run", "-it", "--", "sh"]);
+    pty.attach(&mut cmd);
+    let mut child = cmd.spawn().map(Running).unwrap();
+    let master = pty.master.try_clone().unwrap();
     let mut input = master.try_clone().unwrap();
-    let output = Captured::start(ReadUntilEio(master.try_clone().unwrap()));
+    let output = pty.capture();
     // Typed ahead while the VM boots (the host PTY echoes it before krunbox makes it raw), so
     // the markers are computed by the guest shell: `MARK$((0+1))` echoes as itself.
     input
@@ -479,18 +509,6 @@ fn set_size(master: &std::fs::File, rows: u16, cols: u16) {
     // SAFETY: TIOCSWINSZ reads one winsize from the pointer, valid for the call; the fd is open.
     let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
     assert_eq!(rc, 0, "TIOCSWINSZ");
-}
-
-/// A PTY master reports EIO once the slave side is closed everywhere: that is end of file.
-struct ReadUntilEio(std::fs::File);
-
-impl Read for ReadUntilEio {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self.0.read(buf) {
-            Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(0),
-            other => other,
-        }
-    }
 }
 
 /// `krunbox doctor` says the backend these tests boot is usable (inside the KVM host of the

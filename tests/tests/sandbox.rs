@@ -1,12 +1,13 @@
 //! Named sandboxes end to end (`krunbox create/start/exec/cp/stop/rm/ps/logs/stats/inspect`):
 //! real guests under the QEMU backend (TCG here), driven through the real `krunbox` binary,
 //! each test with its own data and runtime directories. See the crate docs for prerequisites.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use krunbox_tests::{
-    e2e, private_data_dir, processes_mentioning, text, Captured, Harness, Running,
+    e2e, private_data_dir, processes_mentioning, text, Captured, Harness, Running, TestPty,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -1005,4 +1006,290 @@ fn a_pooled_run_behaves_like_a_cold_one_and_never_reuses_a_vm() {
         "the pool's directory outlived it"
     );
     b.assert_nothing_left();
+}
+
+#[test]
+fn a_review_workspace_keeps_the_agents_changes_until_accepted_and_leaves_secrets_out() {
+    let Some(b) = Boxes::new(
+        "a_review_workspace_keeps_the_agents_changes_until_accepted_and_leaves_secrets_out",
+    ) else {
+        return;
+    };
+    let workspace = tempfile::Builder::new()
+        .prefix("kbx-review-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let ws = std::fs::canonicalize(workspace.path()).unwrap();
+    std::fs::write(ws.join("app.js"), "console.log(1);\n").unwrap();
+    std::fs::write(ws.join("notes.txt"), "old notes\n").unwrap();
+    std::fs::write(ws.join(".env"), "API_TOKEN=host-secret-7f3a\n").unwrap();
+    std::fs::create_dir_all(ws.join(".git")).unwrap();
+    std::fs::write(
+        ws.join(".git/config"),
+        "[remote \"origin\"]\n\turl = https://me:ghp_hostsecret@git.test/me/app.git\n",
+    )
+    .unwrap();
+    let in_ws = |args: &[&str]| {
+        let out = b
+            .cmd(args)
+            .current_dir(&ws)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let (code, _, err) = in_ws(&[
+        "create",
+        "--name",
+        "rv",
+        "--memory",
+        "256",
+        "--workspace=review",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    b.ok(&["start", "rv"]);
+
+    // The agent sees the project at its path, without the secrets, and changes it.
+    let script = "cd \"$PWD\"; pwd; ls -a; cat .git/config; \
+                  echo 'console.log(2);' > app.js; echo new > new.txt; rm notes.txt; \
+                  echo API_TOKEN=guest > .env; ln -s /etc/passwd link";
+    let seen = b.ok(&["exec", "rv", "--", "sh", "-c", script]);
+    assert!(seen.starts_with(&format!("{}\n", ws.display())), "{seen}");
+    assert!(
+        !seen.contains("host-secret") && !seen.contains("ghp_hostsecret"),
+        "{seen}"
+    );
+    assert!(seen.contains("url = https://git.test/me/app.git"), "{seen}");
+    // Nothing reached the host's files.
+    assert_eq!(
+        std::fs::read_to_string(ws.join("app.js")).unwrap(),
+        "console.log(1);\n"
+    );
+    assert!(ws.join("notes.txt").exists() && !ws.join("new.txt").exists());
+    assert!(!ws.join("link").exists());
+
+    // While the guest runs its copy can change under the review: accept waits for a pause.
+    let running = b.out(&["accept", "rv", "app.js"]);
+    assert_ne!(running.status.code(), Some(0));
+    assert!(
+        text(&running.stderr).contains("krunbox pause rv"),
+        "{}",
+        text(&running.stderr)
+    );
+    b.ok(&["pause", "rv"]);
+    assert_eq!(
+        b.ok(&["diff", "rv"]),
+        "A! .env\nM  app.js\nA  link -> /etc/passwd\nA  new.txt\nD  notes.txt\n"
+    );
+    let patch = b.ok(&["diff", "-p", "rv", "app.js"]);
+    assert!(
+        patch.contains("-console.log(1);") && patch.contains("+console.log(2);"),
+        "{patch}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&b.ok(&["diff", "--format", "json", "rv"])).expect("JSON");
+    assert_eq!(json[0]["path"], ".env");
+    assert_eq!(json[0]["conflict"], true);
+
+    // Everything at once is refused (the host's .env would be overwritten); nothing changes.
+    let refused = b.out(&["accept", "rv"]);
+    assert_ne!(refused.status.code(), Some(0));
+    assert!(
+        text(&refused.stderr).contains(".env"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.join(".env")).unwrap(),
+        "API_TOKEN=host-secret-7f3a\n"
+    );
+    b.ok(&["accept", "rv", "app.js", "new.txt", "notes.txt"]);
+    assert_eq!(
+        std::fs::read_to_string(ws.join("app.js")).unwrap(),
+        "console.log(2);\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.join("new.txt")).unwrap(),
+        "new\n"
+    );
+    assert!(!ws.join("notes.txt").exists());
+    assert_eq!(b.ok(&["diff", "rv"]), "A! .env\nA  link -> /etc/passwd\n");
+    b.ok(&["resume", "rv"]);
+
+    // The host edits app.js while the agent does: the agent's version is not accepted.
+    std::fs::write(ws.join("app.js"), "console.log('host');\n").unwrap();
+    b.ok(&[
+        "exec",
+        "rv",
+        "--",
+        "sh",
+        "-c",
+        "cd \"$PWD\" && echo 'console.log(3);' > app.js",
+    ]);
+    assert_eq!(b.ok(&["diff", "rv", "app.js"]), "M! app.js\n");
+    b.ok(&["stop", "rv"]);
+    let conflict = b.out(&["accept", "rv", "app.js"]);
+    assert_ne!(conflict.status.code(), Some(0));
+    assert_eq!(
+        std::fs::read_to_string(ws.join("app.js")).unwrap(),
+        "console.log('host');\n"
+    );
+    // Rejected: the agent's copy is the host's again.
+    b.ok(&["reject", "rv"]);
+    assert_eq!(b.ok(&["diff", "rv"]), "");
+    b.ok(&["start", "rv"]);
+    let now = b.ok(&[
+        "exec",
+        "rv",
+        "--",
+        "sh",
+        "-c",
+        "cd \"$PWD\" && cat app.js && ls -a",
+    ]);
+    assert!(now.starts_with("console.log('host');\n"), "{now}");
+    assert!(!now.contains(".env") && !now.contains("link"), "{now}");
+    b.ok(&["rm", "-f", "rv"]);
+    assert_ne!(
+        b.out(&["diff", "rv"]).status.code(),
+        Some(0),
+        "removed with its sandbox"
+    );
+
+    // `run`: the changes are kept under the name it prints, and accepted from there.
+    let (code, _, err) = in_ws(&[
+        "run",
+        "--memory",
+        "256",
+        "--workspace=review",
+        "--",
+        "sh",
+        "-c",
+        "echo made > made.txt",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!ws.join("made.txt").exists());
+    let id = err
+        .split("krunbox diff ")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap_or_else(|| panic!("no review named: {err}"))
+        .to_owned();
+    assert_eq!(b.ok(&["diff", &id]), "A  made.txt\n");
+    b.ok(&["accept", &id]);
+    assert_eq!(
+        std::fs::read_to_string(ws.join("made.txt")).unwrap(),
+        "made\n"
+    );
+    assert_ne!(
+        b.out(&["diff", &id]).status.code(),
+        Some(0),
+        "nothing left to review"
+    );
+    // A run that changes nothing keeps nothing.
+    let (code, _, err) = in_ws(&["run", "--memory", "256", "--workspace=review", "--", "true"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("krunbox diff"), "{err}");
+    let reviews = std::fs::read_dir(b.data.path().join("reviews"))
+        .unwrap()
+        .count();
+    assert_eq!(reviews, 0);
+}
+
+/// A coding agent is used both ways: interactively (`exec -it`) and by scripts (`exec`). Both
+/// see the same user, home, directory, environment and files, so a login done in a terminal
+/// works for `exec` (and survives the sandbox in its home volume).
+#[test]
+fn a_terminal_session_and_exec_see_the_same_user_home_environment_and_login() {
+    let Some(b) =
+        Boxes::new("a_terminal_session_and_exec_see_the_same_user_home_environment_and_login")
+    else {
+        return;
+    };
+    let project = tempfile::tempdir().unwrap();
+    let config = tempfile::tempdir().unwrap();
+    std::fs::create_dir(config.path().join("krunbox")).unwrap();
+    std::fs::write(
+        config.path().join("krunbox/profiles.toml"),
+        "[profile.agent]\nworkspace = true\nvolumes = [\"agent-home:/home/agent\"]\n\
+         env = [\"HOME=/home/agent\", \"AGENT_MODE=boxed\"]\nmemory = 256\n",
+    )
+    .unwrap();
+    let create = b
+        .cmd(&["create", "--profile", "agent", "--name", "agent"])
+        .env("XDG_CONFIG_HOME", config.path())
+        .current_dir(project.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(create.status.success(), "{}", text(&create.stderr));
+    b.ok(&["start", "agent"]);
+    let probe = "printf 'P %s|%s|%s|%s|%s|%s\\n' \"$(id -u):$(id -g)\" \"$HOME\" \"$PWD\" \
+                 \"$AGENT_MODE\" \"$PATH\" \"$(cat \"$HOME/.login\" 2>/dev/null)\"";
+
+    // The terminal session logs in (writes its credentials to its home) and looks around.
+    let pty = TestPty::open(24, 80);
+    let mut cmd = b.cmd(&[
+        "exec",
+        "-it",
+        "agent",
+        "--",
+        "sh",
+        "-c",
+        &format!("echo tty-login > \"$HOME/.login\"; {probe}"),
+    ]);
+    pty.attach(&mut cmd);
+    let mut child = cmd.spawn().map(Running).unwrap();
+    let output = pty.capture();
+    drop(pty);
+    let status = krunbox_tests::wait_timeout(&mut child.0, Duration::from_secs(120));
+    assert_eq!(status.code(), Some(0), "{}", output.text());
+    output.wait_for("\r\n", Duration::from_secs(10));
+    let in_terminal = probe_line(&output.text());
+
+    // A script's exec, later: the same answers, the login included.
+    let by_script = probe_line(&b.ok(&["exec", "agent", "--", "sh", "-c", probe]));
+    assert_eq!(in_terminal, by_script);
+    let owner = {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(project.path()).unwrap();
+        format!("{}:{}", meta.uid(), meta.gid())
+    };
+    let workdir = std::fs::canonicalize(project.path()).unwrap();
+    let fields: Vec<&str> = by_script.split('|').collect();
+    assert_eq!(
+        fields[..4],
+        [
+            owner.as_str(),
+            "/home/agent",
+            workdir.to_str().unwrap(),
+            "boxed"
+        ]
+    );
+    assert_eq!(fields[5], "tty-login", "{by_script}");
+    // An exec sets limits of its own (`--ulimit`), as `run` does.
+    let limited = b.ok(&[
+        "exec",
+        "--ulimit",
+        "nofile=100:300",
+        "agent",
+        "--",
+        "cat",
+        "/proc/self/limits",
+    ]);
+    assert_eq!(
+        krunbox_tests::limits_row(&limited, "Max open files"),
+        ["100", "300"]
+    );
+    b.ok(&["rm", "-f", "agent"]);
+    b.ok(&["volume", "rm", "agent-home"]);
+}
+
+/// The `P …` line of a probe, without a terminal's carriage return.
+fn probe_line(output: &str) -> String {
+    output
+        .lines()
+        .map(|line| line.trim_end_matches('\r'))
+        .find_map(|line| line.strip_prefix("P "))
+        .unwrap_or_else(|| panic!("no probe line in:\n{output}"))
+        .to_owned()
 }

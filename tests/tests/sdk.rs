@@ -5,6 +5,7 @@
 //! The SDKs' own dependencies come from `scripts/setup-sdk.sh` (run by `scripts/test.sh`):
 //! `sdk/node/node_modules` and its build, and a Python virtual environment in
 //! `target/sdk-venv`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -89,6 +90,9 @@ impl Server {
         let socket = k.runtime_dir().join("api.sock");
         let child = k
             .krunbox(["serve"].iter().chain(args))
+            // The Python suite's secret, in the server's environment only.
+            .env("KRUNBOX_SDK_TEST_SECRET", "sdk-secret-value")
+            .env_remove("KRUNBOX_SDK_UNSET")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -389,6 +393,43 @@ fn the_api_lets_in_only_its_user_or_the_bearer_of_its_token() {
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
     ]);
     assert_eq!(code, 401);
+    // The Node.js SDK over TCP on IPv6 (`http://[::1]:PORT`): the right token lists, a wrong
+    // one is unauthorized.
+    if let Some((node, node_dir)) = node_sdk(test) {
+        let port = free_port();
+        let listen = format!("[::1]:{port}");
+        let _tcp6 = Server::start(
+            &k,
+            &[
+                "--listen",
+                &listen,
+                "--token-file",
+                token_file.to_str().expect("UTF-8"),
+            ],
+        );
+        wait_for(
+            || std::net::TcpStream::connect(&listen).is_ok(),
+            "the IPv6 listener",
+        );
+        let script = "const { Krunbox } = require('./dist/cjs/index.js');\n\
+            const [url, token] = process.argv.slice(1);\n\
+            Krunbox.connect({ url, token }).then((kb) => kb.list())\n\
+              .then((list) => console.log('listed', list.length), (err) => console.log(err.kind));";
+        let sdk_list = |token: &str| {
+            let out = client(&k, &node)
+                .args(["-e", script, &format!("http://{listen}"), token])
+                .current_dir(&node_dir)
+                .output()
+                .expect("run node");
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            text(&out.stdout)
+        };
+        assert!(
+            sdk_list("correct-horse-battery-staple").starts_with("listed "),
+            "the SDK could not list over IPv6"
+        );
+        assert_eq!(sdk_list("wrong-token-of-some-length"), "unauthorized\n");
+    }
     // A short token is refused at start.
     std::fs::write(&token_file, "short").expect("write the token");
     assert_refused_at_start(&k, &token_file, "shorter than 16");
@@ -415,4 +456,57 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
+}
+
+/// `krunbox serve` ends cleanly on a hangup (its socket removed), unless it was started
+/// ignoring hangups as `nohup` starts programs: then it outlives the terminal and still
+/// answers, and SIGTERM ends it.
+#[test]
+fn serve_ends_on_a_hangup_unless_started_with_nohup() {
+    let test = "serve_ends_on_a_hangup_unless_started_with_nohup";
+    let Some(k) = e2e(test) else { return };
+    let hang_up = |child: &Child, signal| {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal)
+            .expect("signal krunbox serve")
+    };
+    let start = |ignore_hangups: bool| {
+        let mut cmd = k.krunbox(["serve"]);
+        cmd.stdin(Stdio::null()).stdout(Stdio::null());
+        if ignore_hangups {
+            // SAFETY: between fork and exec the closure only calls signal(2), which is
+            // async-signal-safe, on the child's own dispositions.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                    libc::signal(libc::SIGHUP, libc::SIG_IGN);
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().expect("spawn krunbox serve");
+        let socket = k.runtime_dir().join("api.sock");
+        wait_for(|| socket.exists(), "krunbox serve to listen");
+        (child, socket)
+    };
+    let version = |socket: &Path| {
+        curl(&[
+            "--unix-socket",
+            socket.to_str().expect("UTF-8"),
+            "http://krunbox/v1/version",
+        ])
+        .0
+    };
+
+    let (mut child, socket) = start(false);
+    hang_up(&child, nix::sys::signal::Signal::SIGHUP);
+    let status = krunbox_tests::wait_timeout(&mut child, Duration::from_secs(20));
+    assert!(status.success(), "{status}");
+    assert!(!socket.exists(), "the socket is removed");
+
+    let (mut child, socket) = start(true);
+    hang_up(&child, nix::sys::signal::Signal::SIGHUP);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(version(&socket), 200, "it outlives the hangup and answers");
+    hang_up(&child, nix::sys::signal::Signal::SIGTERM);
+    let status = krunbox_tests::wait_timeout(&mut child, Duration::from_secs(20));
+    assert!(status.success(), "{status}");
 }

@@ -3,6 +3,7 @@
 //! filesystem directory with the libraries it needs). The guest lists the host agent's key
 //! and proves it can sign with it (`ssh-add -T`), as a non-root user; without `--ssh` the
 //! guest has no agent socket even though krunbox's environment names one.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::process::Output;
 use std::time::Duration;

@@ -38,6 +38,8 @@ export interface ExecOptions {
   stdin?: Buffer | string | boolean;
   /** Seconds after which the command is killed. */
   timeoutSecs?: number;
+  /** Resource limits, `NAME=SOFT[:HARD]` as `krunbox exec --ulimit` takes them. */
+  ulimits?: string[];
 }
 
 const STDOUT = 1;
@@ -192,5 +194,6 @@ export function startMessage(cmd: string | string[], options: ExecOptions): Reco
     start.cols = options.cols ?? 80;
   }
   if (options.timeoutSecs !== undefined) start.timeout_secs = options.timeoutSecs;
+  if (options.ulimits !== undefined) start.ulimits = options.ulimits;
   return start;
 }

@@ -30,6 +30,11 @@ export interface SandboxOptions {
   memoryMib?: number;
   /** A host directory shared read-write at the same path; commands start there as its owner. */
   workspace?: string;
+  /**
+   * `"review"`: the guest gets a copy of the workspace (without `.env*`, keys, `.ssh/`);
+   * nothing reaches the directory until `sandbox.accept()` (see `sandbox.changes()`).
+   */
+  workspaceMode?: "share" | "review";
   /** `HOST:GUEST[:ro]` (HOST may be a volume name). */
   volumes?: string[];
   network?: NetworkOptions;
@@ -40,6 +45,12 @@ export interface SandboxOptions {
   backend?: "auto" | "krun" | "qemu";
   ssh?: boolean;
   hostCa?: boolean;
+  /**
+   * Secrets that never enter the VM: the guest sees `name` set to a placeholder, and the
+   * gateway puts the value in the header values of HTTPS requests to `hosts` only. The value
+   * comes from the environment of `krunbox serve` (a private server inherits this process's).
+   */
+  secrets?: { name: string; hosts: string[] }[];
   bootTimeoutSecs?: number;
   /** Boot it now (default true). */
   start?: boolean;
@@ -52,6 +63,17 @@ export interface SandboxInfo {
   status: { status: "created" | "starting" | "running" | "paused" | "exited"; reason?: string };
   spec: Record<string, unknown>;
   state: Record<string, unknown> | null;
+}
+
+/** A change the guest made to its copy of a `workspaceMode: "review"` workspace. */
+export interface Change {
+  path: string;
+  change: "added" | "deleted" | "modified" | "mode" | "type";
+  kind?: "file" | "dir" | "symlink" | null;
+  /** The host's file changed since the copy: accepting it is refused. */
+  conflict: boolean;
+  /** With `changes({ patch: true })`: a unified diff. */
+  patch?: string;
 }
 
 /** One event of an image pull. */
@@ -74,6 +96,7 @@ function createBody(options: SandboxOptions): Record<string, unknown> {
     cpus: options.cpus,
     memory_mib: options.memoryMib,
     workspace: options.workspace,
+    workspace_mode: options.workspaceMode,
     volumes: options.volumes,
     env: options.env,
     workdir: options.workdir,
@@ -82,6 +105,7 @@ function createBody(options: SandboxOptions): Record<string, unknown> {
     backend: options.backend,
     ssh: options.ssh,
     host_ca: options.hostCa,
+    secrets: options.secrets,
     boot_timeout_secs: options.bootTimeoutSecs,
     start: options.start,
   };
@@ -217,6 +241,23 @@ export class Sandbox {
 
   stats(intervalMs = 500): Promise<Record<string, unknown>> {
     return this.transport.json("GET", sandboxPath(this.name, "stats") + query({ interval_ms: intervalMs }));
+  }
+
+  /** What the guest changed in its copy of a review workspace (`krunbox diff`). */
+  changes(options: { patch?: boolean } = {}): Promise<Change[]> {
+    return this.transport.json("GET", sandboxPath(this.name, "changes") + query({ patch: options.patch ?? false }));
+  }
+
+  /** Writes changes (all, or those under `paths`) into the workspace (`krunbox accept`). */
+  async accept(paths: string[] = []): Promise<Change[]> {
+    const done = await this.transport.json<{ accepted: Change[] }>("POST", sandboxPath(this.name, "accept"), { paths });
+    return done.accepted;
+  }
+
+  /** Puts the copy back as the workspace has it (all, or under `paths`) (`krunbox reject`). */
+  async reject(paths: string[] = []): Promise<Change[]> {
+    const done = await this.transport.json<{ rejected: Change[] }>("POST", sandboxPath(this.name, "reject"), { paths });
+    return done.rejected;
   }
 
   async logs(kind: "console" | "monitor" | "network" = "console"): Promise<string> {

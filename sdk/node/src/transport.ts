@@ -68,7 +68,8 @@ export class Transport {
       ? { socketPath: this.socketPath, path, host: "krunbox" }
       : (() => {
           const base = new URL(this.url as string);
-          return { host: base.hostname, port: base.port, path };
+          // An IPv6 address is bracketed in a URL (`http://[::1]:7070`), never in a host.
+          return { host: base.hostname.replace(/^\[(.*)\]$/, "$1"), port: base.port, path };
         })();
     return new Promise((resolve, reject) => {
       const req = httpRequest({ ...target, method, headers }, (res) => {

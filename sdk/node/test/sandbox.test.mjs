@@ -33,6 +33,9 @@ test("exec: exit codes, stdout and stderr apart, env, cwd, user", async () => {
   assert.equal(out.stderr.toString(), "err\n");
   assert.equal((await sandbox.run("pwd", { cwd: "/tmp" })).stdout.toString(), "/tmp\n");
   assert.equal((await sandbox.run(["id", "-u"], { user: "1000" })).stdout.toString(), "1000\n");
+  const limits = await sandbox.run("grep 'open files' /proc/self/limits", { ulimits: ["nofile=321:654"] });
+  assert.deepEqual(limits.stdout.toString().trim().split(/\s+/).slice(3, 5), ["321", "654"]);
+  await assert.rejects(sandbox.run(["true"], { ulimits: ["nofile=9:1"] }), (err) => err.kind === "bad_request" && /soft limit/.test(err.message));
   const missing = await sandbox.run(["/no/such/program"]);
   assert.equal(missing.exitCode, 127);
   assert.ok(missing.spawnError);
@@ -62,7 +65,10 @@ test("stdin streams in, and a large output streams out whole", async () => {
 });
 
 test("a PTY has its size and follows a resize", async () => {
-  const execution = sandbox.exec(["sh", "-c", "tty; stty size; read line; stty size"], { tty: true, rows: 29, cols: 91, stdin: true });
+  // The resize and the input travel apart (a control message, the stdin stream), so the
+  // command waits (up to 10 s) for the new size to arrive rather than racing it.
+  const script = 'tty; stty size; read line; i=0; while [ "$(stty size)" != "52 140" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; stty size';
+  const execution = sandbox.exec(["sh", "-c", script], { tty: true, rows: 29, cols: 91, stdin: true });
   let seen = "";
   let resized = false;
   execution.stdout.on("data", (chunk) => {
@@ -116,4 +122,31 @@ test("stop, start and status", async () => {
   assert.equal((await sandbox.info()).status.status, "exited");
   await sandbox.start();
   assert.equal((await sandbox.run("echo back")).stdout.toString(), "back\n");
+});
+
+test("a review workspace: the guest's changes wait for accept, and a conflict is refused", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "sdknode-review-"));
+  writeFileSync(join(dir, "a.txt"), "host\n");
+  writeFileSync(join(dir, ".env"), "TOKEN=host-only\n");
+  const box = await kb.create({ name: `sdkreview-${randomBytes(4).toString("hex")}`, memoryMib: 256, workspace: dir, workspaceMode: "review" });
+  try {
+    const seen = await box.run("cat .env 2>&1; echo guest > a.txt; echo b > b.txt");
+    assert.ok(!seen.stdout.toString().includes("host-only"), "the secret stays out of the copy");
+    assert.equal(readFileSync(join(dir, "a.txt"), "utf8"), "host\n");
+    const changes = await box.changes({ patch: true });
+    assert.deepEqual(changes.map((c) => [c.path, c.change, c.conflict]), [["a.txt", "modified", false], ["b.txt", "added", false]]);
+    assert.match(changes[0].patch, /\+guest/);
+    await assert.rejects(box.accept(["a.txt"]), (err) => err.kind === "conflict" && /pause/.test(err.message));
+    await box.pause();
+    assert.deepEqual((await box.accept(["a.txt"])).map((c) => c.path), ["a.txt"]);
+    assert.equal(readFileSync(join(dir, "a.txt"), "utf8"), "guest\n");
+    writeFileSync(join(dir, "b.txt"), "the host made one too\n");
+    await assert.rejects(box.accept(["b.txt"]), (err) => err.kind === "conflict" && err.status === 409);
+    await box.reject();
+    assert.deepEqual(await box.changes(), []);
+    await box.resume();
+    assert.equal((await box.run("cat a.txt; test -e b.txt; echo $?")).stdout.toString(), "guest\n1\n");
+  } finally {
+    await box.remove();
+  }
 });

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import time
 
 import pytest
 from mcp import ClientSession, StdioServerParameters
@@ -21,6 +23,34 @@ def server_params():
     if not program:
         pytest.skip("KRUNBOX_BIN is not set")
     return StdioServerParameters(command=program, args=["mcp"], env=dict(os.environ))
+
+
+def leave_mid_exec(server_params, sandbox):
+    """A raw JSON-RPC client of `krunbox mcp` that starts an exec, waits until its command
+    runs, and goes away without a word (stdin closed)."""
+    server = subprocess.Popen([server_params.command, *server_params.args], env=server_params.env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def send(message):
+        server.stdin.write((json.dumps({"jsonrpc": "2.0", **message}) + "\n").encode())
+        server.stdin.flush()
+
+    send({"id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "leaver", "version": "0"}}})
+    assert json.loads(server.stdout.readline())["id"] == 1
+    send({"method": "notifications/initialized"})
+    send({"id": 2, "method": "tools/call", "params": {"name": "exec", "arguments": {
+        "sandbox": sandbox,
+        # It ignores the hangup the agent sends when its connection drops: only a kill ends it.
+        "command": "trap '' HUP TERM INT; echo $$ > /tmp/left.tmp && mv /tmp/left.tmp /tmp/left.pid; exec sleep 120"}}})
+    deadline = time.monotonic() + 60
+    while subprocess.run([server_params.command, "exec", sandbox, "--", "test", "-s", "/tmp/left.pid"],
+                         env=server_params.env, stdin=subprocess.DEVNULL).returncode != 0:
+        assert time.monotonic() < deadline, "the exec never started"
+        time.sleep(0.2)
+    server.stdin.close()
+    assert server.wait(timeout=30) == 0
 
 
 async def test_an_agent_drives_a_sandbox_through_mcp(server_params):
@@ -50,6 +80,25 @@ async def test_an_agent_drives_a_sandbox_through_mcp(server_params):
                 assert missing.is_error and "not_found" in missing.content[0].text
                 nobody = await session.call_tool("exec", {"sandbox": "no-such-sandbox", "command": "true"})
                 assert nobody.is_error and "no sandbox named" in nobody.content[0].text
+                # A call the client gives up on (its timeout sends notifications/cancelled)
+                # kills its command: nothing is left running in the sandbox.
+                with pytest.raises(Exception):
+                    await session.call_tool(
+                        "exec", {"sandbox": name, "command": "echo $$ > /tmp/abandoned.pid; exec sleep 120"},
+                        read_timeout_seconds=3)
+                gone = json.loads(payload(await session.call_tool("exec", {
+                    "sandbox": name,
+                    "command": "for i in $(seq 50); do kill -0 $(cat /tmp/abandoned.pid) 2>/dev/null || exit 0; "
+                               "sleep 0.2; done; exit 1"})))
+                assert gone["exit_code"] == 0, "the abandoned command still runs"
+                # A client that leaves (closes the server's stdin) in the middle of an exec,
+                # without cancelling it: its command is killed too.
+                leave_mid_exec(server_params, name)
+                left = json.loads(payload(await session.call_tool("exec", {
+                    "sandbox": name,
+                    "command": "for i in $(seq 50); do kill -0 $(cat /tmp/left.pid) 2>/dev/null || exit 0; "
+                               "sleep 0.2; done; exit 1"})))
+                assert left["exit_code"] == 0, "the command of the client that left still runs"
             finally:
                 stopped = await session.call_tool("stop_sandbox", {"sandbox": name})
             assert "removed" in payload(stopped)

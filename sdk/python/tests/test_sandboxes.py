@@ -51,6 +51,50 @@ def test_bad_requests_say_why(kb):
     assert err.value.kind == "bad_request"
 
 
+def test_a_secret_is_a_placeholder_in_the_guest_and_its_value_stays_with_the_server(kb):
+    # tests/tests/sdk.rs gives the server KRUNBOX_SDK_TEST_SECRET (and not KRUNBOX_SDK_UNSET).
+    with pytest.raises(krunbox.KrunboxError) as err:
+        kb.create(secrets=[{"name": "KRUNBOX_SDK_UNSET", "hosts": ["api.test"]}], start=False)
+    assert err.value.kind == "bad_request" and "KRUNBOX_SDK_UNSET is not set" in str(err.value)
+    with pytest.raises(krunbox.KrunboxError) as err:
+        kb.create(secrets=[{"name": "KRUNBOX_SDK_TEST_SECRET", "hosts": []}], start=False)
+    assert err.value.kind == "bad_request"
+    box = kb.create(name=unique("sdksecret"), memory_mib=256,
+                    secrets=[{"name": "KRUNBOX_SDK_TEST_SECRET", "hosts": ["api.test"]}])
+    try:
+        seen = box.exec("echo $KRUNBOX_SDK_TEST_SECRET").stdout
+        assert seen == b"krunbox-secret-KRUNBOX_SDK_TEST_SECRET-placeholder\n"
+        assert b"sdk-secret-value" not in box.exec("cat /proc/1/environ /proc/cmdline").stdout
+    finally:
+        box.remove(force=True)
+
+
+def test_a_review_workspace_waits_for_accept(kb, tmp_path):
+    (tmp_path / "a.txt").write_text("host\n")
+    (tmp_path / "server.key").write_text("PRIVATE\n")
+    box = kb.create(name=unique("sdkpyreview"), memory_mib=256, workspace=tmp_path,
+                    workspace_mode="review")
+    try:
+        seen = box.exec("ls; echo guest > a.txt").stdout
+        assert b"server.key" not in seen
+        assert (tmp_path / "a.txt").read_text() == "host\n"
+        changes = box.changes(patch=True)
+        assert [(c["path"], c["change"]) for c in changes] == [("a.txt", "modified")]
+        assert "+guest" in changes[0]["patch"]
+        with pytest.raises(krunbox.KrunboxError) as err:
+            box.accept()
+        assert err.value.kind == "conflict" and "pause" in str(err.value)
+        box.pause()
+        with pytest.raises(krunbox.KrunboxError) as err:
+            box.accept(["no-such-path"])
+        assert err.value.kind == "bad_request"
+        assert [c["path"] for c in box.accept()] == ["a.txt"]
+        assert (tmp_path / "a.txt").read_text() == "guest\n"
+        assert box.changes() == []
+    finally:
+        box.remove(force=True)
+
+
 def test_exec_streams_exit_codes_and_stdin(sandbox):
     result = sandbox.exec(["sh", "-c", "echo out; echo err >&2; exit 7"])
     assert (result.exit_code, result.stdout, result.stderr) == (7, b"out\n", b"err\n")
@@ -62,6 +106,11 @@ def test_exec_streams_exit_codes_and_stdin(sandbox):
     missing = sandbox.exec(["/no/such/program"])
     assert missing.exit_code == 127 and missing.spawn_error
     assert sandbox.exec(["id", "-u"], user="1000").stdout == b"1000\n"
+    limits = sandbox.exec("grep 'open files' /proc/self/limits", ulimits=["nofile=321:654"]).stdout.split()
+    assert limits[3:5] == [b"321", b"654"], limits
+    with pytest.raises(krunbox.KrunboxError) as refused:
+        sandbox.exec(["true"], ulimits=["nofile=9:1"])
+    assert "soft limit" in str(refused.value)
     assert sandbox.exec(["pwd"], cwd="/tmp").stdout == b"/tmp\n"
     assert sandbox.exec("echo $X", env={"X": "from the call"}).stdout == b"from the call\n"
 
@@ -82,7 +131,11 @@ def test_a_large_output_arrives_whole_and_in_order(sandbox):
 
 
 def test_a_pty_has_its_size_and_follows_a_resize(sandbox):
-    execution = sandbox.stream(["sh", "-c", "tty; stty size; read line; stty size"], tty=True, rows=31, cols=97)
+    # The resize and the input travel apart (a control message, the stdin stream): the
+    # command waits (up to 10 s) for the new size rather than racing it.
+    script = ('tty; stty size; read line; i=0; while [ "$(stty size)" != "45 132" ] && '
+              '[ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; stty size')
+    execution = sandbox.stream(["sh", "-c", script], tty=True, rows=31, cols=97)
     seen = b""
     for _, data in execution.output():
         seen += data
@@ -139,7 +192,8 @@ def test_files_up_and_down(sandbox, tmp_path):
     assert sandbox.read_file("/tmp/link.bin") == local.read_bytes()
     with pytest.raises(krunbox.KrunboxError) as err:
         sandbox.read_file("/tmp")
-    assert err.value.status is not None and err.value.status >= 400
+    # A directory is the request's mistake, not the server's.
+    assert err.value.kind == "bad_request" and err.value.status == 400, err.value
     with pytest.raises(krunbox.KrunboxError) as err:
         sandbox.read_file("/no/such/file")
     assert err.value.kind == "not_found"
@@ -180,6 +234,13 @@ def test_images_list_pull_with_progress_and_remove(kb):
     with pytest.raises(krunbox.KrunboxError) as err:
         kb.pull("bad reference!")
     assert err.value.kind == "bad_request"
+    # A tag the registry does not have: not found, not an internal error.
+    repository = reference.split("@")[0]
+    if ":" in repository.rsplit("/", 1)[-1]:
+        repository = repository.rsplit(":", 1)[0]
+    with pytest.raises(krunbox.KrunboxError) as err:
+        kb.pull(repository + ":no-such-tag-here")
+    assert err.value.kind == "not_found", err.value
 
 
 def test_one_shot_run_leaves_nothing(kb):

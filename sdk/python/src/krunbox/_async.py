@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from typing import Any, AsyncIterator, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, AsyncIterator, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect, unix_connect
@@ -205,14 +205,30 @@ class AsyncSandbox:
     async def stats(self, interval_ms: int = 500) -> Dict[str, Any]:
         return await self.client._json("GET", sandbox_path(self.name, "stats"), params={"interval_ms": interval_ms})
 
+    async def changes(self, patch: bool = False) -> List[Dict[str, Any]]:
+        """What the guest changed in its copy of a ``workspace_mode="review"`` workspace."""
+        params = {"patch": "true"} if patch else {}
+        return await self.client._json("GET", sandbox_path(self.name, "changes"), params=params)
+
+    async def accept(self, paths: Optional[List[str]] = None) -> List[Dict[str, Any]]:
+        """Writes changes (all, or under ``paths``) into the workspace; a conflict raises."""
+        done = await self.client._json("POST", sandbox_path(self.name, "accept"), json={"paths": list(paths or [])})
+        return done["accepted"]
+
+    async def reject(self, paths: Optional[List[str]] = None) -> List[Dict[str, Any]]:
+        """Puts the copy back as the workspace has it (all, or under ``paths``)."""
+        done = await self.client._json("POST", sandbox_path(self.name, "reject"), json={"paths": list(paths or [])})
+        return done["rejected"]
+
     async def logs(self, kind: str = "console") -> str:
         return (await self.client.request("GET", sandbox_path(self.name, "logs"), params={"kind": kind})).text
 
     async def stream(self, cmd: Command, *, env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None,
                      user: Optional[str] = None, tty: bool = False, rows: int = 24, cols: int = 80,
-                     stdin: bool = True, timeout: Optional[float] = None) -> AsyncExecution:
+                     stdin: bool = True, timeout: Optional[float] = None,
+                     ulimits: Sequence[str] = ()) -> AsyncExecution:
         options = ExecOptions(env=env or {}, cwd=cwd, user=user, tty=tty, rows=rows, cols=cols,
-                              stdin=stdin, timeout=timeout)
+                              stdin=stdin, timeout=timeout, ulimits=ulimits)
         socket = await self.client.websocket(sandbox_path(self.name, "exec"))
         await socket.send(options.start_message(cmd))
         return await AsyncExecution.start(socket)

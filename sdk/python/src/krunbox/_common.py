@@ -57,6 +57,7 @@ class ExecOptions:
     cols: int = 80
     stdin: bool = True
     timeout: Optional[float] = None
+    ulimits: Sequence[str] = ()
 
     def start_message(self, cmd: Command) -> str:
         argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
@@ -70,6 +71,10 @@ class ExecOptions:
             message["rows"], message["cols"] = self.rows, self.cols
         if self.timeout is not None:
             message["timeout_secs"] = max(1, int(self.timeout))
+        if self.ulimits:
+            # One limit given as a string is one limit, not one per character.
+            ulimits = [self.ulimits] if isinstance(self.ulimits, str) else list(self.ulimits)
+            message["ulimits"] = ulimits
         return json.dumps(message)
 
 

@@ -79,7 +79,9 @@ class Krunbox:
         """Creates and (unless ``start=False``) starts a sandbox. Options are the API's:
         name, profile, cpus, memory_mib, workspace, volumes, network (mode, allow_hosts,
         allow_nets, publish, add_hosts), env, workdir, user, hostname, backend, ssh,
-        host_ca, boot_timeout_secs, start."""
+        host_ca, secrets (``[{"name": "API_KEY", "hosts": ["api.example.com"]}]``: the guest
+        sees a placeholder, the value comes from the server's environment), boot_timeout_secs,
+        start."""
         info = self._json("POST", "/v1/sandboxes", json=create_body(image, options))
         return Sandbox(self, info["name"])
 
@@ -238,15 +240,31 @@ class Sandbox:
     def stats(self, interval_ms: int = 500) -> Dict[str, Any]:
         return self.client._json("GET", sandbox_path(self.name, "stats"), params={"interval_ms": interval_ms})
 
+    def changes(self, patch: bool = False) -> List[Dict[str, Any]]:
+        """What the guest changed in its copy of a ``workspace_mode="review"`` workspace."""
+        params = {"patch": "true"} if patch else {}
+        return self.client._json("GET", sandbox_path(self.name, "changes"), params=params)
+
+    def accept(self, paths: Optional[List[str]] = None) -> List[Dict[str, Any]]:
+        """Writes changes (all, or under ``paths``) into the workspace; a conflict raises."""
+        done = self.client._json("POST", sandbox_path(self.name, "accept"), json={"paths": list(paths or [])})
+        return done["accepted"]
+
+    def reject(self, paths: Optional[List[str]] = None) -> List[Dict[str, Any]]:
+        """Puts the copy back as the workspace has it (all, or under ``paths``)."""
+        done = self.client._json("POST", sandbox_path(self.name, "reject"), json={"paths": list(paths or [])})
+        return done["rejected"]
+
     def logs(self, kind: str = "console") -> str:
         return self.client.request("GET", sandbox_path(self.name, "logs"), params={"kind": kind}).text
 
     def stream(self, cmd: Command, *, env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None,
                user: Optional[str] = None, tty: bool = False, rows: int = 24, cols: int = 80,
-               stdin: bool = True, timeout: Optional[float] = None) -> Execution:
+               stdin: bool = True, timeout: Optional[float] = None,
+               ulimits: Sequence[str] = ()) -> Execution:
         """Starts a command and returns it running."""
         options = ExecOptions(env=env or {}, cwd=cwd, user=user, tty=tty, rows=rows, cols=cols,
-                              stdin=stdin, timeout=timeout)
+                              stdin=stdin, timeout=timeout, ulimits=ulimits)
         try:
             socket = self.client.websocket(sandbox_path(self.name, "exec"))
         except Exception as err:
