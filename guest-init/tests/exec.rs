@@ -115,6 +115,42 @@ async fn signals_reach_the_process_group() {
     assert_eq!(out.status.shell_code(), 128 + libc::SIGTERM);
 }
 
+
+/// A signal is not left in the client's queue: once `signal` returned, a client that ends at
+/// once (its runtime gone, as `krunbox mcp` after its client left) has still delivered it.
+/// The command ignores the hangup the agent sends when the connection drops; only the kill
+/// ends it. On one thread the client's writer cannot run before the runtime is dropped, so
+/// a `signal` that returned with the frame merely queued fails this test every time.
+#[test]
+fn a_signal_is_delivered_before_signal_returns() {
+    let agent = TestAgent::start();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pid = runtime.block_on(async {
+        let client = agent.client().await;
+        let exec = client
+            .exec(ExecSpec::new(["sh", "-c", "trap '' HUP; exec sleep 60"]))
+            .await
+            .unwrap();
+        exec.control().signal(libc::SIGKILL).await.unwrap();
+        exec.pid().unwrap()
+    });
+    drop(runtime);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if state.split(' ').nth(2) == Some("Z") {
+            break; // killed, not yet reaped by the agent
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command still runs: the kill never left the client"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
 #[tokio::test]
 async fn timeout_kills_the_process_group() {
     let agent = TestAgent::start();

@@ -236,7 +236,7 @@ impl Client {
         };
         Ok(Execution {
             control: ExecControl {
-                shared: self.shared.clone(),
+                client: self.clone(),
                 id,
             },
             credit: Arc::new(OutputCredit {
@@ -530,16 +530,21 @@ impl Drop for ExecStdin {
 /// Sends signals and PTY resizes to a running exec. Cheap to clone.
 #[derive(Clone)]
 pub struct ExecControl {
-    shared: Arc<Shared>,
+    client: Client,
     id: u64,
 }
 
 impl ExecControl {
-    /// Delivers `signal` (Linux numbering) to the exec's process group.
+    /// Delivers `signal` (Linux numbering) to the exec's process group, and returns once the
+    /// agent has it: a caller may close the connection (or exit) right after without the
+    /// signal being lost in a queue. The agent handles a connection's frames in order, so its
+    /// answer to a ping sent after the signal proves that the signal reached the exec.
     pub async fn signal(&self, signal: i32) -> Result<(), ClientError> {
-        self.shared
+        self.client
+            .shared
             .send(self.id, Body::Signal(SignalRequest { signal }), "signal")
-            .await
+            .await?;
+        self.client.ping().await.map(drop)
     }
 
     /// Resizes the exec's PTY.
@@ -548,7 +553,8 @@ impl ExecControl {
             rows: rows.into(),
             cols: cols.into(),
         };
-        self.shared
+        self.client
+            .shared
             .send(
                 self.id,
                 Body::Resize(PtyResize { size: Some(size) }),
