@@ -174,8 +174,8 @@ fn setup_io(request: &ExecRequest) -> Result<(Stdio, Streams), Errno> {
         let null = std::fs::File::open("/dev/null").map_err(io_errno)?;
         (OwnedFd::from(null), None)
     };
-    let (stdout_read, stdout_child) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-    let (stderr_read, stderr_child) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    let (stdout_read, stdout_child) = output_pipe()?;
+    let (stderr_read, stderr_child) = output_pipe()?;
     let streams = Streams::Pipes {
         stdin,
         stdout: pipe::Receiver::from_owned_fd(stdout_read).map_err(io_errno)?,
@@ -193,6 +193,22 @@ fn setup_io(request: &ExecRequest) -> Result<(Stdio, Streams), Errno> {
 
 fn io_errno(err: std::io::Error) -> Errno {
     Errno::from_raw(err.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// How much an output pipe holds: a chunk's worth ([`MAX_CHUNK_LEN`]), so that one read takes a
+/// whole chunk (Linux's default, 64 KiB, made four reads and frames of each chunk).
+const OUTPUT_PIPE_SIZE: usize = MAX_CHUNK_LEN;
+
+/// A pipe for a command's output (read end, write end). Its size is raised to
+/// [`OUTPUT_PIPE_SIZE`] where the kernel allows (a user over `fs.pipe-user-pages-soft` keeps
+/// the default: slower, not wrong).
+fn output_pipe() -> Result<(OwnedFd, OwnedFd), Errno> {
+    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    let size = libc::c_int::try_from(OUTPUT_PIPE_SIZE).unwrap_or(libc::c_int::MAX);
+    if let Err(err) = nix::fcntl::fcntl(&read, nix::fcntl::FcntlArg::F_SETPIPE_SZ(size)) {
+        tracing::debug!(%err, "output pipe keeps its default size");
+    }
+    Ok((read, write))
 }
 
 /// A stream of output bytes.

@@ -127,6 +127,7 @@ async fn accept_unix(agent: Arc<Agent>, listener: tokio::net::UnixListener) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                krunbox_protocol::transport::widen_send_buffer(&stream);
                 accepted += 1;
                 let peer = format!("unix#{accepted}");
                 tokio::spawn(server::serve_connection(agent.clone(), stream, peer));

@@ -115,7 +115,6 @@ async fn signals_reach_the_process_group() {
     assert_eq!(out.status.shell_code(), 128 + libc::SIGTERM);
 }
 
-
 /// A signal is not left in the client's queue: once `signal` returned, a client that ends at
 /// once (its runtime gone, as `krunbox mcp` after its client left) has still delivered it.
 /// The command ignores the hangup the agent sends when the connection drops; only the kill

@@ -21,7 +21,7 @@ pub const MAX_FRAME_LEN: usize = 1024 * 1024;
 
 /// The largest payload a data frame (output, stdin, file chunk) carries; well under
 /// [`MAX_FRAME_LEN`] so that the envelope overhead always fits.
-pub const MAX_CHUNK_LEN: usize = 64 * 1024;
+pub const MAX_CHUNK_LEN: usize = 256 * 1024;
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]

@@ -127,12 +127,28 @@ impl AgentAddress {
 }
 
 async fn connect_unix(path: &Path) -> Result<UnixStream, ConnectError> {
-    UnixStream::connect(path)
+    let stream = UnixStream::connect(path)
         .await
         .map_err(|source| ConnectError::Socket {
             path: path.to_owned(),
             source,
-        })
+        })?;
+    widen_send_buffer(&stream);
+    Ok(stream)
+}
+
+/// How many bytes a connection's sender may have on their way: a few chunks. Linux's default
+/// for a Unix socket (`net.core.wmem_default`, 208 KiB) is less than one
+/// [`MAX_CHUNK_LEN`](crate::frame::MAX_CHUNK_LEN) chunk, so every chunk stalled its writer
+/// until the reader had taken part of it.
+pub const SEND_BUFFER: usize = 4 * crate::frame::MAX_CHUNK_LEN;
+
+/// Raises `socket`'s send buffer to [`SEND_BUFFER`] (the kernel caps it at
+/// `net.core.wmem_max`); a socket that refuses keeps its default, slower but correct.
+pub fn widen_send_buffer(socket: &impl std::os::fd::AsFd) {
+    if let Err(err) = socket2::SockRef::from(socket).set_send_buffer_size(SEND_BUFFER) {
+        tracing::debug!(%err, "the connection keeps its default send buffer");
+    }
 }
 
 /// The longest reply line the multiplexer may send (`OK 4294967295\n` is 14 bytes).
