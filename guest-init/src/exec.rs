@@ -211,6 +211,10 @@ fn output_pipe() -> Result<(OwnedFd, OwnedFd), Errno> {
     Ok((read, write))
 }
 
+/// The most one read of a PTY asks for: more than a terminal gives at once, and small enough
+/// to come from the heap (not a mapping of its own, made and unmade for each read).
+const PTY_READ: usize = 16 * 1024;
+
 /// A stream of output bytes.
 enum Source {
     Pipe(pipe::Receiver),
@@ -223,6 +227,8 @@ impl Source {
         match self {
             Self::Pipe(pipe) => read_chunk(pipe, len).await,
             Self::Pty(master) => {
+                // A terminal hands out at most its line discipline's buffer (4 KiB) per read.
+                let len = len.min(PTY_READ);
                 let mut buf = BytesMut::zeroed(len);
                 let n = master.read(&mut buf).await?;
                 buf.truncate(n);

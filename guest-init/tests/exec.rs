@@ -115,13 +115,15 @@ async fn signals_reach_the_process_group() {
     assert_eq!(out.status.shell_code(), 128 + libc::SIGTERM);
 }
 
-/// A signal is not left in the client's queue: once `signal` returned, a client that ends at
-/// once (its runtime gone, as `krunbox mcp` after its client left) has still delivered it.
-/// The command ignores the hangup the agent sends when the connection drops; only the kill
-/// ends it. On one thread the client's writer cannot run before the runtime is dropped, so
-/// a `signal` that returned with the frame merely queued fails this test every time.
+/// A delivered signal is not left in the client's queue: once `signal_delivered` returned, a
+/// client that ends at once (its runtime gone, as `krunbox mcp` after its client left) has
+/// still delivered it. The command ignores the hangup the agent sends when the connection
+/// drops; only the kill ends it. On one thread the client's writer cannot run before the
+/// runtime is dropped: with `signal` (queued only) here, the command was still alive after
+/// 10 s in each run. (Should the hangup come before the trap is set, the test passes
+/// whatever the client does: it can miss a regression, never fail a correct client.)
 #[test]
-fn a_signal_is_delivered_before_signal_returns() {
+fn a_delivered_signal_survives_the_client_ending_at_once() {
     let agent = TestAgent::start();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -133,10 +135,15 @@ fn a_signal_is_delivered_before_signal_returns() {
             .exec(ExecSpec::new(["sh", "-c", "trap '' HUP; exec sleep 60"]))
             .await
             .unwrap();
-        exec.control().signal(libc::SIGKILL).await.unwrap();
+        exec.control()
+            .signal_delivered(libc::SIGKILL)
+            .await
+            .unwrap();
         exec.pid().unwrap()
     });
     drop(runtime);
+    // A failed run does not leave its command behind.
+    let _reaper = KillOnDrop(pid);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::path::Path::new(&format!("/proc/{pid}")).exists() {
         let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -150,6 +157,22 @@ fn a_signal_is_delivered_before_signal_returns() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Kills a process when dropped.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0) {
+            // A process already gone is ESRCH: nothing to do.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn timeout_kills_the_process_group() {
     let agent = TestAgent::start();

@@ -143,8 +143,10 @@ async fn connect_unix(path: &Path) -> Result<UnixStream, ConnectError> {
 /// until the reader had taken part of it.
 pub const SEND_BUFFER: usize = 4 * crate::frame::MAX_CHUNK_LEN;
 
-/// Raises `socket`'s send buffer to [`SEND_BUFFER`] (the kernel caps it at
-/// `net.core.wmem_max`); a socket that refuses keeps its default, slower but correct.
+/// Raises `socket`'s send buffer to [`SEND_BUFFER`]. The kernel caps the request at
+/// `net.core.wmem_max`, itself 208 KiB on a stock Linux (which then gives twice that, about
+/// 416 KiB: still more than a chunk); a socket that refuses keeps its default, slower but
+/// correct. A guest's vsock connections are not Unix sockets and keep their own buffer.
 pub fn widen_send_buffer(socket: &impl std::os::fd::AsFd) {
     if let Err(err) = socket2::SockRef::from(socket).set_send_buffer_size(SEND_BUFFER) {
         tracing::debug!(%err, "the connection keeps its default send buffer");

@@ -236,7 +236,7 @@ impl Client {
         };
         Ok(Execution {
             control: ExecControl {
-                client: self.clone(),
+                shared: self.shared.clone(),
                 id,
             },
             credit: Arc::new(OutputCredit {
@@ -530,21 +530,27 @@ impl Drop for ExecStdin {
 /// Sends signals and PTY resizes to a running exec. Cheap to clone.
 #[derive(Clone)]
 pub struct ExecControl {
-    client: Client,
+    shared: Arc<Shared>,
     id: u64,
 }
 
 impl ExecControl {
-    /// Delivers `signal` (Linux numbering) to the exec's process group, and returns once the
-    /// agent has it: a caller may close the connection (or exit) right after without the
-    /// signal being lost in a queue. The agent handles a connection's frames in order, so its
-    /// answer to a ping sent after the signal proves that the signal reached the exec.
+    /// Sends `signal` (Linux numbering) to the exec's process group; returns once it is queued
+    /// for the connection, without waiting for the agent. A caller that ends its runtime (or
+    /// closes the connection) right after uses [`signal_delivered`](Self::signal_delivered).
     pub async fn signal(&self, signal: i32) -> Result<(), ClientError> {
-        self.client
-            .shared
+        self.shared
             .send(self.id, Body::Signal(SignalRequest { signal }), "signal")
-            .await?;
-        self.client.ping().await.map(drop)
+            .await
+    }
+
+    /// [`signal`](Self::signal), and returns once the agent has it: the agent handles a
+    /// connection's frames in order and hands a signal to its exec before reading the next
+    /// frame, so its answer to a ping sent after the signal proves the exec will act on it,
+    /// even if the connection closes at once. It waits for the agent: callers bound it.
+    pub async fn signal_delivered(&self, signal: i32) -> Result<(), ClientError> {
+        self.signal(signal).await?;
+        super::ping(&self.shared).await.map(drop)
     }
 
     /// Resizes the exec's PTY.
@@ -553,8 +559,7 @@ impl ExecControl {
             rows: rows.into(),
             cols: cols.into(),
         };
-        self.client
-            .shared
+        self.shared
             .send(
                 self.id,
                 Body::Resize(PtyResize { size: Some(size) }),

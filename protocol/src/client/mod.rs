@@ -166,6 +166,22 @@ fn payload_len(body: &Body) -> Option<usize> {
     }
 }
 
+/// A round trip on `shared`'s connection; returns the agent's uptime.
+async fn ping(shared: &Arc<Shared>) -> Result<Duration, ClientError> {
+    let (id, mut rx) = shared.open(None, None);
+    let _guard = OperationGuard {
+        shared: shared.clone(),
+        id,
+    };
+    let nonce = id ^ 0x5eed;
+    shared.send(id, Body::Ping(Ping { nonce }), "ping").await?;
+    match rx.recv().await {
+        Some(Body::Pong(pong)) if pong.nonce == nonce => Ok(Duration::from_millis(pong.uptime_ms)),
+        Some(other) => Err(unexpected("ping", &other)),
+        None => Err(ClientError::ConnectionClosed { operation: "ping" }),
+    }
+}
+
 /// Keeps an operation registered until dropped.
 struct OperationGuard {
     shared: Arc<Shared>,
@@ -361,18 +377,7 @@ impl Client {
 
     /// Round trip to the agent; returns the agent's uptime.
     pub async fn ping(&self) -> Result<Duration, ClientError> {
-        let (guard, mut rx, _) = self.open(false, None);
-        let nonce = guard.id ^ 0x5eed;
-        self.shared
-            .send(guard.id, Body::Ping(Ping { nonce }), "ping")
-            .await?;
-        match rx.recv().await {
-            Some(Body::Pong(pong)) if pong.nonce == nonce => {
-                Ok(Duration::from_millis(pong.uptime_ms))
-            }
-            Some(other) => Err(unexpected("ping", &other)),
-            None => Err(ClientError::ConnectionClosed { operation: "ping" }),
-        }
+        ping(&self.shared).await
     }
 
     /// Asks the agent to sync and power the guest off (in host mode: to exit). Returns once the

@@ -305,8 +305,11 @@ async fn first_message(stream: &mut SplitStream<WebSocket>) -> Result<ExecStart,
 }
 
 /// Output frames queued for the client: each pump waits while it is full, so a client that
-/// reads slowly slows the command (the agent's credit is returned only as frames go out).
-const FRAME_QUEUE: usize = 16;
+/// reads slowly slows the command. A chunk's credit goes back to the agent as a pump takes
+/// it, so what an exec holds here is bounded by the agent's window plus this queue: four
+/// chunks, as much again as the window (a chunk is at most
+/// [`MAX_CHUNK_LEN`](krunbox_protocol::frame::MAX_CHUNK_LEN), 256 KiB).
+const FRAME_QUEUE: usize = 4;
 
 async fn session(name: &str, ends: &mut Ends) -> Result<ExitReport, ApiError> {
     let start = first_message(&mut ends.stream).await?;

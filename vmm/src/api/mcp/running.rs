@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use krunbox_protocol::client::ExecControl;
 
-/// How long the server, once its client left, waits for each kill and for calls still
+/// How long the server, once its client left, waits for the kills and for calls still
 /// starting their command.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
@@ -41,7 +41,7 @@ impl Running {
     }
 
     /// Kills every command still under way and refuses new ones (the client left); waits a
-    /// little for each kill, and for calls that are still getting their command.
+    /// little for the agents to have the kills, and for calls still getting their command.
     pub async fn kill_all(&self) {
         let deadline = Instant::now() + KILL_WAIT;
         loop {
@@ -52,8 +52,14 @@ impl Running {
                     state.commands.drain().map(|(_, control)| control).collect();
                 (controls, state.starting)
             };
-            for control in controls {
-                kill(&control).await;
+            // All at once, within the one deadline: an agent that does not answer holds the
+            // server's end for `KILL_WAIT`, not that much per command.
+            let kills = futures_util::future::join_all(controls.iter().map(kill));
+            if tokio::time::timeout_at(deadline.into(), kills)
+                .await
+                .is_err()
+            {
+                tracing::debug!("could not kill every exec's command in time");
             }
             if starting == 0 || Instant::now() > deadline {
                 return;
@@ -63,8 +69,10 @@ impl Running {
     }
 }
 
+/// Kills a command, and returns once the agent has the kill (or after [`KILL_WAIT`]): the
+/// server may end right after, its runtime and connections with it.
 async fn kill(control: &ExecControl) {
-    match tokio::time::timeout(KILL_WAIT, control.signal(libc::SIGKILL)).await {
+    match tokio::time::timeout(KILL_WAIT, control.signal_delivered(libc::SIGKILL)).await {
         Ok(Ok(())) => {}
         Ok(Err(err)) => tracing::debug!(%err, "could not kill an exec's command"),
         Err(_) => tracing::debug!("could not kill an exec's command in time"),
