@@ -20,7 +20,12 @@ use crate::messages::Envelope;
 pub const MAX_FRAME_LEN: usize = 1024 * 1024;
 
 /// The largest payload a data frame (output, stdin, file chunk) carries; well under
-/// [`MAX_FRAME_LEN`] so that the envelope overhead always fits.
+/// [`MAX_FRAME_LEN`] so that the envelope overhead always fits. Each chunk is read into a
+/// buffer of its own, which in the guest's agent (static musl) is a mapping of its own above
+/// musl's mmap threshold (about 128 KiB); 256 KiB chunks are still faster there than 64 KiB
+/// ones, which take four frames, four reads and four wake-ups for the same bytes (measured
+/// side by side with `KRUNBOX_BENCH_AGENT`: stdout 0.83 against 0.63 GB/s, get 1.04 against
+/// 0.79, the musl agent in host mode).
 pub const MAX_CHUNK_LEN: usize = 256 * 1024;
 
 /// Why a frame could not be read or written.

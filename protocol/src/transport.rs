@@ -137,16 +137,16 @@ async fn connect_unix(path: &Path) -> Result<UnixStream, ConnectError> {
     Ok(stream)
 }
 
-/// How many bytes a connection's sender may have on their way: a few chunks. Linux's default
-/// for a Unix socket (`net.core.wmem_default`, 208 KiB) is less than one
-/// [`MAX_CHUNK_LEN`](crate::frame::MAX_CHUNK_LEN) chunk, so every chunk stalled its writer
-/// until the reader had taken part of it.
+/// How many bytes a connection's sender may have on their way: four chunks, the 1 MiB window
+/// of one stream. Linux's default for a Unix socket (`net.core.wmem_default`, 208 KiB) is less
+/// than one [`MAX_CHUNK_LEN`](crate::frame::MAX_CHUNK_LEN) chunk, so every chunk stalled its
+/// writer until the reader had taken part of it.
 pub const SEND_BUFFER: usize = 4 * crate::frame::MAX_CHUNK_LEN;
 
 /// Raises `socket`'s send buffer to [`SEND_BUFFER`]. The kernel caps the request at
 /// `net.core.wmem_max`, itself 208 KiB on a stock Linux (which then gives twice that, about
-/// 416 KiB: still more than a chunk); a socket that refuses keeps its default, slower but
-/// correct. A guest's vsock connections are not Unix sockets and keep their own buffer.
+/// 416 KiB); a socket that refuses keeps its default, slower but correct. A guest's vsock
+/// connections are not Unix sockets and keep their own buffer.
 pub fn widen_send_buffer(socket: &impl std::os::fd::AsFd) {
     if let Err(err) = socket2::SockRef::from(socket).set_send_buffer_size(SEND_BUFFER) {
         tracing::debug!(%err, "the connection keeps its default send buffer");

@@ -39,6 +39,20 @@ pub struct Args {
 }
 
 impl Args {
+    /// A release build for guests of this machine's architecture: the agent a guest runs,
+    /// which also runs here in host mode (it is static).
+    pub fn host() -> Self {
+        let arch = if cfg!(target_arch = "aarch64") {
+            Arch::Aarch64
+        } else {
+            Arch::X86_64
+        };
+        Self {
+            arches: vec![arch],
+            debug: false,
+        }
+    }
+
     /// A release build for x86_64 guests only (what the QEMU backend boots).
     pub fn x86_64() -> Self {
         Self {
