@@ -40,12 +40,12 @@ pub async fn run(
     agent: Arc<Agent>,
     reply: Reply,
     request: ExecRequest,
-    inbox: mpsc::UnboundedReceiver<Body>,
+    mut inbox: mpsc::UnboundedReceiver<Body>,
 ) {
     let power_off = request.power_off_on_exit;
     let program = request.argv.first().cloned().unwrap_or_default();
     let cwd = working_directory(&request).to_owned();
-    let status = match execute(&agent, &reply, request, inbox).await {
+    let status = match execute(&agent, &reply, request, &mut inbox).await {
         Ok(status) => status,
         Err(err) => {
             let message = spawn_failure_message(&err, &program, &cwd);
@@ -66,6 +66,10 @@ pub async fn run(
     } else {
         reply.send(Body::Exit(status)).await;
     }
+    // Only now: while the inbox is open, a frame the host sent before it saw the exit (its
+    // stdin's end, a signal racing the exit) is taken, not answered with an error for an
+    // operation that no longer runs, which would reach the host before the Exit.
+    drop(inbox);
 }
 
 /// The command's working directory: the request's, or `/` when it names none.
@@ -332,7 +336,7 @@ async fn execute(
     agent: &Agent,
     reply: &Reply,
     request: ExecRequest,
-    mut inbox: mpsc::UnboundedReceiver<Body>,
+    inbox: &mut mpsc::UnboundedReceiver<Body>,
 ) -> Result<ExitStatus, SpawnError> {
     if request.argv.is_empty() || request.argv[0].is_empty() {
         return Err(SpawnError::new(SpawnStage::Validate, Errno::EINVAL));

@@ -104,6 +104,33 @@ async fn stdin_is_piped_and_closed() {
     assert_eq!(out.stdout, b"PIPED INPUT\ndone\n");
 }
 
+/// The host closes stdin when its own input ends, which may be just as the command exits:
+/// a close that meets an exec on its way out is taken, never answered with an error that
+/// would reach the host before the exit (a `krunbox exec` of twenty sandboxes under TCG once
+/// failed so). The window is the agent's exit path, microseconds unless its writer is slow:
+/// on a quiet machine this passes without the fix too; it guards against the error coming
+/// back, more often the busier the machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdin_close_racing_the_exit_is_not_an_error() {
+    let agent = TestAgent::start();
+    let client = agent.client().await;
+    for round in 0..300u64 {
+        let mut exec = client
+            .exec(ExecSpec::new(["true"]).stdin(true))
+            .await
+            .unwrap();
+        let stdin = exec.take_stdin().unwrap();
+        // From at once to well after the exit, so that some closes meet its way out.
+        tokio::time::sleep(Duration::from_micros(round * 17 % 3000)).await;
+        let _ = stdin.close().await;
+        let out = exec
+            .collect()
+            .await
+            .unwrap_or_else(|err| panic!("round {round}: {err}"));
+        assert_eq!(out.status.outcome, Some(Outcome::Code(0)));
+    }
+}
+
 #[tokio::test]
 async fn signals_reach_the_process_group() {
     let agent = TestAgent::start();
