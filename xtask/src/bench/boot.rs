@@ -4,7 +4,10 @@
 //! median of each step `--timings` reports (firmware and kernel load, kernel init, agent
 //! start, first exec, the command, power-off) so the share of each is in one table.
 //!
-//! A third row is the same run from a warm pool (`krunbox pool start --size 1` with the same
+//! Under the first row is its floor: raw QEMU booting the same kernel to a `poweroff -f`
+//! init (`floor.rs`); the medians are printed as ratios to it.
+//!
+//! A further row is the same run from a warm pool (`krunbox pool start --size 1` with the same
 //! settings, krunbox's own kernel): each run takes the pool's booted VM; between runs the
 //! bench waits, untimed, for the keeper to boot the next.
 //!
@@ -18,6 +21,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use std::path::PathBuf;
+
+use super::floor::Floor;
 use super::private::{KernelSet, PrivateKrunbox};
 use super::table::{millis, percentile, Table};
 
@@ -36,6 +42,7 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
     let mut header = vec!["kernel", "first run", "median", "p90", "min"];
     header.extend(STEPS.iter().map(|(_, column)| *column));
     let mut table = Table::new(&header);
+    let mut medians: Vec<(&str, Duration)> = Vec::new();
     for (name, kernels) in [
         ("krunbox's own (default)", KernelSet::User),
         ("Debian cloud kernel (fallback)", KernelSet::DebianOnly),
@@ -47,8 +54,19 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
             )]);
             continue;
         }
-        table.row(measure(name, runs, || boot(&krunbox))?);
+        let row = measure(name, runs, || boot(&krunbox))?;
+        medians.push((name, row.median));
+        table.row(row.cells);
         if kernels == KernelSet::User {
+            match own_kernel(&krunbox) {
+                Some(kernel) => {
+                    let floor = Floor::new(&kernel)?;
+                    let row = measure_totals(FLOOR, runs, || floor.boot())?;
+                    medians.push((FLOOR, row.median));
+                    table.row(row.cells);
+                }
+                None => table.row(vec![format!("{FLOOR}: no vmlinux found")]),
+            }
             krunbox.ok(&[
                 "pool",
                 "start",
@@ -72,13 +90,47 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
                 Ok((total, timings))
             });
             krunbox.ok(&["pool", "stop", "default"])?;
-            table.row(warm?);
+            let warm = warm?;
+            medians.push(("warm pool", warm.median));
+            table.row(warm.cells);
         }
     }
     table.print(&format!(
         "krunbox run --backend qemu --accel tcg -- true: boot -> exec -> exit, {runs} runs after the first (steps: medians of --timings)"
     ));
+    if let Some((_, floor)) = medians.iter().find(|(name, _)| *name == FLOOR) {
+        let ratios: Vec<String> = medians
+            .iter()
+            .filter(|(name, _)| *name != FLOOR)
+            .map(|(name, median)| {
+                format!("{name} {:.2}x", median.as_secs_f64() / floor.as_secs_f64())
+            })
+            .collect();
+        println!("  medians over the raw-QEMU floor: {}", ratios.join(", "));
+    }
     Ok(())
+}
+
+const FLOOR: &str = "raw QEMU floor (own vmlinux, init = poweroff -f)";
+
+/// krunbox's own kernel as the private krunbox boots it: the newest installed release's
+/// `vmlinux` in its data directory's kernels.
+fn own_kernel(krunbox: &PrivateKrunbox) -> Option<PathBuf> {
+    let kernels = krunbox.data_dir().join("kernels/krunbox");
+    let entries = std::fs::read_dir(kernels).ok()?;
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path().join("vmlinux"))
+        .filter(|vmlinux| vmlinux.is_file())
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// A row: its cells and the median of its totals.
+struct Row {
+    cells: Vec<String>,
+    median: Duration,
 }
 
 /// The row of `name`: the first of `runs + 1` runs on its own, then the totals' median, p90
@@ -87,7 +139,7 @@ fn measure(
     name: &str,
     runs: usize,
     mut once: impl FnMut() -> anyhow::Result<(Duration, serde_json::Value)>,
-) -> anyhow::Result<Vec<String>> {
+) -> anyhow::Result<Row> {
     let (first, _) = once()?;
     let mut totals = Vec::with_capacity(runs);
     let mut steps: Vec<Vec<Duration>> = vec![Vec::with_capacity(runs); STEPS.len()];
@@ -99,19 +151,38 @@ fn measure(
             samples.push(Duration::from_millis(value.unwrap_or_default()));
         }
     }
+    let mut row = totals_row(name, first, totals);
+    for samples in &mut steps {
+        samples.sort();
+        row.cells
+            .push(format!("{} ms", percentile(samples, 50.0).as_millis()));
+    }
+    Ok(row)
+}
+
+/// [`measure`] for a run that reports no steps.
+fn measure_totals(
+    name: &str,
+    runs: usize,
+    mut once: impl FnMut() -> anyhow::Result<Duration>,
+) -> anyhow::Result<Row> {
+    let first = once()?;
+    let totals = (0..runs).map(|_| once()).collect::<anyhow::Result<_>>()?;
+    Ok(totals_row(name, first, totals))
+}
+
+/// The first run, then the median, p90 and minimum of the others.
+fn totals_row(name: &str, first: Duration, mut totals: Vec<Duration>) -> Row {
     totals.sort();
-    let mut row = vec![
+    let median = percentile(&totals, 50.0);
+    let cells = vec![
         name.to_owned(),
         millis(first),
-        millis(percentile(&totals, 50.0)),
+        millis(median),
         millis(percentile(&totals, 90.0)),
         millis(totals.first().copied().unwrap_or_default()),
     ];
-    for samples in &mut steps {
-        samples.sort();
-        row.push(format!("{} ms", percentile(samples, 50.0).as_millis()));
-    }
-    Ok(row)
+    Row { cells, median }
 }
 
 /// Waits until the default pool has a booted VM ready.

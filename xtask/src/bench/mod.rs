@@ -18,6 +18,7 @@
 mod agent;
 mod backends;
 mod boot;
+mod floor;
 mod images;
 mod krun_vmm;
 mod private;

@@ -139,6 +139,11 @@ impl PrivateKrunbox {
             .with_context(|| format!("krunbox {}'s output", args.join(" ")))
     }
 
+    /// The private data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
     /// The private runtime directory.
     pub fn runtime_dir(&self) -> &Path {
         self.runtime.path()

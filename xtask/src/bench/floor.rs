@@ -1,0 +1,100 @@
+//! The floor under a cold `krunbox run`: raw QEMU booting the same kernel on the same machine
+//! type (q35, TCG, `-cpu max`, 512 MiB, krunbox's kernel command line) straight into an
+//! initramfs whose `/init` is busybox's `poweroff -f`. No devices, no agent, no image, no
+//! krunbox: what is left is firmware, the kernel's own boot and QEMU's start and exit, so a
+//! cold run's median over this one is what krunbox and its guest add.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// busybox-static is one of `scripts/setup.sh`'s packages.
+const BUSYBOX: &str = "/bin/busybox";
+const QEMU: &str = "qemu-system-x86_64";
+
+/// Krunbox's kernel words (`backend::qemu::plan::kernel_cmdline`) without the agent's own.
+const CMDLINE: &str = "console=ttyS0 rdinit=/init panic=-1 quiet no_timer_check";
+
+pub struct Floor {
+    kernel: PathBuf,
+    initramfs: tempfile::NamedTempFile,
+}
+
+impl Floor {
+    /// The floor for `kernel` (an uncompressed `vmlinux`, booted by PVH as krunbox does).
+    pub fn new(kernel: &Path) -> anyhow::Result<Self> {
+        let initramfs = power_off_initramfs()?;
+        Ok(Self {
+            kernel: kernel.to_owned(),
+            initramfs,
+        })
+    }
+
+    /// One boot to power-off, spawn to exit.
+    pub fn boot(&self) -> anyhow::Result<Duration> {
+        let mut cmd = Command::new(QEMU);
+        cmd.args([
+            "-machine",
+            "q35",
+            "-m",
+            "512M",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-nographic",
+            "-nodefaults",
+            "-no-reboot",
+            "-serial",
+            "null",
+            "-kernel",
+        ])
+        .arg(&self.kernel)
+        .arg("-initrd")
+        .arg(self.initramfs.path())
+        .args(["-append", CMDLINE])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        let started = Instant::now();
+        let output = cmd.output().with_context(|| format!("run {cmd:?}"))?;
+        let elapsed = started.elapsed();
+        if !output.status.success() {
+            bail!(
+                "raw QEMU failed with {}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(elapsed)
+    }
+}
+
+/// A newc initramfs of `/bin/busybox` and an `/init` script that powers off at once.
+fn power_off_initramfs() -> anyhow::Result<tempfile::NamedTempFile> {
+    let busybox = std::fs::read(BUSYBOX)
+        .with_context(|| format!("read {BUSYBOX} (Debian's busybox-static)"))?;
+    let init = b"#!/bin/busybox sh\n/bin/busybox poweroff -f\n";
+    let mut archive = tempfile::NamedTempFile::new().context("create the floor's initramfs")?;
+    let entries: [(&str, u32, &[u8]); 3] = [
+        ("bin", 0o040_755, b""),
+        ("bin/busybox", 0o100_755, &busybox),
+        ("init", 0o100_755, init),
+    ];
+    for (ino, (name, mode, data)) in (1..).zip(entries) {
+        let size = u32::try_from(data.len()).context("busybox is larger than 4 GiB")?;
+        let mut writer = cpio::NewcBuilder::new(name)
+            .ino(ino)
+            .mode(mode)
+            .write(archive.as_file_mut(), size);
+        writer
+            .write_all(data)
+            .context("write the floor's initramfs")?;
+        writer.finish().context("write the floor's initramfs")?;
+    }
+    cpio::newc::trailer(archive.as_file_mut()).context("write the floor's initramfs")?;
+    Ok(archive)
+}
