@@ -23,6 +23,8 @@ packages=(qemu-system-x86 qemu-system-common busybox-static cpio docker-registry
           openssh-client
           # engines that run krunbox-oci in the tests (podman with its conmon; containerd, ctr)
           podman containerd
+          # gVisor, the boot benchmark's neighbour row (podman --runtime runsc)
+          runsc
           # `cargo xtask build-kernel` (krunbox's own guest kernel from linux-source-*)
           make flex bison bc libelf-dev perl)
 missing=()

@@ -9,7 +9,8 @@
 //!
 //! A further row is the same run from a warm pool (`krunbox pool start --size 1` with the same
 //! settings, krunbox's own kernel): each run takes the pool's booted VM; between runs the
-//! bench waits, untimed, for the keeper to boot the next.
+//! bench waits, untimed, for the keeper to boot the next. The last row is gVisor running
+//! `true` in the same image under podman (`gvisor.rs`).
 //!
 //! TCG, not KVM: it is what our CI machines (nested `kvm_pvm`) run, and it is deterministic
 //! enough to compare kernels. The first run of each kernel is reported on its own: it imports
@@ -24,6 +25,7 @@ use anyhow::{bail, Context};
 use std::path::PathBuf;
 
 use super::floor::Floor;
+use super::gvisor::Gvisor;
 use super::private::{KernelSet, PrivateKrunbox};
 use super::table::{millis, percentile, Table};
 
@@ -95,6 +97,14 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
             table.row(warm.cells);
         }
     }
+    match Gvisor::new()? {
+        Some(gvisor) => {
+            let row = measure_totals(GVISOR, runs, || gvisor.run_true())?;
+            medians.push((GVISOR, row.median));
+            table.row(row.cells);
+        }
+        None => table.row(vec![format!("{GVISOR}: not installed (Debian's runsc)")]),
+    }
     table.print(&format!(
         "krunbox run --backend qemu --accel tcg -- true: boot -> exec -> exit, {runs} runs after the first (steps: medians of --timings)"
     ));
@@ -111,6 +121,7 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+const GVISOR: &str = "gVisor: podman --runtime runsc run --rm IMAGE true";
 const FLOOR: &str = "raw QEMU floor (own vmlinux, init = poweroff -f)";
 
 /// krunbox's own kernel as the private krunbox boots it: the newest installed release's

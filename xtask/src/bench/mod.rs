@@ -19,6 +19,7 @@ mod agent;
 mod backends;
 mod boot;
 mod floor;
+mod gvisor;
 mod images;
 mod krun_vmm;
 mod private;
