@@ -8,6 +8,7 @@ mod demo;
 mod fuzz;
 mod host_agent;
 mod kvm_host;
+mod newc;
 mod sign;
 mod workspace;
 

@@ -20,9 +20,9 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-
 use std::path::PathBuf;
+
+use anyhow::{bail, Context};
 
 use super::floor::Floor;
 use super::gvisor::Gvisor;
@@ -43,31 +43,30 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
     let binary = PrivateKrunbox::build()?;
     let mut header = vec!["kernel", "first run", "median", "p90", "min"];
     header.extend(STEPS.iter().map(|(_, column)| *column));
-    let mut table = Table::new(&header);
-    let mut medians: Vec<(&str, Duration)> = Vec::new();
+    let mut report = Report {
+        table: Table::new(&header),
+        medians: Vec::new(),
+    };
     for (name, kernels) in [
         ("krunbox's own (default)", KernelSet::User),
         ("Debian cloud kernel (fallback)", KernelSet::DebianOnly),
     ] {
         let krunbox = PrivateKrunbox::with_kernels(binary.clone(), kernels)?;
         if kernels == KernelSet::User && !krunbox.ok(&["doctor"])?.contains("krunbox's own") {
-            table.row(vec![format!(
-                "{name}: not installed (cargo xtask build-kernel; krunbox kernel install)"
-            )]);
+            report.missing(
+                name,
+                "not installed (cargo xtask build-kernel; krunbox kernel install)",
+            );
             continue;
         }
-        let row = measure(name, runs, || boot(&krunbox))?;
-        medians.push((name, row.median));
-        table.row(row.cells);
+        report.add(name, measure(name, runs, || boot(&krunbox))?);
         if kernels == KernelSet::User {
             match own_kernel(&krunbox) {
                 Some(kernel) => {
                     let floor = Floor::new(&kernel)?;
-                    let row = measure_totals(FLOOR, runs, || floor.boot())?;
-                    medians.push((FLOOR, row.median));
-                    table.row(row.cells);
+                    report.add(FLOOR, measure_totals(FLOOR, runs, || floor.boot())?);
                 }
-                None => table.row(vec![format!("{FLOOR}: no vmlinux found")]),
+                None => report.missing(FLOOR, "no vmlinux found"),
             }
             krunbox.ok(&[
                 "pool",
@@ -79,7 +78,7 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
                 "--accel",
                 "tcg",
             ])?;
-            let warm = measure("the same, warm pool of 1 (own kernel)", runs, || {
+            let warm = measure(WARM_POOL, runs, || {
                 wait_until_ready(&krunbox)?;
                 let (total, timings) = boot(&krunbox)?;
                 if timings
@@ -92,24 +91,47 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
                 Ok((total, timings))
             });
             krunbox.ok(&["pool", "stop", "default"])?;
-            let warm = warm?;
-            medians.push(("warm pool", warm.median));
-            table.row(warm.cells);
+            report.add(WARM_POOL, warm?);
         }
     }
     match Gvisor::new()? {
-        Some(gvisor) => {
-            let row = measure_totals(GVISOR, runs, || gvisor.run_true())?;
-            medians.push((GVISOR, row.median));
-            table.row(row.cells);
-        }
-        None => table.row(vec![format!("{GVISOR}: not installed (Debian's runsc)")]),
+        Some(gvisor) => report.add(GVISOR, measure_totals(GVISOR, runs, || gvisor.run_true())?),
+        None => report.missing(GVISOR, "not installed (Debian's runsc)"),
     }
-    table.print(&format!(
-        "krunbox run --backend qemu --accel tcg -- true: boot -> exec -> exit, {runs} runs after the first (steps: medians of --timings)"
-    ));
-    if let Some((_, floor)) = medians.iter().find(|(name, _)| *name == FLOOR) {
-        let ratios: Vec<String> = medians
+    report.print(runs);
+    Ok(())
+}
+
+const GVISOR: &str = "gVisor: podman --runtime runsc run --rm IMAGE true";
+const FLOOR: &str = "raw QEMU floor (own vmlinux, init = poweroff -f)";
+const WARM_POOL: &str = "the same, warm pool of 1 (own kernel)";
+
+/// The table and each row's median, for the ratios to the floor.
+struct Report {
+    table: Table,
+    medians: Vec<(&'static str, Duration)>,
+}
+
+impl Report {
+    fn add(&mut self, name: &'static str, row: Row) {
+        self.medians.push((name, row.median));
+        self.table.row(row.cells);
+    }
+
+    /// A row that could not be measured, and why.
+    fn missing(&mut self, name: &str, why: &str) {
+        self.table.row(vec![format!("{name}: {why}")]);
+    }
+
+    fn print(&self, runs: usize) {
+        self.table.print(&format!(
+            "krunbox run --backend qemu --accel tcg -- true: boot -> exec -> exit, {runs} runs after the first (steps: medians of --timings)"
+        ));
+        let Some((_, floor)) = self.medians.iter().find(|(name, _)| *name == FLOOR) else {
+            return;
+        };
+        let ratios: Vec<String> = self
+            .medians
             .iter()
             .filter(|(name, _)| *name != FLOOR)
             .map(|(name, median)| {
@@ -118,11 +140,7 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
             .collect();
         println!("  medians over the raw-QEMU floor: {}", ratios.join(", "));
     }
-    Ok(())
 }
-
-const GVISOR: &str = "gVisor: podman --runtime runsc run --rm IMAGE true";
-const FLOOR: &str = "raw QEMU floor (own vmlinux, init = poweroff -f)";
 
 /// krunbox's own kernel as the private krunbox boots it: the newest installed release's
 /// `vmlinux` in its data directory's kernels.

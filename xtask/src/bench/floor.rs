@@ -4,12 +4,13 @@
 //! krunbox: what is left is firmware, the kernel's own boot and QEMU's start and exit, so a
 //! cold run's median over this one is what krunbox and its guest add.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+
+use crate::newc::{Newc, DIR, FILE_EXEC};
 
 /// busybox-static is one of `scripts/setup.sh`'s packages.
 const BUSYBOX: &str = "/bin/busybox";
@@ -78,23 +79,16 @@ fn power_off_initramfs() -> anyhow::Result<tempfile::NamedTempFile> {
     let busybox = std::fs::read(BUSYBOX)
         .with_context(|| format!("read {BUSYBOX} (Debian's busybox-static)"))?;
     let init = b"#!/bin/busybox sh\n/bin/busybox poweroff -f\n";
-    let mut archive = tempfile::NamedTempFile::new().context("create the floor's initramfs")?;
-    let entries: [(&str, u32, &[u8]); 3] = [
-        ("bin", 0o040_755, b""),
-        ("bin/busybox", 0o100_755, &busybox),
-        ("init", 0o100_755, init),
-    ];
-    for (ino, (name, mode, data)) in (1..).zip(entries) {
-        let size = u32::try_from(data.len()).context("busybox is larger than 4 GiB")?;
-        let mut writer = cpio::NewcBuilder::new(name)
-            .ino(ino)
-            .mode(mode)
-            .write(archive.as_file_mut(), size);
-        writer
-            .write_all(data)
+    let file = tempfile::NamedTempFile::new().context("create the floor's initramfs")?;
+    let mut archive = Newc::new(file);
+    for (name, mode, data) in [
+        ("bin", DIR, &b""[..]),
+        ("bin/busybox", FILE_EXEC, &busybox),
+        ("init", FILE_EXEC, init),
+    ] {
+        archive
+            .entry(name, mode, data, None)
             .context("write the floor's initramfs")?;
-        writer.finish().context("write the floor's initramfs")?;
     }
-    cpio::newc::trailer(archive.as_file_mut()).context("write the floor's initramfs")?;
-    Ok(archive)
+    archive.finish().context("write the floor's initramfs")
 }

@@ -5,6 +5,8 @@
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use crate::newc::{Newc, CHAR_DEV, DIR, FILE, FILE_EXEC};
+
 /// Why the initramfs could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum InitramfsError {
@@ -43,11 +45,6 @@ pub struct Contents<'a> {
     pub shares: &'a str,
 }
 
-const DIR: u32 = 0o040_755;
-const FILE_EXEC: u32 = 0o100_755;
-const FILE: u32 = 0o100_644;
-const CHAR_DEV: u32 = 0o020_600;
-
 /// The PID 1 script.
 const INIT: &str = include_str!("init.sh");
 
@@ -66,74 +63,38 @@ pub fn write(path: &Path, contents: &Contents<'_>) -> Result<(), InitramfsError>
         modules.push((format!("krunbox/modules/{index:03}-{base}"), bytes));
     }
     let file = std::fs::File::create(path).map_err(io("create", path))?;
-    let mut out = BufWriter::new(file);
-    let mut archive = Archive {
-        out: &mut out,
-        ino: 1,
-    };
-    archive
-        .skeleton(&busybox, contents, &modules)
-        .map_err(io("write", path))?;
-    cpio::newc::trailer(&mut out).map_err(io("write", path))?;
-    out.flush().map_err(io("write", path))
+    let mut archive = Newc::new(BufWriter::new(file));
+    skeleton(&mut archive, &busybox, contents, &modules).map_err(io("write", path))?;
+    archive.finish().map(drop).map_err(io("write", path))
 }
 
-struct Archive<'w, W: Write> {
-    out: &'w mut W,
-    ino: u32,
-}
-
-impl<W: Write> Archive<'_, W> {
-    fn skeleton(
-        &mut self,
-        busybox: &[u8],
-        contents: &Contents<'_>,
-        modules: &[(String, Vec<u8>)],
-    ) -> std::io::Result<()> {
-        for dir in [
-            "bin",
-            "dev",
-            "proc",
-            "sys",
-            "newroot",
-            "krunbox",
-            "krunbox/modules",
-        ] {
-            self.entry(dir, DIR, &[], None)?;
-        }
-        // The kernel opens /dev/console for init's stdio before devtmpfs is mounted.
-        self.entry("dev/console", CHAR_DEV, &[], Some((5, 1)))?;
-        self.entry("bin/busybox", FILE_EXEC, busybox, None)?;
-        self.entry("init", FILE_EXEC, INIT.as_bytes(), None)?;
-        self.entry("krunbox/command.sh", FILE, contents.command_script, None)?;
-        self.entry("krunbox/shares", FILE, contents.shares.as_bytes(), None)?;
-        for (name, bytes) in modules {
-            self.entry(name, FILE, bytes, None)?;
-        }
-        Ok(())
+fn skeleton(
+    archive: &mut Newc<impl Write>,
+    busybox: &[u8],
+    contents: &Contents<'_>,
+    modules: &[(String, Vec<u8>)],
+) -> std::io::Result<()> {
+    for dir in [
+        "bin",
+        "dev",
+        "proc",
+        "sys",
+        "newroot",
+        "krunbox",
+        "krunbox/modules",
+    ] {
+        archive.entry(dir, DIR, &[], None)?;
     }
-
-    fn entry(
-        &mut self,
-        name: &str,
-        mode: u32,
-        data: &[u8],
-        rdev: Option<(u32, u32)>,
-    ) -> std::io::Result<()> {
-        let size = u32::try_from(data.len())
-            .map_err(|_| std::io::Error::other(format!("{name} is larger than 4 GiB")))?;
-        let mut builder = cpio::NewcBuilder::new(name)
-            .ino(self.ino)
-            .mode(mode)
-            .nlink(if mode & 0o040_000 != 0 { 2 } else { 1 });
-        if let Some((major, minor)) = rdev {
-            builder = builder.rdev_major(major).rdev_minor(minor);
-        }
-        self.ino += 1;
-        let mut writer = builder.write(&mut *self.out, size);
-        writer.write_all(data)?;
-        writer.finish().map(drop)
+    // The kernel opens /dev/console for init's stdio before devtmpfs is mounted.
+    archive.entry("dev/console", CHAR_DEV, &[], Some((5, 1)))?;
+    archive.entry("bin/busybox", FILE_EXEC, busybox, None)?;
+    archive.entry("init", FILE_EXEC, INIT.as_bytes(), None)?;
+    archive.entry("krunbox/command.sh", FILE, contents.command_script, None)?;
+    archive.entry("krunbox/shares", FILE, contents.shares.as_bytes(), None)?;
+    for (name, bytes) in modules {
+        archive.entry(name, FILE, bytes, None)?;
     }
+    Ok(())
 }
 
 #[cfg(test)]
