@@ -290,21 +290,10 @@ impl Harness {
 
     /// Runs `krunbox run ARGS` with `stdin` and waits.
     pub fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
-        let mut child = self
-            .krunbox(std::iter::once("run").chain(args.iter().copied()))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn krunbox");
-        let mut input = child.stdin.take().expect("stdin");
-        let data = stdin.to_vec();
-        let writer = std::thread::spawn(move || {
-            let _ = std::io::Write::write_all(&mut input, &data);
-        });
-        let out = child.wait_with_output().expect("wait for krunbox");
-        let _ = writer.join();
-        out
+        output_with_stdin(
+            &mut self.krunbox(std::iter::once("run").chain(args.iter().copied())),
+            stdin,
+        )
     }
 
     /// Asserts that nothing of this test's VMs is left: no run directory, no process whose
@@ -497,6 +486,90 @@ impl Drop for Running {
             let _ = self.0.wait();
         }
     }
+}
+
+/// How long one krunbox command of a test may take before the test fails naming it: a hung
+/// command would otherwise hold the whole test binary until CI's deadline.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(300);
+
+/// Runs `cmd` (stdin as it was set, else empty) to its end like [`Command::output`], but fails
+/// the test, naming the command and showing what it printed, if it has not exited within
+/// `limit` (it is killed), or if something it left behind holds its output open.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {
+    spawn_and_collect(cmd, None, limit)
+}
+
+fn spawn_and_collect(cmd: &mut Command, stdin: Option<&[u8]>, limit: Duration) -> Output {
+    let described = format!("{cmd:?}");
+    if stdin.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {described}: {e}"));
+    if let (Some(mut input), Some(data)) = (child.stdin.take(), stdin) {
+        let data = data.to_vec();
+        // Not joined: a command that stops reading early ends it with EPIPE when it exits.
+        std::thread::spawn(move || {
+            let _ = std::io::Write::write_all(&mut input, &data);
+        });
+    }
+    let stdout = read_to_end_in_background(child.stdout.take().expect("stdout"));
+    let stderr = read_to_end_in_background(child.stderr.take().expect("stderr"));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let so_far = |stream: &std::sync::mpsc::Receiver<Vec<u8>>| {
+                text(
+                    &stream
+                        .recv_timeout(Duration::from_secs(1))
+                        .unwrap_or_default(),
+                )
+            };
+            panic!(
+                "{described} did not exit within {limit:?}; stdout:\n{}\nstderr:\n{}",
+                so_far(&stdout),
+                so_far(&stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let rest = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(5);
+    let collect = |stream: std::sync::mpsc::Receiver<Vec<u8>>, name: &str| {
+        stream.recv_timeout(rest).unwrap_or_else(|_| {
+            panic!("{described} exited ({status}) but a process it left holds its {name} open")
+        })
+    };
+    Output {
+        status,
+        stdout: collect(stdout, "stdout"),
+        stderr: collect(stderr, "stderr"),
+    }
+}
+
+/// Reads `reader` to its end on a thread; the bytes arrive on the channel at EOF.
+fn read_to_end_in_background(
+    mut reader: impl Read + Send + 'static,
+) -> std::sync::mpsc::Receiver<Vec<u8>> {
+    let (done, bytes) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = reader.read_to_end(&mut all);
+        let _ = done.send(all);
+    });
+    bytes
+}
+
+/// [`output_within`] ([`COMMAND_LIMIT`]) with `stdin` written to the command's input.
+pub fn output_with_stdin(cmd: &mut Command, stdin: &[u8]) -> Output {
+    spawn_and_collect(cmd, Some(stdin), COMMAND_LIMIT)
 }
 
 /// Waits for `child` to exit, at most `limit`.

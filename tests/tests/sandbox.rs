@@ -7,7 +7,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use krunbox_tests::{
-    e2e, private_data_dir, processes_mentioning, text, Captured, Harness, Running, TestPty,
+    e2e, output_with_stdin, output_within, private_data_dir, processes_mentioning, text, Captured,
+    Harness, Running, TestPty, COMMAND_LIMIT,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -37,29 +38,12 @@ impl Boxes {
     }
 
     fn out(&self, args: &[&str]) -> Output {
-        self.cmd(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run krunbox")
+        output_within(self.cmd(args).stdin(Stdio::null()), COMMAND_LIMIT)
     }
 
     /// Runs krunbox with `stdin`; returns its output.
     fn out_with_stdin(&self, args: &[&str], stdin: &[u8]) -> Output {
-        let mut child = self
-            .cmd(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn krunbox");
-        let mut input = child.stdin.take().expect("stdin");
-        let data = stdin.to_vec();
-        let writer = std::thread::spawn(move || {
-            let _ = std::io::Write::write_all(&mut input, &data);
-        });
-        let out = child.wait_with_output().expect("wait for krunbox");
-        let _ = writer.join();
-        out
+        output_with_stdin(&mut self.cmd(args), stdin)
     }
 
     /// Runs krunbox, asserts success, returns stdout.
