@@ -6,6 +6,7 @@
 #   results/booted     written just before the command starts (the harness times the boot)
 #   results/stdout     the command's stdout, results/stderr its stderr (followed live)
 #   results/status     `exit N`, or `error WHY` when the KVM host cannot run it
+#   results/processes  every process and its kernel stack, once results/dump-processes appears
 # then powers off. Everything the harness generated per run is under /krunbox.
 /bin/busybox mkdir -p /bin /results
 /bin/busybox --install -s /bin
@@ -58,6 +59,18 @@ done
 ip link set lo up || fail "cannot bring lo up"
 cp /krunbox/command.sh /newroot/run/kvm-host-command.sh
 
+# When the harness gives up on a command (its --timeout), it asks for the KVM host's processes
+# by creating results/dump-processes; their states and kernel stacks show where it hangs.
+(
+    while [ ! -e /results/dump-processes ]; do sleep 1; done
+    for proc in /proc/[0-9]*; do
+        # Kernel threads have no command line.
+        [ -s "$proc/cmdline" ] || continue
+        echo "$(cut -d' ' -f1-5 "$proc/stat") wchan=$(cat "$proc/wchan" 2>/dev/null): $(tr '\0' ' ' < "$proc/cmdline" 2>/dev/null | cut -c1-160)"
+        sed 's/^/    /' "$proc/stack" 2>/dev/null | head -8
+    done > /results/processes.tmp 2>&1
+    mv /results/processes.tmp /results/processes
+) &
 : > /results/booted
 env -i /bin/chroot /newroot /bin/sh /run/kvm-host-command.sh \
     < /dev/null > /results/stdout 2> /results/stderr

@@ -282,10 +282,13 @@ pub fn run(args: &Args) -> Result<i32, KvmHostError> {
         };
         let limit = Duration::from_secs(limit);
         if started.elapsed() > limit {
+            let processes = booted
+                .map(|_| processes_inside(&results))
+                .unwrap_or_default();
             return Err(KvmHostError::Timeout {
                 what,
                 limit,
-                details: logs.tails(),
+                details: format!("{}{processes}", logs.tails()),
             });
         }
         std::thread::sleep(POLL);
@@ -308,6 +311,26 @@ pub fn run(args: &Args) -> Result<i32, KvmHostError> {
             status: qemu_status,
             details: logs.tails(),
         }),
+    }
+}
+
+/// How long the KVM host may take to list its processes.
+const DUMP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The KVM host's processes with their kernel stacks (init.sh writes them when asked), for a
+/// command that did not end: where it hangs.
+fn processes_inside(results: &Path) -> String {
+    let listed = results.join("processes");
+    if std::fs::write(results.join("dump-processes"), b"").is_err() {
+        return String::new();
+    }
+    let deadline = Instant::now() + DUMP_TIMEOUT;
+    while !listed.exists() && Instant::now() < deadline {
+        std::thread::sleep(POLL);
+    }
+    match std::fs::read_to_string(&listed) {
+        Ok(text) => format!("\n--- KVM host processes (pid comm state ppid pgrp) ---\n{text}"),
+        Err(_) => format!("\n--- the KVM host did not list its processes within {DUMP_TIMEOUT:?}"),
     }
 }
 
