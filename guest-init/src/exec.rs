@@ -236,7 +236,7 @@ impl Source {
                 let mut buf = BytesMut::zeroed(len);
                 let n = master.read(&mut buf).await?;
                 buf.truncate(n);
-                Ok(chunk_payload(buf, len))
+                Ok(chunk_payload(buf))
             }
         }
     }

@@ -6,15 +6,15 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use futures_util::{SinkExt, StreamExt};
-use krunbox_protocol::frame::FrameCodec;
+use futures_util::StreamExt;
+use krunbox_protocol::frame::{FrameCodec, FrameWriter};
 use krunbox_protocol::generation::{self, SUPPORTED};
 use krunbox_protocol::messages::{
     Body, Envelope, ErrorKind, ErrorReply, HelloAck, Pong, ShutdownAck,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 
 use crate::agent::Agent;
 use crate::outgoing::{Outgoing, Reply};
@@ -37,7 +37,7 @@ where
 {
     let (read_half, write_half) = tokio::io::split(stream);
     let mut reader = FramedRead::new(read_half, FrameCodec::new());
-    let mut writer = FramedWrite::new(write_half, FrameCodec::new());
+    let mut writer = FrameWriter::new(write_half);
 
     let hello = match reader.next().await {
         Some(Ok(Envelope {
@@ -93,7 +93,11 @@ where
     let writer_agent = agent.clone();
     let writer_task = tokio::spawn(async move {
         while let Some(outgoing) = queue.recv().await {
-            let sent = writer.send(outgoing.frame).await;
+            // Written together: every frame already queued, then one flush.
+            let mut sent = writer.feed(outgoing.frame).await;
+            if sent.is_ok() && (outgoing.then_shutdown.is_some() || queue.is_empty()) {
+                sent = writer.flush().await;
+            }
             if let Some(status) = outgoing.then_shutdown {
                 writer_agent.request_shutdown(status);
             }

@@ -25,17 +25,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 
 pub use error::ClientError;
 pub use exec::{ExecControl, ExecEvent, ExecOutput, ExecSpec, ExecStdin, Execution, OutputReader};
 pub use files::RemotePath;
 
 use crate::flow::{RecvWindow, SendWindow, INITIAL_WINDOW};
-use crate::frame::FrameCodec;
+use crate::frame::{FrameCodec, FrameWriter};
 use crate::generation::{self, SUPPORTED};
 use crate::messages::{
     Body, Envelope, ErrorKind, ErrorReply, Hello, HelloAck, Ping, ShutdownRequest,
@@ -265,7 +265,7 @@ impl Client {
     {
         let (read_half, write_half) = tokio::io::split(stream);
         let mut reader = FramedRead::new(read_half, FrameCodec::new());
-        let mut writer = FramedWrite::new(write_half, FrameCodec::new());
+        let mut writer = FrameWriter::new(write_half);
         let hello = Hello {
             min_generation: *SUPPORTED.start(),
             max_generation: *SUPPORTED.end(),
@@ -309,7 +309,12 @@ impl Client {
         });
         tokio::spawn(async move {
             while let Some(frame) = queue.recv().await {
-                if let Err(err) = writer.send(frame).await {
+                // Written together: every frame already queued, then one flush.
+                let mut sent = writer.feed(frame).await;
+                if sent.is_ok() && queue.is_empty() {
+                    sent = writer.flush().await;
+                }
+                if let Err(err) = sent {
                     tracing::debug!(%err, "agent connection write failed");
                     break;
                 }

@@ -106,12 +106,20 @@ pub enum Body {
 impl Body {
     /// The data payload a stream frame carries (stdin, output, file content), if any.
     pub fn payload_mut(&mut self) -> Option<&mut ::bytes::Bytes> {
-        match self {
-            Body::StdinData(d) => Some(&mut d.data),
-            Body::Output(o) => Some(&mut o.data),
-            Body::FileChunk(c) => Some(&mut c.data),
-            _ => None,
-        }
+        self.payload_field_mut().map(|(_, data)| data)
+    }
+
+    /// [`Self::payload_mut`] and where the payload sits on the wire: the body's field number
+    /// in [`Envelope`] and the payload's in the body's message (their `tag`s), so that the
+    /// frame writer can write the payload from its own buffer after the rest of the frame.
+    pub(crate) fn payload_field_mut(&mut self) -> Option<(PayloadField, &mut ::bytes::Bytes)> {
+        let (body_tag, data_tag, data) = match self {
+            Body::StdinData(d) => (8, 1, &mut d.data),
+            Body::Output(o) => (10, 2, &mut o.data),
+            Body::FileChunk(c) => (15, 1, &mut c.data),
+            _ => return None,
+        };
+        Some((PayloadField { body_tag, data_tag }, data))
     }
 
     /// A short name of the variant, for logs and error messages.
@@ -138,4 +146,13 @@ impl Body {
             Body::Window(_) => "window",
         }
     }
+}
+
+/// The field numbers of a stream frame's payload (see [`Body::payload_field_mut`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PayloadField {
+    /// The body's field in [`Envelope`].
+    pub body_tag: u32,
+    /// The payload's field in the body's message.
+    pub data_tag: u32,
 }

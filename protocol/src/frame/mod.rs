@@ -2,8 +2,9 @@
 //!
 //! Incoming length prefixes are read by `tokio_util`'s `LengthDelimitedCodec`, with a hard
 //! limit of [`MAX_FRAME_LEN`]: a peer announcing a larger frame is a protocol violation, and
-//! the connection is closed before any of it is buffered. Outgoing frames are written straight
-//! into the write buffer, prefix and message.
+//! the connection is closed before any of it is buffered. Outgoing frames are written by
+//! [`FrameWriter`] (`writer.rs`): small ones gathered, bulk payloads from their own buffers,
+//! which `pool.rs` keeps for the next chunk.
 
 use bytes::{BufMut, Bytes};
 use prost::Message;
@@ -15,6 +16,12 @@ pub use bytes::BytesMut;
 pub use tokio_util::codec::{Decoder, Encoder};
 
 use crate::messages::Envelope;
+
+mod pool;
+mod writer;
+
+pub use pool::{chunk_buffer, recycle, recycle_buffer};
+pub use writer::{FrameWriter, BULK_PAYLOAD_MIN};
 
 /// The largest frame either side accepts (the length prefix excluded).
 pub const MAX_FRAME_LEN: usize = 1024 * 1024;
@@ -131,18 +138,21 @@ where
     R: tokio::io::AsyncRead + Unpin + ?Sized,
 {
     use tokio::io::AsyncReadExt;
-    let mut buf = BytesMut::with_capacity(len);
+    let mut buf = chunk_buffer();
     // `take`: the buffer's capacity may exceed `len`, the credit this chunk may use.
     (&mut *reader).take(len as u64).read_buf(&mut buf).await?;
-    Ok(chunk_payload(buf, len))
+    Ok(chunk_payload(buf))
 }
 
-/// The payload of a chunk read into `buf`, a buffer of `len` bytes: the buffer itself when
-/// the read filled at least half of it, else a copy of what was read, so that a short read
-/// (a line of terminal output) does not hold a whole buffer while its frame waits to be sent.
-pub fn chunk_payload(buf: BytesMut, len: usize) -> Bytes {
-    if buf.len().saturating_mul(2) < len {
-        Bytes::copy_from_slice(&buf)
+/// The payload of a chunk read into `buf`: the buffer itself when the read filled at least
+/// half of it, else a copy of what was read (and the buffer goes back to the pool), so that a
+/// short read (a line of terminal output) does not hold a whole buffer while its frame waits
+/// to be sent.
+pub fn chunk_payload(buf: BytesMut) -> Bytes {
+    if buf.len().saturating_mul(2) < buf.capacity() {
+        let copy = Bytes::copy_from_slice(&buf);
+        recycle_buffer(buf);
+        copy
     } else {
         buf.freeze()
     }
