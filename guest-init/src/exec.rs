@@ -307,6 +307,7 @@ async fn feed_stdin(
                     // Stdin closed or never requested: the bytes are dropped, credit still returns.
                     StdinSink::Pipe(None) | StdinSink::None => Ok(()),
                 };
+                krunbox_protocol::frame::recycle(data);
                 if let Err(err) = written {
                     tracing::debug!(%err, "command stopped reading stdin");
                     sink = StdinSink::Pipe(None);

@@ -289,7 +289,8 @@ async fn write_file(
                     .received(len)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
                 file.write_all(&chunk.data).await?;
-                total += chunk.data.len() as u64;
+                total += len as u64;
+                krunbox_protocol::frame::recycle(chunk.data);
                 if chunk.eof {
                     break;
                 }

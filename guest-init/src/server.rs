@@ -6,15 +6,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use futures_util::StreamExt;
-use krunbox_protocol::frame::{FrameCodec, FrameWriter};
+use krunbox_protocol::frame::{FrameReader, FrameWriter};
 use krunbox_protocol::generation::{self, SUPPORTED};
 use krunbox_protocol::messages::{
     Body, Envelope, ErrorKind, ErrorReply, HelloAck, Pong, ShutdownAck,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio_util::codec::FramedRead;
 
 use crate::agent::Agent;
 use crate::outgoing::{Outgoing, Reply};
@@ -36,7 +34,7 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (read_half, write_half) = tokio::io::split(stream);
-    let mut reader = FramedRead::new(read_half, FrameCodec::new());
+    let mut reader = FrameReader::new(read_half);
     let mut writer = FrameWriter::new(write_half);
 
     let hello = match reader.next().await {

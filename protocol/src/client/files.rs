@@ -255,7 +255,8 @@ impl Client {
                     sink.write_all(&chunk.data)
                         .await
                         .map_err(|source| ClientError::LocalIo { operation, source })?;
-                    total += chunk.data.len() as u64;
+                    total += len as u64;
+                    crate::frame::recycle(chunk.data);
                     if chunk.eof {
                         break;
                     }

@@ -25,17 +25,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio_util::codec::FramedRead;
 
 pub use error::ClientError;
 pub use exec::{ExecControl, ExecEvent, ExecOutput, ExecSpec, ExecStdin, Execution, OutputReader};
 pub use files::RemotePath;
 
 use crate::flow::{RecvWindow, SendWindow, INITIAL_WINDOW};
-use crate::frame::{FrameCodec, FrameWriter};
+use crate::frame::{FrameReader, FrameWriter};
 use crate::generation::{self, SUPPORTED};
 use crate::messages::{
     Body, Envelope, ErrorKind, ErrorReply, Hello, HelloAck, Ping, ShutdownRequest,
@@ -264,7 +262,7 @@ impl Client {
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
         let (read_half, write_half) = tokio::io::split(stream);
-        let mut reader = FramedRead::new(read_half, FrameCodec::new());
+        let mut reader = FrameReader::new(read_half);
         let mut writer = FrameWriter::new(write_half);
         let hello = Hello {
             min_generation: *SUPPORTED.start(),

@@ -1,14 +1,14 @@
 //! Framing: every frame is a 4-byte big-endian length followed by one protobuf [`Envelope`].
 //!
-//! Incoming length prefixes are read by `tokio_util`'s `LengthDelimitedCodec`, with a hard
-//! limit of [`MAX_FRAME_LEN`]: a peer announcing a larger frame is a protocol violation, and
-//! the connection is closed before any of it is buffered. Outgoing frames are written by
-//! [`FrameWriter`] (`writer.rs`): small ones gathered, bulk payloads from their own buffers,
-//! which `pool.rs` keeps for the next chunk.
+//! Incoming length prefixes have a hard limit of [`MAX_FRAME_LEN`]: a peer announcing a larger
+//! frame is a protocol violation, and the connection is closed before any of it is buffered.
+//! Both ends read frames with [`FrameReader`] (`reader.rs`: a bulk frame into a buffer of its
+//! own) and write them with [`FrameWriter`] (`writer.rs`: small ones gathered, bulk payloads
+//! from their own buffers); `pool.rs` keeps those buffers for the next chunk. [`FrameCodec`]
+//! is the same format for `tokio_util`'s `Framed` and for [`decode_all`].
 
-use bytes::{BufMut, Bytes};
+use bytes::{Buf, BufMut, Bytes};
 use prost::Message;
-use tokio_util::codec::LengthDelimitedCodec;
 
 /// Re-exported so that users of [`FrameCodec`] need no direct `tokio-util`/`bytes` dependency.
 pub use bytes::BytesMut;
@@ -18,10 +18,15 @@ pub use tokio_util::codec::{Decoder, Encoder};
 use crate::messages::Envelope;
 
 mod pool;
+mod reader;
 mod writer;
 
 pub use pool::{chunk_buffer, recycle, recycle_buffer};
+pub use reader::FrameReader;
 pub use writer::{FrameWriter, BULK_PAYLOAD_MIN};
+
+/// The length prefix.
+const PREFIX_LEN: usize = 4;
 
 /// The largest frame either side accepts (the length prefix excluded).
 pub const MAX_FRAME_LEN: usize = 1024 * 1024;
@@ -68,26 +73,13 @@ pub enum FrameError {
 /// let frame = codec.decode(&mut buf).unwrap().unwrap();
 /// assert_eq!(frame.kind(), "ping");
 /// ```
-#[derive(Debug)]
-pub struct FrameCodec {
-    length: LengthDelimitedCodec,
-}
+#[derive(Debug, Default)]
+pub struct FrameCodec;
 
 impl FrameCodec {
     /// A codec with the protocol's limits.
     pub fn new() -> Self {
-        let length = LengthDelimitedCodec::builder()
-            .length_field_length(4)
-            .max_frame_length(MAX_FRAME_LEN)
-            .big_endian()
-            .new_codec();
-        Self { length }
-    }
-}
-
-impl Default for FrameCodec {
-    fn default() -> Self {
-        Self::new()
+        Self
     }
 }
 
@@ -96,18 +88,42 @@ impl Decoder for FrameCodec {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Envelope>, FrameError> {
-        let announced = announced_len(src);
-        match self.length.decode(src) {
-            Ok(Some(bytes)) => {
-                let frame_len = bytes.len();
-                let mut envelope = Envelope::decode(bytes)?;
-                own_small_payload(&mut envelope, frame_len);
-                Ok(Some(envelope))
-            }
-            Ok(None) => Ok(None),
-            Err(err) => Err(classify_length_error(err, announced)),
+        let Some(len) = announced_len(src)? else {
+            return Ok(None);
+        };
+        if src.len() < PREFIX_LEN + len {
+            src.reserve(PREFIX_LEN + len - src.len());
+            return Ok(None);
         }
+        src.advance(PREFIX_LEN);
+        decode_frame(src.split_to(len).freeze()).map(Some)
     }
+}
+
+/// The length a frame's prefix at the start of `src` announces, once all four bytes are
+/// there; a length past [`MAX_FRAME_LEN`] is an error.
+fn announced_len(src: &[u8]) -> Result<Option<usize>, FrameError> {
+    let Some(prefix) = src.get(..PREFIX_LEN) else {
+        return Ok(None);
+    };
+    let mut be = [0u8; PREFIX_LEN];
+    be.copy_from_slice(prefix);
+    let len = u32::from_be_bytes(be) as usize;
+    if len > MAX_FRAME_LEN {
+        return Err(FrameError::TooLarge {
+            len,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    Ok(Some(len))
+}
+
+/// One frame's envelope from its bytes (the prefix excluded).
+fn decode_frame(bytes: Bytes) -> Result<Envelope, FrameError> {
+    let frame_len = bytes.len();
+    let mut envelope = Envelope::decode(bytes)?;
+    own_small_payload(&mut envelope, frame_len);
+    Ok(envelope)
 }
 
 impl Encoder<Envelope> for FrameCodec {
@@ -123,7 +139,7 @@ impl Encoder<Envelope> for FrameCodec {
         }
         // Straight into the write buffer: the length prefix, then the message (no buffer of
         // its own in between, which for bulk data was one more copy of every byte).
-        dst.reserve(4 + len);
+        dst.reserve(PREFIX_LEN + len);
         dst.put_u32(len as u32);
         frame
             .encode(dst)
@@ -172,24 +188,6 @@ fn own_small_payload(envelope: &mut Envelope, frame_len: usize) {
         if data.len() < SHARED_PAYLOAD_MIN || data.len().saturating_mul(2) < frame_len {
             *data = Bytes::copy_from_slice(data);
         }
-    }
-}
-
-fn announced_len(src: &BytesMut) -> Option<usize> {
-    let prefix: [u8; 4] = src.get(..4)?.try_into().ok()?;
-    Some(u32::from_be_bytes(prefix) as usize)
-}
-
-fn classify_length_error(err: std::io::Error, announced: Option<usize>) -> FrameError {
-    let too_long = err
-        .get_ref()
-        .is_some_and(|inner| inner.is::<tokio_util::codec::LengthDelimitedCodecError>());
-    match (too_long, announced) {
-        (true, Some(len)) => FrameError::TooLarge {
-            len,
-            max: MAX_FRAME_LEN,
-        },
-        _ => FrameError::Io(err),
     }
 }
 
