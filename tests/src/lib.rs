@@ -377,23 +377,87 @@ pub fn processes_mentioning(needle: &Path) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    entries
+    let procs: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .chars()
-                .all(|c| c.is_ascii_digit())
+            let name = e.file_name().to_string_lossy().into_owned();
+            name != me && name.chars().all(|c| c.is_ascii_digit())
         })
-        .filter(|e| e.file_name().to_string_lossy() != me)
-        .filter_map(|e| {
-            let raw = std::fs::read(e.path().join("cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
-            cmdline
-                .contains(&needle)
-                .then(|| format!("{}: {cmdline}", e.file_name().to_string_lossy()))
-        })
+        .map(|e| e.path())
+        .collect();
+    // All at once on one thread; only if that is stuck, each on a thread of its own.
+    let (done, scanned) = std::sync::mpsc::channel();
+    let (all, wanted) = (procs.clone(), needle.clone());
+    std::thread::spawn(move || {
+        let found: Vec<String> = all
+            .iter()
+            .filter_map(|proc| mentioning(proc, &wanted, std::fs::read(proc.join("cmdline")).ok()))
+            .collect();
+        let _ = done.send(found);
+    });
+    if let Ok(found) = scanned.recv_timeout(PROC_SCAN_LIMIT) {
+        return found;
+    }
+    procs
+        .iter()
+        .filter_map(
+            |proc| match read_within(proc.join("cmdline"), PROC_READ_LIMIT) {
+                Some(cmdline) => mentioning(proc, &needle, cmdline),
+                // Its memory is locked (a VM process stuck in its exit, say): what it has open
+                // still names its directories.
+                None => {
+                    let files = open_files(proc);
+                    files.contains(&needle).then(|| {
+                        format!("{}: (command line unreadable) files: {files}", pid_of(proc))
+                    })
+                }
+            },
+        )
         .collect()
+}
+
+fn pid_of(proc: &Path) -> String {
+    proc.file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// `pid: cmdline` if the process's command line (`None`: gone) mentions `needle`.
+fn mentioning(proc: &Path, needle: &str, cmdline: Option<Vec<u8>>) -> Option<String> {
+    let cmdline = String::from_utf8_lossy(&cmdline?).replace('\0', " ");
+    cmdline
+        .contains(needle)
+        .then(|| format!("{}: {cmdline}", pid_of(proc)))
+}
+
+/// How long reading every `/proc/PID/cmdline` may take. A read waits for the process's memory
+/// lock, which a process stuck in its exit may hold for good: the test would hang with it.
+const PROC_SCAN_LIMIT: Duration = Duration::from_secs(5);
+/// How long one read may take once a scan was stuck.
+const PROC_READ_LIMIT: Duration = Duration::from_secs(2);
+
+/// Reads `path` on a thread of its own: `None` if that takes longer than `limit` (the thread
+/// is left to finish, or to end with the test binary), else what was read (`None` inside:
+/// it could not be read).
+fn read_within(path: PathBuf, limit: Duration) -> Option<Option<Vec<u8>>> {
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(std::fs::read(path).ok());
+    });
+    result.recv_timeout(limit).ok()
+}
+
+/// The targets of a process's open file descriptors, space-separated.
+fn open_files(proc_dir: &Path) -> String {
+    std::fs::read_dir(proc_dir.join("fd"))
+        .map(|fds| {
+            fds.filter_map(Result::ok)
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .map(|target| target.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
 }
 
 /// Output of a child collected in the background, searchable while it runs.

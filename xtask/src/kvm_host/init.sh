@@ -66,7 +66,8 @@ cp /krunbox/command.sh /newroot/run/kvm-host-command.sh
     for proc in /proc/[0-9]*; do
         # Kernel threads have no command line.
         [ -s "$proc/cmdline" ] || continue
-        echo "$(cut -d' ' -f1-5 "$proc/stat") wchan=$(cat "$proc/wchan" 2>/dev/null): $(tr '\0' ' ' < "$proc/cmdline" 2>/dev/null | cut -c1-160)"
+        # The command line last and bounded: reading it waits for the process's memory lock.
+        echo "$(cut -d' ' -f1-5 "$proc/stat") wchan=$(cat "$proc/wchan" 2>/dev/null): $(timeout 2 cat "$proc/cmdline" 2>/dev/null | tr '\0' ' ' | cut -c1-160)"
         sed 's/^/    /' "$proc/stack" 2>/dev/null | head -8
     done > /results/processes.tmp 2>&1
     mv /results/processes.tmp /results/processes
