@@ -1,8 +1,10 @@
-//! Feeds arbitrary bytes to the frame decoder exactly as a connection would: it must never
-//! panic, and every frame it accepts must re-encode to a frame that decodes to the same value.
+//! Feeds arbitrary bytes to the frame reader exactly as a connection would: it must never
+//! panic, and every frame it accepts must re-encode, by the codec and by the connection's
+//! writer (which writes a bulk payload after a header of its own), to bytes that decode to
+//! the same value.
 #![no_main]
 
-use krunbox_protocol::frame::{decode_all, FrameCodec};
+use krunbox_protocol::frame::{decode_all, encode_all, FrameCodec};
 use libfuzzer_sys::fuzz_target;
 use tokio_util_shim::encode;
 
@@ -12,6 +14,10 @@ fuzz_target!(|data: &[u8]| {
         let bytes = encode(&mut FrameCodec::new(), frame.clone());
         let (again, err) = decode_all(&bytes);
         assert!(err.is_none(), "re-encoded frame fails to decode: {err:?}");
+        assert_eq!(again, vec![frame.clone()]);
+        let written = encode_all(vec![frame.clone()]).expect("a decoded frame fits the limit");
+        let (again, err) = decode_all(&written);
+        assert!(err.is_none(), "a written frame fails to decode: {err:?}");
         assert_eq!(again, vec![frame]);
     }
 });

@@ -191,9 +191,9 @@ fn own_small_payload(envelope: &mut Envelope, frame_len: usize) {
     }
 }
 
-/// Decodes every complete frame at the start of `bytes`, the way a connection would: the
-/// frames decoded so far, then the error that would close the connection, if any.
-/// Used by the fuzz target and by tests; never panics on any input.
+/// Decodes the frames of `bytes` with [`FrameReader`], as a connection would: the frames
+/// decoded, then the error that would close the connection, if any (bytes that end inside a
+/// frame are one). Used by the fuzz target and by tests; never panics on any input.
 ///
 /// ```
 /// let (frames, err) = krunbox_protocol::frame::decode_all(&[0, 0, 0, 2, 0xff, 0xff]);
@@ -201,16 +201,37 @@ fn own_small_payload(envelope: &mut Envelope, frame_len: usize) {
 /// assert!(err.is_some());
 /// ```
 pub fn decode_all(bytes: &[u8]) -> (Vec<Envelope>, Option<FrameError>) {
-    let mut codec = FrameCodec::new();
-    let mut buf = BytesMut::from(bytes);
+    use futures_util::FutureExt;
+    let mut reader = FrameReader::new(bytes);
     let mut frames = Vec::new();
     loop {
-        match codec.decode(&mut buf) {
-            Ok(Some(frame)) => frames.push(frame),
-            Ok(None) => return (frames, None),
-            Err(err) => return (frames, Some(err)),
+        // A byte slice is always ready: each read completes at once.
+        match reader.next().now_or_never().flatten() {
+            Some(Ok(frame)) => frames.push(frame),
+            Some(Err(err)) => return (frames, Some(err)),
+            None => return (frames, None),
         }
     }
+}
+
+/// Encodes `frames` with [`FrameWriter`], as a connection would (bulk payloads written after
+/// their hand-encoded header). For the fuzz target and tests.
+pub fn encode_all(frames: Vec<Envelope>) -> Result<Vec<u8>, FrameError> {
+    use futures_util::FutureExt;
+    let mut out = Vec::new();
+    let mut writer = FrameWriter::new(&mut out);
+    let written = async {
+        for frame in frames {
+            writer.feed(frame).await?;
+        }
+        writer.flush().await
+    };
+    // Writes to a Vec are always ready.
+    match written.now_or_never() {
+        Some(result) => result?,
+        None => return Err(FrameError::Io(std::io::ErrorKind::WouldBlock.into())),
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::codec::Decoder;
 
-use super::{announced_len, decode_frame, pool, FrameCodec, FrameError, PREFIX_LEN};
 use super::BULK_PAYLOAD_MIN;
+use super::{announced_len, decode_frame, pool, FrameCodec, FrameError, PREFIX_LEN};
 use crate::messages::Envelope;
 
 /// How much one read of small frames asks for.
@@ -96,7 +96,7 @@ fn ended_inside_a_frame() -> FrameError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{Encoder, FrameWriter, MAX_CHUNK_LEN, MAX_FRAME_LEN};
+    use crate::frame::{encode_all, Encoder, MAX_CHUNK_LEN, MAX_FRAME_LEN};
     use crate::messages::{Body, FileChunk, OutputChunk, Ping, StdinData};
     use bytes::Bytes;
 
@@ -152,12 +152,7 @@ mod tests {
         for frame in frames() {
             FrameCodec::new().encode(frame, &mut by_codec).unwrap();
         }
-        let mut by_writer = Vec::new();
-        let mut writer = FrameWriter::new(&mut by_writer);
-        for frame in frames() {
-            writer.feed(frame).await.unwrap();
-        }
-        writer.flush().await.unwrap();
+        let by_writer = encode_all(frames()).unwrap();
         for bytes in [by_codec.to_vec(), by_writer] {
             for step in [13, 4096, 300_000] {
                 let (got, err) = read_all(bytes.clone(), step).await;

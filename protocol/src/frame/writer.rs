@@ -162,7 +162,7 @@ fn message_of(body: &crate::messages::Body) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::decode_all;
+    use crate::frame::{decode_all, encode_all};
     use crate::messages::{Body, FileChunk, OutputChunk, StdinData};
 
     fn bodies(data: Bytes) -> Vec<Body> {
@@ -182,16 +182,6 @@ mod tests {
         ]
     }
 
-    async fn written(frames: Vec<Envelope>) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut writer = FrameWriter::new(&mut out);
-        for frame in frames {
-            writer.feed(frame).await.unwrap();
-        }
-        writer.flush().await.unwrap();
-        out
-    }
-
     #[tokio::test]
     async fn bulk_frames_written_around_their_payload_decode_as_the_frames_sent() {
         for len in [BULK_PAYLOAD_MIN, 200_000, super::super::MAX_CHUNK_LEN] {
@@ -201,7 +191,7 @@ mod tests {
                     .into_iter()
                     .map(|body| Envelope::new(id, body))
                     .collect();
-                let bytes = written(frames.clone()).await;
+                let bytes = encode_all(frames.clone()).unwrap();
                 let (decoded, err) = decode_all(&bytes);
                 assert!(err.is_none(), "{err:?}");
                 assert_eq!(decoded, frames, "payload of {len}, id {id}");
@@ -227,7 +217,7 @@ mod tests {
             }),
         );
         let frames = vec![small.clone(), bulk, small.clone()];
-        let bytes = written(frames.clone()).await;
+        let bytes = encode_all(frames.clone()).unwrap();
         assert_eq!(decode_all(&bytes).0, frames);
         let mut alone = BytesMut::new();
         FrameCodec::new().encode(small, &mut alone).unwrap();
