@@ -172,12 +172,14 @@ async fn dispatch(
         | Body::Signal(_)
         | Body::Window(_)
         | Body::FileChunk(_)) => {
+            let (kind, credit) = (body.kind(), matches!(body, Body::Window(_)));
+            // By value: a payload held here too could not go back to the chunk pool.
             let delivered = lock(operations)
                 .get(&id)
-                .is_some_and(|inbox| inbox.send(body.clone()).is_ok());
+                .is_some_and(|inbox| inbox.send(body).is_ok());
             // Credit for an operation that just ended is harmless; anything else is a host bug.
-            if !delivered && !matches!(body, Body::Window(_)) {
-                let message = format!("no operation {id} for a {} frame", body.kind());
+            if !delivered && !credit {
+                let message = format!("no operation {id} for a {kind} frame");
                 reply
                     .send(Body::Error(ErrorReply::new(
                         ErrorKind::UnknownOperation,

@@ -5,7 +5,8 @@
 //! Both ends read frames with [`FrameReader`] (`reader.rs`: a bulk frame into a buffer of its
 //! own) and write them with [`FrameWriter`] (`writer.rs`: small ones gathered, bulk payloads
 //! from their own buffers); `pool.rs` keeps those buffers for the next chunk. [`FrameCodec`]
-//! is the same format for `tokio_util`'s `Framed` and for [`decode_all`].
+//! is the same format for `tokio_util`'s `Framed` (tests, hostile peers in tests), and
+//! [`decode_all`] and [`encode_all`] are the reader and writer over bytes in memory.
 
 use bytes::{Buf, BufMut, Bytes};
 use prost::Message;
@@ -33,11 +34,10 @@ pub const MAX_FRAME_LEN: usize = 1024 * 1024;
 
 /// The largest payload a data frame (output, stdin, file chunk) carries; well under
 /// [`MAX_FRAME_LEN`] so that the envelope overhead always fits. Each chunk is read into a
-/// buffer of its own, which in the guest's agent (static musl) is a mapping of its own above
-/// musl's mmap threshold (about 128 KiB); 256 KiB chunks are still faster there than 64 KiB
-/// ones, which take four frames, four reads and four wake-ups for the same bytes (measured
-/// side by side with `KRUNBOX_BENCH_AGENT`: stdout 0.83 against 0.63 GB/s, get 1.04 against
-/// 0.79, the musl agent in host mode).
+/// buffer of its own, taken from and given back to the pool (`pool.rs`); 256 KiB chunks beat
+/// 64 KiB ones, which take four frames, four reads and four wake-ups for the same bytes
+/// (measured side by side with `KRUNBOX_BENCH_AGENT`, before the pool: stdout 0.83 against
+/// 0.63 GB/s, get 1.04 against 0.79, the musl agent in host mode).
 pub const MAX_CHUNK_LEN: usize = 256 * 1024;
 
 /// Why a frame could not be read or written.
@@ -121,8 +121,12 @@ fn announced_len(src: &[u8]) -> Result<Option<usize>, FrameError> {
 /// One frame's envelope from its bytes (the prefix excluded).
 fn decode_frame(bytes: Bytes) -> Result<Envelope, FrameError> {
     let frame_len = bytes.len();
-    let mut envelope = Envelope::decode(bytes)?;
-    own_small_payload(&mut envelope, frame_len);
+    let mut envelope = Envelope::decode(bytes.clone())?;
+    if own_small_payload(&mut envelope, frame_len) {
+        // Nothing of the envelope refers to the frame now (only payloads are not copied by
+        // the decoder): its buffer can serve the next chunk.
+        recycle(bytes);
+    }
     Ok(envelope)
 }
 
@@ -162,8 +166,9 @@ where
 
 /// The payload of a chunk read into `buf`: the buffer itself when the read filled at least
 /// half of it, else a copy of what was read (and the buffer goes back to the pool), so that a
-/// short read (a line of terminal output) does not hold a whole buffer while its frame waits
-/// to be sent.
+/// short read (a line of terminal output, or a read limited by little credit) does not hold a
+/// whole buffer while its frame waits: the frames a window allows could otherwise pin a
+/// chunk buffer each.
 pub fn chunk_payload(buf: BytesMut) -> Bytes {
     if buf.len().saturating_mul(2) < buf.capacity() {
         let copy = Bytes::copy_from_slice(&buf);
@@ -177,18 +182,22 @@ pub fn chunk_payload(buf: BytesMut) -> Bytes {
 /// Payloads at least this large keep sharing the read buffer (no copy for bulk data).
 const SHARED_PAYLOAD_MIN: usize = 64 * 1024;
 
-/// A payload decoded without copying shares the read buffer's whole allocation, so one byte
-/// of payload (say in a 1 MiB frame whose rest is unknown fields, which the decoder skips)
-/// would keep megabytes alive while flow control counts one byte. Payloads under
-/// [`SHARED_PAYLOAD_MIN`], or under half their frame, are copied out: what a peer makes this
-/// side hold stays within a small multiple (≤ 32×, a 2 MiB buffer for 64 KiB) of what flow
-/// control charges it.
-fn own_small_payload(envelope: &mut Envelope, frame_len: usize) {
-    if let Some(data) = envelope.body.as_mut().and_then(|b| b.payload_mut()) {
-        if data.len() < SHARED_PAYLOAD_MIN || data.len().saturating_mul(2) < frame_len {
-            *data = Bytes::copy_from_slice(data);
-        }
+/// A payload decoded without copying shares its frame's buffer, so one byte of payload (say
+/// in a 1 MiB frame whose rest is unknown fields, which the decoder skips) would keep the
+/// whole frame alive while flow control counts one byte. Payloads under
+/// [`SHARED_PAYLOAD_MIN`], or under half their frame, are copied out (returns whether it
+/// was): a shared payload is at least half of a buffer of its own frame's size (`reader.rs`
+/// reads every frame that long into its own), so what a peer makes this side hold stays
+/// within 2× what flow control charges it.
+fn own_small_payload(envelope: &mut Envelope, frame_len: usize) -> bool {
+    let Some(data) = envelope.body.as_mut().and_then(|b| b.payload_mut()) else {
+        return false;
+    };
+    if data.len() < SHARED_PAYLOAD_MIN || data.len().saturating_mul(2) < frame_len {
+        *data = Bytes::copy_from_slice(data);
+        return true;
     }
+    false
 }
 
 /// Decodes the frames of `bytes` with [`FrameReader`], as a connection would: the frames

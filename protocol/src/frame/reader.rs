@@ -24,6 +24,8 @@ pub struct FrameReader<R> {
     /// Bytes read and not yet decoded.
     buffered: BytesMut,
     codec: FrameCodec,
+    /// An error was returned: the stream is out of step, and nothing more is read from it.
+    failed: bool,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -33,16 +35,30 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             input,
             buffered: BytesMut::new(),
             codec: FrameCodec::new(),
+            failed: false,
         }
     }
 
     /// The next frame; `None` when the stream ends between frames. An error (a frame past
     /// the limit, one that does not decode, the stream ending inside a frame) ends the
-    /// connection: nothing after it can be trusted to be in step.
+    /// stream: nothing after it can be trusted to be in step, so later calls return `None`.
+    ///
+    /// Not cancel-safe: a call dropped while it waits inside a frame loses that frame and
+    /// the stream's place (each end reads from one task that awaits it to the end).
     pub async fn next(&mut self) -> Option<Result<Envelope, FrameError>> {
+        if self.failed {
+            return None;
+        }
+        let next = self.read_next().await;
+        self.failed = matches!(next, Some(Err(_)));
+        next
+    }
+
+    async fn read_next(&mut self) -> Option<Result<Envelope, FrameError>> {
         loop {
             match announced_len(&self.buffered) {
                 Err(err) => return Some(Err(err)),
+                // A frame that long may carry a bulk payload: a buffer of its own.
                 Ok(Some(len)) if len >= BULK_PAYLOAD_MIN => return Some(self.read_bulk(len).await),
                 Ok(_) => {}
             }

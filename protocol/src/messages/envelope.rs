@@ -112,6 +112,8 @@ impl Body {
     /// [`Self::payload_mut`] and where the payload sits on the wire: the body's field number
     /// in [`Envelope`] and the payload's in the body's message (their `tag`s), so that the
     /// frame writer can write the payload from its own buffer after the rest of the frame.
+    /// The numbers repeat the `tag`s above and in the messages; `frame/writer.rs`'s tests
+    /// decode every such frame it writes, which fails if one is wrong.
     pub(crate) fn payload_field_mut(&mut self) -> Option<(PayloadField, &mut ::bytes::Bytes)> {
         let (body_tag, data_tag, data) = match self {
             Body::StdinData(d) => (8, 1, &mut d.data),
