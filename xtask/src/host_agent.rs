@@ -8,7 +8,7 @@ use anyhow::Context;
 use crate::build_init;
 
 /// A guest-init binary to run instead of building one: to set two builds side by side.
-const AGENT_OVERRIDE: &str = "KRUNBOX_BENCH_AGENT";
+pub const AGENT_OVERRIDE: &str = "KRUNBOX_BENCH_AGENT";
 
 /// A running host-mode agent; killed when dropped, however the caller ends.
 pub struct HostAgent {

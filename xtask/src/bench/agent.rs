@@ -5,10 +5,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use krunbox_protocol::client::{Client, ExecEvent, ExecSpec};
+use krunbox_protocol::client::{Client, ExecSpec};
 use krunbox_protocol::transport::AgentAddress;
 
 use super::table::{millis, percentile, rate, ratio, Table};
+use super::transfer::{producer, transfers, write_source};
 use crate::host_agent::HostAgent;
 
 pub fn run(iterations: usize, megabytes: u64) -> anyhow::Result<()> {
@@ -109,21 +110,14 @@ async fn measure(
 
     concurrent(&client, 1000, 16).await?;
 
-    // Stdout throughput vs reading the same command's pipe on the host.
+    // Stdout, put and get vs the same bytes on the host: the command's pipe read there, and a
+    // copy of the same file.
     let bytes = megabytes * 1024 * 1024;
-    let producer = ["head", "-c", &bytes.to_string(), "/dev/zero"].map(String::from);
-    let started = Instant::now();
-    let mut exec = client.exec(ExecSpec::new(producer.clone())).await?;
-    let mut received = 0u64;
-    while let Some(event) = exec.next_event().await? {
-        if let ExecEvent::Output { data, .. } = event {
-            received += data.len() as u64;
-        }
-    }
-    let agent_stdout = started.elapsed();
-    if received != bytes {
-        bail!("stdout benchmark received {received} of {bytes} bytes");
-    }
+    let source = scratch.join("payload");
+    write_source(&source, bytes).context("write the payload")?;
+    let remote = scratch.join("remote-copy").display().to_string();
+    let agent = transfers(&client, &source, &remote, bytes).await?;
+    let producer = producer(bytes);
     let started = Instant::now();
     let mut child = Command::new(&producer[0])
         .args(&producer[1..])
@@ -133,21 +127,6 @@ async fn measure(
     let host_bytes = std::io::copy(&mut pipe, &mut std::io::sink())?;
     child.wait()?;
     let host_stdout = started.elapsed();
-
-    // File put/get vs a host copy of the same file.
-    let source = scratch.join("payload");
-    std::fs::write(&source, vec![0x5au8; bytes as usize]).context("write payload")?;
-    let remote = scratch.join("remote-copy").display().to_string();
-    let started = Instant::now();
-    let file = tokio::fs::File::open(&source).await?;
-    client.put(file, remote.as_str(), 0o644).await?;
-    let put = started.elapsed();
-    let started = Instant::now();
-    let (_, got) = client.get(remote.as_str(), tokio::io::sink()).await?;
-    let get = started.elapsed();
-    if got != bytes {
-        bail!("get returned {got} of {bytes} bytes");
-    }
     let started = Instant::now();
     std::fs::copy(&source, scratch.join("host-copy"))?;
     let host_copy = started.elapsed();
@@ -155,21 +134,21 @@ async fn measure(
     let mut throughput = Table::new(&["transfer", "agent", "host", "time ratio"]);
     throughput.row(vec![
         format!("stdout {megabytes} MiB"),
-        rate(received, agent_stdout),
+        rate(bytes, agent.stdout),
         rate(host_bytes, host_stdout),
-        ratio(agent_stdout.as_secs_f64(), host_stdout.as_secs_f64()),
+        ratio(agent.stdout.as_secs_f64(), host_stdout.as_secs_f64()),
     ]);
     throughput.row(vec![
         format!("put {megabytes} MiB"),
-        rate(bytes, put),
+        rate(bytes, agent.put),
         rate(bytes, host_copy),
-        ratio(put.as_secs_f64(), host_copy.as_secs_f64()),
+        ratio(agent.put.as_secs_f64(), host_copy.as_secs_f64()),
     ]);
     throughput.row(vec![
         format!("get {megabytes} MiB"),
-        rate(bytes, get),
+        rate(bytes, agent.get),
         rate(bytes, host_copy),
-        ratio(get.as_secs_f64(), host_copy.as_secs_f64()),
+        ratio(agent.get.as_secs_f64(), host_copy.as_secs_f64()),
     ]);
     throughput.print("Throughput (agent over unix socket vs the same bytes on the host)");
     Ok(())

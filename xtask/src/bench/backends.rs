@@ -27,8 +27,14 @@ struct Setup {
 }
 
 pub fn run(runs: usize) -> anyhow::Result<()> {
-    if std::env::var_os(INSIDE).is_none() {
-        return run_in_kvm_host(runs);
+    if !in_kvm_host() {
+        PrivateKrunbox::build()?;
+        built_kernel().context("krunbox's kernel is not built: cargo xtask build-kernel")?;
+        return run_in_kvm_host(
+            "backends",
+            &["--iterations".into(), (runs * 60).to_string()],
+            &[],
+        );
     }
     let binary = workspace::target_dir().join("release/krunbox");
     let krunbox = PrivateKrunbox::with_binary(binary)?;
@@ -89,23 +95,30 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds krunbox (release), guest-init and the kernel check here, then runs this suite in a
-/// KVM host.
-fn run_in_kvm_host(runs: usize) -> anyhow::Result<()> {
-    PrivateKrunbox::build()?;
-    built_kernel().context("krunbox's kernel is not built: cargo xtask build-kernel")?;
+/// Whether this run is the one inside the KVM host.
+pub fn in_kvm_host() -> bool {
+    std::env::var_os(INSIDE).is_some()
+}
+
+/// Runs `cargo xtask bench --suite SUITE ARGS` (this very binary) in a KVM host, marked as
+/// inside, with `env` (`NAME=VALUE`) too; what it needs must be built first (the KVM host
+/// cannot build).
+pub fn run_in_kvm_host(suite: &str, args: &[String], env: &[String]) -> anyhow::Result<()> {
     let xtask = std::env::current_exe().context("find the xtask binary")?;
-    let status = Command::new(&xtask)
-        .args(["kvm-host", "--env"])
-        .arg(format!("{INSIDE}=1"))
+    let mut cmd = Command::new(&xtask);
+    cmd.args(["kvm-host", "--env"]).arg(format!("{INSIDE}=1"));
+    for variable in env {
+        cmd.arg("--env").arg(variable);
+    }
+    let status = cmd
         .arg("--")
         .arg(&xtask)
-        .args(["bench", "--suite", "backends", "--iterations"])
-        .arg((runs * 60).to_string())
+        .args(["bench", "--suite", suite])
+        .args(args)
         .status()
         .context("run the KVM host")?;
     if !status.success() {
-        bail!("the backends suite in the KVM host failed with {status}");
+        bail!("the {suite} suite in the KVM host failed with {status}");
     }
     Ok(())
 }

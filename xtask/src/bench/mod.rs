@@ -14,6 +14,9 @@
 //!   boot → exec → exit, exec round trip, host memory per idle sandbox, as ratios.
 //! - `sandboxes`: named sandboxes started in parallel (per minute) and the host memory (RSS,
 //!   PSS) of each once idle.
+//! - `streams`: the agent's exec round trip and stdout/put/get through a real VM (QEMU with
+//!   TCG; with `--in-kvm-host`, QEMU with KVM and libkrun in a KVM host), as ratios to the
+//!   same agent in host mode.
 
 mod agent;
 mod backends;
@@ -24,7 +27,9 @@ mod images;
 mod krun_vmm;
 mod private;
 mod sandboxes;
+mod streams;
 mod table;
+mod transfer;
 
 use crate::workspace;
 
@@ -43,6 +48,10 @@ pub struct Args {
     /// Megabytes moved in each throughput measurement.
     #[arg(long, default_value_t = 256)]
     megabytes: u64,
+    /// The `streams` suite in a KVM host (`cargo xtask kvm-host`): QEMU with KVM and libkrun
+    /// instead of QEMU with TCG.
+    #[arg(long)]
+    in_kvm_host: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -59,6 +68,8 @@ enum Suite {
     Sandboxes,
     /// libkrun against QEMU with KVM, in one KVM host (runs itself inside one).
     Backends,
+    /// The agent's data path through a VM against host mode.
+    Streams,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -73,6 +84,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             Suite::Boot,
             Suite::Sandboxes,
             Suite::Backends,
+            Suite::Streams,
         ]
     } else {
         args.suites.clone()
@@ -85,6 +97,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             Suite::Boot => boot::run((args.iterations / 60).max(1))?,
             Suite::Sandboxes => sandboxes::run(args.sandboxes.max(1))?,
             Suite::Backends => backends::run((args.iterations / 60).max(1))?,
+            Suite::Streams => streams::run(
+                (args.iterations / 3).max(1),
+                args.megabytes,
+                args.in_kvm_host,
+            )?,
         }
     }
     Ok(())
