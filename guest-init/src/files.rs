@@ -21,7 +21,6 @@ use krunbox_protocol::messages::{
     Body, DirListing, ErrorKind, ErrorReply, FileChunk, FileDone, FileOp, FileRequest, FileResult,
     FileResultKind, FileStat, FileType, WindowUpdate, WriteOp,
 };
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use crate::outgoing::Reply;
@@ -278,7 +277,10 @@ async fn write_file(
         path: temp_path.clone(),
         keep: false,
     };
-    let mut file = tokio::fs::File::from_std(std_file);
+    // Each chunk is written from its own buffer on a blocking thread (tokio's `File` would
+    // copy it into a buffer of its own first), one write in flight while the next arrives.
+    let file = Arc::new(std_file);
+    let mut writing: Option<tokio::task::JoinHandle<io::Result<()>>> = None;
     let mut window = RecvWindow::new();
     let mut total = 0u64;
     loop {
@@ -288,9 +290,14 @@ async fn write_file(
                 window
                     .received(len)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                file.write_all(&chunk.data).await?;
+                finish_write(writing.take()).await?;
+                let (file, data) = (file.clone(), chunk.data);
+                writing = Some(tokio::task::spawn_blocking(move || {
+                    std::io::Write::write_all(&mut &*file, &data)?;
+                    krunbox_protocol::frame::recycle(data);
+                    Ok(())
+                }));
                 total += len as u64;
-                krunbox_protocol::frame::recycle(chunk.data);
                 if chunk.eof {
                     break;
                 }
@@ -312,7 +319,7 @@ async fn write_file(
             }
         }
     }
-    file.flush().await?;
+    finish_write(writing.take()).await?;
     drop(file);
     let target = path.clone();
     let renamed = tokio::task::spawn_blocking(move || {
@@ -325,6 +332,14 @@ async fn write_file(
     renamed?;
     temp.keep = true;
     Ok(FileResultKind::Done(FileDone { bytes: total }))
+}
+
+/// Waits for a chunk's write, if one is under way.
+async fn finish_write(writing: Option<tokio::task::JoinHandle<io::Result<()>>>) -> io::Result<()> {
+    match writing {
+        Some(write) => write.await.map_err(io::Error::other)?,
+        None => Ok(()),
+    }
 }
 
 async fn read_file(
