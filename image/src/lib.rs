@@ -10,6 +10,7 @@ pub mod limits;
 pub mod local_registry;
 pub mod lock;
 pub mod manifest;
+pub mod newc;
 pub mod platform;
 pub mod pull;
 pub mod push;

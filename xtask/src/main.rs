@@ -8,7 +8,6 @@ mod demo;
 mod fuzz;
 mod host_agent;
 mod kvm_host;
-mod newc;
 mod sign;
 mod workspace;
 

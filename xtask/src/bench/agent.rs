@@ -9,7 +9,7 @@ use krunbox_protocol::client::{Client, ExecSpec};
 use krunbox_protocol::transport::AgentAddress;
 
 use super::table::{millis, percentile, rate, ratio, Table};
-use super::transfer::{producer, transfers, write_source};
+use super::transfer::{exec_round_trips, producer, transfers, write_source};
 use crate::host_agent::HostAgent;
 
 pub fn run(iterations: usize, megabytes: u64) -> anyhow::Result<()> {
@@ -165,20 +165,7 @@ async fn concurrent(client: &Client, total: usize, clients: usize) -> anyhow::Re
         let each = share_of(i);
         let client = client.clone();
         tasks.push(tokio::spawn(async move {
-            let mut samples = Vec::with_capacity(each);
-            for _ in 0..each {
-                let one = Instant::now();
-                let output = client
-                    .exec(ExecSpec::new(["true"]))
-                    .await?
-                    .collect()
-                    .await?;
-                samples.push(one.elapsed());
-                if output.status.shell_code() != 0 {
-                    bail!("`true` failed in the agent: {:?}", output.status);
-                }
-            }
-            Ok::<_, anyhow::Error>(samples)
+            exec_round_trips(&client, each).await
         }));
     }
     let mut agent_samples = Vec::with_capacity(total);

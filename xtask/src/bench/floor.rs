@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::newc::{Newc, DIR, FILE_EXEC};
+use krunbox_image::newc::{Newc, DIR, FILE_EXEC};
 
 /// busybox-static is one of `scripts/setup.sh`'s packages.
 const BUSYBOX: &str = "/bin/busybox";

@@ -5,7 +5,7 @@
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use crate::newc::{Newc, CHAR_DEV, DIR, FILE, FILE_EXEC};
+use krunbox_image::newc::{Newc, FILE, FILE_EXEC};
 
 /// Why the initramfs could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +74,7 @@ fn skeleton(
     contents: &Contents<'_>,
     modules: &[(String, Vec<u8>)],
 ) -> std::io::Result<()> {
-    for dir in [
+    archive.dirs(&[
         "bin",
         "dev",
         "proc",
@@ -82,11 +82,8 @@ fn skeleton(
         "newroot",
         "krunbox",
         "krunbox/modules",
-    ] {
-        archive.entry(dir, DIR, &[], None)?;
-    }
-    // The kernel opens /dev/console for init's stdio before devtmpfs is mounted.
-    archive.entry("dev/console", CHAR_DEV, &[], Some((5, 1)))?;
+    ])?;
+    archive.console()?;
     archive.entry("bin/busybox", FILE_EXEC, busybox, None)?;
     archive.entry("init", FILE_EXEC, INIT.as_bytes(), None)?;
     archive.entry("krunbox/command.sh", FILE, contents.command_script, None)?;
@@ -100,6 +97,7 @@ fn skeleton(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use krunbox_image::newc::CHAR_DEV;
 
     fn entries(image: &Path) -> Vec<(String, u32, Vec<u8>)> {
         let mut file = std::fs::File::open(image).unwrap();

@@ -3,11 +3,13 @@
 //! it switches to the virtio-fs root. Written as a newc cpio archive and cached by content:
 //! the name carries a hash of guest-init and the modules, so a rebuilt agent gets a new image.
 
-use crate::io_error::io;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use krunbox_image::newc::{Newc, FILE, FILE_EXEC};
 use sha2::{Digest, Sha256};
+
+use crate::io_error::io;
 
 /// Why the initramfs could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -65,51 +67,26 @@ fn module_entry_name(index: usize, path: &Path) -> String {
     format!("krunbox/modules/{index:02}-{base}")
 }
 
-const DIR: u32 = 0o040_755;
-const FILE_EXEC: u32 = 0o100_755;
-const FILE: u32 = 0o100_644;
-const CHAR_DEV: u32 = 0o020_600;
-
 fn write_archive(
     out: &mut impl Write,
     init: &[u8],
     modules: &[(String, Vec<u8>)],
 ) -> std::io::Result<()> {
-    let mut ino = 1u32;
-    let mut entry =
-        |out: &mut dyn Write, name: &str, mode: u32, data: &[u8], rdev: Option<(u32, u32)>| {
-            let size = u32::try_from(data.len())
-                .map_err(|_| std::io::Error::other(format!("{name} is larger than 4 GiB")))?;
-            let mut builder = cpio::NewcBuilder::new(name)
-                .ino(ino)
-                .mode(mode)
-                .nlink(if mode & 0o040_000 != 0 { 2 } else { 1 });
-            if let Some((major, minor)) = rdev {
-                builder = builder.rdev_major(major).rdev_minor(minor);
-            }
-            ino += 1;
-            let mut writer = builder.write(out, size);
-            writer.write_all(data)?;
-            writer.finish().map(|_| ())
-        };
-    for dir in [
+    let mut archive = Newc::new(out);
+    archive.dirs(&[
         "dev",
         "proc",
         "sys",
         "newroot",
         "krunbox",
         "krunbox/modules",
-    ] {
-        entry(out, dir, DIR, &[], None)?;
-    }
-    // The kernel opens /dev/console for init's stdio before devtmpfs is mounted.
-    entry(out, "dev/console", CHAR_DEV, &[], Some((5, 1)))?;
-    entry(out, "init", FILE_EXEC, init, None)?;
+    ])?;
+    archive.console()?;
+    archive.entry("init", FILE_EXEC, init, None)?;
     for (name, bytes) in modules {
-        entry(out, name, FILE, bytes, None)?;
+        archive.entry(name, FILE, bytes, None)?;
     }
-    cpio::newc::trailer(out)?;
-    Ok(())
+    archive.finish().map(drop)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! A newc (SVR4 "new ASCII") cpio archive, the format Linux unpacks as an initramfs: the KVM
-//! host's and the boot bench's floor.
+//! A newc (SVR4 "new ASCII") cpio archive, the format Linux unpacks as an initramfs: the QEMU
+//! backend's guest initramfs, and xtask's KVM host and boot-bench floor.
 
 use std::io::Write;
 
@@ -19,6 +19,7 @@ pub struct Newc<W: Write> {
 }
 
 impl<W: Write> Newc<W> {
+    /// An archive written to `out`.
     pub fn new(out: W) -> Self {
         Self { out, ino: 1 }
     }
@@ -45,6 +46,20 @@ impl<W: Write> Newc<W> {
         let mut writer = builder.write(&mut self.out, size);
         writer.write_all(data)?;
         writer.finish().map(drop)
+    }
+
+    /// Adds each of `names` as a directory (parents first).
+    pub fn dirs(&mut self, names: &[&str]) -> std::io::Result<()> {
+        for name in names {
+            self.entry(name, DIR, &[], None)?;
+        }
+        Ok(())
+    }
+
+    /// Adds `dev/console` (after a `dev` directory): the kernel opens it for init's stdio
+    /// before devtmpfs is mounted, so an initramfs without it starts init with no output.
+    pub fn console(&mut self) -> std::io::Result<()> {
+        self.entry("dev/console", CHAR_DEV, &[], Some((5, 1)))
     }
 
     /// Writes the trailer and flushes; returns the writer.
