@@ -92,6 +92,7 @@ fn write_archive(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use krunbox_image::newc::{CHAR_DEV, DIR};
 
     use std::fs::File;
 
