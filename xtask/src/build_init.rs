@@ -87,8 +87,13 @@ pub fn run(args: &Args) -> anyhow::Result<Vec<PathBuf>> {
         std::fs::create_dir_all(&dest_dir)
             .with_context(|| format!("create {}", dest_dir.display()))?;
         let dest = dest_dir.join("guest-init");
-        std::fs::copy(&built, &dest)
-            .with_context(|| format!("copy {} to {}", built.display(), dest.display()))?;
+        // Beside it, then renamed over it: a running agent (a benchmark's, a VM's being
+        // started) keeps its own file, where copying onto it fails with ETXTBSY.
+        let staged = dest_dir.join(".guest-init.new");
+        std::fs::copy(&built, &staged)
+            .with_context(|| format!("copy {} to {}", built.display(), staged.display()))?;
+        std::fs::rename(&staged, &dest)
+            .with_context(|| format!("rename {} to {}", staged.display(), dest.display()))?;
         println!("guest-init for {}: {}", arch.name(), dest.display());
         installed.push(dest);
     }

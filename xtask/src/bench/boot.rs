@@ -9,8 +9,9 @@
 //!
 //! A further row is the same run from a warm pool (`krunbox pool start --size 1` with the same
 //! settings, krunbox's own kernel): each run takes the pool's booted VM; between runs the
-//! bench waits, untimed, for the keeper to boot the next. The last row is gVisor running
-//! `true` in the same image under podman (`gvisor.rs`).
+//! bench waits, untimed, for the keeper to boot the next. Then a paused named sandbox:
+//! `krunbox resume` and `krunbox exec NAME -- true`, paused again untimed between runs. The
+//! last row is gVisor running `true` in the same image under podman (`gvisor.rs`).
 //!
 //! TCG, not KVM: it is what our CI machines (nested `kvm_pvm`) run, and it is deterministic
 //! enough to compare kernels. The first run of each kernel is reported on its own: it imports
@@ -92,6 +93,11 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
             });
             krunbox.ok(&["pool", "stop", "default"])?;
             report.add(WARM_POOL, warm?);
+            report.add(
+                RESUME,
+                measure_totals(RESUME, runs, || resume_and_exec(&krunbox))?,
+            );
+            krunbox.ok(&["rm", "-f", PAUSED])?;
         }
     }
     match Gvisor::new()? {
@@ -105,6 +111,34 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
 const GVISOR: &str = "gVisor: podman --runtime runsc run --rm IMAGE true";
 const FLOOR: &str = "raw QEMU floor (own vmlinux, init = poweroff -f)";
 const WARM_POOL: &str = "the same, warm pool of 1 (own kernel)";
+const RESUME: &str = "a paused sandbox: resume + exec true (own kernel)";
+/// The sandbox the resume row pauses and resumes.
+const PAUSED: &str = "bench-paused";
+
+/// One `krunbox resume` of a paused sandbox and `krunbox exec NAME -- true` in it, timed;
+/// then, untimed, it is paused again. The first call creates, starts and pauses it.
+fn resume_and_exec(krunbox: &PrivateKrunbox) -> anyhow::Result<Duration> {
+    let listed = krunbox.ok(&["ps", "-a", "-q"])?;
+    if !listed.lines().any(|name| name == PAUSED) {
+        krunbox.ok(&[
+            "create",
+            "--name",
+            PAUSED,
+            "--backend",
+            "qemu",
+            "--accel",
+            "tcg",
+        ])?;
+        krunbox.ok(&["start", PAUSED])?;
+        krunbox.ok(&["pause", PAUSED])?;
+    }
+    let started = Instant::now();
+    krunbox.ok(&["resume", PAUSED])?;
+    krunbox.ok(&["exec", PAUSED, "--", "true"])?;
+    let elapsed = started.elapsed();
+    krunbox.ok(&["pause", PAUSED])?;
+    Ok(elapsed)
+}
 
 /// The table and each row's median, for the ratios to the floor.
 struct Report {
