@@ -21,6 +21,7 @@
 //! is a heavy TCG guest.
 
 mod command;
+mod frozen;
 mod initramfs;
 mod kernel;
 mod processes;
@@ -224,6 +225,7 @@ pub fn run(args: &Args) -> Result<i32, KvmHostError> {
 
     let console = dir.join("console.log");
     let qemu_log = dir.join("qemu.log");
+    let monitor = dir.join("monitor.sock");
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args(qemu_args(
         args,
@@ -231,9 +233,14 @@ pub fn run(args: &Args) -> Result<i32, KvmHostError> {
         &initramfs_path,
         &console,
         &devices,
-    ));
+    ))
+    .arg("-monitor")
+    .arg(format!("unix:{},server=on,wait=off", monitor.display()));
     redirect(&mut qemu, &qemu_log)?;
     children.spawn("qemu", &mut qemu)?;
+    let mut frozen = children
+        .pid("qemu")
+        .map(|pid| frozen::FrozenWatch::new(pid, &monitor));
     let prepared = started.elapsed();
     let qemu_started = Instant::now();
     let logs = Logs {
@@ -267,6 +274,9 @@ pub fn run(args: &Args) -> Result<i32, KvmHostError> {
         if interrupted.load(Ordering::Relaxed) {
             eprintln!("kvm-host: interrupted; stopping the KVM host");
             return Ok(130);
+        }
+        if let Some(watch) = frozen.as_mut() {
+            watch.check();
         }
         if booted.is_none() && results.join("booted").exists() {
             booted = Some(Instant::now());

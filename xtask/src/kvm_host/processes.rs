@@ -73,6 +73,14 @@ impl Children {
         Ok(())
     }
 
+    /// The process id of child `name`, while it is known.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.running
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, child)| child.id())
+    }
+
     /// `None` while child `name` runs, else its exit status.
     pub fn try_wait(&mut self, name: &str) -> Option<ExitStatus> {
         let (_, child) = self.running.iter_mut().find(|(n, _)| n == name)?;
