@@ -386,22 +386,20 @@ pub fn processes_mentioning(needle: &Path) -> Vec<String> {
         .map(|e| e.path())
         .collect();
     // All at once on one thread; only if that is stuck, each on a thread of its own.
-    let (done, scanned) = std::sync::mpsc::channel();
     let (all, wanted) = (procs.clone(), needle.clone());
-    std::thread::spawn(move || {
-        let found: Vec<String> = all
-            .iter()
+    let scan = within(PROC_SCAN_LIMIT, move || {
+        all.iter()
             .filter_map(|proc| mentioning(proc, &wanted, std::fs::read(proc.join("cmdline")).ok()))
-            .collect();
-        let _ = done.send(found);
+            .collect::<Vec<String>>()
     });
-    if let Ok(found) = scanned.recv_timeout(PROC_SCAN_LIMIT) {
+    if let Some(found) = scan {
         return found;
     }
     procs
         .iter()
-        .filter_map(
-            |proc| match read_within(proc.join("cmdline"), PROC_READ_LIMIT) {
+        .filter_map(|proc| {
+            let cmdline = proc.join("cmdline");
+            match within(PROC_READ_LIMIT, move || std::fs::read(cmdline).ok()) {
                 Some(cmdline) => mentioning(proc, &needle, cmdline),
                 // Its memory is locked (a VM process stuck in its exit, say): what it has open
                 // still names its directories.
@@ -411,8 +409,8 @@ pub fn processes_mentioning(needle: &Path) -> Vec<String> {
                         format!("{}: (command line unreadable) files: {files}", pid_of(proc))
                     })
                 }
-            },
-        )
+            }
+        })
         .collect()
 }
 
@@ -436,13 +434,15 @@ const PROC_SCAN_LIMIT: Duration = Duration::from_secs(5);
 /// How long one read may take once a scan was stuck.
 const PROC_READ_LIMIT: Duration = Duration::from_secs(2);
 
-/// Reads `path` on a thread of its own: `None` if that takes longer than `limit` (the thread
-/// is left to finish, or to end with the test binary), else what was read (`None` inside:
-/// it could not be read).
-fn read_within(path: PathBuf, limit: Duration) -> Option<Option<Vec<u8>>> {
+/// `work` run on a thread of its own: `None` if it takes longer than `limit` (the thread is
+/// left to finish, or to end with the test binary).
+fn within<T: Send + 'static>(
+    limit: Duration,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
     let (done, result) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let _ = done.send(std::fs::read(path).ok());
+        let _ = done.send(work());
     });
     result.recv_timeout(limit).ok()
 }
