@@ -103,6 +103,8 @@ fn spawn_failure_message(err: &SpawnError, program: &str, cwd: &str) -> String {
                 .map_or_else(|| format!("resource {resource}"), str::to_owned);
             format!("cannot set the command's {name} limit: {reason}")
         }
+        SpawnStage::Capabilities => format!("cannot set the command's capabilities: {reason}"),
+        SpawnStage::NoNewPrivileges => format!("cannot set no_new_privs: {reason}"),
         SpawnStage::Spawn | SpawnStage::Unspecified => {
             format!("cannot create a process for {program}: {reason}")
         }
@@ -399,6 +401,8 @@ async fn execute(
             .iter()
             .map(|l| (l.resource, l.soft, l.hard))
             .collect(),
+        capabilities: request.capabilities,
+        no_new_privileges: request.no_new_privileges,
     };
     let spawned = spawn::spawn(&agent.table, &command, stdio).await?;
     let pid = spawned.pid;

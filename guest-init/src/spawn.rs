@@ -21,7 +21,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use krunbox_protocol::messages::SpawnStage;
+use krunbox_protocol::messages::{CapabilitySets, SpawnStage};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg};
 use nix::unistd::Pid;
@@ -34,6 +34,11 @@ const CHILD_STACK: usize = 64 * 1024;
 const SIGSET_BYTES: libc::c_long = 8;
 /// The longest `PATH` candidate tried (Linux's `PATH_MAX`).
 const PATH_MAX: usize = 4096;
+/// The highest capability number the bounding-set loop tries (the kernel refuses those past
+/// its own last one with EINVAL, which is not an error here).
+const LAST_CAPABILITY: libc::c_long = 63;
+/// `_LINUX_CAPABILITY_VERSION_3`: `capset` with two 32-bit words per set.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 /// Why a command could not be started.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,6 +84,10 @@ pub struct Command {
     pub pty: bool,
     /// `(resource, soft, hard)` in Linux's numbering.
     pub rlimits: Vec<(u32, u64, u64)>,
+    /// The capability sets to give the command; `None` leaves them as Linux makes them.
+    pub capabilities: Option<CapabilitySets>,
+    /// Set `no_new_privs` before the `execve`.
+    pub no_new_privileges: bool,
 }
 
 /// A started command.
@@ -121,6 +130,8 @@ struct Plan {
     pty: bool,
     /// `(resource, [soft, hard])`: `prlimit64`'s arguments.
     rlimits: Vec<(libc::c_long, [u64; 2])>,
+    capabilities: Option<Capabilities>,
+    no_new_privileges: bool,
     stdio: [RawFd; 3],
     /// Set by the child when a step failed: `stage << 32 | errno`.
     failure: AtomicI64,
@@ -190,10 +201,39 @@ impl Plan {
                     Ok((libc::c_long::from(resource), [soft, hard]))
                 })
                 .collect::<Result<_, _>>()?,
+            capabilities: command.capabilities.map(Capabilities::new),
+            no_new_privileges: command.no_new_privileges,
             stdio,
             failure: AtomicI64::new(0),
             failed_limit: AtomicUsize::new(0),
         })
+    }
+}
+
+/// A command's capability sets as the child's system calls take them.
+struct Capabilities {
+    bounding: u64,
+    /// `capset`'s header: version 3, this process.
+    header: [u32; 2],
+    /// `capset`'s data: (effective, permitted, inheritable) for bits 0–31, then 32–63.
+    data: [[u32; 3]; 2],
+    ambient: u64,
+}
+
+impl Capabilities {
+    fn new(sets: CapabilitySets) -> Self {
+        let words = |mask: u64| [mask as u32, (mask >> 32) as u32];
+        let [effective, permitted, inheritable] =
+            [sets.effective, sets.permitted, sets.inheritable].map(words);
+        Self {
+            bounding: sets.bounding,
+            header: [CAPABILITY_VERSION_3, 0],
+            data: [
+                [effective[0], permitted[0], inheritable[0]],
+                [effective[1], permitted[1], inheritable[1]],
+            ],
+            ambient: sets.ambient,
+        }
     }
 }
 
@@ -364,6 +404,21 @@ fn prepare_and_exec(plan: &Plan) -> Result<Never, SpawnStage> {
                 return Err(SpawnStage::Rlimit);
             }
         }
+        // As runc: the bounding set first, while the agent (root) may still drop from it;
+        // capabilities kept across the change of user, then set once it is made.
+        if let Some(capabilities) = &plan.capabilities {
+            for capability in 0..=LAST_CAPABILITY {
+                if capabilities.bounding & (1 << capability) == 0
+                    && prctl(libc::PR_CAPBSET_DROP, capability, 0) < 0
+                    && Errno::last() != Errno::EINVAL
+                {
+                    return Err(SpawnStage::Capabilities);
+                }
+            }
+            if plan.uid.is_some() && !ok(prctl(libc::PR_SET_KEEPCAPS, 1, 0)) {
+                return Err(SpawnStage::Capabilities);
+            }
+        }
         if let Some(gid) = plan.gid {
             if !ok(libc::syscall(libc::SYS_setgid, gid as libc::c_long)) {
                 return Err(SpawnStage::SetGid);
@@ -384,6 +439,12 @@ fn prepare_and_exec(plan: &Plan) -> Result<Never, SpawnStage> {
                 return Err(SpawnStage::SetUid);
             }
         }
+        if let Some(capabilities) = &plan.capabilities {
+            set_capabilities(capabilities)?;
+        }
+        if plan.no_new_privileges && !ok(prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0)) {
+            return Err(SpawnStage::NoNewPrivileges);
+        }
         if let Some(cwd) = &plan.cwd {
             if libc::chdir(cwd.as_ptr()) != 0 {
                 return Err(SpawnStage::Chdir);
@@ -392,6 +453,61 @@ fn prepare_and_exec(plan: &Plan) -> Result<Never, SpawnStage> {
     }
     exec(plan);
     Err(SpawnStage::Exec)
+}
+
+/// `prctl(option, arg2, arg3, 0, 0)` as a raw system call: every argument given, since
+/// several options refuse (EINVAL) unused ones that are not zero.
+///
+/// # Safety
+/// Only for options that take scalars (no pointer is passed).
+unsafe fn prctl(option: c_int, arg2: libc::c_long, arg3: libc::c_long) -> libc::c_long {
+    // SAFETY: prctl with scalar arguments only.
+    unsafe {
+        libc::syscall(
+            libc::SYS_prctl,
+            libc::c_long::from(option),
+            arg2,
+            arg3,
+            0 as libc::c_long,
+            0 as libc::c_long,
+        )
+    }
+}
+
+/// The effective, permitted and inheritable sets, then the ambient one (raised from an empty
+/// one; each must be permitted and inheritable). `PR_SET_KEEPCAPS` ends at the `execve`.
+///
+/// # Safety
+/// Only system calls with pointers into `capabilities`: callable in the child.
+unsafe fn set_capabilities(capabilities: &Capabilities) -> Result<(), SpawnStage> {
+    let failed = |rc: libc::c_long| rc < 0;
+    // SAFETY: capset reads a two-word header and two three-word data blocks, both owned by
+    // `capabilities`; prctl takes scalars.
+    unsafe {
+        if failed(libc::syscall(
+            libc::SYS_capset,
+            capabilities.header.as_ptr(),
+            capabilities.data.as_ptr(),
+        )) || failed(prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL.into(),
+            0,
+        )) {
+            return Err(SpawnStage::Capabilities);
+        }
+        for capability in 0..=LAST_CAPABILITY {
+            if capabilities.ambient & (1 << capability) != 0
+                && failed(prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_RAISE.into(),
+                    capability,
+                ))
+            {
+                return Err(SpawnStage::Capabilities);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `execve` of `argv[0]`, searched in the command's `PATH` when it has no `/` (as `execvp`,

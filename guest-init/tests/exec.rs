@@ -464,3 +464,93 @@ async fn resource_limits_are_set_before_the_user_changes() {
         }
     }
 }
+
+/// A `/proc/self/status` field's mask (`CapBnd`, `CapEff`, ...).
+fn status_mask(status: &str, field: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .map(|hex| u64::from_str_radix(hex.trim(), 16).unwrap())
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
+}
+
+/// Linux's number of the capability to change the bounding set.
+const CAP_SETPCAP: u32 = 8;
+
+#[tokio::test]
+async fn capability_sets_and_no_new_privs_are_applied_as_asked() {
+    use krunbox_protocol::messages::CapabilitySets;
+    let agent = TestAgent::start();
+    let client = agent.client().await;
+    let status = |spec: ExecSpec| {
+        let client = &client;
+        async move {
+            let out = client.exec(spec).await.unwrap().collect().await.unwrap();
+            (String::from_utf8(out.stdout).unwrap(), out.status)
+        }
+    };
+    let cat = || ExecSpec::new(["cat", "/proc/self/status"]);
+
+    // no_new_privs needs no privilege.
+    let (text, _) = status(cat().no_new_privileges(true)).await;
+    assert_eq!(status_mask(&text, "NoNewPrivs"), 1, "{text}");
+    let (text, _) = status(cat()).await;
+    assert_eq!(status_mask(&text, "NoNewPrivs"), 0, "{text}");
+
+    const CHOWN: u64 = 1;
+    const KILL: u64 = 1 << 5;
+    let narrow = CapabilitySets {
+        bounding: CHOWN | KILL,
+        effective: CHOWN | KILL,
+        permitted: CHOWN | KILL,
+        ..Default::default()
+    };
+    if !(nix::unistd::Uid::effective().is_root() && has_capability(CAP_SETPCAP)) {
+        // An agent that may not narrow the bounding set says so; the command does not run.
+        let (text, status) = status(cat().capabilities(narrow)).await;
+        match status.outcome {
+            Some(Outcome::SpawnFailed(failure)) => {
+                assert_eq!(failure.stage(), SpawnStage::Capabilities);
+                assert_eq!(failure.errno, libc::EPERM);
+                assert!(
+                    failure.message.contains("capabilities"),
+                    "{}",
+                    failure.message
+                );
+                assert!(text.is_empty());
+            }
+            other => panic!("capabilities were not applied and the command ran: {other:?}"),
+        }
+        return;
+    }
+    // As root: the bounding set is what the command can ever have (Linux gives root its
+    // bounding set at execve).
+    let (text, _) = status(cat().capabilities(narrow)).await;
+    assert_eq!(status_mask(&text, "CapBnd"), CHOWN | KILL, "{text}");
+    assert_eq!(status_mask(&text, "CapEff"), CHOWN | KILL, "{text}");
+    // As another user: capabilities survive the change of user only as ambient ones.
+    let ambient = CapabilitySets {
+        ambient: KILL,
+        inheritable: KILL,
+        ..narrow
+    };
+    let (text, _) = status(cat().user(65534, 65534).capabilities(ambient)).await;
+    assert!(text.contains("\nUid:\t65534\t65534"), "{text}");
+    assert_eq!(status_mask(&text, "CapBnd"), CHOWN | KILL, "{text}");
+    assert_eq!(status_mask(&text, "CapAmb"), KILL, "{text}");
+    assert_eq!(status_mask(&text, "CapEff"), KILL, "{text}");
+    let (text, _) = status(cat().user(65534, 65534).capabilities(narrow)).await;
+    assert_eq!(status_mask(&text, "CapEff"), 0, "{text}");
+    // An ambient capability outside the permitted set cannot be raised.
+    let (_, refused) = status(cat().capabilities(CapabilitySets {
+        ambient: 1 << 12,
+        ..narrow
+    }))
+    .await;
+    match refused.outcome {
+        Some(Outcome::SpawnFailed(failure)) => {
+            assert_eq!(failure.stage(), SpawnStage::Capabilities);
+        }
+        other => panic!("an unpermitted ambient capability was raised: {other:?}"),
+    }
+}

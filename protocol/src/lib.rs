@@ -5,6 +5,7 @@
 //!
 //! - [`boot`]: the guest's boot settings (kernel command line words the host writes and
 //!   guest-init reads);
+//! - [`capability`]: Linux capabilities by name, as `docker run --cap-add` and OCI name them;
 //! - [`messages`]: the protobuf messages (one [`messages::Envelope`] per frame);
 //! - [`frame`]: length-delimited framing with a hard size limit;
 //! - [`generation`]: protocol generations and the handshake that agrees one;
@@ -37,6 +38,7 @@
 #![warn(missing_docs)]
 
 pub mod boot;
+pub mod capability;
 pub mod client;
 pub mod flow;
 pub mod frame;

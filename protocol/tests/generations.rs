@@ -71,6 +71,8 @@ fn generation_one_samples() -> Vec<(&'static str, Envelope)> {
                     term: "xterm".into(),
                     power_off_on_exit: true,
                     rlimits: Vec::new(),
+                    capabilities: None,
+                    no_new_privileges: false,
                 }),
             ),
         ),

@@ -11,8 +11,8 @@ use super::{unexpected, Client, ClientError, OperationGuard, Shared};
 use crate::flow::{RecvWindow, SendWindow};
 use crate::frame::MAX_CHUNK_LEN;
 use crate::messages::{
-    Body, EnvVar, ExecRequest, ExitStatus, OutputStream, PtyResize, PtySize, Rlimit, SignalRequest,
-    StdinClose, StdinData, WindowUpdate,
+    Body, CapabilitySets, EnvVar, ExecRequest, ExitStatus, OutputStream, PtyResize, PtySize,
+    Rlimit, SignalRequest, StdinClose, StdinData, WindowUpdate,
 };
 
 /// What to run: a builder for an [`ExecRequest`].
@@ -106,6 +106,18 @@ impl ExecSpec {
     /// Set a resource limit on the process (see [`crate::rlimit`]).
     pub fn rlimit(mut self, limit: Rlimit) -> Self {
         self.request.rlimits.push(limit);
+        self
+    }
+
+    /// Set the process's capability sets (see [`crate::capability`]).
+    pub fn capabilities(mut self, sets: CapabilitySets) -> Self {
+        self.request.capabilities = Some(sets);
+        self
+    }
+
+    /// Set `no_new_privs` on the process.
+    pub fn no_new_privileges(mut self, enabled: bool) -> Self {
+        self.request.no_new_privileges = enabled;
         self
     }
 
@@ -211,6 +223,12 @@ impl Client {
         }
         if !spec.request.rlimits.is_empty() {
             self.require(crate::rlimit::AGENT_FEATURE, "set resource limits")?;
+        }
+        if spec.request.capabilities.is_some() || spec.request.no_new_privileges {
+            self.require(
+                crate::capability::AGENT_FEATURE,
+                "set capabilities or no_new_privs",
+            )?;
         }
         let wants_stdin = spec.request.stdin || spec.request.pty.is_some();
         let recv_window = Arc::new(Mutex::new(RecvWindow::new()));

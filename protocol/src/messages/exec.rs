@@ -77,6 +77,43 @@ pub struct ExecRequest {
     /// a hard limit may be raised for a command run as another user).
     #[prost(message, repeated, tag = "11")]
     pub rlimits: Vec<Rlimit>,
+    /// The process's capability sets (see [`crate::capability`]); unset leaves them as
+    /// Linux makes them (all for root, none for another user).
+    #[prost(message, optional, tag = "12")]
+    pub capabilities: Option<CapabilitySets>,
+    /// Set `no_new_privs` on the process: no `execve` of a setuid, setgid or file-capability
+    /// program gives it more than it has.
+    #[prost(bool, tag = "13")]
+    pub no_new_privileges: bool,
+}
+
+/// A command's five capability sets, as masks in Linux's numbering (bit 13 is
+/// `CAP_NET_RAW`), applied as runc applies an OCI config's: capabilities outside `bounding`
+/// leave the bounding set before the process becomes its user; the others are set after.
+///
+/// ```
+/// let raw_only = krunbox_protocol::messages::CapabilitySets {
+///     bounding: 1 << 13, effective: 1 << 13, permitted: 1 << 13, ..Default::default()
+/// };
+/// assert_eq!(raw_only.ambient, 0);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, ::prost::Message)]
+pub struct CapabilitySets {
+    /// The bounding set: no capability outside it can ever be gained.
+    #[prost(uint64, tag = "1")]
+    pub bounding: u64,
+    /// The effective set.
+    #[prost(uint64, tag = "2")]
+    pub effective: u64,
+    /// The permitted set.
+    #[prost(uint64, tag = "3")]
+    pub permitted: u64,
+    /// The inheritable set.
+    #[prost(uint64, tag = "4")]
+    pub inheritable: u64,
+    /// The ambient set (kept across `execve` by a process that is not root).
+    #[prost(uint64, tag = "5")]
+    pub ambient: u64,
 }
 
 /// One resource limit of a command, as `setrlimit(2)` takes it (see [`crate::rlimit`]).
@@ -215,6 +252,10 @@ pub enum SpawnStage {
     Exec = 8,
     /// Setting a resource limit (EPERM: above what the agent may raise to).
     Rlimit = 9,
+    /// Setting the capability sets (EPERM: a capability the agent itself lacks).
+    Capabilities = 10,
+    /// Setting `no_new_privs`.
+    NoNewPrivileges = 11,
 }
 
 /// The process could not be started.
