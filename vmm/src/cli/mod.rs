@@ -5,6 +5,7 @@ pub mod images;
 pub mod kernel;
 pub mod net_args;
 pub mod pool;
+pub mod privileges;
 pub mod profile;
 pub mod review;
 pub mod run;

@@ -85,6 +85,9 @@ pub struct RunArgs {
     /// Resource limits (`--ulimit`).
     #[command(flatten)]
     pub limits: crate::cli::session::LimitArgs,
+    /// Capabilities and `no_new_privs`.
+    #[command(flatten)]
+    pub privileges: crate::cli::privileges::PrivilegeArgs,
     /// Replace the image's Entrypoint (and drop its Cmd); an empty string clears it.
     #[arg(long, value_name = "PROGRAM")]
     pub entrypoint: Option<String>,
@@ -363,5 +366,6 @@ fn session_options(
         agent_timeout: Duration::from_secs(args.boot_timeout),
         started_mark: args.started_mark.clone(),
         rlimits: args.limits.ulimits.clone(),
+        privileges: args.privileges.privileges(),
     }
 }

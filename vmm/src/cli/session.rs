@@ -78,6 +78,8 @@ pub struct CommandOptions {
     pub started_mark: Option<std::path::PathBuf>,
     /// Resource limits (`--ulimit`).
     pub rlimits: Vec<Rlimit>,
+    /// Capabilities and `no_new_privs` (`--cap-add`, `--cap-drop`, `--security-opt`).
+    pub privileges: super::privileges::Privileges,
 }
 
 /// A command's resource limits on the command line (`run`, `exec`).
@@ -237,6 +239,7 @@ impl<'a> Session<'a> {
         for limit in &options.rlimits {
             spec = spec.rlimit(*limit);
         }
+        spec = options.privileges.apply(spec);
         if options.tty {
             let (rows, cols) = terminal::window_size().unwrap_or((24, 80));
             spec = spec.pty(rows, cols);

@@ -10,8 +10,10 @@
 //! - `linux.resources.memory.limit` → guest memory; `linux.resources.cpu.quota/period` →
 //!   vCPUs (rounded up).
 //! - `process.rlimits`: set on the process in the guest (`--ulimit`), as runc sets them.
-//! - Namespaces, capabilities, seccomp, cgroups paths and hooks are for a shared kernel: the
-//!   VM boundary replaces them, so they are not applied inside the guest.
+//! - `process.capabilities` (all five sets) and `process.noNewPrivileges`: set on the process
+//!   in the guest (`--capabilities`, `--security-opt no-new-privileges`), as runc sets them.
+//! - Namespaces, seccomp, cgroups paths and hooks are for a shared kernel: the VM boundary
+//!   replaces them, so they are not applied inside the guest.
 //! - Network: krunbox's own gateway (egress to anywhere, as a container's default), not the
 //!   engine's network namespace; annotations `io.krunbox.network` (`user`, `none`) choose.
 
@@ -125,6 +127,12 @@ pub fn container(bundle: &Path, spec: &Spec) -> Result<Container, BundleError> {
             format!("{name}={}:{}", checked.soft, checked.hard),
         );
     }
+    if let Some(capabilities) = process.capabilities() {
+        opt("capabilities", capability_sets(capabilities)?.to_string());
+    }
+    if process.no_new_privileges() == Some(true) {
+        opt("security-opt", "no-new-privileges".into());
+    }
     if let Some(hostname) = spec.hostname() {
         if !hostname.is_empty() {
             opt("hostname", hostname.clone());
@@ -207,6 +215,35 @@ pub fn container(bundle: &Path, spec: &Spec) -> Result<Container, BundleError> {
     })
 }
 
+/// The config's capability sets as masks (a set it leaves out is empty, as runc has it).
+fn capability_sets(
+    config: &oci_spec::runtime::LinuxCapabilities,
+) -> Result<krunbox_protocol::messages::CapabilitySets, BundleError> {
+    let mask = |set: &Option<oci_spec::runtime::Capabilities>| {
+        set.iter().flatten().try_fold(0u64, |mask, capability| {
+            // The config's own spelling (CAP_CHOWN), which the protocol's table knows.
+            let name = serde_json::to_value(capability)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            krunbox_protocol::capability::number(&name)
+                .map(|bit| mask | 1 << bit)
+                .ok_or_else(|| {
+                    BundleError::Unsupported(format!(
+                        "process.capabilities: {capability:?} is not known to krunbox"
+                    ))
+                })
+        })
+    };
+    Ok(krunbox_protocol::messages::CapabilitySets {
+        bounding: mask(config.bounding())?,
+        effective: mask(config.effective())?,
+        permitted: mask(config.permitted())?,
+        inheritable: mask(config.inheritable())?,
+        ambient: mask(config.ambient())?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +264,12 @@ mod tests {
                 "user": { "uid": 1000, "gid": 100 },
                 "args": ["sh", "-c", "echo hi"],
                 "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": 2048, "soft": 1024 }],
+                "capabilities": {
+                    "bounding": ["CAP_CHOWN", "CAP_KILL"],
+                    "effective": ["CAP_KILL"],
+                    "ambient": ["CAP_NET_RAW"]
+                },
+                "noNewPrivileges": true,
                 "env": ["PATH=/bin", "TERM=xterm"],
                 "cwd": "/srv"
             },
@@ -248,6 +291,9 @@ mod tests {
                 "--workdir=/srv",
                 "--user=1000:100",
                 "--ulimit=nofile=1024:2048",
+                "--capabilities=bounding=CAP_CHOWN,CAP_KILL;effective=CAP_KILL;permitted=;\
+                 inheritable=;ambient=CAP_NET_RAW",
+                "--security-opt=no-new-privileges",
                 "--hostname=c1",
                 &format!("--volume={}:/data:ro", data.display()),
                 "--memory=768",

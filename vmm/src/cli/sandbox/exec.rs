@@ -39,6 +39,9 @@ pub struct ExecArgs {
     /// Resource limits (`--ulimit`).
     #[command(flatten)]
     pub limits: crate::cli::session::LimitArgs,
+    /// Capabilities and `no_new_privs`.
+    #[command(flatten)]
+    pub privileges: crate::cli::privileges::PrivilegeArgs,
     /// The sandbox.
     #[arg(value_name = "NAME")]
     pub name: String,
@@ -134,6 +137,7 @@ pub fn exec(args: ExecArgs) -> Result<i32, SandboxCliError> {
         agent_timeout: Duration::from_secs(30),
         started_mark: None,
         rlimits: args.limits.ulimits.clone(),
+        privileges: args.privileges.privileges(),
     };
     Ok(session::block_on(Session::new(options, &mut vm).run())??)
 }
