@@ -40,6 +40,12 @@ export interface ExecOptions {
   timeoutSecs?: number;
   /** Resource limits, `NAME=SOFT[:HARD]` as `krunbox exec --ulimit` takes them. */
   ulimits?: string[];
+  /** Capabilities to take from the command (`NET_RAW`, `ALL`), as `krunbox exec --cap-drop`. */
+  capDrop?: string[];
+  /** Capabilities to give back after `capDrop`. */
+  capAdd?: string[];
+  /** Set no_new_privs: no setuid or file-capability program the command runs gains more. */
+  noNewPrivileges?: boolean;
 }
 
 const STDOUT = 1;
@@ -195,5 +201,8 @@ export function startMessage(cmd: string | string[], options: ExecOptions): Reco
   }
   if (options.timeoutSecs !== undefined) start.timeout_secs = options.timeoutSecs;
   if (options.ulimits !== undefined) start.ulimits = options.ulimits;
+  if (options.capDrop !== undefined) start.cap_drop = options.capDrop;
+  if (options.capAdd !== undefined) start.cap_add = options.capAdd;
+  if (options.noNewPrivileges) start.no_new_privileges = true;
   return start;
 }

@@ -36,6 +36,9 @@ test("exec: exit codes, stdout and stderr apart, env, cwd, user", async () => {
   const limits = await sandbox.run("grep 'open files' /proc/self/limits", { ulimits: ["nofile=321:654"] });
   assert.deepEqual(limits.stdout.toString().trim().split(/\s+/).slice(3, 5), ["321", "654"]);
   await assert.rejects(sandbox.run(["true"], { ulimits: ["nofile=9:1"] }), (err) => err.kind === "bad_request" && /soft limit/.test(err.message));
+  const narrowed = await sandbox.run("grep -E '^(CapBnd|NoNewPrivs):' /proc/self/status; hostname x || echo refused", { capDrop: ["ALL"], capAdd: ["chown"], noNewPrivileges: true });
+  assert.deepEqual(narrowed.stdout.toString().split(/\s+/).slice(0, 5), ["CapBnd:", "0000000000000001", "NoNewPrivs:", "1", "refused"]);
+  await assert.rejects(sandbox.run(["true"], { capDrop: ["NET_RAWR"] }), (err) => err.kind === "bad_request" && /NET_RAWR/.test(err.message));
   const missing = await sandbox.run(["/no/such/program"]);
   assert.equal(missing.exitCode, 127);
   assert.ok(missing.spawnError);

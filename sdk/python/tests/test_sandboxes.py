@@ -111,6 +111,13 @@ def test_exec_streams_exit_codes_and_stdin(sandbox):
     with pytest.raises(krunbox.KrunboxError) as refused:
         sandbox.exec(["true"], ulimits=["nofile=9:1"])
     assert "soft limit" in str(refused.value)
+    status = sandbox.exec("grep -E '^(CapBnd|NoNewPrivs):' /proc/self/status; hostname x || echo refused",
+                          cap_drop=["ALL"], cap_add=["chown"], no_new_privileges=True).stdout.split()
+    assert status[:4] == [b"CapBnd:", b"0000000000000001", b"NoNewPrivs:", b"1"], status
+    assert b"refused" in status
+    with pytest.raises(krunbox.KrunboxError) as unknown:
+        sandbox.exec(["true"], cap_drop=["NET_RAWR"])
+    assert "NET_RAWR" in str(unknown.value)
     assert sandbox.exec(["pwd"], cwd="/tmp").stdout == b"/tmp\n"
     assert sandbox.exec("echo $X", env={"X": "from the call"}).stdout == b"from the call\n"
 

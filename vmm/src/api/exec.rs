@@ -23,7 +23,7 @@ use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use krunbox_protocol::client::{Client, ExecControl, ExecSpec, ExecStdin};
-use krunbox_protocol::messages::{ExitStatus, Outcome};
+use krunbox_protocol::messages::{CapabilitySets, ExitStatus, Outcome};
 use serde::{Deserialize, Serialize};
 
 use super::agent::connect;
@@ -68,6 +68,16 @@ pub struct ExecStart {
     /// Resource limits, as `krunbox exec --ulimit` takes them (`nofile=1024:4096`).
     #[serde(default)]
     pub ulimits: Vec<String>,
+    /// Capabilities to take from the command, as `krunbox exec --cap-drop` takes them
+    /// (`NET_RAW`, `ALL`).
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+    /// Capabilities to give back after `cap_drop`.
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    /// Set `no_new_privs` on the command.
+    #[serde(default)]
+    pub no_new_privileges: bool,
 }
 
 /// A control message from the client.
@@ -204,6 +214,17 @@ pub fn exec_spec(start: &ExecStart, context: ExecContext) -> Result<ExecSpec, Ap
             .map_err(|e| ApiError::BadRequest(format!("ulimits: {e}")))?;
         spec = spec.rlimit(limit);
     }
+    if !start.cap_add.is_empty() || !start.cap_drop.is_empty() {
+        let mask = |field: &str, names: &[String]| {
+            krunbox_protocol::capability::mask_of(names)
+                .map_err(|e| ApiError::BadRequest(format!("{field}: {e}")))
+        };
+        spec = spec.capabilities(CapabilitySets::docker(
+            mask("cap_add", &start.cap_add)?,
+            mask("cap_drop", &start.cap_drop)?,
+        ));
+    }
+    spec = spec.no_new_privileges(start.no_new_privileges);
     if start.tty {
         spec = spec
             .pty(start.rows.unwrap_or(24), start.cols.unwrap_or(80))

@@ -58,6 +58,9 @@ class ExecOptions:
     stdin: bool = True
     timeout: Optional[float] = None
     ulimits: Sequence[str] = ()
+    cap_drop: Sequence[str] = ()
+    cap_add: Sequence[str] = ()
+    no_new_privileges: bool = False
 
     def start_message(self, cmd: Command) -> str:
         argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
@@ -75,6 +78,12 @@ class ExecOptions:
             # One limit given as a string is one limit, not one per character.
             ulimits = [self.ulimits] if isinstance(self.ulimits, str) else list(self.ulimits)
             message["ulimits"] = ulimits
+        for key in ("cap_drop", "cap_add"):
+            names = getattr(self, key)
+            if names:
+                message[key] = [names] if isinstance(names, str) else list(names)
+        if self.no_new_privileges:
+            message["no_new_privileges"] = True
         return json.dumps(message)
 
 
