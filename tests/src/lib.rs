@@ -843,6 +843,15 @@ impl Read for ReadUntilEio {
     }
 }
 
+/// The hexadecimal mask of a `/proc/PID/status` field (`CapBnd`, `CapEff`, ...).
+pub fn status_mask(status: &str, field: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or_else(|| panic!("no hexadecimal {field} in {status}"))
+}
+
 /// The soft and hard limit in the row `row` (`Max open files`) of a `/proc/self/limits`.
 pub fn limits_row<'a>(limits: &'a str, row: &str) -> Vec<&'a str> {
     let line = limits

@@ -137,16 +137,36 @@ fn podman_runs_each_container_as_a_micro_vm_with_its_exit_code_mounts_and_termin
     };
     let image = podman.image.clone();
 
-    // The guest's own kernel, not the host's.
-    let out = podman.run(&k, &["run", "--rm", &image, "uname", "-r"]);
+    // The guest's own kernel, not the host's; podman's default capabilities (the config's
+    // process.capabilities), not all of a guest root's.
+    let out = podman.run(
+        &k,
+        &[
+            "run",
+            "--rm",
+            &image,
+            "sh",
+            "-c",
+            "uname -r; grep ^CapBnd: /proc/self/status",
+        ],
+    );
     assert!(
         out.status.success(),
         "podman run: {}{}",
         text(&out.stdout),
         text(&out.stderr)
     );
+    let bounding = krunbox_tests::status_mask(&text(&out.stdout), "CapBnd");
+    const CAP_CHOWN: u64 = 1;
+    const CAP_SYS_ADMIN: u64 = 1 << 21;
+    assert_eq!(
+        bounding & (CAP_CHOWN | CAP_SYS_ADMIN),
+        CAP_CHOWN,
+        "{bounding:x}"
+    );
     let host = host_kernel();
-    let guest = text(&out.stdout);
+    let stdout = text(&out.stdout);
+    let guest = stdout.lines().next().unwrap_or_default().to_owned();
     assert_ne!(
         guest.trim(),
         host.trim(),
@@ -169,7 +189,8 @@ fn podman_runs_each_container_as_a_micro_vm_with_its_exit_code_mounts_and_termin
     assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("to-stderr"));
 
-    // `--ulimit` (process.rlimits in the config) holds in the guest.
+    // `--ulimit` (process.rlimits in the config), `--cap-drop`/`--cap-add`
+    // (process.capabilities) and no-new-privileges hold in the guest.
     let out = podman.run(
         &k,
         &[
@@ -177,16 +198,27 @@ fn podman_runs_each_container_as_a_micro_vm_with_its_exit_code_mounts_and_termin
             "--rm",
             "--ulimit",
             "nofile=1000:2000",
+            "--cap-drop",
+            "all",
+            "--cap-add",
+            "chown",
+            "--security-opt",
+            "no-new-privileges",
             &image,
             "cat",
             "/proc/self/limits",
+            "/proc/self/status",
         ],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
     assert_eq!(
-        krunbox_tests::limits_row(&text(&out.stdout), "Max open files"),
+        krunbox_tests::limits_row(&stdout, "Max open files"),
         ["1000", "2000"]
     );
+    assert_eq!(krunbox_tests::status_mask(&stdout, "CapBnd"), CAP_CHOWN);
+    assert_eq!(krunbox_tests::status_mask(&stdout, "CapEff"), CAP_CHOWN);
+    assert_eq!(krunbox_tests::status_mask(&stdout, "NoNewPrivs"), 1);
 
     // -v mounts appear, read-write and read-only.
     let host_dir = tempfile::tempdir().expect("a dir");

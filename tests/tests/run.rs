@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 use std::process::Stdio;
 use std::time::Duration;
 
-use krunbox_tests::{e2e, limits_row, text, wait_timeout, Captured, Running, TestPty};
+use krunbox_tests::{e2e, limits_row, status_mask, text, wait_timeout, Captured, Running, TestPty};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
@@ -157,6 +157,81 @@ fn ulimit_sets_the_command_s_limits_before_it_becomes_its_user() {
             "{}",
             text(&out.stderr)
         );
+    }
+    k.assert_nothing_left(CLEANUP);
+}
+
+#[test]
+fn dropped_capabilities_stay_dropped_for_root_in_the_guest() {
+    let Some(k) = e2e("dropped_capabilities_stay_dropped_for_root_in_the_guest") else {
+        return;
+    };
+    // The attacks of a root command whose capabilities were taken: set the hostname
+    // (SYS_ADMIN), make a device node (MKNOD), read another user's private file
+    // (DAC_OVERRIDE), change that file's mode (FOWNER). CHOWN alone is left, and works.
+    let attacks = "grep -E '^(CapBnd|CapEff|CapAmb|NoNewPrivs):' /proc/self/status; \
+                   hostname krunbox-attacker 2>/dev/null; echo hostname=$?; \
+                   mknod /tmp/mem c 1 1 2>/dev/null; echo mknod=$?; \
+                   echo secret > /tmp/private; chmod 600 /tmp/private; \
+                   chown 65534 /tmp/private; echo chown=$?; \
+                   cat /tmp/private 2>/dev/null; echo read=$?; \
+                   chmod 644 /tmp/private 2>/dev/null; echo chmod=$?";
+    let status = |out: &std::process::Output| {
+        assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let narrowed = k.run(
+        &[
+            "--cap-drop",
+            "ALL",
+            "--cap-add",
+            "chown",
+            "--security-opt",
+            "no-new-privileges",
+            "--",
+            "sh",
+            "-c",
+            attacks,
+        ],
+        b"",
+    );
+    let narrowed = status(&narrowed);
+    const CAP_CHOWN: u64 = 1;
+    assert_eq!(status_mask(&narrowed, "CapBnd"), CAP_CHOWN, "{narrowed}");
+    assert_eq!(status_mask(&narrowed, "CapEff"), CAP_CHOWN, "{narrowed}");
+    assert_eq!(status_mask(&narrowed, "CapAmb"), 0, "{narrowed}");
+    assert_eq!(status_mask(&narrowed, "NoNewPrivs"), 1, "{narrowed}");
+    for refused in ["hostname", "mknod", "read", "chmod"] {
+        assert!(
+            !narrowed.contains(&format!("{refused}=0")),
+            "{refused} worked without its capability:\n{narrowed}"
+        );
+    }
+    assert!(narrowed.contains("chown=0"), "{narrowed}");
+    assert!(!narrowed.contains("secret"), "{narrowed}");
+    // The same attacks as the guest's plain root all work: the options made the difference.
+    let plain = status(&k.run(&["--", "sh", "-c", attacks], b""));
+    assert_eq!(status_mask(&plain, "NoNewPrivs"), 0, "{plain}");
+    for allowed in ["hostname", "mknod", "chown", "read", "chmod"] {
+        assert!(
+            plain.contains(&format!("{allowed}=0")),
+            "{allowed}:\n{plain}"
+        );
+    }
+    // Unknown capabilities and security options are krunbox's error (125), said before any
+    // VM boots.
+    for bad in [
+        &["--cap-add", "NET_RAWR"][..],
+        &["--security-opt", "seccomp=unconfined"],
+    ] {
+        let out = k.run(&[bad, &["--", "true"]].concat(), b"");
+        assert_eq!(
+            out.status.code(),
+            Some(125),
+            "{bad:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(text(&out.stderr).contains(bad[0]), "{}", text(&out.stderr));
     }
     k.assert_nothing_left(CLEANUP);
 }
