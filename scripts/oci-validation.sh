@@ -5,10 +5,12 @@
 # program and prints, per program, its TAP counts. Not part of scripts/test.sh (minutes, and
 # it needs that source tree).
 #
-#   scripts/oci-validation.sh RUNTIME_TOOLS_DIR [GO]
+#   scripts/oci-validation.sh RUNTIME_TOOLS_DIR [GO [PROGRAM...]]   (default: every program)
 set -euo pipefail
 src=${1:?give the runtime-tools source directory}
 go=${2:-go}
+shift $(( $# < 2 ? $# : 2 ))
+only=("$@")
 cd "$(dirname "$0")/.."
 root=$PWD
 cargo build -q -p krunbox
@@ -22,6 +24,7 @@ printf '%-40s %5s %7s %5s\n' PROGRAM OK "NOT OK" SKIP
 for dir in validation/*/; do
   name=$(basename "$dir")
   [ "$name" = util ] && continue
+  if [ ${#only[@]} -gt 0 ] && ! printf '%s\n' "${only[@]}" | grep -qx "$name"; then continue; fi
   "$go" build -o "$work/$name.t" "./validation/$name"
   out=$(RUNTIME="$work/krunbox-oci" timeout 300 "$work/$name.t" 2>&1 || true)
   ok=$(grep -cE '^ok [0-9]+' <<<"$out" || true)

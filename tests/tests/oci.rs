@@ -533,6 +533,25 @@ fn krunbox_oci_takes_a_bundle_through_its_life_as_an_engine_would() {
     assert!(std::fs::read_to_string(&output)
         .unwrap_or_default()
         .is_empty());
+    // The VM boots at create (so start costs what is left of it): its agent answers while the
+    // container is still created and its process has not run.
+    let monitor_log = root.join("c1").join("monitor.log");
+    until(
+        Duration::from_secs(120),
+        "the VM did not boot before start",
+        || {
+            std::fs::read_to_string(&monitor_log)
+                .unwrap_or_default()
+                .contains("waiting for start")
+        },
+    );
+    assert_eq!(oci_state(&k, &root, "c1")["status"], "created");
+    assert!(
+        std::fs::read_to_string(&output)
+            .unwrap_or_default()
+            .is_empty(),
+        "the process ran before start"
+    );
 
     // start: returns once the process runs; a second start is refused.
     let out = oci(&k, &root, &["start", "c1"])
@@ -597,6 +616,44 @@ fn krunbox_oci_takes_a_bundle_through_its_life_as_an_engine_would() {
         .status
         .success());
 
+    // A created container whose VM has booted, killed before start: the VM stops, the
+    // process never runs.
+    std::fs::write(bundle.join("config.json"), config.to_string()).expect("config.json");
+    let output3 = dir.path().join("stdout3");
+    let status = oci(
+        &k,
+        &root,
+        &["create", "--bundle", bundle.to_str().unwrap(), "c3"],
+    )
+    .stdout(std::fs::File::create(&output3).expect("stdout file"))
+    .stderr(std::fs::File::create(dir.path().join("stderr")).expect("stderr file"))
+    .status()
+    .expect("run create");
+    assert!(status.success(), "create c3: {}", stderr());
+    let monitor_log = root.join("c3").join("monitor.log");
+    until(Duration::from_secs(120), "c3's VM did not boot", || {
+        std::fs::read_to_string(&monitor_log)
+            .unwrap_or_default()
+            .contains("waiting for start")
+    });
+    let out = oci(&k, &root, &["kill", "c3", "TERM"])
+        .output()
+        .expect("run kill");
+    assert!(out.status.success(), "kill c3: {}", text(&out.stderr));
+    until(Duration::from_secs(60), "c3 never stopped", || {
+        oci_state(&k, &root, "c3")["status"] == "stopped"
+    });
+    assert!(
+        std::fs::read_to_string(&output3)
+            .unwrap_or_default()
+            .is_empty(),
+        "c3's process ran without a start"
+    );
+    let out = oci(&k, &root, &["delete", "c3"])
+        .output()
+        .expect("run delete");
+    assert!(out.status.success(), "delete c3: {}", text(&out.stderr));
+
     // A config with no process is created; its start fails; delete --force cleans up.
     let bare = serde_json::json!({ "ociVersion": "1.0.2", "root": { "path": "rootfs" } });
     std::fs::write(bundle.join("config.json"), bare.to_string()).expect("config.json");
@@ -630,6 +687,6 @@ fn krunbox_oci_takes_a_bundle_through_its_life_as_an_engine_would() {
     until(Duration::from_secs(15), "a monitor is left", || {
         monitors_of(&root).is_empty()
     });
-    assert!(!root.join("c2").exists() && !root.join("c1").exists());
+    assert!(!root.join("c2").exists() && !root.join("c1").exists() && !root.join("c3").exists());
     k.assert_nothing_left(Duration::from_secs(15));
 }

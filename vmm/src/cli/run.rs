@@ -134,6 +134,10 @@ pub struct RunArgs {
     /// A file to create once COMMAND runs in the guest (set by `krunbox-oci`, not a flag).
     #[arg(skip)]
     pub started_mark: Option<std::path::PathBuf>,
+    /// A FIFO to read one byte from once the guest's agent answers, before COMMAND starts
+    /// (set by `krunbox-oci`, whose `start` writes it, so the VM boots at `create`).
+    #[arg(skip)]
+    pub start_gate: Option<std::path::PathBuf>,
 }
 
 fn parse_platform(s: &str) -> Result<Platform, String> {
@@ -365,6 +369,7 @@ fn session_options(
         second_interrupt,
         agent_timeout: Duration::from_secs(args.boot_timeout),
         started_mark: args.started_mark.clone(),
+        start_gate: args.start_gate.clone(),
         rlimits: args.limits.ulimits.clone(),
         privileges: args.privileges.privileges(),
     }

@@ -76,6 +76,8 @@ pub struct CommandOptions {
     pub agent_timeout: Duration,
     /// A file to create once the command runs (`krunbox-oci`: its `start` waits for it).
     pub started_mark: Option<std::path::PathBuf>,
+    /// A FIFO whose one byte the command waits for once the agent answers (`krunbox-oci`).
+    pub start_gate: Option<std::path::PathBuf>,
     /// Resource limits (`--ulimit`).
     pub rlimits: Vec<Rlimit>,
     /// Capabilities and `no_new_privs` (`--cap-add`, `--cap-drop`, `--security-opt`).
@@ -95,6 +97,20 @@ pub struct LimitArgs {
 /// `--ulimit NAME=SOFT[:HARD]`, as `docker run` takes it.
 fn parse_ulimit(text: &str) -> Result<Rlimit, String> {
     krunbox_protocol::rlimit::parse_ulimit(text).map_err(|e| e.to_string())
+}
+
+/// `path`, a FIFO, opened for reading without blocking; read-write, so that it never reads as
+/// ended before its writer comes.
+fn open_gate(path: &std::path::Path) -> Result<tokio::net::unix::pipe::Receiver, SessionError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let gate = |e: std::io::Error| SessionError::Io(format!("{}: {e}", path.display()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(gate)?;
+    tokio::net::unix::pipe::Receiver::from_file(file).map_err(gate)
 }
 
 /// The guest's boot clock as its agent reported it in the handshake.
@@ -196,6 +212,13 @@ impl<'a> Session<'a> {
 
     async fn run_inner(&mut self) -> Result<i32, SessionError> {
         let mut signals = Signals::install()?;
+        // Opened first, so that a start written while the VM boots is kept until it is read.
+        let gate = self
+            .options
+            .start_gate
+            .as_deref()
+            .map(open_gate)
+            .transpose()?;
         let timeout = self.options.agent_timeout;
         let client = match wait_for_agent(self.vm, timeout, signals.next()).await {
             Ok(client) => client,
@@ -215,12 +238,45 @@ impl<'a> Session<'a> {
             uptime_ms: hello.uptime_ms,
         });
         tracing::debug!(agent = ?hello, "agent up");
+        if let Some(gate) = gate {
+            if let Some(code) = self.wait_for_start(gate, &mut signals).await? {
+                return Ok(code);
+            }
+        }
         let status = self.exec(&client, &mut signals).await?;
         if self.options.power_off_on_exit {
             // The guest powers off on its own now; give it a moment so writes are flushed.
             let _ = tokio::time::timeout(POWER_OFF_TIMEOUT, vm_ended(self.vm)).await;
         }
         Ok(status)
+    }
+
+    /// Waits for the gate's byte; `Some(code)` when a signal or the VM's end came first (the
+    /// VM is stopped then, as when a boot is interrupted).
+    async fn wait_for_start(
+        &mut self,
+        mut gate: tokio::net::unix::pipe::Receiver,
+        signals: &mut Signals,
+    ) -> Result<Option<i32>, SessionError> {
+        use tokio::io::AsyncReadExt;
+        tracing::info!("the guest's agent answered; waiting for start");
+        let mut byte = [0u8; 1];
+        tokio::select! {
+            read = gate.read(&mut byte) => match read {
+                Ok(1) => Ok(None),
+                Ok(_) => Err(SessionError::Io("the start gate closed unwritten".into())),
+                Err(err) => Err(SessionError::Io(format!("the start gate: {err}"))),
+            },
+            signal = signals.next() => {
+                tracing::info!(signal, "signalled before start; stopping the VM");
+                let _ = self.vm.kill();
+                Ok(Some(128 + signal))
+            }
+            exit = vm_ended(self.vm) => Err(SessionError::VmEnded {
+                exit,
+                console: console_tail(self.vm),
+            }),
+        }
     }
 
     fn spec(&self) -> ExecSpec {

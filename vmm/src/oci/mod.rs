@@ -30,8 +30,9 @@ use state::{Record, Root, StateError, Status};
 
 /// The OCI runtime spec version this runtime follows.
 const OCI_VERSION: &str = "1.0.2";
-/// How long `start` waits for the monitor to wait on its FIFO.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `start` waits for the monitor to open its FIFO (once it has prepared the root and
+/// started the VM).
+const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// krunbox as an OCI runtime: each container is a micro-VM (see `krunbox-oci --help` of each
 /// command).
@@ -483,8 +484,9 @@ fn wait_running(record: &Record, dir: &Path) -> Result<i32, OciError> {
     Ok(0)
 }
 
-/// `krunbox __oci-monitor DIR`: waits for `start`, then is `krunbox run` with the container's
-/// settings; returns the process's exit code.
+/// `krunbox __oci-monitor DIR`: `krunbox run` with the container's settings, from `create`
+/// on: the VM boots at once, and the process starts when `start` writes the start FIFO (so
+/// `start` costs what is left of the boot, not a boot); returns the process's exit code.
 pub fn monitor_main(dir: &Path) -> i32 {
     let log = dir.join(state::MONITOR_LOG);
     match std::fs::OpenOptions::new()
@@ -494,15 +496,6 @@ pub fn monitor_main(dir: &Path) -> i32 {
     {
         Ok(file) => crate::self_spawn::init_job_logging(std::sync::Mutex::new(file)),
         Err(_) => crate::self_spawn::init_job_logging(std::io::sink),
-    }
-    let fifo = dir.join(state::START_FIFO);
-    let waited = std::fs::File::open(&fifo).and_then(|mut f| {
-        let mut byte = [0u8; 1];
-        std::io::Read::read(&mut f, &mut byte)
-    });
-    if let Err(err) = waited {
-        tracing::error!(%err, "waiting for start");
-        return 125;
     }
     let record: Record = match std::fs::read(dir.join("container.json"))
         .map_err(|e| e.to_string())
@@ -518,6 +511,7 @@ pub fn monitor_main(dir: &Path) -> i32 {
     let code = match run_args(&record.run_args) {
         Ok(mut args) => {
             args.started_mark = Some(dir.join(state::RUNNING_FILE));
+            args.start_gate = Some(dir.join(state::START_FIFO));
             crate::cli::run::run(args).unwrap_or_else(|err| {
                 eprintln!("krunbox-oci: {err}");
                 125

@@ -136,6 +136,7 @@ pub fn exec(args: ExecArgs) -> Result<i32, SandboxCliError> {
         second_interrupt: SecondInterrupt::Detach,
         agent_timeout: Duration::from_secs(30),
         started_mark: None,
+        start_gate: None,
         rlimits: args.limits.ulimits.clone(),
         privileges: args.privileges.privileges(),
     };
