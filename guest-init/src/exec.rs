@@ -379,6 +379,20 @@ fn signal_group(pid: Pid, signal: Signal) {
     }
 }
 
+/// The end of a one-shot or pooled VM's command is its guest's, as a container's init's end
+/// is its container's: what the command left running (`sleep &`, a daemon) is killed now, so its
+/// output's end comes at once rather than when the last of them closes stdout. As the guest's
+/// PID 1 that is every other process (the guest powers off next anyway); in host mode, only the
+/// command's process group.
+fn end_what_it_left(pid: Pid) {
+    signal_group(pid, Signal::SIGKILL);
+    if std::process::id() == 1 {
+        if let Err(err) = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGKILL) {
+            tracing::debug!(%err, "nothing else to end");
+        }
+    }
+}
+
 async fn execute(
     agent: &Agent,
     reply: &Reply,
@@ -500,6 +514,9 @@ async fn execute(
             },
             status = &mut exit_rx, if exit.is_none() => {
                 exit = Some(status.unwrap_or(ChildExit::Signal(Signal::SIGKILL as i32)));
+                if request.power_off_on_exit || request.kill_leftovers_on_exit {
+                    end_what_it_left(pid);
+                }
             },
             _ = &mut pumps_done, if !output_done => output_done = true,
             _ = &mut timeout, if !timed_out && exit.is_none() => {

@@ -73,6 +73,7 @@ fn generation_one_samples() -> Vec<(&'static str, Envelope)> {
                     rlimits: Vec::new(),
                     capabilities: None,
                     no_new_privileges: false,
+                    kill_leftovers_on_exit: false,
                 }),
             ),
         ),

@@ -37,6 +37,28 @@ fn exit_code_and_separate_stdout_and_stderr() {
 }
 
 #[test]
+fn what_the_command_leaves_running_ends_with_it() {
+    let Some(k) = e2e("what_the_command_leaves_running_ends_with_it") else {
+        return;
+    };
+    // As a container's processes die with its init: a background job and a daemon in a
+    // session of its own, both holding stdout, do not hold up the run (else it would last
+    // their 900 s and fail at the harness's limit), and their later output is not seen.
+    let out = k.run(
+        &[
+            "--",
+            "sh",
+            "-c",
+            "(sleep 900; echo late) & setsid sh -c 'sleep 900; echo later' & echo hi; exit 3",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hi\n");
+    k.assert_nothing_left(CLEANUP);
+}
+
+#[test]
 fn a_missing_command_exits_127_with_a_message() {
     let Some(k) = e2e("a_missing_command_exits_127_with_a_message") else {
         return;

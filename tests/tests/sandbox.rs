@@ -914,7 +914,9 @@ fn a_pooled_run_behaves_like_a_cold_one_and_never_reuses_a_vm() {
     assert_eq!(pool["keeper_running"], true, "{pool}");
 
     // What the previous run left in its VM (here /tmp/left) must never be seen by the next.
-    let script = "echo $GREETING; id -u; pwd; cat /s/in.txt; \
+    // What it leaves running (a sleep holding stdout) ends with it, pooled as cold: else the
+    // run would last the sleep's 900 s (and fail at the harness's limit).
+    let script = "sleep 900 & echo $GREETING; id -u; pwd; cat /s/in.txt; \
                   cat /tmp/left 2>/dev/null || echo clean; echo dirty > /tmp/left; \
                   echo boot $(cat /proc/sys/kernel/random/boot_id) >&2; exit 7";
     let run = |extra: &[&str]| {

@@ -115,6 +115,13 @@ impl ExecSpec {
         self
     }
 
+    /// Kill whatever else runs in the guest when this process exits (see
+    /// [`ExecRequest::kill_leftovers_on_exit`]).
+    pub fn kill_leftovers_on_exit(mut self, enabled: bool) -> Self {
+        self.request.kill_leftovers_on_exit = enabled;
+        self
+    }
+
     /// Set `no_new_privs` on the process.
     pub fn no_new_privileges(mut self, enabled: bool) -> Self {
         self.request.no_new_privileges = enabled;

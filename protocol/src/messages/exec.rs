@@ -85,6 +85,12 @@ pub struct ExecRequest {
     /// program gives it more than it has.
     #[prost(bool, tag = "13")]
     pub no_new_privileges: bool,
+    /// The command is its guest's last (a one-shot or pooled run): when it exits, whatever
+    /// else runs in the guest is killed, as a container's processes die with its init, so the
+    /// exit is not held up by a background process keeping stdout open. `power_off_on_exit`
+    /// implies it. An agent without it waits for them, as before.
+    #[prost(bool, tag = "14")]
+    pub kill_leftovers_on_exit: bool,
 }
 
 /// A command's five capability sets, as masks in Linux's numbering (bit 13 is

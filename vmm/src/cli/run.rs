@@ -366,6 +366,7 @@ fn session_options(
         tty: args.tty,
         interactive: args.interactive,
         power_off_on_exit,
+        last_command: true,
         second_interrupt,
         agent_timeout: Duration::from_secs(args.boot_timeout),
         started_mark: args.started_mark.clone(),

@@ -70,6 +70,9 @@ pub struct CommandOptions {
     pub interactive: bool,
     /// The guest powers off when the command ends.
     pub power_off_on_exit: bool,
+    /// The command is the guest's last (`run`, cold or pooled): what it leaves running is
+    /// killed when it exits.
+    pub last_command: bool,
     /// What a second Ctrl-C does.
     pub second_interrupt: SecondInterrupt,
     /// How long to wait for the agent.
@@ -283,6 +286,7 @@ impl<'a> Session<'a> {
         let options = &self.options;
         let mut spec =
             ExecSpec::new(options.command.clone()).power_off_on_exit(options.power_off_on_exit);
+        spec = spec.kill_leftovers_on_exit(options.last_command);
         for (key, value) in &options.env {
             spec = spec.env(key, value);
         }

@@ -133,6 +133,7 @@ pub fn exec(args: ExecArgs) -> Result<i32, SandboxCliError> {
         tty: args.tty,
         interactive: args.interactive,
         power_off_on_exit: false,
+        last_command: false,
         second_interrupt: SecondInterrupt::Detach,
         agent_timeout: Duration::from_secs(30),
         started_mark: None,
