@@ -152,7 +152,23 @@ pub fn mount_essentials() {
     if !Path::new("/dev/ptmx").exists() {
         let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
     }
+    // What udev or systemd would add, and programs expect: bash's `<(...)` needs /dev/fd.
+    for (link, target) in DEV_LINKS {
+        if std::fs::symlink_metadata(link).is_err() {
+            if let Err(err) = std::os::unix::fs::symlink(target, link) {
+                tracing::warn!(%err, link, "cannot link");
+            }
+        }
+    }
 }
+
+/// The standard links of /dev to /proc (as the OCI runtime spec lists them).
+const DEV_LINKS: [(&str, &str); 4] = [
+    ("/dev/fd", "/proc/self/fd"),
+    ("/dev/stdin", "/proc/self/fd/0"),
+    ("/dev/stdout", "/proc/self/fd/1"),
+    ("/dev/stderr", "/proc/self/fd/2"),
+];
 
 /// Mounts a virtio-fs share.
 pub fn mount_share(share: &Share) -> Result<(), MountError> {

@@ -26,7 +26,9 @@ fn exit_code_and_separate_stdout_and_stderr() {
             "--",
             "sh",
             "-c",
-            "echo to-out; echo to-err >&2; . /etc/os-release; echo $ID; exit 7",
+            // Through /dev's standard links to /proc/self/fd, as well.
+            "echo to-out > /dev/fd/1; echo to-err > /dev/stderr; . /etc/os-release; echo $ID; \
+             exit 7",
         ],
         b"",
     );
