@@ -64,6 +64,26 @@ pub enum UserError {
 
 /// Resolves `spec` against the image rooted at `rootfs`.
 pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<ResolvedUser, UserError> {
+    let passwd = read_etc(rootfs, "passwd")?;
+    // The group file is read only when a group name needs it.
+    resolve_with(passwd.as_deref(), || read_etc(rootfs, "group"), spec)
+}
+
+/// Resolves `spec` against the texts of an image's `/etc/passwd` and `/etc/group` (`None`:
+/// absent): the parsing of [`resolve_user`], apart from the files (its fuzz target's entry).
+pub fn resolve_in_texts(
+    passwd: Option<&str>,
+    group: Option<&str>,
+    spec: &str,
+) -> Result<ResolvedUser, UserError> {
+    resolve_with(passwd, || Ok(group.map(str::to_owned)), spec)
+}
+
+fn resolve_with(
+    passwd: Option<&str>,
+    read_group: impl FnOnce() -> Result<Option<String>, UserError>,
+    spec: &str,
+) -> Result<ResolvedUser, UserError> {
     let (user, group) = match spec.split_once(':') {
         Some((user, group)) => (user, Some(group)),
         None => (spec, None),
@@ -71,8 +91,7 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<ResolvedUser, UserError
     if user.is_empty() || group.is_some_and(str::is_empty) {
         return Err(UserError::Invalid(spec.to_owned()));
     }
-    let passwd = read_etc(rootfs, "passwd")?;
-    let entry = passwd.as_deref().and_then(|text| {
+    let entry = passwd.and_then(|text| {
         parse_passwd(text).find(|e| match user.parse::<u32>() {
             Ok(uid) => e.uid == uid,
             Err(_) => e.name == user,
@@ -93,7 +112,7 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<ResolvedUser, UserError
         Some(group) => match group.parse::<u32>() {
             Ok(gid) => gid,
             Err(_) => {
-                let groups = read_etc(rootfs, "group")?;
+                let groups = read_group()?;
                 match groups.as_deref().and_then(|text| find_group(text, group)) {
                     Some(gid) => gid,
                     None if group == "root" => 0,
