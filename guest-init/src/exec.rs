@@ -415,6 +415,7 @@ async fn execute(
             .iter()
             .map(|l| (l.resource, l.soft, l.hard))
             .collect(),
+        groups: request.groups.clone(),
         capabilities: request.capabilities,
         no_new_privileges: request.no_new_privileges,
     };

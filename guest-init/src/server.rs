@@ -75,6 +75,7 @@ where
             "files".into(),
             krunbox_protocol::rlimit::AGENT_FEATURE.into(),
             krunbox_protocol::capability::AGENT_FEATURE.into(),
+            krunbox_protocol::messages::GROUPS_FEATURE.into(),
         ],
         init_started_ms: crate::agent::init_started_ms(),
         uptime_ms: crate::agent::boot_clock_ms(),

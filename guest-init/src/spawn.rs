@@ -84,6 +84,8 @@ pub struct Command {
     pub pty: bool,
     /// `(resource, soft, hard)` in Linux's numbering.
     pub rlimits: Vec<(u32, u64, u64)>,
+    /// Supplementary groups; empty: the primary group alone when the user changes.
+    pub groups: Vec<u32>,
     /// The capability sets to give the command; `None` leaves them as Linux makes them.
     pub capabilities: Option<CapabilitySets>,
     /// Set `no_new_privs` before the `execve`.
@@ -127,6 +129,8 @@ struct Plan {
     gid: Option<u32>,
     /// Drop the supplementary groups (a command run as another user, by root).
     single_group: bool,
+    /// `setgroups`' list, when the command names its supplementary groups.
+    groups: Vec<libc::gid_t>,
     pty: bool,
     /// `(resource, [soft, hard])`: `prlimit64`'s arguments.
     rlimits: Vec<(libc::c_long, [u64; 2])>,
@@ -189,6 +193,7 @@ impl Plan {
             gid: command.gid,
             single_group: (command.uid.is_some() || command.gid.is_some())
                 && nix::unistd::Uid::effective().is_root(),
+            groups: command.groups.clone(),
             pty: command.pty,
             rlimits: command
                 .rlimits
@@ -424,7 +429,15 @@ fn prepare_and_exec(plan: &Plan) -> Result<Never, SpawnStage> {
                 return Err(SpawnStage::SetGid);
             }
         }
-        if plan.single_group {
+        if !plan.groups.is_empty() {
+            if !ok(libc::syscall(
+                libc::SYS_setgroups,
+                plan.groups.len() as libc::c_long,
+                plan.groups.as_ptr(),
+            )) {
+                return Err(SpawnStage::SetGid);
+            }
+        } else if plan.single_group {
             let gid = libc::getgid();
             if !ok(libc::syscall(
                 libc::SYS_setgroups,

@@ -554,3 +554,31 @@ async fn capability_sets_and_no_new_privs_are_applied_as_asked() {
         other => panic!("an unpermitted ambient capability was raised: {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn supplementary_groups_replace_the_agent_s() {
+    let agent = TestAgent::start();
+    let client = agent.client().await;
+    let spec = ExecSpec::new(["cat", "/proc/self/status"])
+        .user(65534, 65534)
+        .groups([5, 7]);
+    let out = client.exec(spec).await.unwrap().collect().await.unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    if nix::unistd::Uid::effective().is_root() {
+        let groups = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Groups:"))
+            .unwrap_or_else(|| panic!("no Groups in {text}"));
+        assert_eq!(groups.split_whitespace().collect::<Vec<_>>(), ["5", "7"]);
+        assert!(text.contains("\nGid:\t65534\t65534"), "{text}");
+    } else {
+        // Only root may set groups; the command does not run without them.
+        match out.status.outcome {
+            Some(Outcome::SpawnFailed(failure)) => {
+                assert_eq!(failure.stage(), SpawnStage::SetGid);
+                assert_eq!(failure.errno, libc::EPERM);
+            }
+            other => panic!("groups were not set and the command ran: {other:?}"),
+        }
+    }
+}

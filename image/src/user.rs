@@ -4,7 +4,9 @@
 //! - `name` or `uid`, optionally `:group` or `:gid`;
 //! - a name must exist in the image's passwd (a group name in its group file);
 //! - a numeric uid need not exist: it then runs with gid 0 and home `/`;
-//! - without `:group`, the passwd entry's primary group is used.
+//! - without `:group`, the passwd entry's primary group is used, and every group of the
+//!   group file that lists the user's name as a member is a supplementary group of it;
+//! - `--group-add` names (or numbers) more supplementary groups.
 //!
 //! The files are read from the host side of the image directory without following any
 //! symlink (`/etc` or `/etc/passwd` being a link into the host is treated as absent), so an
@@ -32,6 +34,9 @@ pub struct ResolvedUser {
     pub gid: u32,
     /// Home directory (for `HOME` when the image and CLI set none).
     pub home: String,
+    /// Supplementary groups: those of the group file that list the user as a member (not
+    /// with an explicit `:group`, as with Docker), without the primary one.
+    pub groups: Vec<u32>,
 }
 
 /// Why a user spec names no user of the image.
@@ -97,6 +102,7 @@ fn resolve_with(
             Err(_) => e.name == user,
         })
     });
+    let name = entry.as_ref().map(|e| e.name.to_owned());
     let (uid, primary_gid, home) = match (entry, user.parse::<u32>()) {
         (Some(e), _) => (e.uid, e.gid, e.home.to_owned()),
         (None, Ok(uid)) => (uid, 0, "/".to_owned()),
@@ -107,13 +113,19 @@ fn resolve_with(
             })
         }
     };
+    // The group file, read once and only when a group name or the user's memberships need it.
+    let needs_groups =
+        name.is_some() && group.is_none() || group.is_some_and(|g| g.parse::<u32>().is_err());
+    let group_text = if needs_groups { read_group()? } else { None };
     let gid = match group {
         None => primary_gid,
         Some(group) => match group.parse::<u32>() {
             Ok(gid) => gid,
             Err(_) => {
-                let groups = read_group()?;
-                match groups.as_deref().and_then(|text| find_group(text, group)) {
+                match group_text
+                    .as_deref()
+                    .and_then(|text| find_group(text, group))
+                {
                     Some(gid) => gid,
                     None if group == "root" => 0,
                     None => {
@@ -125,11 +137,63 @@ fn resolve_with(
             }
         },
     };
+    let groups = match (&name, group, group_text.as_deref()) {
+        (Some(name), None, Some(text)) => memberships(text, name, gid),
+        _ => Vec::new(),
+    };
     Ok(ResolvedUser {
         uid,
         gid,
         home: if home.is_empty() { "/".into() } else { home },
+        groups,
     })
+}
+
+/// The groups of the group file that list `name` as a member, `primary` left out, each once.
+fn memberships(text: &str, name: &str, primary: u32) -> Vec<u32> {
+    let mut groups = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let fields: Vec<&str> = line.split(':').collect();
+        let (Some(gid), Some(members)) =
+            (fields.get(2).and_then(|g| g.parse().ok()), fields.get(3))
+        else {
+            continue;
+        };
+        if gid != primary && !groups.contains(&gid) && members.split(',').any(|m| m.trim() == name)
+        {
+            groups.push(gid);
+        }
+    }
+    groups
+}
+
+/// `--group-add` groups (names of the image's group file, or numbers), each once.
+pub fn resolve_groups(rootfs: &Path, names: &[String]) -> Result<Vec<u32>, UserError> {
+    let text = if names.iter().any(|n| n.parse::<u32>().is_err()) {
+        read_etc(rootfs, "group")?
+    } else {
+        None
+    };
+    groups_in_text(text.as_deref(), names)
+}
+
+/// [`resolve_groups`] against the group file's text (`None`: absent).
+pub fn groups_in_text(text: Option<&str>, names: &[String]) -> Result<Vec<u32>, UserError> {
+    let mut groups = Vec::new();
+    for name in names {
+        let gid = match name.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => match text.and_then(|t| find_group(t, name)) {
+                Some(gid) => gid,
+                None if name == "root" => 0,
+                None => return Err(UserError::NoSuchGroup { name: name.clone() }),
+            },
+        };
+        if !groups.contains(&gid) {
+            groups.push(gid);
+        }
+    }
+    Ok(groups)
 }
 
 struct PasswdEntry<'a> {
@@ -212,7 +276,7 @@ mod tests {
         .unwrap();
         std::fs::write(
             dir.path().join("etc/group"),
-            "root:x:0:\nstaff:x:50:\napp:x:1001:\n",
+            "root:x:0:\nstaff:x:50:\napp:x:1001:\nwheel:x:10:root,app\ndev:x:20:bob, app\n",
         )
         .unwrap();
         dir
@@ -223,6 +287,14 @@ mod tests {
             uid,
             gid,
             home: home.into(),
+            groups: Vec::new(),
+        }
+    }
+
+    fn member(uid: u32, gid: u32, home: &str, groups: &[u32]) -> ResolvedUser {
+        ResolvedUser {
+            groups: groups.to_vec(),
+            ..user(uid, gid, home)
         }
     }
 
@@ -230,9 +302,15 @@ mod tests {
     fn names_and_ids_resolve_like_docker() {
         let dir = image();
         let r = |spec| resolve_user(dir.path(), spec);
-        assert_eq!(r("root").unwrap(), user(0, 0, "/root"));
-        assert_eq!(r("app").unwrap(), user(1000, 1001, "/home/app"));
-        assert_eq!(r("1000").unwrap(), user(1000, 1001, "/home/app"));
+        assert_eq!(r("root").unwrap(), member(0, 0, "/root", &[10]));
+        assert_eq!(
+            r("app").unwrap(),
+            member(1000, 1001, "/home/app", &[10, 20])
+        );
+        assert_eq!(
+            r("1000").unwrap(),
+            member(1000, 1001, "/home/app", &[10, 20])
+        );
         assert_eq!(r("app:staff").unwrap(), user(1000, 50, "/home/app"));
         assert_eq!(r("app:7").unwrap(), user(1000, 7, "/home/app"));
         assert_eq!(r("4242").unwrap(), user(4242, 0, "/"));
@@ -244,6 +322,15 @@ mod tests {
         ));
         assert!(matches!(r(""), Err(UserError::Invalid(_))));
         assert!(matches!(r("app:"), Err(UserError::Invalid(_))));
+        let added = |names: &[&str]| {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            resolve_groups(dir.path(), &names)
+        };
+        assert_eq!(added(&["staff", "7", "staff", "root"]).unwrap(), [50, 7, 0]);
+        assert!(matches!(
+            added(&["nogroup"]),
+            Err(UserError::NoSuchGroup { .. })
+        ));
     }
 
     #[test]

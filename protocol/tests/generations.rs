@@ -74,6 +74,7 @@ fn generation_one_samples() -> Vec<(&'static str, Envelope)> {
                     capabilities: None,
                     no_new_privileges: false,
                     kill_leftovers_on_exit: false,
+                    groups: Vec::new(),
                 }),
             ),
         ),

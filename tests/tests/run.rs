@@ -134,6 +134,73 @@ fn env_workdir_hostname_and_a_rootfs_directory() {
 }
 
 #[test]
+fn a_user_gets_its_groups_from_the_image_and_group_add() {
+    let Some(k) = e2e("a_user_gets_its_groups_from_the_image_and_group_add") else {
+        return;
+    };
+    let rootfs = tempfile::tempdir().unwrap();
+    for dir in ["bin", "etc", "proc", "sys", "dev", "tmp", "run", "home/app"] {
+        std::fs::create_dir_all(rootfs.path().join(dir)).unwrap();
+    }
+    std::fs::copy(krunbox_tests::busybox(), rootfs.path().join("bin/busybox")).unwrap();
+    for applet in ["sh", "id", "cat"] {
+        std::os::unix::fs::symlink("busybox", rootfs.path().join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(
+        rootfs.path().join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(
+        rootfs.path().join("etc/group"),
+        "root:x:0:\napp:x:1000:\nstaff:x:50:bob,app\nwheel:x:10:\naudio:x:29:bob\n",
+    )
+    .unwrap();
+    // As docker run: -u app is app with its memberships (staff, not audio), --group-add adds
+    // one by name and one by number; an explicit :group has no memberships.
+    let out = k.run(
+        &[
+            "-u",
+            "app",
+            "--group-add",
+            "wheel",
+            "--group-add",
+            "7",
+            rootfs.path().to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "id -u; id -G",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let said = text(&out.stdout);
+    let mut lines = said.lines();
+    assert_eq!(lines.next(), Some("1000"), "{said}");
+    let mut ids: Vec<&str> = lines.next().unwrap_or_default().split(' ').collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["10", "1000", "50", "7"], "{said}");
+    // An unknown group is krunbox's error (125), said before any VM boots.
+    let out = k.run(
+        &[
+            "--group-add",
+            "nosuch",
+            rootfs.path().to_str().unwrap(),
+            "--",
+            "true",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("nosuch"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn ulimit_sets_the_command_s_limits_before_it_becomes_its_user() {
     let Some(k) = e2e("ulimit_sets_the_command_s_limits_before_it_becomes_its_user") else {
         return;

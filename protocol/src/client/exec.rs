@@ -115,6 +115,12 @@ impl ExecSpec {
         self
     }
 
+    /// Give the process these supplementary groups (see [`ExecRequest::groups`]).
+    pub fn groups(mut self, groups: impl IntoIterator<Item = u32>) -> Self {
+        self.request.groups = groups.into_iter().collect();
+        self
+    }
+
     /// Kill whatever else runs in the guest when this process exits (see
     /// [`ExecRequest::kill_leftovers_on_exit`]).
     pub fn kill_leftovers_on_exit(mut self, enabled: bool) -> Self {
@@ -230,6 +236,9 @@ impl Client {
         }
         if !spec.request.rlimits.is_empty() {
             self.require(crate::rlimit::AGENT_FEATURE, "set resource limits")?;
+        }
+        if !spec.request.groups.is_empty() {
+            self.require(crate::messages::GROUPS_FEATURE, "set supplementary groups")?;
         }
         if spec.request.capabilities.is_some() || spec.request.no_new_privileges {
             self.require(

@@ -91,7 +91,15 @@ pub struct ExecRequest {
     /// implies it. An agent without it waits for them, as before.
     #[prost(bool, tag = "14")]
     pub kill_leftovers_on_exit: bool,
+    /// The process's supplementary groups (its primary group is `gid`); empty: none but the
+    /// primary one when the user changes, the agent's own otherwise. Only an agent announcing
+    /// [`GROUPS_FEATURE`] applies them.
+    #[prost(uint32, repeated, tag = "15")]
+    pub groups: Vec<u32>,
 }
+
+/// The handshake feature of an agent that applies [`ExecRequest::groups`].
+pub const GROUPS_FEATURE: &str = "groups";
 
 /// A command's five capability sets, as masks in Linux's numbering (bit 13 is
 /// `CAP_NET_RAW`), applied as runc applies an OCI config's: capabilities outside `bounding`

@@ -206,6 +206,9 @@ pub fn exec_spec(start: &ExecStart, context: ExecContext) -> Result<ExecSpec, Ap
     if let Some((uid, gid)) = context.user {
         spec = spec.user(uid, gid);
     }
+    if !context.groups.is_empty() {
+        spec = spec.groups(context.groups.iter().copied());
+    }
     if let Some(secs) = start.timeout_secs {
         spec = spec.timeout(Duration::from_secs(secs));
     }
@@ -253,7 +256,7 @@ pub async fn prepare(name: &str, start: &ExecStart) -> Result<(Client, ExecSpec)
         .collect::<Result<Vec<_>, _>>()?;
     let context = super::error::blocking({
         let user = start.user.clone();
-        move || Ok(ExecContext::new(&spec, user.as_deref(), env, None)?)
+        move || Ok(ExecContext::new(&spec, user.as_deref(), &[], env, None)?)
     })
     .await?;
     Ok((client, exec_spec(start, context)?))

@@ -82,6 +82,10 @@ pub struct RunArgs {
     /// default: the image's User, else root).
     #[arg(short = 'u', long = "user", value_name = "USER[:GROUP]")]
     pub user: Option<String>,
+    /// Add a supplementary group of the image (name or GID) to COMMAND's user, beyond the
+    /// user's own memberships in the image's /etc/group, as docker run --group-add. Repeatable.
+    #[arg(long = "group-add", value_name = "GROUP")]
+    pub group_add: Vec<String>,
     /// Resource limits (`--ulimit`).
     #[command(flatten)]
     pub limits: crate::cli::session::LimitArgs,
@@ -237,6 +241,7 @@ pub fn run(args: RunArgs) -> Result<i32, RunError> {
             workdir: args.workdir.clone(),
             user: args.user.clone(),
         },
+        &args.group_add,
     )?;
     let guest_init = crate::guest::agent::locate()?;
     let mut spec = VmSpec::new(root.rootfs.clone(), guest_init);
@@ -363,6 +368,7 @@ fn session_options(
         env: command.env.clone(),
         workdir: Some(command.workdir.clone()),
         user: command.user,
+        groups: command.groups.clone(),
         tty: args.tty,
         interactive: args.interactive,
         power_off_on_exit,

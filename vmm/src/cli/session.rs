@@ -64,6 +64,8 @@ pub struct CommandOptions {
     pub workdir: Option<String>,
     /// Run as this uid and gid (default: the agent's, root).
     pub user: Option<(u32, u32)>,
+    /// Supplementary groups (empty: none but the primary one, for another user).
+    pub groups: Vec<u32>,
     /// On a pseudo-terminal.
     pub tty: bool,
     /// Forward stdin even when it is a terminal (`-i`).
@@ -295,6 +297,9 @@ impl<'a> Session<'a> {
         }
         if let Some((uid, gid)) = options.user {
             spec = spec.user(uid, gid);
+        }
+        if !options.groups.is_empty() {
+            spec = spec.groups(options.groups.iter().copied());
         }
         for limit in &options.rlimits {
             spec = spec.rlimit(*limit);

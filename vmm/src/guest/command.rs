@@ -4,7 +4,7 @@
 //! of the sandbox gets.
 
 use krunbox_image::config::{merge_run_config, RunConfigError, RunOverrides};
-use krunbox_image::user::{resolve_user, UserError};
+use krunbox_image::user::{resolve_groups, resolve_user, UserError};
 
 use super::rootfs::PreparedRoot;
 use super::shares::Shares;
@@ -20,6 +20,9 @@ pub struct GuestCommand {
     pub workdir: String,
     /// uid and gid, when not root.
     pub user: Option<(u32, u32)>,
+    /// Supplementary groups: the user's memberships in the image's group file, then
+    /// `--group-add`'s.
+    pub groups: Vec<u32>,
 }
 
 /// Why the image and the command line make no command.
@@ -34,11 +37,13 @@ pub enum CommandError {
 }
 
 impl GuestCommand {
-    /// `-w` and `-u` win over the workspace (its path, its owner), which wins over the image.
+    /// `-w` and `-u` win over the workspace (its path, its owner), which wins over the image;
+    /// `group_add` names groups of the image (or numbers) to add.
     pub fn resolve(
         root: &PreparedRoot,
         shares: &Shares,
         command_line: RunOverrides,
+        group_add: &[String],
     ) -> Result<Self, CommandError> {
         let overrides = RunOverrides {
             workdir: command_line.workdir.or_else(|| shares.workdir.clone()),
@@ -52,13 +57,25 @@ impl GuestCommand {
         if !config.env.iter().any(|e| e.starts_with("HOME=")) {
             config.env.push(format!("HOME={}", user.home));
         }
+        let groups = with_added(user.groups, resolve_groups(&root.rootfs, group_add)?);
         Ok(Self {
             argv: config.argv,
             env: split_env(&config.env),
             workdir: config.workdir,
             user: (user.uid != 0 || user.gid != 0).then_some((user.uid, user.gid)),
+            groups,
         })
     }
+}
+
+/// `groups`, then those of `added` it lacks.
+pub fn with_added(mut groups: Vec<u32>, added: Vec<u32>) -> Vec<u32> {
+    for gid in added {
+        if !groups.contains(&gid) {
+            groups.push(gid);
+        }
+    }
+    groups
 }
 
 /// `KEY=VALUE` entries as pairs (a bare `KEY` has an empty value).

@@ -3,7 +3,8 @@
 //! bundle's process.
 //!
 //! What a VM runtime takes from the config, and what it leaves:
-//! - `root.path`, `process.args/env/cwd/user/terminal`, `hostname`: as given.
+//! - `root.path`, `process.args/env/cwd/user/terminal`, `hostname`: as given (the user's
+//!   `additionalGids` as `--group-add`).
 //! - `mounts` of type `bind` (an engine's `-v`): shared with the guest (read-only with `ro`);
 //!   the rest (`/proc`, `/dev`, `/sys`, tmpfs, mqueue, cgroup, ...) the guest kernel makes for
 //!   itself.
@@ -106,6 +107,9 @@ pub fn container(bundle: &Path, spec: &Spec) -> Result<Container, BundleError> {
     opt("workdir", process.cwd().display().to_string());
     let user = process.user();
     opt("user", format!("{}:{}", user.uid(), user.gid()));
+    for gid in user.additional_gids().clone().unwrap_or_default() {
+        opt("group-add", gid.to_string());
+    }
     let mut limited = std::collections::BTreeSet::new();
     for limit in process.rlimits().clone().unwrap_or_default() {
         let checked = krunbox_protocol::rlimit::named_limit(
@@ -261,7 +265,7 @@ mod tests {
             "ociVersion": "1.0.2",
             "process": {
                 "terminal": false,
-                "user": { "uid": 1000, "gid": 100 },
+                "user": { "uid": 1000, "gid": 100, "additionalGids": [5, 27] },
                 "args": ["sh", "-c", "echo hi"],
                 "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": 2048, "soft": 1024 }],
                 "capabilities": {
@@ -290,6 +294,8 @@ mod tests {
                 "--env=TERM=xterm",
                 "--workdir=/srv",
                 "--user=1000:100",
+                "--group-add=5",
+                "--group-add=27",
                 "--ulimit=nofile=1024:2048",
                 "--capabilities=bounding=CAP_CHOWN,CAP_KILL;effective=CAP_KILL;permitted=;\
                  inheritable=;ambient=CAP_NET_RAW",

@@ -36,6 +36,9 @@ pub struct SandboxSpec {
     pub workdir: Option<String>,
     /// Default uid and gid of `exec` (`None`: root).
     pub user: Option<(u32, u32)>,
+    /// That user's supplementary groups (its memberships in the image's group file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<u32>,
     /// The guest's hostname.
     pub hostname: String,
     /// A kernel instead of the backend's default.

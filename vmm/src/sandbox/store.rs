@@ -262,6 +262,7 @@ mod tests {
             env: Vec::new(),
             workdir: None,
             user: None,
+            groups: Vec::new(),
             hostname: "krunbox".into(),
             kernel: None,
             backend: None,

@@ -123,6 +123,7 @@ pub fn sandbox_spec(
             workdir: defaults.workdir.clone(),
             user: defaults.user.clone(),
         },
+        &[],
     )?;
     Ok(SandboxSpec {
         hostname,
@@ -137,6 +138,7 @@ pub fn sandbox_spec(
         env: command.env,
         workdir: Some(command.workdir),
         user: command.user,
+        groups: command.groups,
         kernel: vm.kernel.clone(),
         backend: vm.backend_kind(),
         accel: vm.accel(),

@@ -36,6 +36,10 @@ pub struct ExecArgs {
     /// Run as UID, UID:GID, NAME or NAME:GROUP (default: the sandbox's user).
     #[arg(short = 'u', long = "user", value_name = "USER")]
     pub user: Option<String>,
+    /// Add a supplementary group of the image (name or GID), as docker exec's user gets its
+    /// memberships and run's --group-add. Repeatable.
+    #[arg(long = "group-add", value_name = "GROUP")]
+    pub group_add: Vec<String>,
     /// Resource limits (`--ulimit`).
     #[command(flatten)]
     pub limits: crate::cli::session::LimitArgs,
@@ -80,6 +84,8 @@ pub struct ExecContext {
     pub workdir: Option<String>,
     /// uid and gid (`None`: root).
     pub user: Option<(u32, u32)>,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
 }
 
 impl ExecContext {
@@ -89,19 +95,24 @@ impl ExecContext {
     pub fn new(
         spec: &SandboxSpec,
         user: Option<&str>,
+        group_add: &[String],
         env: Vec<(String, String)>,
         workdir: Option<String>,
     ) -> Result<Self, SandboxCliError> {
         let mut all = spec.env.clone();
-        let user = match user {
+        let (user, groups) = match user {
             Some(user) => {
                 let user = resolve_user(&spec.rootfs, user)?;
                 all.retain(|(key, _)| key != "HOME");
                 all.push(("HOME".into(), user.home));
-                Some((user.uid, user.gid))
+                (Some((user.uid, user.gid)), user.groups)
             }
-            None => spec.user,
+            None => (spec.user, spec.groups.clone()),
         };
+        let groups = crate::guest::command::with_added(
+            groups,
+            krunbox_image::user::resolve_groups(&spec.rootfs, group_add)?,
+        );
         for (key, value) in env {
             all.retain(|(k, _)| *k != key);
             all.push((key, value));
@@ -110,6 +121,7 @@ impl ExecContext {
             env: all,
             workdir: workdir.or(spec.workdir.clone()),
             user,
+            groups,
         })
     }
 }
@@ -121,6 +133,7 @@ pub fn exec(args: ExecArgs) -> Result<i32, SandboxCliError> {
     let context = ExecContext::new(
         &spec,
         args.user.as_deref(),
+        &args.group_add,
         exec_env(&args.env)?,
         args.workdir.clone(),
     )?;
@@ -130,6 +143,7 @@ pub fn exec(args: ExecArgs) -> Result<i32, SandboxCliError> {
         env: context.env,
         workdir: context.workdir,
         user: context.user,
+        groups: context.groups,
         tty: args.tty,
         interactive: args.interactive,
         power_off_on_exit: false,
