@@ -92,12 +92,13 @@ fn mount_one(
     }
 }
 
-/// Mounts /proc, /sys, /dev, /dev/pts, /dev/shm, /tmp, /run and the cgroup2 hierarchy. Each
+/// Mounts /proc, /sys, /dev, /dev/pts, /dev/mqueue (POSIX message queues), /dev/shm, /tmp,
+/// /run and the cgroup2 hierarchy. Each
 /// failure is logged and the rest still mounted: a guest with one of them missing is more
 /// useful than a PID 1 that stops.
 pub fn mount_essentials() {
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    let table: [(&str, &str, &str, MsFlags, Option<&str>); 8] = [
+    let table: [(&str, &str, &str, MsFlags, Option<&str>); 9] = [
         ("proc", "/proc", "proc", nosuid_nodev_noexec, None),
         ("sysfs", "/sys", "sysfs", nosuid_nodev_noexec, None),
         (
@@ -114,6 +115,7 @@ pub fn mount_essentials() {
             MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
             Some("newinstance,ptmxmode=0666,mode=0620"),
         ),
+        ("mqueue", "/dev/mqueue", "mqueue", nosuid_nodev_noexec, None),
         (
             "shm",
             "/dev/shm",
@@ -148,9 +150,14 @@ pub fn mount_essentials() {
             tracing::warn!(%err, "essential mount failed");
         }
     }
-    // /dev/ptmx must be the devpts instance's, for PTYs to work in a fresh devtmpfs.
-    if !Path::new("/dev/ptmx").exists() {
-        let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
+    // /dev/ptmx is the devpts instance's (a link, as the OCI runtime spec has it), not
+    // devtmpfs's node of the kernel's first instance.
+    let ptmx = Path::new("/dev/ptmx");
+    if !ptmx.is_symlink() {
+        let _ = std::fs::remove_file(ptmx);
+        if let Err(err) = std::os::unix::fs::symlink("pts/ptmx", ptmx) {
+            tracing::warn!(%err, "cannot link /dev/ptmx");
+        }
     }
     // What udev or systemd would add, and programs expect: bash's `<(...)` needs /dev/fd.
     for (link, target) in DEV_LINKS {

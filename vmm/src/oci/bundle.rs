@@ -69,6 +69,7 @@ pub fn load(bundle: &Path) -> Result<Container, BundleError> {
 
 /// The container of `spec`, whose relative paths are relative to `bundle`.
 pub fn container(bundle: &Path, spec: &Spec) -> Result<Container, BundleError> {
+    check_version(spec.version())?;
     let annotations: std::collections::BTreeMap<String, String> = spec
         .annotations()
         .clone()
@@ -219,6 +220,23 @@ pub fn container(bundle: &Path, spec: &Spec) -> Result<Container, BundleError> {
     })
 }
 
+/// `ociVersion` must be a 1.x release (`1.0.2`, `1.1.0-rc.1`): the spec's own rule, "invalid
+/// or unsupported values MUST generate an error".
+fn check_version(version: &str) -> Result<(), BundleError> {
+    let release = version.split(['-', '+']).next().unwrap_or_default();
+    let numbers: Vec<&str> = release.split('.').collect();
+    let numeric = numbers.len() == 3
+        && numbers
+            .iter()
+            .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    if numeric && numbers[0] == "1" {
+        return Ok(());
+    }
+    Err(BundleError::Unsupported(format!(
+        "ociVersion {version:?} is not a 1.x version of the runtime spec"
+    )))
+}
+
 /// The config's capability sets as masks (a set it leaves out is empty, as runc has it).
 fn capability_sets(
     config: &oci_spec::runtime::LinuxCapabilities,
@@ -312,6 +330,16 @@ mod tests {
                 "echo hi",
             ]
         );
+    }
+
+    #[test]
+    fn only_a_1_x_oci_version_is_taken() {
+        for good in ["1.0.0", "1.0.2-dev", "1.2.0+build"] {
+            assert!(check_version(good).is_ok(), "{good}");
+        }
+        for bad in ["invalid", "", "2.0.0", "1.0", "1.x.0", "1..0"] {
+            assert!(check_version(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
