@@ -1,6 +1,6 @@
 //! libkrun against the QEMU backend with KVM, side by side in the same KVM host (`cargo xtask
-//! kvm-host`): boot → exec → exit, the exec round trip into a running sandbox, and the host
-//! memory of an idle sandbox. Both boot krunbox's own kernel (`cargo xtask build-kernel`:
+//! kvm-host`): boot → exec → exit, the same from a warm pool of one, the exec round trip into a
+//! running sandbox, and the host memory of an idle sandbox. Both boot krunbox's own kernel (`cargo xtask build-kernel`:
 //! the `vmlinux`, libkrun's format 1 and QEMU's PVH entry) on the default image, so the
 //! backends differ and nothing else; libkrun with its default libkrunfw kernel is a third row.
 //!
@@ -71,6 +71,8 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
         "backend",
         "boot->exec->exit (median)",
         "ratio",
+        "warm pool run (median)",
+        "ratio",
         "exec round trip (median)",
         "ratio",
         "host PSS, idle sandbox",
@@ -81,6 +83,8 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
             row.name.into(),
             millis(row.boot),
             ratio(row.boot.as_secs_f64(), base.boot.as_secs_f64()),
+            millis(row.warm),
+            ratio(row.warm.as_secs_f64(), base.warm.as_secs_f64()),
             millis(row.exec),
             ratio(row.exec.as_secs_f64(), base.exec.as_secs_f64()),
             format!("{:.1} MiB", row.pss as f64 / (1 << 20) as f64),
@@ -89,8 +93,9 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
     }
     table.print(&format!(
         "Backends in one KVM host (emulated: compare the ratios), {runs} runs each; \
-         `krunbox run -- true`, `krunbox exec NAME -- true`, `krunbox stats` PSS summed over \
-         the sandbox's processes; ratios against the first row"
+         `krunbox run -- true` cold and from `krunbox pool start --size 1` with the same \
+         settings, `krunbox exec NAME -- true`, `krunbox stats` PSS summed over the sandbox's \
+         processes; ratios against the first row"
     ));
     Ok(())
 }
@@ -126,6 +131,7 @@ pub fn run_in_kvm_host(suite: &str, args: &[String], env: &[String]) -> anyhow::
 struct Row {
     name: &'static str,
     boot: Duration,
+    warm: Duration,
     exec: Duration,
     pss: u64,
 }
@@ -144,6 +150,9 @@ fn measure(krunbox: &PrivateKrunbox, setup: &Setup, runs: usize) -> anyhow::Resu
         }
     }
     boots.sort();
+    let warm = warm_runs(krunbox, setup, runs);
+    let _ = krunbox.ok(&["pool", "stop", "default"]);
+    let warm = warm?;
     let name = format!("bench-{}", std::process::id());
     let mut create: Vec<&str> = vec!["create", "--name", &name];
     create.extend(setup.args.iter().map(String::as_str));
@@ -154,9 +163,47 @@ fn measure(krunbox: &PrivateKrunbox, setup: &Setup, runs: usize) -> anyhow::Resu
     Ok(Row {
         name: setup.name,
         boot: percentile(&boots, 50.0),
+        warm: percentile(&warm, 50.0),
         exec,
         pss,
     })
+}
+
+/// `runs` timed runs of `krunbox run -- true` that each take the warm VM of a pool of one with
+/// `setup`'s settings (the keeper boots the next between runs, untimed).
+fn warm_runs(
+    krunbox: &PrivateKrunbox,
+    setup: &Setup,
+    runs: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut start: Vec<&str> = vec!["pool", "start", "--size", "1"];
+    start.extend(setup.args.iter().map(String::as_str));
+    krunbox.ok(&start)?;
+    let mut warm = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        super::boot::wait_until_ready(krunbox)?;
+        let mut args: Vec<&str> = vec!["run", "--timings=json"];
+        args.extend(setup.args.iter().map(String::as_str));
+        args.extend(["--", "true"]);
+        let started = Instant::now();
+        let out = krunbox
+            .command(&args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .context("run krunbox run from the pool")?;
+        let elapsed = started.elapsed();
+        if !out.status.success()
+            || !String::from_utf8_lossy(&out.stderr).contains("\"warm_pool\":\"")
+        {
+            bail!(
+                "a run did not take the pool's VM: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        warm.push(elapsed);
+    }
+    warm.sort();
+    Ok(warm)
 }
 
 /// The median exec round trip into the running sandbox `name`, and its host PSS once idle.

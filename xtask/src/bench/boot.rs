@@ -249,7 +249,7 @@ fn totals_row(name: &str, first: Duration, mut totals: Vec<Duration>) -> Row {
 }
 
 /// Waits until the default pool has a booted VM ready.
-fn wait_until_ready(krunbox: &PrivateKrunbox) -> anyhow::Result<()> {
+pub(super) fn wait_until_ready(krunbox: &PrivateKrunbox) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let listed: serde_json::Value =
