@@ -145,11 +145,21 @@ pub fn mount_essentials() {
             None,
         ),
     ];
+    let mut dev_mounted = false;
     for (source, target, fstype, flags, data) in table {
-        if let Err(err) = mount_one(source, target, fstype, flags, data) {
-            tracing::warn!(%err, "essential mount failed");
+        match mount_one(source, target, fstype, flags, data) {
+            Ok(()) => dev_mounted |= target == "/dev",
+            Err(err) => tracing::warn!(%err, "essential mount failed"),
         }
     }
+    // Only in the guest's own /dev: without it, these would land in the image's directory.
+    if dev_mounted {
+        link_dev();
+    }
+}
+
+/// /dev's links: to the devpts instance's ptmx and to /proc/self/fd.
+fn link_dev() {
     // /dev/ptmx is the devpts instance's (a link, as the OCI runtime spec has it), not
     // devtmpfs's node of the kernel's first instance.
     let ptmx = Path::new("/dev/ptmx");

@@ -452,16 +452,17 @@ fn prepare_and_exec(plan: &Plan) -> Result<Never, SpawnStage> {
                 return Err(SpawnStage::SetUid);
             }
         }
+        // As the user, before its capabilities narrow (runc's order too).
+        if let Some(cwd) = &plan.cwd {
+            if libc::chdir(cwd.as_ptr()) != 0 {
+                return Err(SpawnStage::Chdir);
+            }
+        }
         if let Some(capabilities) = &plan.capabilities {
             set_capabilities(capabilities)?;
         }
         if plan.no_new_privileges && !ok(prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0)) {
             return Err(SpawnStage::NoNewPrivileges);
-        }
-        if let Some(cwd) = &plan.cwd {
-            if libc::chdir(cwd.as_ptr()) != 0 {
-                return Err(SpawnStage::Chdir);
-            }
         }
     }
     exec(plan);

@@ -24,6 +24,8 @@ use crate::confined;
 
 /// The largest passwd/group file read.
 const MAX_FILE: u64 = 4 * 1024 * 1024;
+/// The most supplementary groups a Linux process can have (`NGROUPS_MAX`).
+pub const MAX_GROUPS: usize = 65536;
 
 /// A resolved user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +58,12 @@ pub enum UserError {
     NoSuchGroup {
         /// The name.
         name: String,
+    },
+    /// More supplementary groups than Linux gives a process.
+    #[error("{user} would have more than {MAX_GROUPS} supplementary groups")]
+    TooManyGroups {
+        /// The user, or `--group-add`.
+        user: String,
     },
     /// Reading the file failed (other than it being absent).
     #[error("reading {path} of the image: {source}")]
@@ -116,7 +124,16 @@ fn resolve_with(
     // The group file, read once and only when a group name or the user's memberships need it.
     let needs_groups =
         name.is_some() && group.is_none() || group.is_some_and(|g| g.parse::<u32>().is_err());
-    let group_text = if needs_groups { read_group()? } else { None };
+    let group_text = match (needs_groups, group) {
+        (false, _) => None,
+        // Read for the user's memberships alone: a group file that cannot be read means none
+        // (as before memberships were read), not a user that cannot run.
+        (true, None) => read_group().unwrap_or_else(|err| {
+            tracing::warn!(%err, "the image's /etc/group is unreadable: no supplementary groups");
+            None
+        }),
+        (true, Some(_)) => read_group()?,
+    };
     let gid = match group {
         None => primary_gid,
         Some(group) => match group.parse::<u32>() {
@@ -138,7 +155,7 @@ fn resolve_with(
         },
     };
     let groups = match (&name, group, group_text.as_deref()) {
-        (Some(name), None, Some(text)) => memberships(text, name, gid),
+        (Some(name), None, Some(text)) => memberships(text, name, gid)?,
         _ => Vec::new(),
     };
     Ok(ResolvedUser {
@@ -149,9 +166,10 @@ fn resolve_with(
     })
 }
 
-/// The groups of the group file that list `name` as a member, `primary` left out, each once.
-fn memberships(text: &str, name: &str, primary: u32) -> Vec<u32> {
-    let mut groups = Vec::new();
+/// The groups of the group file that list `name` as a member, `primary` left out, each once,
+/// in the file's order.
+fn memberships(text: &str, name: &str, primary: u32) -> Result<Vec<u32>, UserError> {
+    let mut groups = Unique::default();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let fields: Vec<&str> = line.split(':').collect();
         let (Some(gid), Some(members)) =
@@ -159,12 +177,33 @@ fn memberships(text: &str, name: &str, primary: u32) -> Vec<u32> {
         else {
             continue;
         };
-        if gid != primary && !groups.contains(&gid) && members.split(',').any(|m| m.trim() == name)
-        {
-            groups.push(gid);
+        if gid != primary && members.split(',').any(|m| m.trim() == name) {
+            groups.push(gid, name)?;
         }
     }
-    groups
+    Ok(groups.list)
+}
+
+/// Group ids in the order first seen, each once, at most [`MAX_GROUPS`] (a hostile group file
+/// may list a user in millions of groups).
+#[derive(Default)]
+struct Unique {
+    list: Vec<u32>,
+    seen: std::collections::HashSet<u32>,
+}
+
+impl Unique {
+    fn push(&mut self, gid: u32, user: &str) -> Result<(), UserError> {
+        if self.seen.insert(gid) {
+            if self.list.len() == MAX_GROUPS {
+                return Err(UserError::TooManyGroups {
+                    user: user.to_owned(),
+                });
+            }
+            self.list.push(gid);
+        }
+        Ok(())
+    }
 }
 
 /// `--group-add` groups (names of the image's group file, or numbers), each once.
@@ -179,7 +218,7 @@ pub fn resolve_groups(rootfs: &Path, names: &[String]) -> Result<Vec<u32>, UserE
 
 /// [`resolve_groups`] against the group file's text (`None`: absent).
 pub fn groups_in_text(text: Option<&str>, names: &[String]) -> Result<Vec<u32>, UserError> {
-    let mut groups = Vec::new();
+    let mut groups = Unique::default();
     for name in names {
         let gid = match name.parse::<u32>() {
             Ok(gid) => gid,
@@ -189,11 +228,9 @@ pub fn groups_in_text(text: Option<&str>, names: &[String]) -> Result<Vec<u32>, 
                 None => return Err(UserError::NoSuchGroup { name: name.clone() }),
             },
         };
-        if !groups.contains(&gid) {
-            groups.push(gid);
-        }
+        groups.push(gid, "--group-add")?;
     }
-    Ok(groups)
+    Ok(groups.list)
 }
 
 struct PasswdEntry<'a> {
@@ -330,6 +367,25 @@ mod tests {
         assert!(matches!(
             added(&["nogroup"]),
             Err(UserError::NoSuchGroup { .. })
+        ));
+    }
+
+    #[test]
+    fn a_hostile_group_file_costs_no_run_of_a_plain_user_and_cannot_flood_it() {
+        let dir = image();
+        std::fs::write(dir.path().join("etc/group"), b"staff:x:50:app\xff\n").unwrap();
+        // Not UTF-8: no memberships for a plain user, an error where a group name needs it.
+        assert_eq!(
+            resolve_user(dir.path(), "app").unwrap(),
+            user(1000, 1001, "/home/app")
+        );
+        assert!(resolve_user(dir.path(), "app:staff").is_err());
+        let flood: String = (0..=MAX_GROUPS as u32)
+            .map(|gid| format!("g{gid}:x:{}:app\n", gid + 2000))
+            .collect();
+        assert!(matches!(
+            resolve_in_texts(Some("app:x:1000:1001::/:/bin/sh\n"), Some(&flood), "app"),
+            Err(UserError::TooManyGroups { .. })
         ));
     }
 

@@ -75,6 +75,16 @@ pub enum CapabilityError {
     /// A name Linux does not know.
     #[error("`{0}` is not a Linux capability (for example NET_RAW, CAP_SYS_ADMIN or ALL)")]
     Unknown(String),
+    /// Sets no process can have.
+    #[error("{capabilities} in the {set} set must also be {within}")]
+    Impossible {
+        /// The set that holds them.
+        set: &'static str,
+        /// The capabilities, comma-separated.
+        capabilities: String,
+        /// The sets they must be in.
+        within: &'static str,
+    },
     /// Not `SET=LIST;...` with a known set.
     #[error(
         "`{0}` is not SET=CAP,CAP;... with SET one of bounding, effective, permitted, \
@@ -141,13 +151,22 @@ impl FromStr for CapabilityList {
 
 impl CapabilitySets {
     /// Docker's `--cap-add`/`--cap-drop`: every capability (a guest's root has them all)
-    /// less `drop`, plus `add` (so `--cap-drop ALL --cap-add CHOWN` leaves CHOWN alone), as
-    /// the bounding, effective and permitted sets; nothing inheritable or ambient. A command
+    /// less `drop`, plus `add`, except that `--cap-drop ALL` starts from none (so
+    /// `--cap-drop ALL --cap-add CHOWN` leaves CHOWN alone) and `--cap-add ALL` keeps its drops
+    /// (`--cap-add ALL --cap-drop NET_RAW` has all but NET_RAW); as the bounding, effective and
+    /// permitted sets; nothing inheritable or ambient. A command
     /// run as root then has exactly these; one run as another user has none (its capabilities
     /// go at `execve`, as with Docker) unless a file capability grants one within the bounding
     /// set.
     pub fn docker(add: u64, drop: u64) -> Self {
-        let granted = (ALL & !drop) | (add & ALL);
+        let (add, drop) = (add & ALL, drop & ALL);
+        let granted = if drop == ALL {
+            add
+        } else if add == ALL {
+            ALL & !drop
+        } else {
+            (ALL & !drop) | add
+        };
         Self {
             bounding: granted,
             effective: granted,
@@ -155,6 +174,33 @@ impl CapabilitySets {
             inheritable: 0,
             ambient: 0,
         }
+    }
+
+    /// Whether Linux can give a process these sets: the effective set within the permitted
+    /// one, the ambient set within both the permitted and the inheritable ones.
+    pub fn check(&self) -> Result<(), CapabilityError> {
+        let outside = |set: u64, within: u64| names(set & !within);
+        for (set, stray, within) in [
+            (
+                "effective",
+                outside(self.effective, self.permitted),
+                "permitted",
+            ),
+            (
+                "ambient",
+                outside(self.ambient, self.permitted & self.inheritable),
+                "permitted and inheritable",
+            ),
+        ] {
+            if !stray.is_empty() {
+                return Err(CapabilityError::Impossible {
+                    set,
+                    capabilities: stray.join(","),
+                    within,
+                });
+            }
+        }
+        Ok(())
     }
 
     fn sets(&self) -> [(&'static str, u64); 5] {
@@ -203,6 +249,7 @@ impl FromStr for CapabilitySets {
             let mask = list.parse::<CapabilityList>()?.mask();
             *sets.set_mut(set.trim()).ok_or_else(syntax)? = mask;
         }
+        sets.check()?;
         Ok(sets)
     }
 }
@@ -237,6 +284,9 @@ mod tests {
         let no_raw = CapabilitySets::docker(0, 1 << 13);
         assert_eq!(no_raw.bounding, ALL & !(1 << 13));
         assert_eq!(no_raw.inheritable, 0);
+        let all_but_raw = CapabilitySets::docker(ALL, 1 << 13);
+        assert_eq!(all_but_raw.bounding, ALL & !(1 << 13));
+        assert!(no_raw.check().is_ok() && chown.check().is_ok());
     }
 
     #[test]
@@ -244,17 +294,25 @@ mod tests {
         let sets = CapabilitySets {
             bounding: 0b101,
             effective: 1,
-            permitted: 0b101,
-            inheritable: 0,
+            permitted: 0b101 | 1 << 40,
+            inheritable: 1 << 40,
             ambient: 1 << 40,
         };
         assert_eq!(sets.to_string().parse::<CapabilitySets>().unwrap(), sets);
-        let partial: CapabilitySets = "bounding=CHOWN; effective=cap_chown".parse().unwrap();
+        let partial: CapabilitySets = "bounding=CHOWN; effective=cap_chown;permitted=CHOWN"
+            .parse()
+            .unwrap();
         assert_eq!(
             (partial.bounding, partial.effective, partial.permitted),
-            (1, 1, 0)
+            (1, 1, 1)
         );
-        for bad in ["bounding", "bound=CHOWN", "bounding=CHOWN,NOPE"] {
+        for bad in [
+            "bounding",
+            "bound=CHOWN",
+            "bounding=CHOWN,NOPE",
+            "effective=KILL",
+            "permitted=KILL;ambient=KILL",
+        ] {
             assert!(bad.parse::<CapabilitySets>().is_err(), "{bad}");
         }
     }

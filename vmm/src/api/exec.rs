@@ -254,11 +254,15 @@ pub async fn prepare(name: &str, start: &ExecStart) -> Result<(Client, ExecSpec)
             }
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let context = super::error::blocking({
+    let mut context = super::error::blocking({
         let user = start.user.clone();
         move || Ok(ExecContext::new(&spec, user.as_deref(), &[], env, None)?)
     })
     .await?;
+    // The user's memberships only: an older agent goes without them rather than failing.
+    if !crate::cli::session::serves_groups(client.agent_info()) {
+        context.groups.clear();
+    }
     Ok((client, exec_spec(start, context)?))
 }
 

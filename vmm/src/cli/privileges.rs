@@ -133,10 +133,16 @@ mod tests {
             two.capabilities.map(|c| c.effective),
             Some(ALL & !(1 << 13 | 1 << 21))
         );
-        let exact = privileges(&["--capabilities", "bounding=KILL;ambient=KILL"]).unwrap();
+        let exact = privileges(&[
+            "--capabilities",
+            "bounding=KILL;permitted=KILL;inheritable=KILL;ambient=KILL",
+        ])
+        .unwrap();
         assert_eq!(
-            exact.capabilities.map(|c| (c.bounding, c.permitted)),
-            Some((32, 0))
+            exact
+                .capabilities
+                .map(|c| (c.bounding, c.effective, c.ambient)),
+            Some((32, 0, 32))
         );
         let nnp = privileges(&["--security-opt", "no-new-privileges"]).unwrap();
         assert!(nnp.no_new_privileges);
@@ -153,6 +159,7 @@ mod tests {
             &["--cap-add", "NET_RAWR"][..],
             &["--capabilities", "bounding=CHOWN", "--cap-drop", "ALL"],
             &["--capabilities", "boundary=CHOWN"],
+            &["--capabilities", "ambient=KILL"],
             &["--security-opt", "seccomp=unconfined"],
             &["--security-opt", "no-new-privileges=maybe"],
         ] {

@@ -290,7 +290,9 @@ pub fn run(args: RunArgs) -> Result<i32, RunError> {
         return Ok(128 + sig as i32);
     }
 
-    let options = session_options(&command, &args, true, SecondInterrupt::StopVm);
+    let mut options = session_options(&command, &args, true, SecondInterrupt::StopVm);
+    // A signal between that check and the session's own handlers is still seen.
+    options.early_signal = Some(interrupted);
     let outcome = session::block_on(Session::new(options, vm.as_mut()).run_marked());
     // The VM handle's drop waits for the cleanup.
     drop(vm);
@@ -369,6 +371,8 @@ fn session_options(
         workdir: Some(command.workdir.clone()),
         user: command.user,
         groups: command.groups.clone(),
+        groups_asked: !args.group_add.is_empty(),
+        early_signal: None,
         tty: args.tty,
         interactive: args.interactive,
         power_off_on_exit,

@@ -66,6 +66,9 @@ pub struct CommandOptions {
     pub user: Option<(u32, u32)>,
     /// Supplementary groups (empty: none but the primary one, for another user).
     pub groups: Vec<u32>,
+    /// Some of them were asked for (`--group-add`), not only the user's memberships in the
+    /// image: an agent that cannot set groups is then refused rather than skipped.
+    pub groups_asked: bool,
     /// On a pseudo-terminal.
     pub tty: bool,
     /// Forward stdin even when it is a terminal (`-i`).
@@ -83,6 +86,9 @@ pub struct CommandOptions {
     pub started_mark: Option<std::path::PathBuf>,
     /// A FIFO whose one byte the command waits for once the agent answers (`krunbox-oci`).
     pub start_gate: Option<std::path::PathBuf>,
+    /// Where a signal that came before the session's handlers was noted (its number; 0:
+    /// none), by `run` while the VM started.
+    pub early_signal: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
     /// Resource limits (`--ulimit`).
     pub rlimits: Vec<Rlimit>,
     /// Capabilities and `no_new_privs` (`--cap-add`, `--cap-drop`, `--security-opt`).
@@ -102,6 +108,15 @@ pub struct LimitArgs {
 /// `--ulimit NAME=SOFT[:HARD]`, as `docker run` takes it.
 fn parse_ulimit(text: &str) -> Result<Rlimit, String> {
     krunbox_protocol::rlimit::parse_ulimit(text).map_err(|e| e.to_string())
+}
+
+/// Whether the agent sets supplementary groups (an older one, in a sandbox or pool member it
+/// booted, does not).
+pub fn serves_groups(agent: &krunbox_protocol::messages::HelloAck) -> bool {
+    agent
+        .features
+        .iter()
+        .any(|f| f == krunbox_protocol::messages::GROUPS_FEATURE)
 }
 
 /// `path`, a FIFO, opened for reading without blocking; read-write, so that it never reads as
@@ -217,6 +232,13 @@ impl<'a> Session<'a> {
 
     async fn run_inner(&mut self) -> Result<i32, SessionError> {
         let mut signals = Signals::install()?;
+        let early = self.options.early_signal.as_ref();
+        let early = early.map_or(0, |s| s.load(std::sync::atomic::Ordering::SeqCst));
+        if early != 0 {
+            eprintln!("krunbox: interrupted while the VM was booting; stopping it");
+            let _ = self.vm.kill();
+            return Ok(128 + early as i32);
+        }
         // Opened first, so that a start written while the VM boots is kept until it is read.
         let gate = self
             .options
@@ -284,7 +306,7 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn spec(&self) -> ExecSpec {
+    fn spec(&self, agent: &krunbox_protocol::messages::HelloAck) -> ExecSpec {
         let options = &self.options;
         let mut spec =
             ExecSpec::new(options.command.clone()).power_off_on_exit(options.power_off_on_exit);
@@ -299,7 +321,11 @@ impl<'a> Session<'a> {
             spec = spec.user(uid, gid);
         }
         if !options.groups.is_empty() {
-            spec = spec.groups(options.groups.iter().copied());
+            if options.groups_asked || serves_groups(agent) {
+                spec = spec.groups(options.groups.iter().copied());
+            } else {
+                tracing::debug!("the agent predates supplementary groups; the user's left out");
+            }
         }
         for limit in &options.rlimits {
             spec = spec.rlimit(*limit);
@@ -318,7 +344,7 @@ impl<'a> Session<'a> {
 
     async fn exec(&mut self, client: &Client, signals: &mut Signals) -> Result<i32, SessionError> {
         let tty = self.options.tty;
-        let mut execution = client.exec(self.spec()).await?;
+        let mut execution = client.exec(self.spec(client.agent_info())).await?;
         self.marks.exec_started = Some(std::time::Instant::now());
         if let Some(mark) = &self.options.started_mark {
             if let Err(err) = std::fs::write(mark, b"") {

@@ -257,13 +257,16 @@ fn capability_sets(
                 })
         })
     };
-    Ok(krunbox_protocol::messages::CapabilitySets {
+    let sets = krunbox_protocol::messages::CapabilitySets {
         bounding: mask(config.bounding())?,
         effective: mask(config.effective())?,
         permitted: mask(config.permitted())?,
         inheritable: mask(config.inheritable())?,
         ambient: mask(config.ambient())?,
-    })
+    };
+    sets.check()
+        .map_err(|e| BundleError::Unsupported(format!("process.capabilities: {e}")))?;
+    Ok(sets)
 }
 
 #[cfg(test)]
@@ -289,6 +292,8 @@ mod tests {
                 "capabilities": {
                     "bounding": ["CAP_CHOWN", "CAP_KILL"],
                     "effective": ["CAP_KILL"],
+                    "permitted": ["CAP_KILL", "CAP_NET_RAW"],
+                    "inheritable": ["CAP_NET_RAW"],
                     "ambient": ["CAP_NET_RAW"]
                 },
                 "noNewPrivileges": true,
@@ -315,8 +320,8 @@ mod tests {
                 "--group-add=5",
                 "--group-add=27",
                 "--ulimit=nofile=1024:2048",
-                "--capabilities=bounding=CAP_CHOWN,CAP_KILL;effective=CAP_KILL;permitted=;\
-                 inheritable=;ambient=CAP_NET_RAW",
+                "--capabilities=bounding=CAP_CHOWN,CAP_KILL;effective=CAP_KILL;\
+                 permitted=CAP_KILL,CAP_NET_RAW;inheritable=CAP_NET_RAW;ambient=CAP_NET_RAW",
                 "--security-opt=no-new-privileges",
                 "--hostname=c1",
                 &format!("--volume={}:/data:ro", data.display()),

@@ -30,8 +30,7 @@ use state::{Record, Root, StateError, Status};
 
 /// The OCI runtime spec version this runtime follows.
 const OCI_VERSION: &str = "1.0.2";
-/// How long `start` waits for the monitor to open its FIFO (once it has prepared the root and
-/// started the VM).
+/// How long `start` waits for the monitor to open its FIFO (the first thing it does).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// krunbox as an OCI runtime: each container is a micro-VM (see `krunbox-oci --help` of each
@@ -432,6 +431,17 @@ fn start(root: &Root, id: &str) -> Result<i32, OciError> {
     }
     record.started = true;
     root.write(&record)?;
+    if let Err(err) = write_start(&record, &dir) {
+        // Nothing reached the monitor: the container is still only created.
+        record.started = false;
+        root.write(&record)?;
+        return Err(err);
+    }
+    wait_running(&record, &dir)
+}
+
+/// Writes the start FIFO's byte, which the monitor reads once the VM has booted.
+fn write_start(record: &Record, dir: &Path) -> Result<(), OciError> {
     let fifo = dir.join(state::START_FIFO);
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
@@ -441,17 +451,26 @@ fn start(root: &Root, id: &str) -> Result<i32, OciError> {
             .open(&fifo)
         {
             Ok(mut writer) => {
-                writer
+                return writer
                     .write_all(b"1")
-                    .map_err(|e| OciError::Os(format!("start {id}: {e}")))?;
-                return wait_running(&record, &dir);
+                    .map_err(|e| OciError::Os(format!("start {}: {e}", record.id)));
             }
-            // No reader yet: the monitor has not reached its FIFO.
+            // No reader yet: the monitor has only just been started.
             Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
-                if !state::monitor_alive(record.pid, &dir) || Instant::now() > deadline {
+                let log = dir.join(state::MONITOR_LOG);
+                if !state::monitor_alive(record.pid, dir) {
                     return Err(OciError::Os(format!(
-                        "container {id}'s monitor is gone (see {})",
-                        dir.join(state::MONITOR_LOG).display()
+                        "container {}'s monitor is gone (see {})",
+                        record.id,
+                        log.display()
+                    )));
+                }
+                if Instant::now() > deadline {
+                    return Err(OciError::Os(format!(
+                        "container {}'s monitor did not open its start FIFO within \
+                         {START_TIMEOUT:?} (see {})",
+                        record.id,
+                        log.display()
                     )));
                 }
                 std::thread::sleep(Duration::from_millis(10));
@@ -497,6 +516,21 @@ pub fn monitor_main(dir: &Path) -> i32 {
         Ok(file) => crate::self_spawn::init_job_logging(std::sync::Mutex::new(file)),
         Err(_) => crate::self_spawn::init_job_logging(std::io::sink),
     }
+    // The start FIFO is held open from here on, so a `start` that comes while the root is
+    // prepared and the VM boots is kept until the session, at its gate, reads it.
+    let fifo = dir.join(state::START_FIFO);
+    let _held = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+    {
+        Ok(held) => held,
+        Err(err) => {
+            tracing::error!(%err, fifo = %fifo.display(), "cannot open the start FIFO");
+            return 125;
+        }
+    };
     let record: Record = match std::fs::read(dir.join("container.json"))
         .map_err(|e| e.to_string())
         .and_then(|text| serde_json::from_slice(&text).map_err(|e| e.to_string()))
@@ -511,7 +545,7 @@ pub fn monitor_main(dir: &Path) -> i32 {
     let code = match run_args(&record.run_args) {
         Ok(mut args) => {
             args.started_mark = Some(dir.join(state::RUNNING_FILE));
-            args.start_gate = Some(dir.join(state::START_FIFO));
+            args.start_gate = Some(fifo.clone());
             crate::cli::run::run(args).unwrap_or_else(|err| {
                 eprintln!("krunbox-oci: {err}");
                 125

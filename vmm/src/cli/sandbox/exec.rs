@@ -144,6 +144,8 @@ pub fn exec(args: ExecArgs) -> Result<i32, SandboxCliError> {
         workdir: context.workdir,
         user: context.user,
         groups: context.groups,
+        groups_asked: !args.group_add.is_empty(),
+        early_signal: None,
         tty: args.tty,
         interactive: args.interactive,
         power_off_on_exit: false,
