@@ -138,7 +138,18 @@ fn create_start_exec_stop_rm_round_trip_outlives_the_cli() {
     let Some(b) = Boxes::new("create_start_exec_stop_rm_round_trip_outlives_the_cli") else {
         return;
     };
-    assert_eq!(b.ok(&["create", "--name", "rt", "--memory", "256"]), "rt\n");
+    assert_eq!(
+        b.ok(&[
+            "create",
+            "--name",
+            "rt",
+            "--memory",
+            "256",
+            "--group-add",
+            "7"
+        ]),
+        "rt\n"
+    );
     let dup = b.out(&["create", "--name", "rt"]);
     assert_eq!(dup.status.code(), Some(125));
     assert!(
@@ -175,6 +186,12 @@ fn create_start_exec_stop_rm_round_trip_outlives_the_cli() {
     assert_eq!(text(&out.stderr), "err\n");
     // Same VM for the next exec: the file in its tmpfs is still there.
     assert_eq!(b.ok(&["exec", "rt", "--", "cat", "/tmp/state"]), "42\n");
+    // The sandbox's groups (create --group-add), and an exec's own on top.
+    assert_eq!(b.ok(&["exec", "rt", "--", "id", "-G"]), "0 7\n");
+    assert_eq!(
+        b.ok(&["exec", "rt", "--group-add", "9", "--", "id", "-G"]),
+        "0 7 9\n"
+    );
     let piped = b.out_with_stdin(&["exec", "rt", "--", "wc", "-c"], &[7u8; 100_000]);
     assert_eq!(text(&piped.stdout).trim(), "100000");
     let missing = b.out(&["exec", "rt", "--", "no-such-program"]);

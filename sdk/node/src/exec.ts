@@ -40,6 +40,8 @@ export interface ExecOptions {
   timeoutSecs?: number;
   /** Resource limits, `NAME=SOFT[:HARD]` as `krunbox exec --ulimit` takes them. */
   ulimits?: string[];
+  /** Supplementary groups of the image (names or GIDs), as `krunbox exec --group-add`. */
+  groupAdd?: string[];
   /** Capabilities to take from the command (`NET_RAW`, `ALL`), as `krunbox exec --cap-drop`. */
   capDrop?: string[];
   /** Capabilities to give back after `capDrop`. */
@@ -201,6 +203,7 @@ export function startMessage(cmd: string | string[], options: ExecOptions): Reco
   }
   if (options.timeoutSecs !== undefined) start.timeout_secs = options.timeoutSecs;
   if (options.ulimits !== undefined) start.ulimits = options.ulimits;
+  if (options.groupAdd !== undefined) start.group_add = options.groupAdd;
   if (options.capDrop !== undefined) start.cap_drop = options.capDrop;
   if (options.capAdd !== undefined) start.cap_add = options.capAdd;
   if (options.noNewPrivileges) start.no_new_privileges = true;

@@ -33,6 +33,7 @@ test("exec: exit codes, stdout and stderr apart, env, cwd, user", async () => {
   assert.equal(out.stderr.toString(), "err\n");
   assert.equal((await sandbox.run("pwd", { cwd: "/tmp" })).stdout.toString(), "/tmp\n");
   assert.equal((await sandbox.run(["id", "-u"], { user: "1000" })).stdout.toString(), "1000\n");
+  assert.ok((await sandbox.run(["id", "-G"], { user: "1000", groupAdd: ["7"] })).stdout.toString().split(/\s+/).includes("7"));
   const limits = await sandbox.run("grep 'open files' /proc/self/limits", { ulimits: ["nofile=321:654"] });
   assert.deepEqual(limits.stdout.toString().trim().split(/\s+/).slice(3, 5), ["321", "654"]);
   await assert.rejects(sandbox.run(["true"], { ulimits: ["nofile=9:1"] }), (err) => err.kind === "bad_request" && /soft limit/.test(err.message));

@@ -106,6 +106,7 @@ def test_exec_streams_exit_codes_and_stdin(sandbox):
     missing = sandbox.exec(["/no/such/program"])
     assert missing.exit_code == 127 and missing.spawn_error
     assert sandbox.exec(["id", "-u"], user="1000").stdout == b"1000\n"
+    assert b"7" in sandbox.exec(["id", "-G"], user="1000", group_add=["7"]).stdout.split()
     limits = sandbox.exec("grep 'open files' /proc/self/limits", ulimits=["nofile=321:654"]).stdout.split()
     assert limits[3:5] == [b"321", b"654"], limits
     with pytest.raises(krunbox.KrunboxError) as refused:

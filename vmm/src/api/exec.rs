@@ -68,6 +68,10 @@ pub struct ExecStart {
     /// Resource limits, as `krunbox exec --ulimit` takes them (`nofile=1024:4096`).
     #[serde(default)]
     pub ulimits: Vec<String>,
+    /// Supplementary groups of the image (names or GIDs) to add to the user's, as
+    /// `krunbox exec --group-add` takes them.
+    #[serde(default)]
+    pub group_add: Vec<String>,
     /// Capabilities to take from the command, as `krunbox exec --cap-drop` takes them
     /// (`NET_RAW`, `ALL`).
     #[serde(default)]
@@ -256,11 +260,21 @@ pub async fn prepare(name: &str, start: &ExecStart) -> Result<(Client, ExecSpec)
         .collect::<Result<Vec<_>, _>>()?;
     let mut context = super::error::blocking({
         let user = start.user.clone();
-        move || Ok(ExecContext::new(&spec, user.as_deref(), &[], env, None)?)
+        let group_add = start.group_add.clone();
+        move || {
+            Ok(ExecContext::new(
+                &spec,
+                user.as_deref(),
+                &group_add,
+                env,
+                None,
+            )?)
+        }
     })
     .await?;
-    // The user's memberships only: an older agent goes without them rather than failing.
-    if !crate::cli::session::serves_groups(client.agent_info()) {
+    // The user's memberships only: an older agent goes without them rather than failing (the
+    // groups asked for are refused by the client).
+    if start.group_add.is_empty() && !crate::cli::session::serves_groups(client.agent_info()) {
         context.groups.clear();
     }
     Ok((client, exec_spec(start, context)?))

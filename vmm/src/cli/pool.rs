@@ -119,6 +119,7 @@ fn start(args: &StartArgs) -> Result<i32, SandboxCliError> {
             env: &[],
             workdir: None,
             user: None,
+            group_add: &[],
         },
         args.hostname.clone(),
         args.boot_timeout,

@@ -226,11 +226,12 @@ class AsyncSandbox:
     async def stream(self, cmd: Command, *, env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None,
                      user: Optional[str] = None, tty: bool = False, rows: int = 24, cols: int = 80,
                      stdin: bool = True, timeout: Optional[float] = None,
-                     ulimits: Sequence[str] = (), cap_drop: Sequence[str] = (),
+                     ulimits: Sequence[str] = (), group_add: Sequence[str] = (), cap_drop: Sequence[str] = (),
                      cap_add: Sequence[str] = (), no_new_privileges: bool = False) -> AsyncExecution:
         options = ExecOptions(env=env or {}, cwd=cwd, user=user, tty=tty, rows=rows, cols=cols,
                               stdin=stdin, timeout=timeout, ulimits=ulimits,
-                              cap_drop=cap_drop, cap_add=cap_add, no_new_privileges=no_new_privileges)
+                              group_add=group_add, cap_drop=cap_drop, cap_add=cap_add,
+                              no_new_privileges=no_new_privileges)
         socket = await self.client.websocket(sandbox_path(self.name, "exec"))
         await socket.send(options.start_message(cmd))
         return await AsyncExecution.start(socket)

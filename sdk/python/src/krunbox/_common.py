@@ -58,6 +58,7 @@ class ExecOptions:
     stdin: bool = True
     timeout: Optional[float] = None
     ulimits: Sequence[str] = ()
+    group_add: Sequence[str] = ()
     cap_drop: Sequence[str] = ()
     cap_add: Sequence[str] = ()
     no_new_privileges: bool = False
@@ -78,7 +79,7 @@ class ExecOptions:
             # One limit given as a string is one limit, not one per character.
             ulimits = [self.ulimits] if isinstance(self.ulimits, str) else list(self.ulimits)
             message["ulimits"] = ulimits
-        for key in ("cap_drop", "cap_add"):
+        for key in ("group_add", "cap_drop", "cap_add"):
             names = getattr(self, key)
             if names:
                 message[key] = [names] if isinstance(names, str) else list(names)

@@ -261,12 +261,13 @@ class Sandbox:
     def stream(self, cmd: Command, *, env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None,
                user: Optional[str] = None, tty: bool = False, rows: int = 24, cols: int = 80,
                stdin: bool = True, timeout: Optional[float] = None,
-               ulimits: Sequence[str] = (), cap_drop: Sequence[str] = (),
+               ulimits: Sequence[str] = (), group_add: Sequence[str] = (), cap_drop: Sequence[str] = (),
                cap_add: Sequence[str] = (), no_new_privileges: bool = False) -> Execution:
         """Starts a command and returns it running."""
         options = ExecOptions(env=env or {}, cwd=cwd, user=user, tty=tty, rows=rows, cols=cols,
                               stdin=stdin, timeout=timeout, ulimits=ulimits,
-                              cap_drop=cap_drop, cap_add=cap_add, no_new_privileges=no_new_privileges)
+                              group_add=group_add, cap_drop=cap_drop, cap_add=cap_add,
+                              no_new_privileges=no_new_privileges)
         try:
             socket = self.client.websocket(sandbox_path(self.name, "exec"))
         except Exception as err:

@@ -312,6 +312,7 @@ async fn exec(
         stdin: Some(args.stdin.is_some()),
         timeout_secs: Some(args.timeout_secs.unwrap_or(300)),
         ulimits: Vec::new(),
+        group_add: Vec::new(),
         cap_drop: Vec::new(),
         cap_add: Vec::new(),
         no_new_privileges: false,

@@ -38,6 +38,10 @@ pub struct CreateArgs {
     /// else root.
     #[arg(short = 'u', long = "user", value_name = "USER")]
     pub user: Option<String>,
+    /// Add a supplementary group of the image (name or GID) to that user, beyond its own
+    /// memberships in the image's /etc/group. Repeatable.
+    #[arg(long = "group-add", value_name = "GROUP")]
+    pub group_add: Vec<String>,
     /// Seconds `start` waits for the guest agent.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     pub boot_timeout: u64,
@@ -72,6 +76,7 @@ pub fn create_sandbox(args: &CreateArgs) -> Result<Sandbox, SandboxCliError> {
             env: &args.env,
             workdir: args.workdir.clone(),
             user: args.user.clone(),
+            group_add: &args.group_add,
         },
         hostname,
         args.boot_timeout,
@@ -87,6 +92,8 @@ pub struct ExecDefaults<'a> {
     pub workdir: Option<String>,
     /// `-u`.
     pub user: Option<String>,
+    /// `--group-add`.
+    pub group_add: &'a [String],
 }
 
 /// The sandbox `name` of IMAGE with these VM settings, the image pulled (or imported) now so
@@ -123,7 +130,7 @@ pub fn sandbox_spec(
             workdir: defaults.workdir.clone(),
             user: defaults.user.clone(),
         },
-        &[],
+        defaults.group_add,
     )?;
     Ok(SandboxSpec {
         hostname,
