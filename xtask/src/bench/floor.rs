@@ -16,9 +16,6 @@ use krunbox_image::newc::{Newc, DIR, FILE_EXEC};
 const BUSYBOX: &str = "/bin/busybox";
 const QEMU: &str = "qemu-system-x86_64";
 
-/// Krunbox's kernel words (`backend::qemu::plan::kernel_cmdline`) without the agent's own.
-const CMDLINE: &str = "console=ttyS0 rdinit=/init panic=-1 quiet no_timer_check";
-
 pub struct Floor {
     kernel: PathBuf,
     initramfs: tempfile::NamedTempFile,
@@ -56,7 +53,11 @@ impl Floor {
         .arg(&self.kernel)
         .arg("-initrd")
         .arg(self.initramfs.path())
-        .args(["-append", CMDLINE])
+        // Krunbox's kernel words, without guest-init's own.
+        .args([
+            "-append",
+            &krunbox_protocol::boot::QEMU_KERNEL_WORDS.join(" "),
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

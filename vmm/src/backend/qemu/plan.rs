@@ -292,26 +292,15 @@ fn path_arg(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
-/// The kernel command line: serial console, our init, no reboot on panic (QEMU exits), and
-/// guest-init's settings ([`guest_boot`]), with the root share to switch into.
-///
-/// `no_timer_check` (as Kata's and cloud images' VMs boot): under TCG on a busy host, the
-/// kernel's check that the timer reaches the IO-APIC runs too slowly to see its interrupts and
-/// reports "MP-BIOS bug: 8254 timer not connected to IO-APIC", then reroutes the timer. The
-/// check has nothing to find on QEMU's q35.
+/// The kernel command line: the kernel's words
+/// ([`QEMU_KERNEL_WORDS`](krunbox_protocol::boot::QEMU_KERNEL_WORDS)), then guest-init's
+/// settings ([`guest_boot`]), with the root share to switch into.
 pub fn kernel_cmdline(spec: &VmSpec) -> String {
     let boot = GuestBoot {
         root_tag: Some(ROOT_TAG.into()),
         ..guest_boot(spec)
     };
-    let kernel = [
-        "console=ttyS0",
-        "rdinit=/init",
-        "panic=-1",
-        "quiet",
-        "no_timer_check",
-    ]
-    .map(String::from);
+    let kernel = krunbox_protocol::boot::QEMU_KERNEL_WORDS.map(String::from);
     let words: Vec<String> = boot.to_words().iter().map(|w| quote_word(w)).collect();
     [kernel.as_slice(), &words].concat().join(" ")
 }
